@@ -1,0 +1,1 @@
+"""Model definitions. Each module builds its layers through an injected ``operations`` namespace."""
