@@ -1,0 +1,335 @@
+"""The one place that touches ComfyUI.
+
+Inside ComfyUI this module re-exports the real V3 API (``comfy_api.latest.io``/``ui``) and wraps
+ComfyUI's model management (folders, ModelPatcher, comfy.ops, devices, progress, interrupt).
+Without ComfyUI (tests, scripts) it provides a small stand-in with the same call shapes, so the
+node classes can be imported, their schemas inspected and their ``execute`` methods run directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger("magihuman.nodes")
+
+try:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in the README)
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _model_patcher
+    import comfy.ops as _comfy_ops
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+    from comfy_api.latest import ComfyExtension, io, ui
+
+    HAS_COMFY = True
+except ImportError:
+    HAS_COMFY = False
+
+
+# --------------------------------------------------------------------------------------------
+# Stand-in for comfy_api.latest when ComfyUI is absent
+# --------------------------------------------------------------------------------------------
+if not HAS_COMFY:
+
+    class _Input:
+        def __init__(self, id: str, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, default: Any = None, **extra: Any) -> None:
+            self.id = id
+            self.display_name = display_name
+            self.optional = optional
+            self.tooltip = tooltip
+            self.default = default
+            for k, v in extra.items():
+                setattr(self, k, v)
+
+    class _Output:
+        def __init__(self, id: str | None = None, display_name: str | None = None,
+                     tooltip: str | None = None, is_output_list: bool = False) -> None:
+            self.id = id
+            self.display_name = display_name
+            self.tooltip = tooltip
+            self.is_output_list = is_output_list
+
+    def _comfytype(io_type: str):
+        cls_input = type("Input", (_Input,), {"io_type": io_type})
+        cls_output = type("Output", (_Output,), {"io_type": io_type})
+        return type(io_type, (), {"io_type": io_type, "Input": cls_input, "Output": cls_output})
+
+    class _ComboInput(_Input):
+        io_type = "COMBO"
+
+        def __init__(self, id: str, options=None, **kw: Any) -> None:
+            super().__init__(id, **kw)
+            self.options = list(options or [])
+
+    @dataclass
+    class _Schema:
+        node_id: str
+        display_name: str | None = None
+        category: str = "sd"
+        inputs: list = field(default_factory=list)
+        outputs: list = field(default_factory=list)
+        hidden: list = field(default_factory=list)
+        description: str = ""
+        is_output_node: bool = False
+        not_idempotent: bool = False
+
+    class _NodeOutput:
+        def __init__(self, *args: Any, ui: Any = None, **kwargs: Any) -> None:
+            self.args = args
+            self.ui = ui
+
+        @property
+        def result(self):
+            return self.args
+
+    class _ComfyNode:
+        @classmethod
+        def define_schema(cls):  # pragma: no cover - abstract
+            raise NotImplementedError
+
+    class _IONamespace:
+        ComfyNode = _ComfyNode
+        Schema = _Schema
+        NodeOutput = _NodeOutput
+        Int = _comfytype("INT")
+        Float = _comfytype("FLOAT")
+        String = _comfytype("STRING")
+        Boolean = _comfytype("BOOLEAN")
+        Image = _comfytype("IMAGE")
+        Audio = _comfytype("AUDIO")
+        Latent = _comfytype("LATENT")
+        Conditioning = _comfytype("CONDITIONING")
+        Video = _comfytype("VIDEO")
+        Combo = type("COMBO", (), {"io_type": "COMBO", "Input": _ComboInput,
+                                    "Output": type("Output", (_Output,), {"io_type": "COMBO"})})
+
+        @staticmethod
+        def Custom(io_type: str):
+            return _comfytype(io_type)
+
+    class _PreviewText:
+        def __init__(self, value: str, **kw: Any) -> None:
+            self.value = value
+
+        def as_dict(self):
+            return {"text": (self.value,)}
+
+    class _UINamespace:
+        PreviewText = _PreviewText
+
+    class ComfyExtension:  # noqa: D401 - mirrors comfy_api.latest.ComfyExtension
+        async def on_load(self) -> None:
+            return None
+
+        async def get_node_list(self):  # pragma: no cover - abstract
+            raise NotImplementedError
+
+    io = _IONamespace()
+    ui = _UINamespace()
+
+
+# --------------------------------------------------------------------------------------------
+# Model folders
+# --------------------------------------------------------------------------------------------
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
+_models_dir_override: str | None = None
+
+
+def set_models_dir(path: str | None) -> None:
+    """Without ComfyUI: the ComfyUI-style ``models`` folder to read (else $MAGIHUMAN_MODELS_DIR)."""
+    global _models_dir_override
+    _models_dir_override = path
+
+
+def folder_paths_for(kind: str) -> list[str]:
+    if HAS_COMFY:
+        try:
+            return list(_folder_paths.get_folder_paths(kind))
+        except KeyError:
+            return []
+    root = _models_dir_override or os.environ.get("MAGIHUMAN_MODELS_DIR")
+    return [os.path.join(root, kind)] if root else []
+
+
+def list_models(kinds: tuple[str, ...], *, folders: bool = True) -> list[str]:
+    """Model entries under the given ComfyUI folder kinds.
+
+    Files with a model extension are listed by their relative path. A directory that holds a whole
+    model (an official ``model.safetensors.index.json`` folder, an HF folder with ``config.json``,
+    a Turbo VAE folder with its JSON + ckpt, a stable-audio folder with ``model_config.json``) is
+    listed once as ``name/`` and the files inside it are not listed separately.
+    """
+    out: list[str] = []
+    for kind in kinds:
+        for root in folder_paths_for(kind):
+            if not os.path.isdir(root):
+                continue
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                rel = os.path.relpath(dirpath, root)
+                if rel != "." and folders and is_model_folder(dirpath):
+                    out.append(rel.replace(os.sep, "/") + "/")
+                    dirnames[:] = []
+                    continue
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    if fn.lower().endswith(MODEL_EXTENSIONS):
+                        p = fn if rel == "." else os.path.join(rel, fn)
+                        out.append(p.replace(os.sep, "/"))
+    return sorted(dict.fromkeys(out))
+
+
+def is_model_folder(path: str) -> bool:
+    names = set(os.listdir(path))
+    if "model.safetensors.index.json" in names or "model_config.json" in names or "config.json" in names:
+        return True
+    has_json = any(n.endswith(".json") for n in names)
+    has_ckpt = any(n.endswith((".ckpt", ".pth", ".pt")) for n in names)
+    return has_json and has_ckpt
+
+
+def resolve_model(kinds: tuple[str, ...], name: str) -> str:
+    """Absolute path of a listed entry; refuses names that escape the model folders."""
+    if not name:
+        raise ValueError("no model selected: pick a file from the list (is the model folder empty?)")
+    tried = []
+    for kind in kinds:
+        for root in folder_paths_for(kind):
+            root_abs = os.path.realpath(root)
+            cand = os.path.realpath(os.path.join(root_abs, name.rstrip("/")))
+            if os.path.commonpath([root_abs, cand]) != root_abs:
+                raise ValueError(f"model name {name!r} points outside the model folder {root_abs}; "
+                                 "pick an entry from the list")
+            tried.append(cand)
+            if os.path.exists(cand):
+                return cand
+    where = ", ".join(tried) or "(no model folders configured)"
+    raise FileNotFoundError(f"model {name!r} not found; looked in: {where}. Put the file in "
+                            f"ComfyUI/models/{kinds[0]}/ and refresh the node list")
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, dtypes, operations, model management
+# --------------------------------------------------------------------------------------------
+def devices(kind: str) -> tuple[torch.device, torch.device]:
+    """(load_device, offload_device) for "diffusion" | "text_encoder" | "vae"."""
+    if not HAS_COMFY:
+        return torch.device("cpu"), torch.device("cpu")
+    if kind == "diffusion":
+        return _mm.get_torch_device(), _mm.unet_offload_device()
+    if kind == "text_encoder":
+        return _mm.text_encoder_device(), _mm.text_encoder_offload_device()
+    return _mm.vae_device(), _mm.vae_offload_device()
+
+
+def intermediate_device() -> torch.device:
+    return _mm.intermediate_device() if HAS_COMFY else torch.device("cpu")
+
+
+def pick_weight_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 where supported (the official dtype), else fp16 on GPUs, fp32 on CPU."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if choice in table:
+        return table[choice]
+    if choice != "auto":
+        raise ValueError(f"weight dtype {choice!r}: choose auto, bf16, fp16 or fp32")
+    if HAS_COMFY:
+        return torch.bfloat16 if _mm.should_use_bf16(device) else (
+            torch.float16 if device.type != "cpu" else torch.float32)
+    return torch.bfloat16
+
+
+if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
+
+    class MagiOps(_comfy_ops.manual_cast):
+        """comfy.ops.manual_cast plus the engine's weight-fetch hook (see magihuman/ops.py)."""
+
+        @staticmethod
+        def fetch_weight(module, dtype, device):
+            weight, _bias = _comfy_ops.cast_bias_weight(module, dtype=dtype, device=device)
+            return weight
+
+
+def operations():
+    return MagiOps if HAS_COMFY else torch.nn
+
+
+class ModelHandle:
+    """What the custom model types carry: the engine model plus its ModelPatcher in ComfyUI.
+
+    ``use()`` makes ComfyUI load it onto the compute device (respecting lowvram/offload) and
+    returns the engine module; outside ComfyUI it is the module itself on the CPU.
+    """
+
+    def __init__(self, model: torch.nn.Module, kind: str, **info: Any) -> None:
+        self.kind = kind
+        self.info = info
+        load_device, offload_device = devices(kind)
+        self.load_device = load_device
+        if HAS_COMFY:  # pragma: no cover
+            size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+            self.patcher = _model_patcher.ModelPatcher(model, load_device=load_device,
+                                                       offload_device=offload_device, size=size)
+        else:
+            self.patcher = None
+        self._model = model
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    def use(self) -> torch.nn.Module:
+        if self.patcher is not None:  # pragma: no cover
+            _mm.load_models_gpu([self.patcher])
+            return self.patcher.model
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        return self.load_device
+
+
+# --------------------------------------------------------------------------------------------
+# Progress and interruption
+# --------------------------------------------------------------------------------------------
+class InterruptedByUser(Exception):
+    """Raised by :func:`check_interrupt` outside ComfyUI when :func:`request_interrupt` was called."""
+
+
+_interrupt_flag = False
+
+
+def request_interrupt(value: bool = True) -> None:
+    """Outside ComfyUI: ask the running sampler to stop at its next step (tests, scripts)."""
+    global _interrupt_flag
+    _interrupt_flag = value
+
+
+def check_interrupt() -> None:
+    global _interrupt_flag
+    if HAS_COMFY:  # pragma: no cover
+        _mm.throw_exception_if_processing_interrupted()
+    elif _interrupt_flag:
+        _interrupt_flag = False
+        raise InterruptedByUser("processing interrupted")
+
+
+def progress_callback(total: int) -> Callable[..., None]:
+    """A per-step callback: progress bar in ComfyUI, then the interrupt check."""
+    bar = _comfy_utils.ProgressBar(total) if HAS_COMFY else None
+
+    def cb(step: int, total_steps: int | None = None, *_: Any, **__: Any) -> None:
+        if bar is not None:  # pragma: no cover
+            bar.update_absolute(step, total_steps or total)
+        check_interrupt()
+
+    return cb
+
+
+def free_memory() -> None:
+    if HAS_COMFY:  # pragma: no cover
+        _mm.soft_empty_cache()

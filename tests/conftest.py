@@ -1,0 +1,33 @@
+"""Shared test fixtures.
+
+The repository root is itself a Python package (the ComfyUI node pack). ``pack`` imports it under a
+fixed name so ``nodes/`` (which imports the engine relatively, as ComfyUI loads it) can be driven
+directly without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "comfyui_magihuman"
+
+
+def import_pack():
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
