@@ -1,0 +1,318 @@
+"""daVinci-MagiHuman joint audio-video DiT (15B single-stream "sandwich" transformer), pure PyTorch.
+
+Numerics follow the official inference code: fp32 adapter, norms, RoPE, activations and residual
+stream; block linears take their input in ``compute_dtype`` (bf16 officially) and round their
+result to it; attention runs on q/k/v in ``compute_dtype``. Parameter names and shapes are the
+official fused layout, so an official state dict loads strictly.
+
+Batched layout ``[B, L, hidden]``: per sample ``[video | audio | text padded to max(text_lens)]``.
+The modality segments sit at the same offsets in every row, so a per-modality ("expert") linear is
+three matmuls on slices of one fused weight; padded text keys are masked out of attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attention import attention
+from ..ops import fetch_weight, tag_operations
+from ..packing import PATCH_SIZE, SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
+from ..rope import apply_rope, default_rope_bands, rope_cos_sin
+from .dit_config import DiTConfig
+
+__all__ = ["DiTConfig", "MagiHumanDiT", "RMSNorm", "gelu7", "swiglu7"]
+
+NUM_MODALITIES = 3  # VIDEO, AUDIO, TEXT
+ACT_ALPHA = 1.702
+ACT_LIMIT = 7.0
+COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+Segments = tuple[tuple[int, int], ...]
+
+
+def gelu7(x: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)`` with x clamped above at 7 (fp32)."""
+    x = x.float().clamp(max=ACT_LIMIT)
+    return x * torch.sigmoid(ACT_ALPHA * x)
+
+
+def swiglu7(x: torch.Tensor) -> torch.Tensor:
+    """Interleaved halves: even channels gate g (clamped <= 7), odd channels linear u (clamped to
+    +-7); ``g * sigmoid(1.702 g) * (u + 1)`` (fp32)."""
+    x = x.float()
+    g = x[..., 0::2].clamp(max=ACT_LIMIT)
+    u = x[..., 1::2].clamp(min=-ACT_LIMIT, max=ACT_LIMIT)
+    return g * torch.sigmoid(ACT_ALPHA * g) * (u + 1)
+
+
+class RMSNorm(nn.Module):
+    """fp32 RMSNorm with zero-centred weight (scale ``w + 1``), one weight slice per modality expert.
+
+    The result is returned in the input dtype (as the official module does).
+    """
+
+    def __init__(self, dim: int, num_experts: int = 1, eps: float = 1e-6, device=None):
+        super().__init__()
+        self.dim, self.num_experts, self.eps = dim, num_experts, eps
+        self.weight = nn.Parameter(torch.zeros(dim * num_experts, dtype=torch.float32, device=device))
+
+    def forward(self, x: torch.Tensor, segments: Optional[Segments] = None) -> torch.Tensor:
+        t = x.float()
+        t = t * torch.rsqrt(torch.mean(t * t, dim=-1, keepdim=True) + self.eps)
+        w = self.weight.to(device=x.device, dtype=torch.float32)
+        if self.num_experts == 1:
+            t = t * (w + 1)
+        else:  # segments along dim 1 (tokens) of [B, L, ...]
+            t = torch.cat([t[:, a:b] * (wi + 1) for (a, b), wi in zip(segments, w.chunk(self.num_experts))], dim=1)
+        return t.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, experts={self.num_experts}, eps={self.eps}"
+
+
+def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
+                 segments: Optional[Segments] = None) -> torch.Tensor:
+    """Bias-free block linear in ``compute_dtype`` (input cast, result rounded to it).
+
+    With experts (``module.num_experts > 1``) each modality segment of ``x [B, L, in]`` is
+    multiplied by its own slice of the fused weight ``[experts * out, in]``.
+    """
+    w = fetch_weight(module, compute_dtype, x.device)
+    x = x.to(compute_dtype)
+    experts = getattr(module, "num_experts", 1)
+    if experts == 1:
+        return F.linear(x, w)
+    return torch.cat([F.linear(x[:, a:b], wi) for (a, b), wi in zip(segments, w.chunk(experts, dim=0))], dim=1)
+
+
+def _make_block_linear(operations, in_features: int, out_features: int, experts: int, dtype, device) -> nn.Module:
+    layer = operations.Linear(in_features, out_features * experts, bias=False, dtype=dtype, device=device)
+    layer.num_experts = experts
+    return tag_operations(layer, operations)
+
+
+@dataclass
+class _ForwardState:
+    """Everything a layer needs that is computed once per forward."""
+
+    segments: Segments
+    cos: torch.Tensor  # [B, L, 1, rot]
+    sin: torch.Tensor
+    mask: Optional[torch.Tensor]  # global layers
+    local_mask: Optional[torch.Tensor]  # local-attention layers
+    compute_dtype: torch.dtype
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DiTConfig, experts: int, local: bool, operations, dtype, device):
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.num_heads_q, self.num_heads_kv, self.head_dim = config.num_heads_q, config.num_heads_kv, d
+        self.gating = config.enable_attn_gating
+        self.local = local
+        self.pre_norm = RMSNorm(h, experts, device=device)
+        self.linear_qkv = _make_block_linear(operations, h, config.qkv_out_features, experts, dtype, device)
+        self.linear_proj = _make_block_linear(operations, self.num_heads_q * d, h, experts, dtype, device)
+        self.q_norm = RMSNorm(d, experts, device=device)
+        self.k_norm = RMSNorm(d, experts, device=device)
+
+    def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
+        b, n, _ = x.shape
+        hq, hkv, d, cd = self.num_heads_q, self.num_heads_kv, self.head_dim, st.compute_dtype
+        qkv = block_linear(self.linear_qkv, self.pre_norm(x, st.segments), cd, st.segments).float()
+        q, k, v, g = qkv.split([hq * d, hkv * d, hkv * d, hq if self.gating else 0], dim=-1)
+        q = self.q_norm(q.reshape(b, n, hq, d), st.segments)  # [B, L, Hq, D] fp32
+        k = self.k_norm(k.reshape(b, n, hkv, d), st.segments)
+        q = apply_rope(q, st.cos, st.sin).to(cd)
+        k = apply_rope(k, st.cos, st.sin).to(cd)
+        v = v.reshape(b, n, hkv, d).to(cd)
+        mask = st.local_mask if self.local else st.mask
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask).transpose(1, 2)  # [B, L, Hq, D]
+        if self.gating:
+            out = out.float() * torch.sigmoid(g).unsqueeze(-1)
+        return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: DiTConfig, experts: int, gelu: bool, operations, dtype, device):
+        super().__init__()
+        h = config.hidden_size
+        inner = config.gelu_intermediate_size if gelu else config.swiglu_intermediate_size
+        self.activation = gelu7 if gelu else swiglu7
+        self.pre_norm = RMSNorm(h, experts, device=device)
+        self.up_gate_proj = _make_block_linear(operations, h, inner if gelu else 2 * inner, experts, dtype, device)
+        self.down_proj = _make_block_linear(operations, inner, h, experts, dtype, device)
+
+    def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
+        cd = st.compute_dtype
+        up = block_linear(self.up_gate_proj, self.pre_norm(x, st.segments), cd, st.segments).float()
+        return block_linear(self.down_proj, self.activation(up), cd, st.segments).float()
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config: DiTConfig, index: int, operations, dtype, device):
+        super().__init__()
+        experts = NUM_MODALITIES if index in config.mm_layers else 1
+        self.attention = Attention(config, experts, index in config.local_attn_layers, operations, dtype, device)
+        self.mlp = MLP(config, experts, index in config.gelu7_layers, operations, dtype, device)
+        self.post_norm = index in config.post_norm_layers
+        if self.post_norm:
+            self.attn_post_norm = RMSNorm(config.hidden_size, experts, device=device)
+            self.mlp_post_norm = RMSNorm(config.hidden_size, experts, device=device)
+
+    def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
+        attn = self.attention(x, st)  # compute dtype (post-norm keeps it, as officially)
+        if self.post_norm:
+            attn = self.attn_post_norm(attn, st.segments)
+        x = x + attn
+        mlp = self.mlp(x, st)  # fp32
+        if self.post_norm:
+            mlp = self.mlp_post_norm(mlp, st.segments)
+        return x + mlp
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: DiTConfig, operations, dtype, device):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(config, i, operations, dtype, device) for i in range(config.num_layers))
+
+
+class FourierRope(nn.Module):
+    """Holds the persistent ``bands`` buffer (official key ``adapter.rope.bands``)."""
+
+    def __init__(self, head_dim: int, device=None):
+        super().__init__()
+        bands = torch.empty(head_dim // 8, dtype=torch.float32, device="meta") if str(device) == "meta" \
+            else default_rope_bands(head_dim).to(device)
+        self.register_buffer("bands", bands)
+
+
+class Adapter(nn.Module):
+    """fp32 input embedders (with bias) for the three modalities, plus the RoPE bands."""
+
+    def __init__(self, config: DiTConfig, operations, device):
+        super().__init__()
+        h = config.hidden_size
+
+        def linear(i):
+            return tag_operations(operations.Linear(i, h, bias=True, dtype=torch.float32, device=device), operations)
+
+        self.video_embedder = linear(config.video_in_channels)
+        self.text_embedder = linear(config.text_in_channels)
+        self.audio_embedder = linear(config.audio_in_channels)
+        self.rope = FourierRope(config.head_dim, device=device)
+
+
+class MagiHumanDiT(nn.Module):
+    """The MagiHuman DiT. No timestep input: the model reads the noise level from the latents."""
+
+    def __init__(self, config: DiTConfig, *, operations=nn, dtype: Optional[torch.dtype] = None,
+                 device=None, compute_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.config = config
+        block_dtype = torch.bfloat16 if dtype is None else dtype
+        self.compute_dtype = torch.bfloat16
+        self.set_compute_dtype(compute_dtype)
+        self.adapter = Adapter(config, operations, device)
+        self.block = TransformerBlock(config, operations, block_dtype, device)
+        h = config.hidden_size
+        self.final_norm_video = RMSNorm(h, device=device)
+        self.final_norm_audio = RMSNorm(h, device=device)
+        self.final_linear_video = tag_operations(
+            operations.Linear(h, config.video_in_channels, bias=False, dtype=torch.float32, device=device), operations)
+        self.final_linear_audio = tag_operations(
+            operations.Linear(h, config.audio_in_channels, bias=False, dtype=torch.float32, device=device), operations)
+        if operations is nn and str(device) != "meta":
+            self.init_random_(0)
+
+    # ------------------------------------------------------------ setup helpers
+
+    @staticmethod
+    def default_rope_bands(config: DiTConfig) -> torch.Tensor:
+        """Value of the ``adapter.rope.bands`` buffer (for files that lack it)."""
+        return default_rope_bands(config.head_dim)
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """bf16 = official numerics; fp32 = faster on CPUs without bf16 matmul units."""
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype}")
+        self.compute_dtype = dtype
+
+    @torch.no_grad()
+    def init_random_(self, seed: int = 0, std: float = 0.02) -> "MagiHumanDiT":
+        """Deterministic random init for tests/benchmarks: linears N(0, std), biases 0,
+        norm weights 0 (scale 1), RoPE bands at their default."""
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("bias") or p.dim() == 1:
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
+        self.adapter.rope.bands.copy_(self.default_rope_bands(self.config))
+        return self
+
+    # ------------------------------------------------------------ forward
+
+    def _validate(self, video_latent, audio_latent, text_embeds, text_lens) -> list[int]:
+        c = self.config
+        if video_latent.dim() != 5:
+            raise ValueError(f"video_latent must be [B, C, T, H, W], got shape {tuple(video_latent.shape)}")
+        b, ch = video_latent.shape[:2]
+        patch_volume = PATCH_SIZE[0] * PATCH_SIZE[1] * PATCH_SIZE[2]
+        if ch * patch_volume != c.video_in_channels:
+            raise ValueError(f"video_latent has {ch} channels; this DiT expects {c.video_in_channels // patch_volume}")
+        if audio_latent.dim() != 3 or audio_latent.shape[2] != c.audio_in_channels or audio_latent.shape[1] < 1:
+            raise ValueError(f"audio_latent must be [B, N>=1, {c.audio_in_channels}], got {tuple(audio_latent.shape)}")
+        if text_embeds.dim() != 3 or text_embeds.shape[2] != c.text_in_channels:
+            raise ValueError(f"text_embeds must be [B, L, {c.text_in_channels}], got {tuple(text_embeds.shape)}")
+        if audio_latent.shape[0] != b or text_embeds.shape[0] != b:
+            raise ValueError(f"batch sizes differ: video {b}, audio {audio_latent.shape[0]}, text {text_embeds.shape[0]}")
+        lens = [int(n) for n in (text_lens.tolist() if isinstance(text_lens, torch.Tensor) else text_lens)]
+        if len(lens) != b:
+            raise ValueError(f"text_lens has {len(lens)} entries for a batch of {b}")
+        bad = [n for n in lens if not 1 <= n <= text_embeds.shape[1]]
+        if bad:
+            raise ValueError(f"text_lens {lens} must lie in 1..{text_embeds.shape[1]} (the text_embeds length)")
+        return lens
+
+    def forward(self, video_latent: torch.Tensor, audio_latent: torch.Tensor, text_embeds: torch.Tensor,
+                text_lens: Sequence[int], *, coords: str = "v2",
+                frame_receptive_field: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocities for a batch: video ``[B, C, T, H, W]`` and audio ``[B, N, 64]``, both fp32."""
+        lens = self._validate(video_latent, audio_latent, text_embeds, text_lens)
+        if coords not in ("v1", "v2"):
+            raise ValueError(f"coords must be 'v2' (base/distill) or 'v1' (SR models), got {coords!r}")
+        if int(frame_receptive_field) < -1:
+            raise ValueError(f"frame_receptive_field must be >= 0, or -1 to disable local attention; got {frame_receptive_field}")
+        device = video_latent.device
+        _, _, t, h, w = video_latent.shape
+        grid = (t // PATCH_SIZE[0], h // PATCH_SIZE[1], w // PATCH_SIZE[2])
+        layout = SequenceLayout(grid, audio_latent.shape[1], tuple(lens))
+        adapter = self.adapter
+
+        video_tokens = video_to_tokens(video_latent.float())  # [B, Nv, C*4] channel order (C, ph, pw)
+        text = text_embeds[:, : layout.max_text].float()
+        text = torch.where(layout.text_valid(device)[..., None], text, torch.zeros((), device=device))
+        x = torch.cat([adapter.video_embedder(video_tokens), adapter.audio_embedder(audio_latent.float()),
+                       adapter.text_embedder(text)], dim=1)  # [B, L, hidden] fp32
+
+        cos, sin = rope_cos_sin(layout.coords(coords).to(device), adapter.rope.bands.to(device))
+        local_allowed = None
+        if self.config.local_attn_layers:
+            local_allowed = local_attention_allowed(layout, int(frame_receptive_field), device)
+        st = _ForwardState(
+            segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
+            mask=attention_mask(layout, None, device), local_mask=attention_mask(layout, local_allowed, device),
+            compute_dtype=self.compute_dtype)
+        for layer in self.block.layers:
+            x = layer(x, st)
+
+        (v0, v1), (a0, a1), _ = layout.segments
+        video = self.final_linear_video(self.final_norm_video(x[:, v0:v1].float()))  # [B, Nv, 4*C] order (ph, pw, C)
+        audio = self.final_linear_audio(self.final_norm_audio(x[:, a0:a1].float()))  # [B, N, 64]
+        return tokens_to_video(video, grid).float(), audio.float()
