@@ -1,0 +1,560 @@
+"""T5Gemma encoder (google/t5gemma-9b-9b-ul2) in plain PyTorch: the MagiHuman text encoder.
+
+A bidirectional Gemma-2 stack: token embedding × sqrt(hidden); per layer pre/post RMSNorm around
+self-attention and around a gelu-tanh gated MLP (RMSNorm weights stored zero-centred: ``× (1 + w)``);
+GQA with queries scaled by ``query_pre_attn_scalar ** -0.5``; RoPE (rotate-half); layers alternate
+between a bidirectional sliding window (key ``j`` visible from query ``i`` iff ``|i - j| < window``)
+and full attention; final RMSNorm.
+
+Attention-logit soft-capping is OFF by default: the official code loads the encoder with
+transformers 4.56's default attention (SDPA), and its SDPA path silently drops the config's
+``attn_logit_softcapping`` (50). The DiT was trained on embeddings computed that way.
+``attn_softcap=True`` applies it (what transformers' "eager" attention computes).
+
+Numerics follow transformers: everything in the weight dtype except RMSNorm (fp32 inside) and the
+RoPE tables (fp32, then cast); :meth:`T5GemmaEncoder.forward` returns fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import fetch_weight, tag_operations
+
+log = logging.getLogger(__name__)
+
+TEXT_TARGET_LENGTH = 640  # official t5_gemma_target_length
+
+_GELU_TANH = ("gelu_pytorch_tanh", "gelu_new", "gelu_tanh", "gelu_fast")
+_GELU_EXACT = ("gelu",)
+
+
+@dataclass
+class T5GemmaEncoderConfig:
+    """The encoder half of a Hugging Face T5Gemma config (field names as in transformers)."""
+
+    vocab_size: int = 256000
+    hidden_size: int = 3584
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 42
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    head_dim: int = 256
+    hidden_activation: str = "gelu_pytorch_tanh"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    query_pre_attn_scalar: float = 256
+    sliding_window: int | None = 4096
+    layer_types: tuple[str, ...] = ()
+    attn_logit_softcapping: float | None = 50.0
+    attention_bias: bool = False
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.layer_types:  # transformers' default: sliding, full, sliding, full, ...
+            self.layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention"
+                                     for i in range(self.num_hidden_layers))
+        self.layer_types = tuple(self.layer_types)
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
+        bad = sorted(set(self.layer_types) - {"sliding_attention", "full_attention"})
+        if bad:
+            raise ValueError(f"unknown layer type(s) {bad}: expected 'sliding_attention' or 'full_attention'")
+        if "sliding_attention" in self.layer_types and not self.sliding_window:
+            raise ValueError("config has sliding_attention layers but no sliding_window")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"{self.num_attention_heads} attention heads do not split into "
+                             f"{self.num_key_value_heads} key/value heads")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.hidden_activation not in _GELU_TANH + _GELU_EXACT:
+            raise ValueError(f"unsupported hidden_activation {self.hidden_activation!r}; T5Gemma uses "
+                             f"'gelu_pytorch_tanh'")
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "T5GemmaEncoderConfig":
+        """From a full T5Gemma config.json dict (its ``encoder`` part) or from that part alone."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a config dict, got {type(d).__name__}")
+        enc = d.get("encoder", d)
+        if not isinstance(enc, dict) or "hidden_size" not in enc:
+            raise ValueError("not a T5Gemma config: no 'encoder' section with 'hidden_size' "
+                             "(pass the model folder's config.json contents)")
+        rope = enc.get("rope_parameters") or enc.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"rope type {rope_type!r} is not supported (T5Gemma uses the default RoPE)")
+        theta = rope.get("rope_theta", enc.get("rope_theta", cls.rope_theta))
+        kwargs = {k: enc[k] for k in cls.__dataclass_fields__ if k in enc and enc[k] is not None}
+        kwargs["rope_theta"] = float(theta)
+        if "attn_logit_softcapping" in enc:  # an explicit null means "no soft-cap"
+            kwargs["attn_logit_softcapping"] = enc["attn_logit_softcapping"]
+        if "sliding_window" in enc:
+            kwargs["sliding_window"] = enc["sliding_window"]
+        if "head_dim" not in enc:
+            kwargs["head_dim"] = enc["hidden_size"] // enc["num_attention_heads"]
+        if "vocab_size" not in enc and "vocab_size" in d:
+            kwargs["vocab_size"] = d["vocab_size"]
+        return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: fp32 inside, weight stored zero-centred (``x̂ · (1 + w)``), result in x's dtype."""
+
+    def __init__(self, dim: int, eps: float, *, operations=nn, dtype=None, device=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim, dtype=dtype, device=device))
+        tag_operations(self, operations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = fetch_weight(self, torch.float32, x.device)
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + w)).to(x.dtype)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin [L, head_dim] for rotate-half RoPE, computed in fp32 then cast (as transformers)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)
+                                .float() / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # [L, head_dim/2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def attention(q, k, v, mask, scale: float, softcap: float | None = None) -> torch.Tensor:
+    """q [B, Hq, L, D], k/v [B, Hkv, L, D], mask bool [B, 1, L, L] (True = visible) or None -> [B, Hq, L, D].
+
+    Without ``softcap``: SDPA (what the official run used). With it: explicit scores, ``cap·tanh(s/cap)``,
+    softmax in fp32 (transformers' eager path).
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:  # repeat each kv head for its query group
+        b, h, n, d = k.shape
+        k = k[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+        v = v[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = (cfg.num_attention_heads, cfg.num_key_value_heads,
+                                                            cfg.head_dim)
+        self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
+        h, bias = cfg.hidden_size, cfg.attention_bias
+        lin = dict(bias=bias, dtype=dtype, device=device)
+        self.q_proj = operations.Linear(h, self.num_heads * self.head_dim, **lin)
+        self.k_proj = operations.Linear(h, self.num_kv_heads * self.head_dim, **lin)
+        self.v_proj = operations.Linear(h, self.num_kv_heads * self.head_dim, **lin)
+        self.o_proj = operations.Linear(self.num_heads * self.head_dim, h, **lin)
+
+    def forward(self, x, cos, sin, mask, softcap):
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Hq, L, D]
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        out = attention(q, k, v, mask, self.scale, softcap)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = operations.Linear(h, i, bias=False, dtype=dtype, device=device)
+        self.up_proj = operations.Linear(h, i, bias=False, dtype=dtype, device=device)
+        self.down_proj = operations.Linear(i, h, bias=False, dtype=dtype, device=device)
+        self.approximate = "tanh" if cfg.hidden_activation in _GELU_TANH else "none"
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate=self.approximate) * self.up_proj(x))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: T5GemmaEncoderConfig, layer_type: str, *, operations=nn, dtype=None, device=None):
+        super().__init__()
+        self.layer_type = layer_type
+        kw = dict(operations=operations, dtype=dtype, device=device)
+        self.pre_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.self_attn = SelfAttention(cfg, **kw)
+        self.post_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        self.mlp = GatedMLP(cfg, **kw)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+
+    def forward(self, x, cos, sin, mask, softcap):
+        x = x + self.post_self_attn_layernorm(self.self_attn(self.pre_self_attn_layernorm(x), cos, sin, mask, softcap))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
+class _EncoderStack(nn.Module):
+    """Holds the parameters under the checkpoint's names (``embed_tokens``, ``layers.N``, ``norm``)."""
+
+    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
+        super().__init__()
+        self.embed_tokens = operations.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id,
+                                                 dtype=dtype, device=device)
+        self.layers = nn.ModuleList(EncoderLayer(cfg, t, operations=operations, dtype=dtype, device=device)
+                                    for t in cfg.layer_types)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, operations=operations, dtype=dtype, device=device)
+
+
+def sliding_window_mask(length: int, window: int, device=None) -> torch.Tensor:
+    """Bool [L, L]: query i sees key j iff |i - j| < window (transformers 4.56's bidirectional window)."""
+    idx = torch.arange(length, device=device)
+    return (idx[:, None] - idx[None, :]).abs() < window
+
+
+# ----------------------------------------------------------------------------------------- model
+class T5GemmaEncoder(nn.Module):
+    """The T5Gemma encoder; ``state_dict()`` keys are ``encoder.*`` as in a T5Gemma checkpoint."""
+
+    def __init__(self, config: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None,
+                 attn_softcap: bool = False):
+        super().__init__()
+        self.config = config
+        self.attn_softcap = attn_softcap
+        self.compute_dtype = dtype or torch.float32
+        self.encoder = _EncoderStack(config, operations=operations, dtype=dtype, device=device)
+        self.tokenizer = None
+
+    @classmethod
+    def from_config(cls, hf_config_dict: dict, *, operations=nn, dtype=None, device=None,
+                    attn_softcap: bool = False) -> "T5GemmaEncoder":
+        """Build from a Hugging Face T5Gemma config dict (its ``encoder`` part is used)."""
+        return cls(T5GemmaEncoderConfig.from_hf(hf_config_dict), operations=operations, dtype=dtype,
+                   device=device, attn_softcap=attn_softcap)
+
+    # ------------------------------------------------------------------ forward
+    def _masks(self, attention_mask: torch.Tensor, length: int):
+        """Per layer type: bool [B, 1, L, L] or None when every key is visible."""
+        valid = attention_mask.to(torch.bool)  # [B, L]
+        if not bool(valid.any(dim=1).all()):
+            bad = [i for i, row in enumerate(valid.any(dim=1).tolist()) if not row]
+            raise ValueError(f"attention_mask rows {bad} have no tokens: every sample needs at least one token")
+        padded = not bool(valid.all())
+        key_mask = valid[:, None, None, :]  # [B, 1, 1, L]
+        full = key_mask.expand(-1, 1, length, -1) if padded else None
+        window = self.config.sliding_window
+        if window is None or window >= length:
+            return {"full_attention": full, "sliding_attention": full}
+        band = sliding_window_mask(length, window, attention_mask.device)[None, None]  # [1, 1, L, L]
+        sliding = band & key_mask  # [B, 1, L, L]
+        # A padding query farther than the window from every real token would see nothing (NaN row that
+        # then poisons the values); let such rows see all real tokens. Padding rows are not in the result.
+        empty = ~sliding.any(dim=-1, keepdim=True)
+        return {"full_attention": full, "sliding_attention": sliding | (empty & key_mask)}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, L] int, attention_mask [B, L] (1 = token, 0 = padding) -> last_hidden_state [B, L, H] fp32."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        b, n = input_ids.shape
+        if n == 0:
+            raise ValueError("input_ids is empty: tokenize at least one token")
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); got "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}] (tokenizer/model mismatch?)")
+        dt = self.compute_dtype
+        stack = self.encoder
+        x = stack.embed_tokens(input_ids).to(dt)  # [B, L, H]
+        x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=dt)  # normaliser rounded to dt, as HF
+        cos, sin = rope_tables(torch.arange(n, device=x.device), self.config.head_dim, self.config.rope_theta, dt)
+        masks = self._masks(attention_mask.to(x.device), n)
+        softcap = self.config.attn_logit_softcapping if self.attn_softcap else None
+        for layer in stack.layers:
+            x = layer(x, cos, sin, masks[layer.layer_type], softcap)
+        return stack.norm(x).float()
+
+    # ------------------------------------------------------------------ text -> embeddings
+    def tokenize(self, prompts: list[str]) -> list[list[int]]:
+        if self.tokenizer is None:
+            raise RuntimeError("this encoder has no tokenizer: load it with T5GemmaEncoder.from_pretrained(...) "
+                               "or set .tokenizer = GemmaTokenizer.from_path(<folder>)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompt {i} is empty or whitespace-only: write a text prompt "
+                                 f"(use a negative prompt text, not an empty string, for unconditional passes)")
+        return self.tokenizer(list(prompts))
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str], *, max_length: int = TEXT_TARGET_LENGTH):
+        """prompts -> (embeds [B, max_length, H] fp32, lens list[int]).
+
+        As the official pipeline: each prompt is encoded alone at its full length, the hidden states are
+        cast to fp16 and back to fp32, then zero-padded or trimmed to ``max_length``; ``lens`` holds the
+        real length (≤ max_length). Trimming keeps the first ``max_length`` token states of the full run.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        ids_list = self.tokenize(prompts)
+        device = self.encoder.embed_tokens.weight.device
+        if device.type == "meta":
+            device = torch.device("cpu")
+        out = torch.zeros(len(ids_list), max_length, self.config.hidden_size, dtype=torch.float32)
+        lens = []
+        for i, ids in enumerate(ids_list):
+            ids_t = torch.tensor([ids], dtype=torch.long, device=device)
+            hidden = self(ids_t, torch.ones_like(ids_t))[0].half().float().cpu()  # [L, H]
+            if hidden.shape[0] > max_length:
+                log.warning("T5Gemma prompt %d has %d tokens; the DiT takes %d: trimming the last %d token "
+                            "embeddings (shorten the prompt to keep all of it)", i, hidden.shape[0], max_length,
+                            hidden.shape[0] - max_length)
+            n = min(hidden.shape[0], max_length)
+            out[i, :n] = hidden[:n]
+            lens.append(n)
+        return out, lens
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def from_pretrained(cls, folder_or_file: str | os.PathLike, *, dtype=torch.bfloat16, device="cpu",
+                        operations=nn, tokenizer: str | os.PathLike | None = None,
+                        attn_softcap: bool = False) -> "T5GemmaEncoder":
+        """Load the encoder (only its tensors) from an HF folder or an encoder-only .safetensors file.
+
+        Folder: config.json + model.safetensors or model.safetensors.index.json shards (+ tokenizer files).
+        Keys ``model.encoder.*`` (full T5GemmaForConditionalGeneration save) or ``encoder.*`` are accepted;
+        decoder and head tensors are never read. Single file: config JSON in metadata key ``config`` (or a
+        config.json beside it); tokenizer.json/tokenizer.model beside it or given as ``tokenizer=``.
+        """
+        from ..tokenizer import GemmaTokenizer
+
+        path = Path(folder_or_file)
+        if path.is_dir():
+            config, shards = _read_folder(path)
+            tok_path = tokenizer or path
+        elif path.is_file():
+            config, shards = _read_single_file(path)
+            tok_path = tokenizer or _tokenizer_beside(path)
+        else:
+            raise FileNotFoundError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 "
+                                    f"folder or an encoder .safetensors file)")
+        model = cls.from_config(config, operations=operations, dtype=dtype, device="meta",
+                                attn_softcap=attn_softcap)
+        model.compute_dtype = dtype
+        state = _load_encoder_tensors(shards, dtype=dtype, device=device)
+        model.load_state_dict(state, strict=True, assign=True)
+        if tok_path is not None:
+            model.tokenizer = GemmaTokenizer.from_path(tok_path)
+        return model
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _read_folder(folder: Path):
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face T5Gemma folder")
+    config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards: dict[Path, list[str]] = {}
+        for key, shard in weight_map.items():
+            shards.setdefault(folder / shard, []).append(key)
+        return config, shards
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} has neither model.safetensors.index.json nor *.safetensors files")
+    return config, {f: None for f in files}
+
+
+def _read_single_file(file: Path):
+    from safetensors import safe_open
+
+    if file.suffix != ".safetensors":
+        raise ValueError(f"{file}: expected a .safetensors file")
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" in meta:
+        config = json.loads(meta["config"])
+    elif (file.parent / "config.json").is_file():
+        config = json.loads((file.parent / "config.json").read_text(encoding="utf-8"))
+    else:
+        raise ValueError(f"{file} carries no T5Gemma config (metadata key 'config') and there is no config.json "
+                         f"beside it; write one with save_encoder_file() or put the model's config.json next to it")
+    return config, {file: None}
+
+
+def _tokenizer_beside(file: Path):
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if (file.parent / name).is_file():
+            return file.parent
+    stem_json = file.with_suffix(".tokenizer.json")
+    if stem_json.is_file():
+        return stem_json
+    raise FileNotFoundError(f"no tokenizer.json or tokenizer.model beside {file}; pass tokenizer=<path to the "
+                            f"T5Gemma tokenizer.json or its folder>")
+
+
+def _encoder_key(key: str) -> str | None:
+    """Checkpoint key -> our ``encoder.*`` key, or None for decoder/head tensors."""
+    for prefix in ("model.encoder.", "encoder."):
+        if key.startswith(prefix):
+            return "encoder." + key[len(prefix):]
+    return None
+
+
+def _load_encoder_tensors(shards: dict, *, dtype, device) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    seen_keys: list[str] = []
+    for file, keys in shards.items():
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"shard {file} listed by the index is missing")
+        with safe_open(str(file), framework="pt") as f:
+            for key in (keys if keys is not None else f.keys()):
+                seen_keys.append(key)
+                ours = _encoder_key(key)
+                if ours is None:
+                    continue
+                if ours in state:
+                    raise ValueError(f"encoder tensor {ours} appears twice (as {key}) in {file}")
+                t = f.get_tensor(key)
+                state[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    if not state:
+        sample = ", ".join(seen_keys[:5])
+        raise ValueError(f"no T5Gemma encoder tensors found (expected keys 'model.encoder.*' or 'encoder.*'; "
+                         f"first keys: {sample})")
+    return state
+
+
+def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=torch.bfloat16) -> None:
+    """One-time conversion: HF T5Gemma folder -> a single encoder-only .safetensors (config in metadata)."""
+    from safetensors.torch import save_file
+
+    config, shards = _read_folder(Path(src))
+    state = _load_encoder_tensors(shards, dtype=dtype, device="cpu")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dst), metadata={"config": json.dumps(config)})
+
+
+# ----------------------------------------------------------------------------------------- tiny model
+def tiny_hf_config() -> dict:
+    """A tiny T5Gemma config.json dict: hidden 64 (the tiny DiT's text_in_channels), 4 layers alternating
+    sliding (window 6) / full attention, GQA 4:2, head_dim 24 (heads·head_dim != hidden, as in 9B)."""
+    module = {
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 24,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "query_pre_attn_scalar": 32,
+        "sliding_window": 6,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        "tie_word_embeddings": True,
+    }
+    return {
+        "architectures": ["T5GemmaForConditionalGeneration"],
+        "model_type": "t5gemma",
+        "encoder": dict(module),
+        "decoder": dict(module),
+        "is_encoder_decoder": True,
+        "dropout_rate": 0.0,
+        "attention_dropout": 0.0,
+        "classifier_dropout_rate": 0.0,
+        "tie_word_embeddings": True,
+        "vocab_size": 512,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        "torch_dtype": "float32",
+    }
+
+
+def tiny_state_dict(config: dict | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random but well-scaled encoder weights (``encoder.*``) for a (tiny) config."""
+    cfg = T5GemmaEncoderConfig.from_hf(config or tiny_hf_config())
+    shapes = {k: v.shape for k, v in T5GemmaEncoder(cfg, device="meta").state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        if key.endswith("embed_tokens.weight"):
+            t = torch.randn(shape, generator=g) * (1.0 / math.sqrt(cfg.hidden_size))
+        elif "norm" in key:
+            t = torch.randn(shape, generator=g) * 0.2
+        else:
+            t = torch.randn(shape, generator=g) / math.sqrt(shape[-1])
+        state[key] = t
+    return state
+
+
+def write_tiny_t5gemma(folder: str | os.PathLike, seed: int = 0, *, shards: int = 1) -> Path:
+    """Write a real HF-style T5Gemma folder: config.json, model.safetensors (or an index + ``shards`` files)
+    with ``model.encoder.*`` tensors plus a few ``model.decoder.*`` ones, and a tiny Gemma tokenizer."""
+    from safetensors.torch import save_file
+
+    from ..tokenizer import write_tiny_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = tiny_hf_config()
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tensors = {"model." + k: v for k, v in tiny_state_dict(config, seed).items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    h = config["decoder"]["hidden_size"]
+    tensors["model.decoder.embed_tokens.weight"] = torch.randn(config["vocab_size"], h, generator=g) * 0.1
+    tensors["model.decoder.layers.0.self_attn.q_proj.weight"] = torch.randn(96, h, generator=g) * 0.1
+    tensors["model.decoder.layers.0.cross_attn.k_proj.weight"] = torch.randn(48, h, generator=g) * 0.1
+    tensors["model.decoder.norm.weight"] = torch.zeros(h)
+    keys = sorted(tensors)
+    if shards <= 1:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for s in range(shards):
+            name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {k: tensors[k] for k in keys[s::shards]}
+            save_file(part, str(folder / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in part})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_tiny_tokenizer(folder)
+    return folder
