@@ -12,7 +12,7 @@ from torch import nn
 
 from magihuman.models.text_encoder import (
     T5GemmaEncoder,
-    T5GemmaEncoderConfig,
+    encoder_state_dict,
     save_encoder_file,
     sliding_window_mask,
     tiny_hf_config,
@@ -224,6 +224,28 @@ def test_operations_namespace_is_used():
     assert len(fetched) == 4 * 4 + 1  # every RMSNorm weight went through the host hook
 
 
+def test_host_attention_backend_is_used_when_selected():
+    """With the default scale (query_pre_attn_scalar == head_dim, as in the 9B) a host-selected kernel runs."""
+    from magihuman import attention as attn
+
+    cfg = tiny_hf_config()
+    cfg["encoder"]["query_pre_attn_scalar"] = cfg["encoder"]["head_dim"]
+    model = T5GemmaEncoder.from_config(cfg)
+    model.load_state_dict(tiny_state_dict(cfg))
+    ids = torch.randint(5, 450, (1, 12), generator=torch.Generator().manual_seed(2))
+    ref = model(ids)
+    calls = []
+    attn.register_attention_backend("t5gemma_test", lambda q, k, v, m: calls.append(1) or attn.math_attention(q, k, v, m))
+    previous = attn.get_attention_backend()
+    attn.set_attention_backend("t5gemma_test")
+    try:
+        out = model(ids)
+    finally:
+        attn.set_attention_backend(previous)
+    assert len(calls) == 4
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------------- loading
 class _RecordingSafeOpen:
     def __init__(self, real, log):
@@ -270,6 +292,16 @@ def test_load_hf_folder_reads_only_encoder_tensors(tmp_path, shards, monkeypatch
     for k, v in ref.items():
         assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], v.to(torch.bfloat16)), k
     assert model.tokenizer is not None and model.tokenizer.bos_token_id == 2
+
+
+def test_encoder_state_dict_helper():
+    state = tiny_state_dict(seed=1)
+    full = {"model." + k: v for k, v in state.items()}
+    full.update({"model.decoder.norm.weight": torch.zeros(64), "lm_head.out_proj.weight": torch.zeros(512, 64)})
+    model = T5GemmaEncoder.from_config(tiny_hf_config())
+    model.load_state_dict(encoder_state_dict(full), strict=True)
+    assert torch.equal(model.state_dict()["encoder.layers.3.mlp.up_proj.weight"],
+                       state["encoder.layers.3.mlp.up_proj.weight"])
 
 
 def test_load_accepts_unprefixed_encoder_keys(tmp_path):

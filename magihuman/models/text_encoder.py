@@ -12,7 +12,13 @@ transformers 4.56's default attention (SDPA), and its SDPA path silently drops t
 ``attn_softcap=True`` applies it (what transformers' "eager" attention computes).
 
 Numerics follow transformers: everything in the weight dtype except RMSNorm (fp32 inside) and the
-RoPE tables (fp32, then cast); :meth:`T5GemmaEncoder.forward` returns fp32.
+RoPE tables (fp32, then cast); :meth:`T5GemmaEncoder.forward` returns fp32. Bit-identical to
+transformers 4.56.0's ``T5GemmaEncoderModel`` (default attention) on the tiny model, fp32 and bf16.
+
+transformers 5.x differs from the official 4.56 in two ways this module does NOT follow: it refuses
+SDPA for T5Gemma and defaults to eager attention (so it soft-caps), and it counts the bidirectional
+window inclusively (``|i - j| <= window``). The first changes the embeddings (the DiT was trained
+without the cap); the second never matters here (prompts are far shorter than the 4096 window).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import attention as shared_attention
+from ..attention import get_attention_backend
 from ..ops import fetch_weight, tag_operations
 
 log = logging.getLogger(__name__)
@@ -141,9 +149,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def attention(q, k, v, mask, scale: float, softcap: float | None = None) -> torch.Tensor:
     """q [B, Hq, L, D], k/v [B, Hkv, L, D], mask bool [B, 1, L, L] (True = visible) or None -> [B, Hq, L, D].
 
-    Without ``softcap``: SDPA (what the official run used). With it: explicit scores, ``cap·tanh(s/cap)``,
-    softmax in fp32 (transformers' eager path).
+    Without ``softcap``: SDPA (what the official run used), or the engine's selected attention backend
+    when a host picked one and the scale is the default 1/sqrt(D) (true for the 9B: scalar 256 = head_dim).
+    With ``softcap``: explicit scores, ``cap·tanh(s/cap)``, softmax in fp32 (transformers' eager path).
     """
+    if softcap is None and scale == q.shape[-1] ** -0.5 and get_attention_backend() != "sdpa":
+        return shared_attention(q, k, v, mask)  # a kernel the host selected (same math, default scale)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:  # repeat each kv head for its query group
         b, h, n, d = k.shape
@@ -425,6 +436,17 @@ def _encoder_key(key: str) -> str | None:
         if key.startswith(prefix):
             return "encoder." + key[len(prefix):]
     return None
+
+
+def encoder_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder part of a T5Gemma state dict (``model.encoder.*`` or ``encoder.*``) keyed ``encoder.*``;
+    decoder and head tensors are dropped. Feed the result to ``load_state_dict(strict=True)``."""
+    out = {}
+    for key, value in checkpoint.items():
+        ours = _encoder_key(key)
+        if ours is not None:
+            out[ours] = value
+    return out
 
 
 def _load_encoder_tensors(shards: dict, *, dtype, device) -> dict[str, torch.Tensor]:
