@@ -99,7 +99,7 @@ class GemmaTokenizer:
             try:
                 from tokenizers import Tokenizer
             except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("reading tokenizer.json needs the `tokenizers` package: pip install tokenizers") from e
+                raise ImportError("reading tokenizer.json needs `tokenizers`: pip install tokenizers") from e
             return cls(backend=Tokenizer.from_file(str(file)), kind="tokenizers", **kwargs)
         if file.suffix == ".model":
             try:

@@ -235,7 +235,8 @@ def test_host_attention_backend_is_used_when_selected():
     ids = torch.randint(5, 450, (1, 12), generator=torch.Generator().manual_seed(2))
     ref = model(ids)
     calls = []
-    attn.register_attention_backend("t5gemma_test", lambda q, k, v, m: calls.append(1) or attn.math_attention(q, k, v, m))
+    attn.register_attention_backend(
+        "t5gemma_test", lambda q, k, v, m: calls.append(1) or attn.math_attention(q, k, v, m))
     previous = attn.get_attention_backend()
     attn.set_attention_backend("t5gemma_test")
     try:
