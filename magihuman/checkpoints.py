@@ -1,0 +1,710 @@
+"""Finding, checking and streaming DiT checkpoints into a model, tensor by tensor.
+
+The released folders (``distill/``, ``540p_sr/``, ``1080p_sr/``) are fp32 on disk (~61 GB) and the
+model runs with bf16 block linears (~31 GB). :func:`load_dit` builds the model on the meta device,
+then allocates each parameter in its final dtype and fills it from the file in small chunks, so the
+host never holds the fp32 state dict and the model together (peak RAM ~ model size + 64 MB).
+
+Accepted layouts (official fused key names, SPEC §3):
+  * a folder with ``model.safetensors.index.json`` + shards, each shard either ``<shard>`` or
+    ``<shard>.zst`` (zstd stream, as the official loader accepts);
+  * a folder with one ``model.safetensors`` (or one ``*.safetensors[.zst]``);
+  * a single ``.safetensors`` / ``.safetensors.zst`` file.
+Keys may carry one wrapper prefix (``model.diffusion_model.``, ``diffusion_model.``, ``model.``,
+``module.``), stripped when every key has it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from .models.dit_config import DiTConfig
+from .rope import default_rope_bands
+from .safetensors_io import (
+    SafetensorsError,
+    SafetensorsHeader,
+    TensorInfo,
+    TensorReader,
+    TensorSpec,
+    read_header,
+    write_file,
+)
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("distill", "base", "sr_540p", "sr_1080p")
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+META_VARIANT = "magihuman_variant"
+META_CONFIG = "magihuman_config"
+ROPE_KEY = "adapter.rope.bands"
+KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "module.")
+# Architecture fields that shapes determine (local_attn_layers does not show in the weights).
+ARCH_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",
+               "audio_in_channels", "text_in_channels", "mm_layers", "gelu7_layers", "post_norm_layers",
+               "enable_attn_gating")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt, or holds a different model than expected."""
+
+
+# ------------------------------------------------------------------ the official key table
+
+
+def sr_1080p_local_attn_layers(num_layers: int) -> list[int]:
+    """Official 1080p SR rule: every layer is local except 3, 7, 11, ..., 31 (i >= 32 stays local)."""
+    return [i for i in range(num_layers) if i >= 32 or i % 4 != 3]
+
+
+def official_key_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of the official fused layout with its shape, in module order."""
+    c = config
+    h, hd = c.hidden_size, c.head_dim
+    out: dict[str, tuple[int, ...]] = {}
+    for name, cin in (("video", c.video_in_channels), ("text", c.text_in_channels), ("audio", c.audio_in_channels)):
+        out[f"adapter.{name}_embedder.weight"] = (h, cin)
+        out[f"adapter.{name}_embedder.bias"] = (h,)
+    out[ROPE_KEY] = (hd // 8,)
+    for i in range(c.num_layers):
+        e = 3 if i in c.mm_layers else 1
+        p = f"block.layers.{i}."
+        inner = c.gelu_intermediate_size if i in c.gelu7_layers else c.swiglu_intermediate_size
+        up = inner if i in c.gelu7_layers else 2 * inner
+        out[p + "attention.pre_norm.weight"] = (e * h,)
+        out[p + "attention.linear_qkv.weight"] = (e * c.qkv_out_features, h)
+        out[p + "attention.linear_proj.weight"] = (e * h, c.num_heads_q * hd)
+        out[p + "attention.q_norm.weight"] = (e * hd,)
+        out[p + "attention.k_norm.weight"] = (e * hd,)
+        out[p + "mlp.pre_norm.weight"] = (e * h,)
+        out[p + "mlp.up_gate_proj.weight"] = (e * up, h)
+        out[p + "mlp.down_proj.weight"] = (e * h, inner)
+        if i in c.post_norm_layers:
+            out[p + "attn_post_norm.weight"] = (e * h,)
+            out[p + "mlp_post_norm.weight"] = (e * h,)
+    out["final_norm_video.weight"] = (h,)
+    out["final_norm_audio.weight"] = (h,)
+    out["final_linear_video.weight"] = (c.video_in_channels, h)
+    out["final_linear_audio.weight"] = (c.audio_in_channels, h)
+    return out
+
+
+def is_block_linear(key: str) -> bool:
+    """Keys the model stores in the requested dtype (the rest stays fp32)."""
+    return key.startswith("block.") and key.endswith(("linear_qkv.weight", "linear_proj.weight",
+                                                       "up_gate_proj.weight", "down_proj.weight"))
+
+
+# ------------------------------------------------------------------ finding the files
+
+
+@dataclass
+class CheckpointSource:
+    """The files of one checkpoint and where each (de-prefixed) key lives; headers only, no data."""
+
+    path: Path
+    files: list[Path]
+    headers: dict[Path, SafetensorsHeader]
+    key_file: dict[str, Path]  # model key -> file
+    key_name: dict[str, str]  # model key -> name inside the file
+    index_path: Optional[Path] = None
+    prefix: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def info(self, key: str) -> TensorInfo:
+        return self.headers[self.key_file[key]].tensors[self.key_name[key]]
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: self.info(k).shape for k in self.key_file}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.info(k).nbytes for k in self.key_file)
+
+    def describe(self) -> str:
+        if self.index_path is not None:
+            return f"{self.index_path} ({len(self.files)} shard(s))"
+        return str(self.files[0])
+
+    def source_dtype(self) -> torch.dtype:
+        """The dtype holding most bytes of the block linears (what the release was saved in)."""
+        by: dict[torch.dtype, int] = {}
+        for k in self.key_file:
+            if is_block_linear(k):
+                i = self.info(k)
+                by[i.dtype] = by.get(i.dtype, 0) + i.nbytes
+        if not by:
+            by = {self.info(k).dtype: 1 for k in self.key_file}
+        return max(by, key=by.get)
+
+
+def _header(path: Path) -> SafetensorsHeader:
+    try:
+        return read_header(path)
+    except SafetensorsError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def _resolve_shard(folder: Path, name: str, index_path: Path) -> Path:
+    plain, zst = folder / name, folder / (name + ".zst")
+    if plain.is_file():  # prefer the seekable copy when both exist (same content)
+        return plain
+    if zst.is_file():
+        return zst
+    raise CheckpointError(
+        f"shard {name!r} listed in {index_path} is missing: neither {plain} nor {zst} exists; "
+        "download the complete folder"
+    )
+
+
+def open_checkpoint(path: str | Path) -> CheckpointSource:
+    """Locate the files of a checkpoint and read their headers (validated; no tensor data read)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"DiT checkpoint {path} does not exist; pass a checkpoint folder "
+                              f"(with {INDEX_NAME} or {SINGLE_NAME}) or a .safetensors file")
+    index_path = None
+    key_file: dict[str, Path] = {}
+    if path.is_dir():
+        index_path = path / INDEX_NAME
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+                assert isinstance(weight_map, dict)
+            except Exception as e:
+                raise CheckpointError(f"{index_path} is not a valid safetensors index (needs a 'weight_map' "
+                                      f"object): {e}") from e
+            shard_paths: dict[str, Path] = {}
+            for key, shard in weight_map.items():
+                if shard not in shard_paths:
+                    shard_paths[shard] = _resolve_shard(path, shard, index_path)
+                key_file[key] = shard_paths[shard]
+            files = list(dict.fromkeys(shard_paths.values()))
+        else:
+            index_path = None
+            candidates = [path / SINGLE_NAME, path / (SINGLE_NAME + ".zst")]
+            files = [p for p in candidates if p.is_file()][:1]
+            if not files:
+                files = sorted(p for p in path.iterdir() if p.name.endswith((".safetensors", ".safetensors.zst")))
+                if len(files) != 1:
+                    found = ", ".join(p.name for p in files) or "no .safetensors files"
+                    raise CheckpointError(
+                        f"{path} has no {INDEX_NAME} and no single {SINGLE_NAME} (found: {found}); "
+                        "pass the folder of one checkpoint or the .safetensors file itself")
+    elif path.name.endswith((".safetensors", ".safetensors.zst", ".sft")):
+        files = [path]
+    else:
+        raise CheckpointError(f"{path} is not a .safetensors file; DiT checkpoints are safetensors "
+                              "(an official folder with an index and shards, or one .safetensors file)")
+
+    headers = {f: _header(f) for f in files}
+    if index_path is None:
+        key_file = {k: files[0] for k in headers[files[0]].tensors}
+    else:
+        for f, h in headers.items():
+            listed = [k for k, kf in key_file.items() if kf == f]
+            absent = [k for k in listed if k not in h.tensors]
+            if absent:
+                raise CheckpointError(f"{index_path} says {len(absent)} tensor(s) are in {f.name} but that shard does "
+                                      f"not contain them (first: {absent[:3]}); the folder is inconsistent")
+            extra = set(h.tensors) - set(listed)
+            if extra:
+                log.warning("%s: %d tensor(s) not listed in the index are ignored (first: %s)",
+                            f, len(extra), sorted(extra)[:3])
+    metadata: dict[str, str] = {}
+    for h in headers.values():
+        for k, v in h.metadata.items():
+            metadata.setdefault(k, v)
+
+    prefix = ""
+    keys = list(key_file)
+    if keys and not any(k.startswith("adapter.") or k.startswith("block.") for k in keys):
+        for p in KEY_PREFIXES:
+            if all(k.startswith(p) for k in keys):
+                prefix = p
+                break
+    key_name = {k[len(prefix):]: k for k in keys}
+    key_file = {k[len(prefix):]: f for k, f in key_file.items()}
+    return CheckpointSource(path, files, headers, key_file, key_name, index_path, prefix, metadata)
+
+
+# ------------------------------------------------------------------ key checks and inference
+
+
+def _listing(keys: list[str], shapes: dict | None = None, limit: int = 5) -> str:
+    items = [f"{k} {list(shapes[k])}" if shapes else k for k in keys[:limit]]
+    more = f", ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(items) + more
+
+
+def key_mismatch_message(where: str, found: dict[str, tuple], expected: dict[str, tuple], what: str,
+                         allow_missing: Iterable[str] = ()) -> Optional[str]:
+    """A readable report of missing / unexpected / wrong-shape keys, or None when they match."""
+    allow = set(allow_missing)
+    missing = [k for k in expected if k not in found and k not in allow]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or wrong):
+        return None
+    lines = [f"{where} does not hold {what}:"]
+    if missing:
+        lines.append(f"  {len(missing)} missing key(s): {_listing(missing, expected)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected key(s): {_listing(unexpected, found)}")
+    if wrong:
+        lines.append(f"  {len(wrong)} key(s) with the wrong shape: " + ", ".join(
+            f"{k} is {list(found[k])}, expected {list(expected[k])}" for k in wrong[:5])
+            + (f", ... (+{len(wrong) - 5} more)" if len(wrong) > 5 else ""))
+    return "\n".join(lines)
+
+
+_LAYER_RE = re.compile(r"^block\.layers\.(\d+)\.")
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") -> DiTConfig:
+    """Architecture from the tensor shapes of an official fused-layout state dict.
+
+    hidden/in-channels from the adapter embedders; layers from ``block.layers.{i}``; experts (mm
+    layers) from ``pre_norm`` = 3*hidden; head_dim from ``q_norm``; query groups (and gating) from
+    the per-expert ``linear_qkv`` width; gelu7 vs swiglu7 from the ``up_gate_proj`` width; post-norm
+    layers from ``attn_post_norm``. ``local_attn_layers`` does not show in weights and is left empty.
+    """
+    def wrong_model(detail: str) -> CheckpointError:
+        msg = key_mismatch_message(where, shapes, official_key_shapes(DiTConfig()),
+                                   "a daVinci-MagiHuman DiT (official fused layout)", allow_missing=[ROPE_KEY])
+        return CheckpointError(f"{msg or where}\n  ({detail}; expected keys like 'adapter.video_embedder.weight', "
+                               "'block.layers.0.attention.linear_qkv.weight'. Is this another model's file?)")
+
+    try:
+        h, vin = shapes["adapter.video_embedder.weight"]
+        _, ain = shapes["adapter.audio_embedder.weight"]
+        _, tin = shapes["adapter.text_embedder.weight"]
+    except (KeyError, ValueError):
+        raise wrong_model("the adapter embedders are missing") from None
+    layer_ids = sorted({int(m.group(1)) for k in shapes if (m := _LAYER_RE.match(k))})
+    if not layer_ids:
+        raise wrong_model("no 'block.layers.{i}' keys")
+    n = layer_ids[-1] + 1
+    if layer_ids != list(range(n)):
+        gaps = sorted(set(range(n)) - set(layer_ids))
+        raise CheckpointError(f"{where}: transformer layers {gaps[:5]} are missing (found up to layer {n - 1}); "
+                              "the checkpoint is incomplete")
+    mm, gelu, post = [], [], []
+    head_dims, qkv_widths = set(), set()
+    swiglu_inner = int(h * 4 * 2 / 3) // 4 * 4
+    for i in range(n):
+        p = f"block.layers.{i}."
+        try:
+            (pre,) = shapes[p + "attention.pre_norm.weight"]
+            (qn,) = shapes[p + "attention.q_norm.weight"]
+            qkv = shapes[p + "attention.linear_qkv.weight"][0]
+            up = shapes[p + "mlp.up_gate_proj.weight"][0]
+        except (KeyError, ValueError):
+            raise wrong_model(f"layer {i} lacks attention/mlp weights") from None
+        if pre not in (h, 3 * h):
+            raise wrong_model(f"layer {i} pre_norm has {pre} channels, expected {h} or {3 * h}")
+        e = pre // h
+        if e == 3:
+            mm.append(i)
+        head_dims.add(qn // e)
+        qkv_widths.add(qkv // e)
+        if up // e == 4 * h:
+            gelu.append(i)
+        elif up // e != 2 * swiglu_inner:
+            raise wrong_model(f"layer {i} up_gate_proj has {up // e} outputs per expert, expected "
+                              f"{4 * h} (gelu7) or {2 * swiglu_inner} (swiglu7)")
+        if p + "attn_post_norm.weight" in shapes:
+            post.append(i)
+    if len(head_dims) != 1 or len(qkv_widths) != 1:
+        raise CheckpointError(f"{where}: layers disagree on head_dim {sorted(head_dims)} / qkv width "
+                              f"{sorted(qkv_widths)}; the checkpoint is corrupt")
+    (hd,), (w,) = head_dims, qkv_widths
+    if hd <= 0 or h % hd:
+        raise wrong_model(f"q_norm width {hd} does not divide hidden size {h}")
+    hq = h // hd
+    rest = w - hq * hd  # 2*kv_heads*head_dim (+ hq gates)
+    if rest > hq and (rest - hq) % (2 * hd) == 0:
+        gating, kv = True, (rest - hq) // (2 * hd)
+    elif rest > 0 and rest % (2 * hd) == 0:
+        gating, kv = False, rest // (2 * hd)
+    else:
+        raise wrong_model(f"linear_qkv width {w} fits no (query + 2*kv heads)*{hd} (+ {hq} gates) split")
+    try:
+        return DiTConfig(num_layers=n, hidden_size=h, head_dim=hd, num_query_groups=kv, video_in_channels=vin,
+                         audio_in_channels=ain, text_in_channels=tin, mm_layers=mm, gelu7_layers=gelu,
+                         post_norm_layers=post, enable_attn_gating=gating)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: inferred an invalid DiT config: {e}") from e
+
+
+def normalize_variant(name: str) -> Optional[str]:
+    """Map a folder/file/user name to a variant: '1080p_sr', 'sr_1080p', '1080p' -> 'sr_1080p', ..."""
+    s = str(name).lower()
+    if re.search(r"(?<!\d)1080p?(?!\d)", s):
+        return "sr_1080p"
+    if re.search(r"(?<!\d)540p?(?!\d)", s):
+        return "sr_540p"
+    tokens = [t for t in re.split(r"[^a-z0-9]+", s) if t]
+    if any(t.startswith("distil") for t in tokens):
+        return "distill"
+    if "base" in tokens:
+        return "base"
+    return None
+
+
+def _name_candidates(src: CheckpointSource) -> list[str]:
+    names = []
+    if src.path.is_dir():
+        names.append(src.path.name)
+        if src.index_path is None:
+            names.append(src.files[0].name)
+    else:
+        names += [src.path.name, src.path.parent.name]
+    return [n for n in names if n]
+
+
+def infer_variant(src: CheckpointSource, override: Optional[str] = None) -> tuple[str, str]:
+    """(variant, reason): caller's override, then file metadata, then file/folder name, then dtype."""
+    if override is not None:
+        v = override if override in VARIANTS else normalize_variant(override)
+        if v is None:
+            raise CheckpointError(f"unknown variant {override!r}; choose one of {', '.join(VARIANTS)}")
+        return v, f"given by the caller (variant={override!r})"
+    meta = src.metadata.get(META_VARIANT)
+    if meta:
+        v = meta if meta in VARIANTS else normalize_variant(meta)
+        if v is not None:
+            return v, f"safetensors metadata {META_VARIANT}={meta!r}"
+        log.warning("%s: ignoring unknown %s=%r", src.describe(), META_VARIANT, meta)
+    for name in _name_candidates(src):
+        v = normalize_variant(name)
+        if v is not None:
+            return v, f"the name {name!r}"
+    dt = src.source_dtype()
+    if dt in (torch.bfloat16, torch.float16):
+        return "base", (f"weights are {str(dt).replace('torch.', '')} on disk and the name says nothing; the base "
+                        "release is the bf16 one (pass variant= to override)")
+    return "distill", (f"weights are {str(dt).replace('torch.', '')} on disk and the name says nothing; distill and "
+                       "the SR models are the fp32 releases, distill assumed (pass variant='sr_540p'/'sr_1080p' "
+                       "or name the folder 540p_sr/1080p_sr for an SR model)")
+
+
+def _metadata_config(src: CheckpointSource) -> Optional[DiTConfig]:
+    raw = src.metadata.get(META_CONFIG)
+    if not raw:
+        return None
+    try:
+        return DiTConfig.from_dict(json.loads(raw))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{src.describe()}: metadata {META_CONFIG} is not a valid DiT config: {e}") from e
+
+
+def resolve_config(src: CheckpointSource, variant: str, config: Optional[DiTConfig] = None) -> tuple[DiTConfig, str]:
+    """The config to build: inferred from shapes, checked against a given/metadata config; local
+    attention layers from the metadata config, or the official 1080p SR rule for ``sr_1080p``."""
+    inferred = infer_config(src.shapes, src.describe())
+    for given, origin in ((config, "the config passed in"), (_metadata_config(src), f"metadata {META_CONFIG}")):
+        if given is None:
+            continue
+        diff = [f for f in ARCH_FIELDS if getattr(given, f) != getattr(inferred, f)]
+        if diff:
+            raise CheckpointError(f"{src.describe()}: {origin} disagrees with the weights on "
+                                  + ", ".join(f"{f} ({getattr(given, f)} vs {getattr(inferred, f)} in the file)"
+                                              for f in diff))
+        if origin == "the config passed in":
+            return given, "local_attn_layers from the config passed in"
+        if given.local_attn_layers:
+            inferred.local_attn_layers = list(given.local_attn_layers)
+            return inferred, f"local_attn_layers from metadata {META_CONFIG}"
+    if variant == "sr_1080p":
+        inferred.local_attn_layers = sr_1080p_local_attn_layers(inferred.num_layers)
+        return inferred, "local_attn_layers by the official 1080p SR rule (all but 3, 7, ..., 31)"
+    return inferred, "no local attention"
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _state_slots(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str, bool]]:
+    """state-dict key -> (owning module, attribute, is_parameter), persistent entries only."""
+    slots = {}
+    for mname, mod in model.named_modules():
+        pre = f"{mname}." if mname else ""
+        for n, p in mod._parameters.items():
+            if p is not None:
+                slots[pre + n] = (mod, n, True)
+        for n, b in mod._buffers.items():
+            if b is not None and n not in mod._non_persistent_buffers_set:
+                slots[pre + n] = (mod, n, False)
+    return slots
+
+
+def _install(mod: torch.nn.Module, attr: str, is_param: bool, tensor: torch.Tensor) -> None:
+    if is_param:
+        mod._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+    else:
+        mod._buffers[attr] = tensor
+
+
+def _progress_bar(total: int, show: bool, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not show, leave=False)
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def load_dit(
+    path: str | Path,
+    *,
+    dtype: Optional[torch.dtype] = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    operations=torch.nn,
+    variant: Optional[str] = None,
+    config: Optional[DiTConfig] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    show_progress: bool = True,
+    chunk_bytes: Optional[int] = None,
+):
+    """Build a :class:`MagiHumanDiT` from a checkpoint, streaming and converting tensor by tensor.
+
+    ``dtype`` applies to the block linears (None = bf16, the official layout); norms, adapter,
+    final heads and RoPE bands stay fp32 as the model defines them. The variant (distill / base /
+    sr_540p / sr_1080p) and config are inferred (override with ``variant=`` / ``config=``); the
+    returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why.
+    ``progress(done_bytes, total_bytes)`` is called as data arrives. A file without
+    ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
+    """
+    from .models.dit import MagiHumanDiT  # local: keeps file tools importable without the model code
+
+    src = open_checkpoint(path)
+    where = src.describe()
+    variant, variant_reason = infer_variant(src, variant)
+    cfg, config_reason = resolve_config(src, variant, config)
+
+    model = MagiHumanDiT(cfg, operations=operations, dtype=dtype, device="meta")
+    slots = _state_slots(model)
+    expected = {k: tuple(getattr(m, a).shape) for k, (m, a, _) in slots.items()}
+    msg = key_mismatch_message(where, src.shapes, expected,
+                               f"the DiT this config needs (inferred: {cfg.num_layers} layers, hidden "
+                               f"{cfg.hidden_size})", allow_missing=[ROPE_KEY])
+    if msg:
+        raise CheckpointError(msg)
+
+    device = torch.device(device)
+    total = src.total_bytes
+    done = 0
+    bar = _progress_bar(total, show_progress, "Loading DiT")
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if bar is not None:
+            bar.update(n)
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        for f in src.files:
+            header = src.headers[f]
+            keys = sorted((k for k, kf in src.key_file.items() if kf == f), key=lambda k: src.info(k).begin)
+            with TensorReader(header, chunk_bytes=chunk_bytes) as reader:
+                for k in keys:
+                    mod, attr, is_param = slots[k]
+                    meta = getattr(mod, attr)
+                    dest = torch.empty(meta.shape, dtype=meta.dtype, device=device)
+                    try:
+                        reader.read_into(src.info(k), dest, on_bytes)
+                    except SafetensorsError as e:
+                        raise CheckpointError(str(e)) from e
+                    _install(mod, attr, is_param, dest)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    notes = []
+    if ROPE_KEY not in src.key_file:
+        mod, attr, is_param = slots[ROPE_KEY]
+        _install(mod, attr, is_param, default_rope_bands(cfg.head_dim).to(device=device, dtype=getattr(mod, attr).dtype))
+        notes.append(f"{ROPE_KEY} absent from the file: filled with 1/10000**(i/{cfg.head_dim // 8})")
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{where}: the model still has uninitialised tensors after loading: {left[:5]}")
+    model.eval()
+
+    source_dtype = src.source_dtype()
+    model.variant = variant
+    model.load_info = {
+        "variant": variant,
+        "reason": variant_reason,
+        "config_reason": config_reason,
+        "source": where,
+        "source_dtype": _dtype_name(source_dtype),
+        "dtype": _dtype_name(dtype or torch.bfloat16),
+        "coords": "v1" if variant.startswith("sr_") else "v2",
+        "config": cfg.to_dict(),
+        "bytes_read": done,
+        "notes": notes,
+    }
+    log.info("Loaded MagiHuman DiT %s from %s: variant %s (%s); %s on disk -> %s block linears; %d layers, "
+             "hidden %d; %s%s", variant, where, variant, variant_reason, _dtype_name(source_dtype),
+             _dtype_name(dtype or torch.bfloat16), cfg.num_layers, cfg.hidden_size, config_reason,
+             ("; " + "; ".join(notes)) if notes else "")
+    return model
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _tiny_tensor(key: str, shape: tuple[int, ...], dtype: torch.dtype, seed: int, head_dim: int) -> torch.Tensor:
+    """Deterministic per-key values: linears N(0, 0.02), biases and norms 0, RoPE bands by formula."""
+    if key == ROPE_KEY:
+        return default_rope_bands(head_dim).to(dtype)
+    if key.endswith(".bias") or len(shape) == 1:
+        return torch.zeros(shape, dtype=dtype)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
+    return (torch.randn(shape, generator=gen, dtype=torch.float32) * 0.02).to(dtype)
+
+
+def _file_metadata(variant: str, config: Optional[DiTConfig]) -> dict[str, str]:
+    meta = {"format": "pt", META_VARIANT: variant}
+    if config is not None:
+        meta[META_CONFIG] = json.dumps(config.to_dict())
+    return meta
+
+
+def write_tiny_dit(
+    path: str | Path,
+    *,
+    config: Optional[DiTConfig] = None,
+    variant: str = "distill",
+    layout: str = "folder",
+    dtype: torch.dtype = torch.float32,
+    zst: bool = False,
+    shards: int = 2,
+    seed: int = 0,
+    metadata: bool = True,
+) -> Path:
+    """Write random DiT weights in the official on-disk format; returns what to pass to load_dit.
+
+    ``layout="folder"``: ``path/model.safetensors.index.json`` + ``model-0000i-of-0000n.safetensors``
+    (``.zst`` appended when ``zst``, as the official loader accepts). ``layout="file"``: one file at
+    ``path`` (+ ``.zst``). Block linears are written in ``dtype``; with a 16-bit ``dtype`` the rest
+    stays fp32 (the model's own mixed layout). ``metadata=False`` omits the ``magihuman_*`` keys,
+    like the official release. Values are deterministic per key and seed.
+    """
+    config = config or DiTConfig.preset("tiny")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    shapes = official_key_shapes(config)
+    low = dtype in (torch.bfloat16, torch.float16)
+
+    def spec(key: str) -> TensorSpec:
+        dt = dtype if (is_block_linear(key) or not low) else torch.float32
+        return TensorSpec(key, dt, shapes[key], lambda: _tiny_tensor(key, shapes[key], dt, seed, config.head_dim))
+
+    specs = [spec(k) for k in shapes]
+    meta = _file_metadata(variant, config) if metadata else {"format": "pt"}
+    path = Path(path)
+    suffix = ".zst" if zst else ""
+    if layout == "file":
+        target = path if (not zst or path.name.endswith(".zst")) else path.with_name(path.name + ".zst")
+        write_file(target, specs, meta)
+        return target
+    if layout != "folder":
+        raise ValueError(f"layout must be 'folder' or 'file', got {layout!r}")
+    path.mkdir(parents=True, exist_ok=True)
+    n = max(1, min(int(shards), len(specs)))
+    per = math.ceil(len(specs) / n)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for s in range(n):
+        group = specs[s * per:(s + 1) * per]
+        if not group:
+            continue
+        name = f"model-{s + 1:05d}-of-{n:05d}.safetensors"
+        total += write_file(path / (name + suffix), group, meta)
+        weight_map.update({g.name: name for g in group})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return path
+
+
+def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.bfloat16,
+                variant: Optional[str] = None, show_progress: bool = True) -> Path:
+    """Re-save a DiT checkpoint as ONE ``.safetensors`` file, block linears in ``dtype`` (rest fp32),
+    with ``magihuman_variant`` / ``magihuman_config`` metadata. Streams: one tensor in memory at a time."""
+    src = open_checkpoint(src_path)
+    v, reason = infer_variant(src, variant)
+    cfg, _ = resolve_config(src, v)
+    msg = key_mismatch_message(src.describe(), src.shapes, official_key_shapes(cfg), "a daVinci-MagiHuman DiT",
+                               allow_missing=[ROPE_KEY])
+    if msg:
+        raise CheckpointError(msg)
+    dst = Path(dst)
+    if not dst.name.endswith(".safetensors"):
+        raise CheckpointError(f"convert_dit writes a .safetensors file; got {dst}")
+    order = sorted(src.key_file, key=lambda k: (src.files.index(src.key_file[k]), src.info(k).begin))
+    readers: dict[Path, TensorReader] = {}
+
+    def produce(key: str, dt: torch.dtype):
+        def run() -> torch.Tensor:
+            f = src.key_file[key]
+            reader = readers.get(f)
+            if reader is None:
+                for r in readers.values():  # files are visited one after another
+                    r.close()
+                reader = readers[f] = TensorReader(src.headers[f])
+            info = src.info(key)
+            return reader.read_into(info, torch.empty(info.shape, dtype=dt))
+        return run
+
+    specs = []
+    for k in order:
+        dt = dtype if is_block_linear(k) else torch.float32
+        specs.append(TensorSpec(k, dt, src.info(k).shape, produce(k, dt)))
+    if ROPE_KEY not in src.key_file:
+        specs.insert(0, TensorSpec(ROPE_KEY, torch.float32, (cfg.head_dim // 8,),
+                                   lambda: default_rope_bands(cfg.head_dim)))
+    bar = _progress_bar(sum(s.nbytes for s in specs), show_progress, "Converting DiT")
+    try:
+        write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update if bar is not None else None)
+    finally:
+        for r in readers.values():
+            r.close()
+        if bar is not None:
+            bar.close()
+    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, _dtype_name(dtype), v, reason)
+    return dst
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointSource",
+    "VARIANTS",
+    "convert_dit",
+    "infer_config",
+    "infer_variant",
+    "is_block_linear",
+    "load_dit",
+    "normalize_variant",
+    "official_key_shapes",
+    "open_checkpoint",
+    "resolve_config",
+    "sr_1080p_local_attn_layers",
+    "write_tiny_dit",
+]
