@@ -451,3 +451,14 @@ def test_bf16_model_close_to_fp32(tiny_folder, tiny_model):
     ref = tiny_model(ids)
     rel = (out - ref).norm() / ref.norm()
     assert math.isfinite(rel.item()) and rel < 0.05
+
+
+def test_compute_dtype_rules(caplog):
+    assert T5GemmaEncoder.from_config(tiny_hf_config()).compute_dtype == torch.float32
+    assert T5GemmaEncoder.from_config(tiny_hf_config(), dtype=torch.bfloat16, device="meta").compute_dtype \
+        == torch.bfloat16
+    fp8 = T5GemmaEncoder.from_config(tiny_hf_config(), dtype=torch.float8_e4m3fn, device="meta")
+    assert fp8.compute_dtype == torch.bfloat16  # storage-only dtype: activations in bf16
+    with caplog.at_level(logging.WARNING):
+        T5GemmaEncoder.from_config(tiny_hf_config(), dtype=torch.float16, device="meta")
+    assert "overflow fp16" in caplog.text

@@ -236,6 +236,17 @@ class _EncoderStack(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, operations=operations, dtype=dtype, device=device)
 
 
+def _compute_dtype(dtype) -> torch.dtype:
+    """Activations run in the weight dtype (as transformers); storage-only dtypes (fp8) compute in bf16."""
+    if dtype is None:
+        return torch.float32
+    if dtype == torch.float16:
+        log.warning("T5Gemma in float16: Gemma-2 activations can overflow fp16; the official run used bfloat16")
+    if dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        return dtype
+    return torch.bfloat16
+
+
 def sliding_window_mask(length: int, window: int, device=None) -> torch.Tensor:
     """Bool [L, L]: query i sees key j iff |i - j| < window (transformers 4.56's bidirectional window)."""
     idx = torch.arange(length, device=device)
@@ -251,7 +262,7 @@ class T5GemmaEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.attn_softcap = attn_softcap
-        self.compute_dtype = dtype or torch.float32
+        self.compute_dtype = _compute_dtype(dtype)
         self.encoder = _EncoderStack(config, operations=operations, dtype=dtype, device=device)
         self.tokenizer = None
 
@@ -375,7 +386,6 @@ class T5GemmaEncoder(nn.Module):
                                     f"folder or an encoder .safetensors file)")
         model = cls.from_config(config, operations=operations, dtype=dtype, device="meta",
                                 attn_softcap=attn_softcap)
-        model.compute_dtype = dtype
         state = _load_encoder_tensors(shards, dtype=dtype, device=device)
         model.load_state_dict(state, strict=True, assign=True)
         if tok_path is not None:
