@@ -125,7 +125,8 @@ def reference_sample(sd, cfg, video, audio, text, style="v2", frf=-1, bf16=False
         out = rnd(out)
         new_x = []
         for ti, (mod, *_rest) in enumerate(toks):
-            o = rnd((out[ti] * torch.sigmoid(g[ti])[:, None]).reshape(-1))
+            gate = torch.sigmoid(g[ti])[:, None] if cfg.enable_attn_gating else 1.0
+            o = rnd((out[ti] * gate).reshape(-1))
             a = rnd(sel("attention.linear_proj.weight", mod) @ o)
             if li in cfg.post_norm_layers:
                 a = rnd(rms(a, sel("attn_post_norm.weight", mod)))
@@ -171,6 +172,18 @@ def test_forward_matches_reference_fp32_compute(style):
         ov, oa = m(v, a, t, [5], coords=style)
     rv, ra = reference_sample(m.state_dict(), cfg, v[0], a[0], t[0], style)
     assert ov.dtype == oa.dtype == torch.float32 and ov.shape == v.shape and oa.shape == (1, 7, cfg.audio_in_channels)
+    torch.testing.assert_close(ov[0].to(F64), rv, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(oa[0].to(F64), ra, atol=2e-4, rtol=1e-4)
+
+
+def test_forward_without_attention_gating():
+    cfg = small_config(enable_attn_gating=False)
+    m = make_model(cfg, compute_dtype=torch.float32)
+    assert m.block.layers[1].attention.linear_qkv.weight.shape == ((4 + 2 * 2) * 16, 64)
+    v, a, t = make_inputs(cfg)
+    with torch.no_grad():
+        ov, oa = m(v, a, t, [4])
+    rv, ra = reference_sample(m.state_dict(), cfg, v[0], a[0], t[0, :4])
     torch.testing.assert_close(ov[0].to(F64), rv, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(oa[0].to(F64), ra, atol=2e-4, rtol=1e-4)
 
@@ -386,7 +399,18 @@ def test_default_rope_bands_fill_a_missing_buffer():
     bands = MagiHumanDiT.default_rope_bands(cfg)
     assert bands.dtype == torch.float32
     torch.testing.assert_close(bands.double(), torch.tensor([1 / 10000 ** (i / 2) for i in range(2)], dtype=F64))
-    assert torch.equal(make_model(cfg).adapter.rope.bands, bands)
+    full = make_model(cfg)
+    assert torch.equal(full.adapter.rope.bands, bands)
+    # a meta-built model loaded from a file without the buffer: fill it, then it runs like the full one
+    meta = MagiHumanDiT(cfg, device="meta")
+    sd = {k: v for k, v in full.state_dict().items() if k != "adapter.rope.bands"}
+    missing = meta.load_state_dict(sd, strict=False, assign=True).missing_keys
+    assert missing == ["adapter.rope.bands"]
+    meta.reset_rope_bands_(device="cpu")
+    assert torch.equal(meta.state_dict()["adapter.rope.bands"], bands)
+    v, a, t = make_inputs(cfg)
+    with torch.no_grad():
+        assert torch.equal(meta(v, a, t, [2])[0], full(v, a, t, [2])[0])
 
 
 def test_no_timestep_input_exists():

@@ -237,6 +237,13 @@ class MagiHumanDiT(nn.Module):
         """Value of the ``adapter.rope.bands`` buffer (for files that lack it)."""
         return default_rope_bands(config.head_dim)
 
+    @torch.no_grad()
+    def reset_rope_bands_(self, device=None) -> None:
+        """Replace ``adapter.rope.bands`` by its default value (also on a meta-built model whose
+        checkpoint lacks the buffer); ``device`` defaults to the embedders' device."""
+        device = self.adapter.video_embedder.weight.device if device is None else device
+        self.adapter.rope.bands = self.default_rope_bands(self.config).to(device)
+
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         """bf16 = official numerics; fp32 = faster on CPUs without bf16 matmul units."""
         if dtype not in COMPUTE_DTYPES:
