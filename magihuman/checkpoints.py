@@ -119,6 +119,31 @@ class CheckpointSource:
     index_path: Optional[Path] = None
     prefix: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # fp8 checkpoints: model key -> (file, name inside the file) of its per-tensor dequantisation scale
+    scale_of: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    quantization: Optional[str] = None
+    ignored: list[str] = field(default_factory=list)  # file names deliberately skipped (fp8 markers, ...)
+
+    def load_scales(self) -> dict[str, float]:
+        """Read the (tiny) per-tensor scales: ``weight = float32(stored) * scale``."""
+        out: dict[str, float] = {}
+        by_file: dict[Path, list[tuple[str, str]]] = {}
+        for k, (f, name) in self.scale_of.items():
+            by_file.setdefault(f, []).append((k, name))
+        for f, items in by_file.items():
+            header = self.headers[f]
+            with TensorReader(header) as reader:
+                for k, name in sorted(items, key=lambda kn: header.tensors[kn[1]].begin):
+                    info = header.tensors[name]
+                    if info.numel != 1:
+                        raise CheckpointError(f"{f}: scale {name!r} has shape {list(info.shape)}; only per-tensor "
+                                              "(one value) fp8 scales are supported")
+                    try:
+                        value = reader.read_into(info, torch.empty(1, dtype=torch.float32))
+                    except SafetensorsError as e:
+                        raise CheckpointError(str(e)) from e
+                    out[k] = float(value.item())
+        return out
 
     def info(self, key: str) -> TensorInfo:
         return self.headers[self.key_file[key]].tensors[self.key_name[key]]
@@ -228,14 +253,63 @@ def open_checkpoint(path: str | Path) -> CheckpointSource:
 
     prefix = ""
     keys = list(key_file)
-    if keys and not any(k.startswith("adapter.") or k.startswith("block.") for k in keys):
+    named = [k for k in keys if k != COMFY_FP8_MARKER]  # the marker sits outside any prefix
+    if named and not any(k.startswith(("adapter.", "block.")) for k in named):
         for p in KEY_PREFIXES:
-            if all(k.startswith(p) for k in keys):
+            if all(k.startswith(p) for k in named):
                 prefix = p
                 break
-    key_name = {k[len(prefix):]: k for k in keys}
-    key_file = {k[len(prefix):]: f for k, f in key_file.items()}
-    return CheckpointSource(path, files, headers, key_file, key_name, index_path, prefix, metadata)
+
+    def strip(k: str) -> str:
+        return k[len(prefix):] if prefix and k.startswith(prefix) else k
+
+    key_name = {strip(k): k for k in keys}
+    key_file = {strip(k): f for k, f in key_file.items()}
+    src = CheckpointSource(path, files, headers, key_file, key_name, index_path, prefix, metadata)
+    _split_fp8_scales(src)
+    return src
+
+
+FP8_SCALE_SUFFIX = ".__fp8_scale"  # <key>.__fp8_scale: fp32 scalar, weight = fp8 * scale (per-tensor absmax)
+COMFY_FP8_MARKER = "scaled_fp8"  # ComfyUI "scaled fp8": marker key + <module>.scale_weight (+ .scale_input)
+
+
+def _split_fp8_scales(src: CheckpointSource) -> None:
+    """Key map for fp8 checkpoints: move scale tensors out of the model keys (dequantised on load).
+
+    Two published layouts: ``<name>.weight.__fp8_scale`` (the daVinci-MagiHuman FP8 conversion) and
+    ComfyUI's ``scaled_fp8`` (a ``scaled_fp8`` marker key, ``<module>.scale_weight`` per fp8 weight,
+    optional activation ``<module>.scale_input``, which is unused for dequantised weights).
+    """
+    keys = set(src.key_file)
+    kinds = []
+
+    def take(scale_key: str, weight_key: str) -> None:
+        if weight_key not in keys:
+            raise CheckpointError(f"{src.describe()}: scale {src.key_name[scale_key]!r} has no weight "
+                                  f"{weight_key!r} to apply to")
+        src.scale_of[weight_key] = (src.key_file[scale_key], src.key_name[scale_key])
+
+    for k in sorted(keys):
+        if k.endswith(FP8_SCALE_SUFFIX):
+            take(k, k[: -len(FP8_SCALE_SUFFIX)])
+            if "__fp8_scale" not in kinds:
+                kinds.append("__fp8_scale")
+    if COMFY_FP8_MARKER in keys:
+        kinds.append("scaled_fp8")
+        for k in sorted(keys):
+            if k.endswith(".scale_weight"):
+                take(k, k[: -len(".scale_weight")] + ".weight")
+            elif k.endswith(".scale_input") or k == COMFY_FP8_MARKER:
+                src.ignored.append(src.key_name[k])
+    drop = {k for k in keys if k.endswith(FP8_SCALE_SUFFIX)}
+    if COMFY_FP8_MARKER in keys:
+        drop |= {k for k in keys if k.endswith((".scale_weight", ".scale_input")) or k == COMFY_FP8_MARKER}
+    for k in drop:
+        del src.key_file[k]
+        del src.key_name[k]
+    if kinds:
+        src.quantization = "fp8 per-tensor scales (" + ", ".join(kinds) + ")"
 
 
 # ------------------------------------------------------------------ key checks and inference
@@ -505,6 +579,7 @@ def load_dit(
     if msg:
         raise CheckpointError(msg)
 
+    scales = src.load_scales()
     device = torch.device(device)
     total = src.total_bytes
     done = 0
@@ -528,7 +603,7 @@ def load_dit(
                     meta = getattr(mod, attr)
                     dest = torch.empty(meta.shape, dtype=meta.dtype, device=device)
                     try:
-                        reader.read_into(src.info(k), dest, on_bytes)
+                        reader.read_into(src.info(k), dest, on_bytes, scale=scales.get(k))
                     except SafetensorsError as e:
                         raise CheckpointError(str(e)) from e
                     _install(mod, attr, is_param, dest)
@@ -537,6 +612,9 @@ def load_dit(
             bar.close()
 
     notes = []
+    if src.quantization:
+        notes.append(f"{src.quantization}: {len(scales)} weight(s) dequantised to "
+                     f"{_dtype_name(dtype or torch.bfloat16)} while loading")
     if ROPE_KEY not in src.key_file:
         mod, attr, is_param = slots[ROPE_KEY]
         _install(mod, attr, is_param, default_rope_bands(cfg.head_dim).to(device=device, dtype=getattr(mod, attr).dtype))
@@ -556,6 +634,7 @@ def load_dit(
         "source_dtype": _dtype_name(source_dtype),
         "dtype": _dtype_name(dtype or torch.bfloat16),
         "coords": "v1" if variant.startswith("sr_") else "v2",
+        "quantization": src.quantization,
         "config": cfg.to_dict(),
         "bytes_read": done,
         "notes": notes,
@@ -660,6 +739,7 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
         raise CheckpointError(f"convert_dit writes a .safetensors file; got {dst}")
     order = sorted(src.key_file, key=lambda k: (src.files.index(src.key_file[k]), src.info(k).begin))
     readers: dict[Path, TensorReader] = {}
+    scales = src.load_scales()
 
     def produce(key: str, dt: torch.dtype):
         def run() -> torch.Tensor:
@@ -670,7 +750,7 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
                     r.close()
                 reader = readers[f] = TensorReader(src.headers[f])
             info = src.info(key)
-            return reader.read_into(info, torch.empty(info.shape, dtype=dt))
+            return reader.read_into(info, torch.empty(info.shape, dtype=dt), scale=scales.get(key))
         return run
 
     specs = []

@@ -222,14 +222,18 @@ class TensorReader:
             _readinto_exact(self._stream, memoryview(self._buffer(n).numpy()), self.header.path, "skipped bytes")
             self._pos += n
 
-    def read_into(self, info: TensorInfo, dest: torch.Tensor, on_bytes: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Fill ``dest`` (contiguous, ``info.numel`` elements, any dtype/device) with tensor ``info``."""
+    def read_into(self, info: TensorInfo, dest: torch.Tensor, on_bytes: Callable[[int], None] | None = None,
+                  *, scale: float | None = None) -> torch.Tensor:
+        """Fill ``dest`` (contiguous, ``info.numel`` elements, any dtype/device) with tensor ``info``.
+
+        ``scale``: dequantise while copying, ``dest = float32(stored) * scale`` (per-tensor fp8 scales).
+        """
         if dest.numel() != info.numel or not dest.is_contiguous():
             raise ValueError(f"destination for {info.name!r} must be contiguous with {info.numel} elements")
         self._seek(self.header.data_start + info.begin)
         path = self.header.path
         flat = dest.view(-1)
-        if info.nbytes and dest.dtype == info.dtype and dest.device.type == "cpu":
+        if info.nbytes and scale is None and dest.dtype == info.dtype and dest.device.type == "cpu":
             # Same dtype on the CPU: read straight into the destination, chunk by chunk.
             raw = memoryview(flat.view(torch.uint8).numpy())
             for a in range(0, info.nbytes, self.chunk):
@@ -239,12 +243,16 @@ class TensorReader:
                     on_bytes(b - a)
         elif info.nbytes:
             itemsize = info.nbytes // info.numel
-            per = max(self.chunk // itemsize, 1)  # elements per chunk
+            # elements per chunk; a dequantised chunk also needs an fp32 copy of that size
+            per = max(self.chunk // (itemsize if scale is None else max(itemsize, 4)), 1)
             for e0 in range(0, info.numel, per):
                 e1 = min(e0 + per, info.numel)
                 part = self._buffer((e1 - e0) * itemsize)
                 _readinto_exact(self._stream, memoryview(part.numpy()), path, f"tensor {info.name!r}")
-                flat[e0:e1].copy_(part.view(info.dtype))  # converts dtype / moves device
+                values = part.view(info.dtype)
+                if scale is not None:
+                    values = values.to(torch.float32).mul_(scale)
+                flat[e0:e1].copy_(values)  # converts dtype / moves device
                 if on_bytes:
                     on_bytes(part.numel())
         self._pos = self.header.data_start + info.end

@@ -381,3 +381,57 @@ def test_convert_dit_to_single_bf16_file(tmp_path):
     assert json.loads(meta["magihuman_config"])["local_attn_layers"] == [0, 1, 2]
     m = load(dst)  # the variant survives the rename through metadata
     assert m.variant == "sr_1080p" and m.load_info["source_dtype"] == "bfloat16"
+
+
+# ------------------------------------------------------------------ fp8 key maps
+
+
+def _quantise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor absmax fp8 e4m3 (the published MagiHuman FP8 recipe): w ~ q.float() * scale."""
+    scale = (w.float().abs().amax() / 448.0).clamp(min=1e-12)
+    return (w.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale.float()
+
+
+@pytest.mark.parametrize("style", ["fp8_scale", "comfy_scaled_fp8"])
+def test_fp8_checkpoints_dequantised_while_streaming(tmp_path, style):
+    ref = reference_tensors(write_tiny_dit(tmp_path / "src.safetensors", layout="file"))
+    out, want = {}, {}
+    for k, v in ref.items():
+        if ck.is_block_linear(k):
+            q, s = _quantise(v)
+            if style == "fp8_scale":
+                out[k], out[k + ".__fp8_scale"] = q, s
+            else:
+                out[k], out[k[: -len(".weight")] + ".scale_weight"] = q, s
+                out[k[: -len(".weight")] + ".scale_input"] = torch.tensor(1.0)
+            want[k] = q.to(torch.float32) * s
+        else:
+            out[k] = v.to(torch.bfloat16)  # the recipe keeps the rest in bf16
+            want[k] = out[k].float()
+    if style == "comfy_scaled_fp8":
+        out = {"model.diffusion_model." + k: v for k, v in out.items()}
+        out["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    folder = tmp_path / "distill_fp8"
+    folder.mkdir()
+    safetensors.torch.save_file(out, folder / "model.safetensors")
+    m = load(folder, dtype=torch.bfloat16)
+    sd = m.state_dict()
+    assert set(sd) == set(ref)
+    for k, t in sd.items():
+        assert torch.equal(t, want[k].to(t.dtype)), k
+    assert m.variant == "distill" and m.load_info["source_dtype"] == "float8_e4m3fn"
+    assert "fp8" in m.load_info["quantization"]
+    err = (sd["block.layers.1.mlp.up_gate_proj.weight"].float() - ref["block.layers.1.mlp.up_gate_proj.weight"])
+    assert err.abs().max() < 0.1 * ref["block.layers.1.mlp.up_gate_proj.weight"].abs().max()  # sane dequantisation
+    converted = safetensors.torch.load_file(ck.convert_dit(folder, tmp_path / "bf16.safetensors", show_progress=False))
+    assert set(converted) == set(ref)
+    assert all(torch.equal(converted[k], want[k].to(converted[k].dtype)) for k in ref)
+
+
+def test_fp8_scale_without_weight_is_an_error(tmp_path):
+    ref = reference_tensors(write_tiny_dit(tmp_path / "src.safetensors", layout="file"))
+    f = tmp_path / "bad.safetensors"
+    safetensors.torch.save_file(dict(ref, **{"block.layers.9.mlp.down_proj.weight.__fp8_scale": torch.tensor(1.0)}), f)
+    with pytest.raises(CheckpointError, match=r"scale 'block\.layers\.9\.mlp\.down_proj\.weight\.__fp8_scale' has no "
+                                              r"weight"):
+        load(f)
