@@ -198,6 +198,17 @@ def open_checkpoint(path: str | Path) -> CheckpointSource:
     if not path.exists():
         raise CheckpointError(f"DiT checkpoint {path} does not exist; pass a checkpoint folder "
                               f"(with {INDEX_NAME} or {SINGLE_NAME}) or a .safetensors file")
+    if path.is_file() and path.name == INDEX_NAME:
+        path = path.parent
+    elif path.is_file() and (path.parent / INDEX_NAME).is_file():
+        # One shard of an indexed folder: load the whole folder (a shard alone is not a model).
+        try:
+            listed = set(json.loads((path.parent / INDEX_NAME).read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):
+            listed = set()
+        if path.name in listed or path.name.removesuffix(".zst") in listed:
+            log.info("%s is a shard listed in %s: loading the whole folder", path.name, INDEX_NAME)
+            path = path.parent
     index_path = None
     key_file: dict[str, Path] = {}
     if path.is_dir():
@@ -616,8 +627,7 @@ def load_dit(
         notes.append(f"{src.quantization}: {len(scales)} weight(s) dequantised to "
                      f"{_dtype_name(dtype or torch.bfloat16)} while loading")
     if ROPE_KEY not in src.key_file:
-        mod, attr, is_param = slots[ROPE_KEY]
-        _install(mod, attr, is_param, default_rope_bands(cfg.head_dim).to(device=device, dtype=getattr(mod, attr).dtype))
+        model.reset_rope_bands_(device)
         notes.append(f"{ROPE_KEY} absent from the file: filled with 1/10000**(i/{cfg.head_dim // 8})")
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:

@@ -320,7 +320,8 @@ def _header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None) 
     for s in specs:
         if s.dtype not in DTYPE_NAMES:
             raise ValueError(f"cannot write dtype {s.dtype} for {s.name!r}")
-        header[s.name] = {"dtype": DTYPE_NAMES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        header[s.name] = {"dtype": DTYPE_NAMES[s.dtype], "shape": list(s.shape),
+                          "data_offsets": [offset, offset + s.nbytes]}
         offset += s.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned, as safetensors does

@@ -21,7 +21,10 @@ TINY = DiTConfig.preset("tiny")
 
 def reference_tensors(target: Path) -> dict[str, torch.Tensor]:
     """Read what was written with the official safetensors library (independent of our reader)."""
-    files = [target] if target.is_file() else sorted(f for f in target.iterdir() if f.name.endswith((".safetensors", ".safetensors.zst")))
+    if target.is_file():
+        files = [target]
+    else:
+        files = sorted(f for f in target.iterdir() if f.name.endswith((".safetensors", ".safetensors.zst")))
     out = {}
     for f in files:
         if f.name.endswith(".zst"):
@@ -312,7 +315,8 @@ def test_strict_key_check(tmp_path):
         load(f)
     missing = {k: v for k, v in ref.items() if k != "block.layers.2.attention.k_norm.weight"}
     safetensors.torch.save_file(missing, f)
-    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): block\.layers\.2\.attention\.k_norm\.weight \[32\]"):
+    with pytest.raises(CheckpointError,
+                       match=r"1 missing key\(s\): block\.layers\.2\.attention\.k_norm\.weight \[32\]"):
         load(f)
     wrong = dict(ref, **{"final_linear_audio.weight": torch.zeros(32, 128)})
     safetensors.torch.save_file(wrong, f)
@@ -435,3 +439,11 @@ def test_fp8_scale_without_weight_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"scale 'block\.layers\.9\.mlp\.down_proj\.weight\.__fp8_scale' has no "
                                               r"weight"):
         load(f)
+
+
+def test_index_or_shard_path_loads_the_folder(tmp_path):
+    p = write_tiny_dit(tmp_path / "base", shards=2, zst=True, dtype=torch.bfloat16, metadata=False)
+    ref = reference_tensors(p)
+    for target in (p / "model.safetensors.index.json", p / "model-00002-of-00002.safetensors.zst"):
+        m = load(target, dtype=torch.float32)
+        assert m.variant == "base" and all(torch.equal(m.state_dict()[k], ref[k].float()) for k in ref)
