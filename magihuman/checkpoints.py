@@ -517,6 +517,21 @@ def resolve_config(src: CheckpointSource, variant: str, config: Optional[DiTConf
     return inferred, "no local attention"
 
 
+def inspect_dit(path: str | Path, *, variant: Optional[str] = None) -> dict:
+    """What :func:`load_dit` would build, from the headers alone (no tensor data is read)."""
+    src = open_checkpoint(path)
+    v, reason = infer_variant(src, variant)
+    cfg, config_reason = resolve_config(src, v)
+    msg = key_mismatch_message(src.describe(), src.shapes, official_key_shapes(cfg), "a daVinci-MagiHuman DiT",
+                               allow_missing=[ROPE_KEY])
+    if msg:
+        raise CheckpointError(msg)
+    return {"variant": v, "reason": reason, "config_reason": config_reason, "source": src.describe(),
+            "source_dtype": _dtype_name(src.source_dtype()), "quantization": src.quantization,
+            "coords": "v1" if v.startswith("sr_") else "v2", "config": cfg.to_dict(), "bytes": src.total_bytes,
+            "files": [str(f) for f in src.files]}
+
+
 # ------------------------------------------------------------------ loading
 
 
@@ -789,6 +804,7 @@ __all__ = [
     "convert_dit",
     "infer_config",
     "infer_variant",
+    "inspect_dit",
     "is_block_linear",
     "load_dit",
     "normalize_variant",

@@ -447,3 +447,12 @@ def test_index_or_shard_path_loads_the_folder(tmp_path):
     for target in (p / "model.safetensors.index.json", p / "model-00002-of-00002.safetensors.zst"):
         m = load(target, dtype=torch.float32)
         assert m.variant == "base" and all(torch.equal(m.state_dict()[k], ref[k].float()) for k in ref)
+
+
+def test_inspect_reads_headers_only(tmp_path, monkeypatch):
+    p = write_tiny_dit(tmp_path / "540p_sr", zst=True, metadata=False)
+    monkeypatch.setattr(sio.TensorReader, "read_into", lambda *a, **k: pytest.fail("tensor data read"))
+    info = ck.inspect_dit(p)
+    assert info["variant"] == "sr_540p" and info["coords"] == "v1" and info["source_dtype"] == "float32"
+    assert info["config"] == {**TINY.to_dict(), "local_attn_layers": []}
+    assert info["bytes"] == sum(math.prod(s) * 4 for s in official_key_shapes(TINY).values())
