@@ -8,6 +8,12 @@ official fused layout, so an official state dict loads strictly.
 Batched layout ``[B, L, hidden]``: per sample ``[video | audio | text padded to max(text_lens)]``.
 The modality segments sit at the same offsets in every row, so a per-modality ("expert") linear is
 three matmuls on slices of one fused weight; padded text keys are masked out of attention.
+
+Beyond the official code (which runs one sample at a time and stops on an infinite RoPE scale):
+batches with different text lengths, each sample attending only to itself (also with local
+attention), and v1 coordinates with a single text or audio token (no rotation, see
+``magihuman.rope.axis_scales``). In bf16 compute mode a single sample is bit-identical to the
+official module run on CPU with SDPA standing in for flash attention.
 """
 
 from __future__ import annotations
