@@ -664,8 +664,8 @@ def load_dit(
         "bytes_read": done,
         "notes": notes,
     }
-    log.info("Loaded MagiHuman DiT %s from %s: variant %s (%s); %s on disk -> %s block linears; %d layers, "
-             "hidden %d; %s%s", variant, where, variant, variant_reason, _dtype_name(source_dtype),
+    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); %s on disk -> %s block linears; %d layers, "
+             "hidden %d; %s%s", where, variant, variant_reason, _dtype_name(source_dtype),
              _dtype_name(dtype or torch.bfloat16), cfg.num_layers, cfg.hidden_size, config_reason,
              ("; " + "; ".join(notes)) if notes else "")
     return model
