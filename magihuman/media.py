@@ -19,6 +19,7 @@ Differences from the official pipeline, all deliberate and small:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from fractions import Fraction
@@ -309,6 +310,7 @@ RESAMPLE_ROLLOFF = 0.95
 RESAMPLE_BETA = 10.6  # Kaiser beta for ~100 dB stop band with this width
 _TABLE_LIMIT = 1 << 24  # kernel table entries; beyond that kernels are computed per chunk
 _CHUNK_ELEMS = 1 << 22  # gathered samples per chunk
+_DENSE_LIMIT = 1 << 22  # entries of the dense polyphase matrix
 
 
 def _sinc_kernels(frac: torch.Tensor, offsets: torch.Tensor, fc: float, half: float, beta: float) -> torch.Tensor:
@@ -326,13 +328,17 @@ def _sinc_kernels(frac: torch.Tensor, offsets: torch.Tensor, fc: float, half: fl
 
 
 def resample(waveform: Any, orig_sr: int, new_sr: int, *, width: int = RESAMPLE_WIDTH,
-             rolloff: float = RESAMPLE_ROLLOFF, beta: float = RESAMPLE_BETA):
+             rolloff: float = RESAMPLE_ROLLOFF, beta: float = RESAMPLE_BETA, method: str = "auto"):
     """Band-limited resampling along the last axis, any integer rates (exact rational ratio).
 
     Output sample m sits at input time ``m * orig_sr / new_sr``; the output has
     ``ceil(samples * new_sr / orig_sr)`` samples; the signal is taken as zero outside the input.
     Accepts ``[samples]`` or ``[channels, samples]`` (torch or numpy) and returns the same kind.
+    ``method``: "dense" (one matmul; for ratios of small integers such as 441:512) or "gather"
+    (any ratio); "auto" picks. Both compute the same filter.
     """
+    if method not in ("auto", "dense", "gather"):
+        raise MediaError(f"method must be 'auto', 'dense' or 'gather'; got {method!r}")
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr <= 0 or new_sr <= 0:
         raise MediaError(f"sample rates must be positive; got {orig_sr} -> {new_sr}")
@@ -351,26 +357,64 @@ def resample(waveform: Any, orig_sr: int, new_sr: int, *, width: int = RESAMPLE_
         k0 = math.ceil(half)
         offsets = torch.arange(-k0, k0 + 1, dtype=torch.float64)
         taps = offsets.numel()
-        xp = torch.nn.functional.pad(x, (k0, k0 + 1))
-        table = None
-        if up * taps <= _TABLE_LIMIT:
-            table = _sinc_kernels(torch.arange(up, dtype=torch.float64) / up, offsets, fc, half, beta).to(x.dtype)
-        tap_idx = torch.arange(taps)
-        y = torch.empty(x.shape[0], n_out, dtype=x.dtype)
-        step = max(1, _CHUNK_ELEMS // (taps * x.shape[0]))
-        for m0 in range(0, n_out, step):
-            m = torch.arange(m0, min(m0 + step, n_out), dtype=torch.int64)
-            pos = m * down
-            base, phase = pos // up, pos % up  # floor of the input position and its fraction (x up)
-            if table is not None:
-                kern = table[phase]
-            else:
-                kern = _sinc_kernels(phase.double() / up, offsets, fc, half, beta).to(x.dtype)
-            frames = xp[:, base[:, None] + tap_idx[None, :]]  # [C, M, taps]; xp index = input index + k0
-            y[:, m0 : m0 + m.numel()] = torch.einsum("cmt,mt->cm", frames, kern)
+        span = (up - 1) * down // up + taps  # input samples touched by one group of `up` outputs
+        if method == "auto":
+            method = "dense" if span * up <= _DENSE_LIMIT and span <= 8 * taps else "gather"
+        if method == "dense":
+            y = _resample_dense(x, up, down, n_out, offsets, fc, half, beta, span)
+        else:
+            y = _resample_gather(x, up, down, n_out, offsets, fc, half, beta)
     if squeeze:
         y = y[0]
     return y.numpy() if was_numpy else y
+
+
+@functools.lru_cache(maxsize=4)
+def _dense_polyphase(up, down, k0, fc, half, beta, span) -> torch.Tensor:
+    offsets = torch.arange(-k0, k0 + 1, dtype=torch.float64)
+    taps = offsets.numel()
+    table = _sinc_kernels(torch.arange(up, dtype=torch.float64) / up, offsets, fc, half, beta)  # [up, taps]
+    dense = torch.zeros(span, up, dtype=torch.float64)
+    for p in range(up):  # output p of a group sits at input position p*down/up
+        b, frac = divmod(p * down, up)
+        dense[b : b + taps, p] = table[frac]
+    return dense
+
+
+def _resample_dense(x, up, down, n_out, offsets, fc, half, beta, span) -> torch.Tensor:
+    """Polyphase as one matmul: output group q (outputs q*up .. q*up+up-1) reads input samples
+    ``q*down - k0 + [0, span)``; output p's kernel (for the fraction ``p*down mod up``) sits at row
+    offset ``p*down // up`` of column p in a dense ``[span, up]`` matrix."""
+    k0 = -int(offsets[0])
+    dense = _dense_polyphase(up, down, k0, fc, half, beta, span)
+    groups = -(-n_out // up)
+    need = (groups - 1) * down + span
+    xp = torch.nn.functional.pad(x, (k0, max(0, need - k0 - x.shape[-1])))
+    frames = xp.unfold(-1, span, down)[:, :groups]  # [C, groups, span]
+    return (frames @ dense.to(x.dtype)).reshape(x.shape[0], -1)[:, :n_out]
+
+
+def _resample_gather(x, up, down, n_out, offsets, fc, half, beta) -> torch.Tensor:
+    """Chunks of outputs, each gathering its own ``taps`` input samples (any ratio, no waste)."""
+    k0, taps = -int(offsets[0]), offsets.numel()
+    xp = torch.nn.functional.pad(x, (k0, k0 + 1))
+    table = None
+    if up * taps <= _TABLE_LIMIT:
+        table = _sinc_kernels(torch.arange(up, dtype=torch.float64) / up, offsets, fc, half, beta).to(x.dtype)
+    tap_idx = torch.arange(taps)
+    y = torch.empty(x.shape[0], n_out, dtype=x.dtype)
+    step = max(1, _CHUNK_ELEMS // (taps * x.shape[0]))
+    for m0 in range(0, n_out, step):
+        m = torch.arange(m0, min(m0 + step, n_out), dtype=torch.int64)
+        pos = m * down
+        base, phase = pos // up, pos % up  # floor of the input position and its fraction (x up)
+        if table is not None:
+            kern = table[phase]
+        else:
+            kern = _sinc_kernels(phase.double() / up, offsets, fc, half, beta).to(x.dtype)
+        frames = xp[:, base[:, None] + tap_idx[None, :]]  # [C, M, taps]; xp index = input index + k0
+        y[:, m0 : m0 + m.numel()] = torch.einsum("cmt,mt->cm", frames, kern)
+    return y
 
 
 def prepare_reference_audio(waveform: Any, sample_rate: int, *, seconds: float | None = None) -> torch.Tensor:

@@ -165,6 +165,21 @@ def test_resample_from_51200_and_alias_rejection(new_sr):
     assert np.abs(hi[2000:-2000]).max() < 1e-4
 
 
+def test_resample_methods_agree(monkeypatch):
+    import magihuman.media as media
+
+    x = torch.randn(2, 3000, dtype=torch.float64)
+    for sr, new in [(44100, 51200), (51200, 44100), (8000, 51200), (96000, 51200)]:
+        dense = resample(x, sr, new, method="dense")
+        assert dense.dtype == torch.float64
+        torch.testing.assert_close(dense, resample(x, sr, new, method="gather"), rtol=0, atol=1e-12)
+    # coprime rates (51200 phases): kernels computed per chunk instead of from a table
+    monkeypatch.setattr(media, "_TABLE_LIMIT", 0)
+    y = resample(_sines([5000.0], 44101, 0.1), 44101, 51200)
+    ref = _sines([5000.0], 51200, y.shape[1] / 51200)
+    assert np.abs(y[:, 1500:-1500] - ref[:, 1500:-1500]).max() < 1e-4
+
+
 def test_resample_identity_and_errors():
     x = torch.randn(2, 100)
     assert torch.equal(resample(x, 16000, 16000), x)
