@@ -185,7 +185,9 @@ def test_variant_from_file_name_and_metadata(tmp_path):
     p = write_tiny_dit(tmp_path / "models" / "magihuman_540p_sr_bf16.safetensors", layout="file", metadata=False)
     assert load(p).variant == "sr_540p"
     # metadata beats a misleading name
-    p = write_tiny_dit(tmp_path / "base", variant="sr_1080p", config=DiTConfig.preset("tiny_sr_1080p"))
+    custom = DiTConfig.preset("tiny_sr_1080p")
+    custom.local_attn_layers = [1, 2]  # differs from the rule ([0, 1, 2] for 4 layers)
+    p = write_tiny_dit(tmp_path / "base", variant="sr_1080p", config=custom)
     m = load(p)
     assert m.variant == "sr_1080p" and "metadata" in m.load_info["reason"]
     assert m.config.local_attn_layers == [1, 2]  # the config stored in the metadata wins over the rule
@@ -206,6 +208,7 @@ def test_variant_from_dtype_and_override(tmp_path):
 def test_config_override_checked_against_weights(tmp_path):
     p = write_tiny_dit(tmp_path / "w", metadata=False)
     cfg = DiTConfig.preset("tiny_sr_1080p")
+    cfg.local_attn_layers = [1, 2]
     assert load(p, config=cfg).config.local_attn_layers == [1, 2]
     bad = DiTConfig.preset("tiny")
     bad.gelu7_layers = [0, 1]
