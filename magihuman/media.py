@@ -10,8 +10,10 @@
 Differences from the official pipeline, all deliberate and small:
 - The official code decodes audio with ffmpeg (``whisper.load_audio``: mono downmix, s16 samples,
   ffmpeg's resampler) and resamples the VAE output with an FFT resampler. We mix channels by their
-  mean, keep float samples and use our own windowed-sinc resampler (flat to ~0.90 x the lower
-  Nyquist, >90 dB alias rejection). For stereo sources ffmpeg's downmix is the same mean.
+  mean, keep float samples and use our own Kaiser-windowed sinc resampler (measured: flat within
+  0.001 dB up to 0.90 x the lower Nyquist, -6 dB at 0.95 x, >= 108 dB rejection from the Nyquist
+  on; in-band sine error ~1e-5). For stereo sources ffmpeg's downmix is the same mean; for more
+  channels ffmpeg uses its own downmix matrix (centre/LFE weights), we use the plain mean.
 - Transparent images: the official loader (``PIL.Image.convert("RGB")``) drops alpha; so does
   :func:`load_image` by default (``alpha="drop"``), or composite on white/black on request.
 - 16-bit images are scaled by 65535 (PIL's ``convert("RGB")`` would clip them to 255).
@@ -42,6 +44,7 @@ __all__ = [
     "prepare_reference_audio",
     "merge_overlapping_latents",
     "encode_reference_audio",
+    "encode_audio_file",
     "write_audio",
     "write_mp4",
     "read_mp4_info",
@@ -506,6 +509,13 @@ def encode_reference_audio(vae: Any, waveform: torch.Tensor, *, window_seconds: 
             break
     merged = merge_overlapping_latents(chunks, overlap_ratio)
     return merged[..., : math.ceil(total * latent_per_sample)]
+
+
+def encode_audio_file(vae: Any, path: str | os.PathLike, *, seconds: float | None = None) -> torch.Tensor:
+    """Reference audio file -> latent ``[1, 64, N]``: :func:`load_audio`, :func:`prepare_reference_audio`
+    (mono, 51 200 Hz, first ``seconds``), :func:`encode_reference_audio` (the official A2V path)."""
+    wave, sr = load_audio(path)
+    return encode_reference_audio(vae, prepare_reference_audio(wave, sr, seconds=seconds))
 
 
 def write_audio(path: str | os.PathLike, waveform: Any, sample_rate: int) -> Path:

@@ -14,6 +14,7 @@ from PIL import Image
 from magihuman.media import (
     MediaError,
     crop_box,
+    encode_audio_file,
     encode_reference_audio,
     load_audio,
     load_image,
@@ -290,6 +291,17 @@ def test_short_audio_is_one_pass():
     assert enc.calls == [(1, 2, 51200 * 4)] and out.shape == (1, 64, 100)
     out29 = encode_reference_audio(PoolEncoder(), torch.zeros(2, 29 * 51200))
     assert out29.shape == (1, 64, 725)
+
+
+def test_audio_file_to_latent_with_tiny_vae(tmp_path):
+    from magihuman.models.audio_vae import load_audio_vae, write_tiny_audio_vae
+
+    vae = load_audio_vae(write_tiny_audio_vae(tmp_path / "sao"))
+    sf.write(tmp_path / "voice.wav", _sines([220.0, 330.0], 44100, 1.3).T * 0.5, 44100)
+    z = encode_audio_file(vae, tmp_path / "voice.wav", seconds=1.0)
+    assert z.shape == (1, 64, 25) and z.dtype == torch.float32  # 25 latent steps per second
+    wave = prepare_reference_audio(*load_audio(tmp_path / "voice.wav"), seconds=1.0)
+    assert torch.equal(z, vae.encode(wave[None]))
 
 
 def test_merge_matches_official_loop():
