@@ -652,7 +652,6 @@ def read_mp4_info(path: str | os.PathLike) -> dict:
                 count += 1
             info["frames"] = count
             info["video_duration"] = float(vs.duration * vs.time_base) if vs.duration is not None else None
-        container.seek(0)
         if container.streams.audio:
             aus = container.streams.audio[0]
             info.update(audio_codec=aus.codec_context.name, audio_sample_rate=aus.codec_context.sample_rate,
