@@ -1,0 +1,14 @@
+"""ComfyUI nodes of the pack (V3 API). Thin adapters: ComfyUI types in, engine stage calls, ComfyUI types out."""
+
+from .compat import ComfyExtension
+from .conditioning import CONDITIONING_NODES
+from .decode import DECODE_NODES
+from .loaders import LOADER_NODES
+from .sampling import SAMPLING_NODES
+
+NODE_CLASSES = [*LOADER_NODES, *CONDITIONING_NODES, *SAMPLING_NODES, *DECODE_NODES]
+
+
+class MagiHumanExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODE_CLASSES)

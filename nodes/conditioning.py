@@ -1,0 +1,141 @@
+"""Conditioning nodes: prompt encoding, empty AV latent, image (TI2V) and reference audio (A2V)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..magihuman import pipeline
+from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
+from . import compat
+from .compat import io, ui
+from .latent_io import from_latent, to_conditioning, to_latent
+from .types import CATEGORY, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
+
+
+class MagiHumanTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanTextEncode",
+            display_name="MagiHuman Text Encode",
+            category=f"{CATEGORY}/conditioning",
+            description="Encodes the prompt (and the negative prompt for CFG) with T5Gemma into 640-token features.",
+            inputs=[
+                MagiTextEncoder.Input("text_encoder"),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="What happens and what is said. Supported: English, Chinese, Japanese, Korean, "
+                                        "German, French. More than 640 tokens are trimmed (a warning says so)."),
+                io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE_PROMPT,
+                                tooltip="Used by the base sampler's CFG (and optional SR CFG). The default is the "
+                                        "official negative prompt."),
+                io.Boolean.Input("encode_negative", default=True,
+                                 tooltip="Off for the distilled model (no CFG): skips encoding the negative prompt."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder, prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, encode_negative=True):
+        model = text_encoder.use()
+        neg = negative_prompt if encode_negative else None
+        cond = pipeline.encode_prompt(model, prompt, neg)
+        device = compat.intermediate_device()
+        positive = to_conditioning(cond.embeds.to(device), cond.lens[0], cond.prompt)
+        if cond.has_negative:
+            negative = to_conditioning(cond.negative_embeds.to(device), cond.negative_lens[0], cond.negative_prompt)
+        else:
+            negative = to_conditioning(torch.zeros_like(cond.embeds, device=device), 0, "")
+        return io.NodeOutput(positive, negative)
+
+
+class MagiHumanEmptyAVLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanEmptyAVLatent",
+            display_name="MagiHuman Empty AV Latent",
+            category=f"{CATEGORY}/latent",
+            description="Empty joint video+audio latent. Sizes snap down to multiples of 32; 25 fps; the audio latent "
+                        "has one step per video frame.",
+            inputs=[
+                io.Int.Input("width", default=448, min=32, max=4096, step=32,
+                             tooltip="Pixels; snapped down to a multiple of 32. Official base size: 448."),
+                io.Int.Input("height", default=256, min=32, max=4096, step=32,
+                             tooltip="Pixels; snapped down to a multiple of 32. Official base size: 256."),
+                io.Float.Input("seconds", default=4.0, min=0.04, max=60.0, step=0.04,
+                               tooltip="Clip length: 25·seconds + 1 frames (rounded to whole frames)."),
+                io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="Clips generated together."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, width, height, seconds, batch_size=1):
+        av = pipeline.empty_latents(width, height, seconds, batch=batch_size, device=compat.intermediate_device())
+        i = av.info
+        text = (f"{i['size'][0]}x{i['size'][1]}" + (f" (snapped from {width}x{height})" if i["snapped"] else "")
+                + f", {i['num_frames']} frames ({i['latent_frames']} latent), audio {i['num_frames']} steps")
+        return io.NodeOutput(to_latent(av), ui=ui.PreviewText(text))
+
+
+class MagiHumanImageToVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanImageToVideo",
+            display_name="MagiHuman Image To Video (TI2V)",
+            category=f"{CATEGORY}/conditioning",
+            description="Uses an image as the first frame: centre-cropped to the latent's aspect, resized and encoded "
+                        "with the Wan2.2 VAE; the samplers keep latent frame 0 equal to it.",
+            inputs=[
+                io.Latent.Input("latent", tooltip="From 'MagiHuman Empty AV Latent' (after reference audio, if any)."),
+                MagiVideoVAE.Input("video_vae"),
+                io.Image.Input("image", tooltip="The first frame. With a batch of images, the first one is used."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, latent, video_vae, image):
+        av = from_latent(latent, "MagiHuman Image To Video")
+        out = pipeline.encode_image(video_vae.use(), image, av)
+        device = compat.intermediate_device()
+        out.image_latent = out.image_latent.to(device)
+        return io.NodeOutput(to_latent(out))
+
+
+class MagiHumanReferenceAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanReferenceAudio",
+            display_name="MagiHuman Reference Audio (A2V)",
+            category=f"{CATEGORY}/conditioning",
+            description="Audio-driven video: the reference audio (any rate/channels; mixed to mono, resampled to "
+                        "51.2 kHz) becomes the fixed audio latent and sets the clip length.",
+            inputs=[
+                io.Latent.Input("latent", tooltip="From 'MagiHuman Empty AV Latent'."),
+                MagiAudioVAE.Input("audio_vae"),
+                io.Audio.Input("audio", tooltip="e.g. from Load Audio. Longer than the latent: trimmed to it."),
+                io.Boolean.Input("trim_to_latent", default=True,
+                                 tooltip="On: cut the audio to the latent's seconds. Off: the audio length decides."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, latent, audio_vae, audio, trim_to_latent=True):
+        av = from_latent(latent, "MagiHuman Reference Audio")
+        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+            raise ValueError("MagiHuman Reference Audio: 'audio' must be a ComfyUI AUDIO (waveform + sample_rate)")
+        wave = audio["waveform"]
+        if wave.dim() == 3:
+            wave = wave[0]
+        seconds = None if trim_to_latent else wave.shape[-1] / float(audio["sample_rate"])
+        out = pipeline.encode_reference_audio(audio_vae.use(), wave.float(), int(audio["sample_rate"]), av,
+                                              seconds=seconds)
+        out.audio = out.audio.to(compat.intermediate_device())
+        return io.NodeOutput(to_latent(out))
+
+
+CONDITIONING_NODES = [MagiHumanTextEncode, MagiHumanEmptyAVLatent, MagiHumanImageToVideo, MagiHumanReferenceAudio]

@@ -1,0 +1,151 @@
+"""Decode nodes (video -> IMAGE frames, audio -> AUDIO) and AV latent split/join helpers."""
+
+from __future__ import annotations
+
+import torch
+
+from ..magihuman import pipeline
+from . import compat
+from .compat import io
+from .latent_io import TRUE_AUDIO_RATE, from_latent, join_latent, split_latent
+from .types import CATEGORY, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
+
+AUDIO_RATES = {"51200 (true rate)": TRUE_AUDIO_RATE, "48000": 48000, "44100 (official file rate)": 44100}
+
+
+def _frames_all(decoder, av, **kw) -> torch.Tensor:
+    """Decode every batch sample and stack the frames one clip after another: [B·F, H, W, 3]."""
+    clips = []
+    for b in range(av.batch):
+        compat.check_interrupt()
+        clips.append(pipeline.decode_video(decoder, av, batch_index=b, **kw))
+    return torch.cat(clips, 0).to(compat.intermediate_device())
+
+
+class MagiHumanTurboVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanTurboVAEDecode",
+            display_name="MagiHuman Turbo VAE Decode",
+            category=f"{CATEGORY}/decode",
+            description="Fast video decode (the official default): sliding-window chunks, bounded memory. "
+                        "Gives 4(T-1)+1 frames at 25 fps.",
+            inputs=[
+                MagiTurboVAE.Input("turbo_vae"),
+                io.Latent.Input("latent"),
+                io.Boolean.Input("offload_frames", default=False,
+                                 tooltip="Move each finished chunk to the CPU (long or 1080p clips on small GPUs)."),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, turbo_vae, latent, offload_frames=False):
+        av = from_latent(latent, "MagiHuman Turbo VAE Decode")
+        return io.NodeOutput(_frames_all(turbo_vae.use(), av, output_offload=offload_frames))
+
+
+class MagiHumanVideoVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanVideoVAEDecode",
+            display_name="MagiHuman Wan2.2 VAE Decode (tiled)",
+            category=f"{CATEGORY}/decode",
+            description="Full-quality Wan2.2 decode, spatially tiled so high resolutions fit in memory.",
+            inputs=[
+                MagiVideoVAE.Input("video_vae"),
+                io.Latent.Input("latent"),
+                io.Int.Input("tile_size", default=32, min=0, max=256, step=2,
+                             tooltip="Tile edge in latent cells (x16 pixels); 0 = no tiling."),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, video_vae, latent, tile_size=32):
+        av = from_latent(latent, "MagiHuman Wan2.2 VAE Decode")
+        tile = None if tile_size <= 0 else (tile_size, tile_size)
+        return io.NodeOutput(_frames_all(video_vae.use(), av, tile=tile))
+
+
+class MagiHumanAudioDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanAudioDecode",
+            display_name="MagiHuman Audio Decode",
+            category=f"{CATEGORY}/decode",
+            description="Decodes the audio latent with the Oobleck VAE. The model's audio is really 51.2 kHz; "
+                        "other rates are resampled properly.",
+            inputs=[
+                MagiAudioVAE.Input("audio_vae"),
+                io.Latent.Input("latent", tooltip="An AV latent, or an audio latent from 'MagiHuman Split AV Latent'."),
+                io.Combo.Input("sample_rate", options=list(AUDIO_RATES), default="48000",
+                               tooltip="Output rate. 48000 suits MP4/AAC; 51200 keeps the raw decoder output."),
+            ],
+            outputs=[io.Audio.Output(display_name="audio")],
+        )
+
+    @classmethod
+    def execute(cls, audio_vae, latent, sample_rate="48000"):
+        where = "MagiHuman Audio Decode"
+        if sample_rate not in AUDIO_RATES:
+            raise ValueError(f"{where}: sample_rate must be one of {list(AUDIO_RATES)}")
+        vae = audio_vae.use()
+        if isinstance(latent, dict) and latent.get("type") == "audio":
+            z = latent["samples"]  # [B, 64, N]
+            if z.dim() != 3 or z.shape[1] != 64:
+                raise ValueError(f"{where}: audio latent must be [B, 64, N], got {tuple(z.shape)}")
+        else:
+            z = from_latent(latent, where).audio.transpose(1, 2)
+        dtype = next(vae.parameters()).dtype
+        waves = []
+        with torch.no_grad():
+            for b in range(z.shape[0]):
+                compat.check_interrupt()
+                waves.append(vae.decode(z[b:b + 1].to(device=audio_vae.device, dtype=dtype))[0].float().cpu())
+        wave = torch.stack(waves)  # [B, 2, S]
+        rate = AUDIO_RATES[sample_rate]
+        if rate != TRUE_AUDIO_RATE:
+            wave = torch.stack([pipeline.resample_audio(w, TRUE_AUDIO_RATE, rate) for w in wave])
+        return io.NodeOutput({"waveform": wave.contiguous(), "sample_rate": rate})
+
+
+class MagiHumanSplitAVLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanSplitAVLatent",
+            display_name="MagiHuman Split AV Latent",
+            category=f"{CATEGORY}/latent",
+            description="Separates the video latent [B,48,T,h,w] and the audio latent [B,64,N] to route them apart.",
+            inputs=[io.Latent.Input("latent")],
+            outputs=[io.Latent.Output(display_name="video_latent"), io.Latent.Output(display_name="audio_latent")],
+        )
+
+    @classmethod
+    def execute(cls, latent):
+        return io.NodeOutput(*split_latent(latent))
+
+
+class MagiHumanJoinAVLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanJoinAVLatent",
+            display_name="MagiHuman Join AV Latent",
+            category=f"{CATEGORY}/latent",
+            description="Joins a video latent and an audio latent (N audio steps need (N-1)//4+1 latent frames).",
+            inputs=[io.Latent.Input("video_latent"), io.Latent.Input("audio_latent")],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, video_latent, audio_latent):
+        return io.NodeOutput(join_latent(video_latent, audio_latent))
+
+
+DECODE_NODES = [MagiHumanTurboVAEDecode, MagiHumanVideoVAEDecode, MagiHumanAudioDecode, MagiHumanSplitAVLatent,
+                MagiHumanJoinAVLatent]

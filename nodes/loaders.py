@@ -1,0 +1,201 @@
+"""Loader nodes: read ComfyUI's model folders, build engine models on ComfyUI's ops and devices."""
+
+from __future__ import annotations
+
+import torch
+
+from ..magihuman.checkpoints import load_dit
+from ..magihuman.models.audio_vae import load_audio_vae
+from ..magihuman.models.text_encoder import T5GemmaEncoder
+from ..magihuman.models.turbo_vae import load_turbo_vae
+from ..magihuman.models.video_vae import load_wan_vae
+from . import compat
+from .compat import io
+from .types import CATEGORY, MagiAudioVAE, MagiDiT, MagiSRDiT, MagiTextEncoder, MagiTurboVAE, MagiVideoVAE
+
+DIT_FOLDERS = ("diffusion_models",)
+TEXT_FOLDERS = ("text_encoders",)
+VAE_FOLDERS = ("vae",)
+AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
+DTYPES = ["auto", "bf16", "fp16", "fp32"]
+COMPUTE = ["auto", "bf16", "fp16", "fp32"]
+
+
+def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 (official numerics) on GPUs, fp32 on CPUs (bf16 GEMMs there are several times slower)."""
+    if choice == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    return compat.pick_weight_dtype(choice, device)
+
+
+def _load_dit_handle(model_name: str, weight_dtype: str, compute: str, *, want_sr: bool):
+    path = compat.resolve_model(DIT_FOLDERS, model_name)
+    load_device, offload_device = compat.devices("diffusion")
+    model = load_dit(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
+                     operations=compat.operations())
+    is_sr = model.variant.startswith("sr_")
+    if is_sr != want_sr:
+        if is_sr:
+            raise ValueError(f"{model_name} is a super-resolution DiT ({model.variant}); load it with "
+                             "'MagiHuman SR DiT Loader' and use it in 'MagiHuman Latent Super-Resolution'")
+        raise ValueError(f"{model_name} is a {model.variant} DiT, not a super-resolution model; load it with "
+                         "'MagiHuman DiT Loader'")
+    model.set_compute_dtype(compute_dtype(compute, load_device))
+    return compat.ModelHandle(model, "diffusion", variant=model.variant, path=path)
+
+
+def _dit_inputs():
+    return [
+        io.Combo.Input("model_name", options=compat.list_models(DIT_FOLDERS),
+                       tooltip="A MagiHuman DiT from models/diffusion_models: an official folder (model.safetensors."
+                               "index.json + shards, also .zst) or a single .safetensors file."),
+        io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
+                       tooltip="Storage dtype of the block linears. auto = bf16 (the official layout) where supported. "
+                               "fp32 files (distill, SR) are converted while streaming."),
+        io.Combo.Input("compute_dtype", options=COMPUTE, default="auto",
+                       tooltip="Matmul dtype. auto = bf16 (official numerics) on GPU, fp32 on CPU (much faster there)."),
+    ]
+
+
+class MagiHumanDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanDiTLoader",
+            display_name="MagiHuman DiT Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the base or distilled MagiHuman joint audio+video denoiser (variant inferred from the files).",
+            inputs=_dit_inputs(),
+            outputs=[MagiDiT.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype="auto", compute_dtype="auto"):
+        return io.NodeOutput(_load_dit_handle(model_name, weight_dtype, compute_dtype, want_sr=False))
+
+
+class MagiHumanSRDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanSRDiTLoader",
+            display_name="MagiHuman SR DiT Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads a MagiHuman super-resolution DiT (540p or 1080p; 1080p uses local attention).",
+            inputs=_dit_inputs(),
+            outputs=[MagiSRDiT.Output(display_name="sr_model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype="auto", compute_dtype="auto"):
+        return io.NodeOutput(_load_dit_handle(model_name, weight_dtype, compute_dtype, want_sr=True))
+
+
+class MagiHumanTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanTextEncoderLoader",
+            display_name="MagiHuman T5Gemma Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the T5Gemma-9B encoder (only the encoder tensors are read) with its tokenizer.",
+            inputs=[
+                io.Combo.Input("text_encoder", options=compat.list_models(TEXT_FOLDERS),
+                               tooltip="models/text_encoders: the google/t5gemma-9b-9b-ul2 folder, or an "
+                                       "encoder-only .safetensors with tokenizer.json beside it."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
+                               tooltip="auto = bf16 (official) where supported."),
+            ],
+            outputs=[MagiTextEncoder.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder, weight_dtype="auto"):
+        path = compat.resolve_model(TEXT_FOLDERS, text_encoder)
+        load_device, offload_device = compat.devices("text_encoder")
+        model = T5GemmaEncoder.from_pretrained(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device),
+                                               device=offload_device, operations=compat.operations())
+        return io.NodeOutput(compat.ModelHandle(model, "text_encoder", path=path))
+
+
+class MagiHumanTurboVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanTurboVAELoader",
+            display_name="MagiHuman Turbo VAE Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the fast Turbo video decoder: its folder (TurboV3 JSON + checkpoint .ckpt, read "
+                        "with weights_only) or a converted .safetensors.",
+            inputs=[
+                io.Combo.Input("vae_name", options=compat.list_models(VAE_FOLDERS),
+                               tooltip="models/vae: the turbo_vae folder (JSON + checkpoint-340000.ckpt) or a "
+                                       "converted turbo .safetensors."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="auto", tooltip="auto = bf16 where supported."),
+            ],
+            outputs=[MagiTurboVAE.Output(display_name="turbo_vae")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name, weight_dtype="auto"):
+        path = compat.resolve_model(VAE_FOLDERS, vae_name)
+        load_device, offload_device = compat.devices("vae")
+        model = load_turbo_vae(None, path, dtype=compat.pick_weight_dtype(weight_dtype, load_device),
+                               device=offload_device, operations=compat.operations())
+        return io.NodeOutput(compat.ModelHandle(model, "vae", path=path))
+
+
+class MagiHumanVideoVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanVideoVAELoader",
+            display_name="MagiHuman Wan2.2 VAE Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the Wan2.2 (TI2V-5B) video VAE: image encoding for TI2V and the full-quality decoder.",
+            inputs=[
+                io.Combo.Input("vae_name", options=compat.list_models(VAE_FOLDERS),
+                               tooltip="models/vae: wan2.2_vae.safetensors (ComfyUI) or the official Wan2.2_VAE.pth."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="auto", tooltip="auto = bf16 where supported."),
+            ],
+            outputs=[MagiVideoVAE.Output(display_name="video_vae")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name, weight_dtype="auto"):
+        path = compat.resolve_model(VAE_FOLDERS, vae_name)
+        load_device, offload_device = compat.devices("vae")
+        model = load_wan_vae(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
+                             operations=compat.operations())
+        return io.NodeOutput(compat.ModelHandle(model, "vae", path=path))
+
+
+class MagiHumanAudioVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MagiHumanAudioVAELoader",
+            display_name="MagiHuman Audio VAE Loader",
+            category=f"{CATEGORY}/loaders",
+            description="Loads the Stable Audio Open 1.0 (Oobleck) audio VAE; only its VAE tensors are read.",
+            inputs=[
+                io.Combo.Input("vae_name", options=compat.list_models(AUDIO_VAE_FOLDERS),
+                               tooltip="The stable-audio-open-1.0 folder (model.safetensors + model_config.json) "
+                                       "or a VAE-only .safetensors, in models/vae or models/checkpoints."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="fp32",
+                               tooltip="The audio VAE is small; fp32 is the official precision."),
+            ],
+            outputs=[MagiAudioVAE.Output(display_name="audio_vae")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name, weight_dtype="fp32"):
+        path = compat.resolve_model(AUDIO_VAE_FOLDERS, vae_name)
+        load_device, offload_device = compat.devices("vae")
+        dtype = torch.float32 if weight_dtype == "auto" else compat.pick_weight_dtype(weight_dtype, load_device)
+        model = load_audio_vae(path, dtype=dtype, device=offload_device, operations=compat.operations())
+        return io.NodeOutput(compat.ModelHandle(model, "vae", path=path))
+
+
+LOADER_NODES = [MagiHumanDiTLoader, MagiHumanSRDiTLoader, MagiHumanTextEncoderLoader, MagiHumanTurboVAELoader,
+                MagiHumanVideoVAELoader, MagiHumanAudioVAELoader]
