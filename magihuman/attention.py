@@ -10,6 +10,7 @@ It returns ``[B, Hq, L, D]`` in the dtype of ``q``. Hosts add flash/sage/ComfyUI
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -74,8 +75,101 @@ def available_attention_backends() -> list[str]:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Softmax attention ``[B, Hq, L, D] x [B, Hkv, L, D] -> [B, Hq, L, D]`` via the active backend."""
+    """Softmax attention ``[B, Hq, Lq, D] x [B, Hkv, Lk, D] -> [B, Hq, Lq, D]`` via the active backend."""
     _check_shapes(q, k, v)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
     return _BACKENDS[_active](q, k, v, mask)
+
+
+# ---------------------------------------------------------------- local (frame-window) attention
+
+@dataclass(frozen=True)
+class LocalWindow:
+    """The local-attention rule of the 1080p SR layers, over a sequence ``[video | audio | text]``.
+
+    A video query of latent frame i sees the video keys of frames ``[i - frf, i + frf]`` and every
+    audio and text key; audio and text queries see everything (official ``calc_local_qk_range``).
+    Queries are processed ``block_frames`` latent frames at a time.
+    """
+
+    num_video: int  # video tokens at the start of the sequence
+    tokens_per_frame: int  # video tokens per latent frame (h * w of the token grid)
+    frame_receptive_field: int
+    block_frames: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_frame < 1 or self.num_video % self.tokens_per_frame:
+            raise ValueError(f"{self.num_video} video tokens do not split into frames of {self.tokens_per_frame}")
+        if self.frame_receptive_field < 0:
+            raise ValueError(f"frame_receptive_field must be >= 0, got {self.frame_receptive_field}")
+        if self.block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, got {self.block_frames}")
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_video // self.tokens_per_frame
+
+    @property
+    def is_global(self) -> bool:
+        """True when the window covers every frame (then it is plain full attention)."""
+        return self.num_frames - 1 <= self.frame_receptive_field
+
+    def blocks(self):
+        """Yield ``(f0, f1, k0, k1)``: query frames ``[f0, f1)`` and their video key frames ``[k0, k1)``."""
+        t, frf = self.num_frames, self.frame_receptive_field
+        for f0 in range(0, t, self.block_frames):
+            f1 = min(f0 + self.block_frames, t)
+            yield f0, f1, max(0, f0 - frf), min(t, f1 + frf)
+
+
+def _block_mask(window: LocalWindow, f0: int, f1: int, k0: int, k1: int, num_other: int,
+                device) -> Optional[torch.Tensor]:
+    """``[nq, nk]`` mask of one query block (None when the block needs none, e.g. one frame per block)."""
+    frf, hw = window.frame_receptive_field, window.tokens_per_frame
+    qf = torch.arange(f0, f1, device=device)
+    kf = torch.arange(k0, k1, device=device)
+    frames = (qf[:, None] - kf[None, :]).abs() <= frf  # [q frames, k frames]
+    if bool(frames.all()):
+        return None
+    video = frames.repeat_interleave(hw, dim=0).repeat_interleave(hw, dim=1)
+    return torch.cat([video, video.new_ones(video.shape[0], num_other)], dim=1)
+
+
+def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: LocalWindow,
+                           key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Frame-window attention without an ``L x L`` mask, through the active backend.
+
+    q ``[B, Hq, L, D]``, k/v ``[B, Hkv, L, D]`` over ``[video | audio | text]``; ``key_valid [B, L]``
+    (None: every key is real) masks padded keys. Each block of video query frames attends to the
+    gathered keys ``[its video window | all audio and text]`` (a mask only where a block of several
+    frames needs one, of block size); audio and text queries attend to all keys. Equal to
+    :func:`attention` with the full local mask of :func:`magihuman.packing.local_attention_allowed`.
+    """
+    _check_shapes(q, k, v)
+    b, _, n, _ = q.shape
+    nv = window.num_video
+    if k.shape[2] != n or nv > n:
+        raise ValueError(f"local attention needs q and k over the same sequence of >= {nv} tokens, "
+                         f"got q{tuple(q.shape)} k{tuple(k.shape)}")
+    pad = None if key_valid is None else key_valid[:, None, None, :]  # [B, 1, 1, L]
+    if window.is_global:
+        return attention(q, k, v, pad)
+    hw = window.tokens_per_frame
+    out = q.new_empty(q.shape)
+    for f0, f1, k0, k1 in window.blocks():
+        if k1 * hw == nv:  # the video window ends where audio/text begin: one contiguous slice
+            ks, vs = k[:, :, k0 * hw:], v[:, :, k0 * hw:]
+        else:
+            ks = torch.cat([k[:, :, k0 * hw:k1 * hw], k[:, :, nv:]], dim=2)
+            vs = torch.cat([v[:, :, k0 * hw:k1 * hw], v[:, :, nv:]], dim=2)
+        mask = _block_mask(window, f0, f1, k0, k1, n - nv, q.device)
+        if mask is not None:
+            mask = mask[None, None]
+        if pad is not None:
+            keys = torch.cat([pad.new_ones(b, 1, 1, (k1 - k0) * hw), pad[..., nv:]], dim=-1)
+            mask = keys if mask is None else mask & keys
+        out[:, :, f0 * hw:f1 * hw] = attention(q[:, :, f0 * hw:f1 * hw], ks, vs, mask)
+    if n > nv:
+        out[:, :, nv:] = attention(q[:, :, nv:], k, v, pad)
+    return out

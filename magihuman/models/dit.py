@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import attention
+from ..attention import LocalWindow, attention, local_window_attention
 from ..ops import fetch_weight, tag_operations
 from ..packing import PATCH_SIZE, SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
@@ -37,6 +37,7 @@ NUM_MODALITIES = 3  # VIDEO, AUDIO, TEXT
 ACT_ALPHA = 1.702
 ACT_LIMIT = 7.0
 COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+LOCAL_ATTENTION_MODES = ("window", "mask")
 
 Segments = tuple[tuple[int, int], ...]
 
@@ -109,9 +110,11 @@ class _ForwardState:
     segments: Segments
     cos: torch.Tensor  # [B, L, 1, rot]
     sin: torch.Tensor
-    mask: Optional[torch.Tensor]  # global layers
-    local_mask: Optional[torch.Tensor]  # local-attention layers
+    mask: Optional[torch.Tensor]  # global layers: key padding [B, 1, 1, L] or None
+    local_mask: Optional[torch.Tensor]  # local layers, "mask" mode: [B, 1, L, L] or None
     compute_dtype: torch.dtype
+    local_window: Optional[LocalWindow] = None  # local layers, "window" mode (no L x L mask)
+    key_valid: Optional[torch.Tensor] = None  # [B, L] bool, None without text padding
 
 
 class Attention(nn.Module):
@@ -137,8 +140,12 @@ class Attention(nn.Module):
         q = apply_rope(q, st.cos, st.sin).to(cd)
         k = apply_rope(k, st.cos, st.sin).to(cd)
         v = v.reshape(b, n, hkv, d).to(cd)
-        mask = st.local_mask if self.local else st.mask
-        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask).transpose(1, 2)  # [B, L, Hq, D]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, D]
+        if self.local and st.local_window is not None:
+            out = local_window_attention(q, k, v, st.local_window, st.key_valid)
+        else:
+            out = attention(q, k, v, st.local_mask if self.local else st.mask)
+        out = out.transpose(1, 2)  # [B, L, Hq, D]
         if self.gating:
             out = out.float() * torch.sigmoid(g).unsqueeze(-1)
         return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments)
@@ -224,6 +231,7 @@ class MagiHumanDiT(nn.Module):
         block_dtype = torch.bfloat16 if dtype is None else dtype
         self.compute_dtype = torch.bfloat16
         self.set_compute_dtype(compute_dtype)
+        self.local_attention_mode, self.local_block_frames = "window", 1
         self.adapter = Adapter(config, operations, device)
         self.block = TransformerBlock(config, operations, block_dtype, device)
         h = config.hidden_size
@@ -250,11 +258,33 @@ class MagiHumanDiT(nn.Module):
         device = self.adapter.video_embedder.weight.device if device is None else device
         self.adapter.rope.bands = self.default_rope_bands(self.config).to(device)
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> None:
-        """bf16 = official numerics; fp32 = faster on CPUs without bf16 matmul units."""
+    def set_compute_dtype(self, dtype) -> torch.dtype:
+        """bf16 = official numerics; fp32 = faster on CPUs without bf16 matmul units; ``"auto"``:
+        the fastest accurate dtype for the device of the model's weights
+        (:func:`magihuman.device.pick_compute_dtype`). Returns the dtype now in use."""
+        if isinstance(dtype, str):
+            from ..device import resolve_compute_dtype
+
+            dtype = resolve_compute_dtype(dtype, self._weight_device())
         if dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype}")
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES} or 'auto', got {dtype}")
         self.compute_dtype = dtype
+        return dtype
+
+    def _weight_device(self) -> torch.device:
+        dev = self.adapter.video_embedder.weight.device if hasattr(self, "adapter") else torch.device("cpu")
+        return torch.device("cpu") if dev.type == "meta" else dev
+
+    def set_local_attention(self, mode: str = "window", block_frames: int = 1) -> None:
+        """How the local-attention layers run. ``"window"`` (default): per block of ``block_frames``
+        video query frames, dense attention on the gathered key window (no ``L x L`` mask, works on
+        every attention backend; 1 frame per block needs no mask at all). ``"mask"``: one dense
+        call with a boolean ``L x L`` mask (memory O(L^2): ~4 GB at 1080p; for checking)."""
+        if mode not in LOCAL_ATTENTION_MODES:
+            raise ValueError(f"local attention mode must be one of {LOCAL_ATTENTION_MODES}, got {mode!r}")
+        if int(block_frames) < 1:
+            raise ValueError(f"block_frames must be >= 1, got {block_frames}")
+        self.local_attention_mode, self.local_block_frames = mode, int(block_frames)
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0, std: float = 0.02) -> "MagiHumanDiT":
@@ -315,13 +345,16 @@ class MagiHumanDiT(nn.Module):
                        adapter.text_embedder(text)], dim=1)  # [B, L, hidden] fp32
 
         cos, sin = rope_cos_sin(layout.coords(coords).to(device), adapter.rope.bands.to(device))
-        local_allowed = None
-        if self.config.local_attn_layers:
-            local_allowed = local_attention_allowed(layout, int(frame_receptive_field), device)
-        st = _ForwardState(
-            segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
-            mask=attention_mask(layout, None, device), local_mask=attention_mask(layout, local_allowed, device),
-            compute_dtype=self.compute_dtype)
+        mask = attention_mask(layout, None, device)
+        st = _ForwardState(segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
+                           mask=mask, local_mask=mask, compute_dtype=self.compute_dtype)
+        frf = int(frame_receptive_field)
+        if self.config.local_attn_layers and frf >= 0:
+            if self.local_attention_mode == "mask":
+                st.local_mask = attention_mask(layout, local_attention_allowed(layout, frf, device), device)
+            else:
+                st.local_window = LocalWindow(layout.num_video, grid[1] * grid[2], frf, self.local_block_frames)
+                st.key_valid = layout.key_valid(device) if layout.has_padding else None
         for layer in self.block.layers:
             x = layer(x, st)
 
