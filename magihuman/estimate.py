@@ -1,0 +1,671 @@
+"""FLOP and memory model of a MagiHuman run, computed analytically from :class:`DiTConfig` and the sizes.
+
+``estimate(preset=..., width=..., height=..., seconds=...)`` returns a :class:`Plan` (tokens, FLOPs,
+weight and activation memory per stage, decode peak) whose ``format()`` is the table the CLI prints;
+``check_fits(plan, device_memory(device))`` raises :class:`MemoryEstimateError` with a smaller request
+that would fit when it does not.
+
+Counting rules (2 FLOPs per multiply-accumulate; norms, RoPE, softmax and activations are not counted,
+they are < 1 % of the total):
+
+- tokens: video ``T·(H/32)·(W/32)`` (latent stride 16, patch 2), audio ``num_frames = 25·s + 1``, text the
+  real prompt length (≤ 640). The default negative prompt length is an estimate (see
+  :func:`approx_gemma_tokens`; the Gemma tokenizer is not needed to plan).
+- per layer and token: ``linear_qkv`` h→(Hq + 2·Hkv)·D + Hq(gate), ``linear_proj`` Hq·D→h, MLP up h→4h and
+  down 4h→h (gelu7 layers) or up h→2I, down I→h (swiglu7). In the mm layers every token uses ONE
+  expert, so the cost per token equals a single-expert layer (but the weights store three).
+- attention: ``4·Hq·D`` FLOPs per (query, key) pair (scores + weighted sum). Global layers see L² pairs.
+  Local layers (``local_attn_layers``) see, for a video query of latent frame i, the video keys of frames
+  ``[i−frf, i+frf]`` clipped to the clip, plus every audio and text key; audio/text queries see all
+  (official ``calc_local_qk_range``). The official kernel (FFA) skips the rest; this engine's dense
+  boolean mask through SDPA does not: ``*_dense_*`` fields count what a dense-mask kernel executes.
+- adapter (three embedders) and the video/audio output heads are included.
+- CFG: two forwards per step (official: separate passes at each text length). ``cfg_batched=True``
+  (this engine's default) runs both as one batch of 2, the shorter text padded to the longer.
+
+Comparison with SPEC §7 ("~4k tokens/step, ≈1.1e15 FLOP for 8 steps" for 256p distill, 5 s): the
+official 448×256, 5 s example has 3584 video + 126 audio + text tokens (≈3.8k with a 100-token
+prompt), and this count gives ≈7.7e14 FLOP for 8 steps, not 1.1e15. The SPEC figure is
+``2 · 15.4e9 params · 4k tokens · 8 steps`` + attention: it charges every token for all three experts of
+the mm layers and rounds the length up. Per token the model uses 10.9e9 of its 15.4e9 parameters.
+See ``benchmarks/bench_estimate_vs_official.py`` for the implied H100 throughput of the official timings.
+
+Memory: weights are counted exactly (mm layers store 3 experts). Activation peaks are estimates of this
+engine's forward (fp32 residual, bf16 matmuls with fp32 results), formulas in :func:`forward_activation_bytes`;
+the Turbo decode peak is an estimate from the decoder's layer widths, formula in :func:`turbo_decode_bytes`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .models.dit_config import DiTConfig
+
+__all__ = [
+    "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "suggest_smaller",
+    "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
+    "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
+    "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
+]
+
+FPS = 25
+TEMPORAL_STRIDE = 4
+SPATIAL_STRIDE = 16
+PATCH = 2
+SIZE_MULTIPLE = SPATIAL_STRIDE * PATCH  # 32
+VIDEO_LATENT_CHANNELS = 48
+AUDIO_LATENT_CHANNELS = 64
+AUDIO_SAMPLES_PER_LATENT = 2048
+MAX_TEXT_TOKENS = 640
+DEFAULT_PROMPT_TOKENS = 100
+DEFAULT_FRAME_RECEPTIVE_FIELD = 11
+GIB = 1024 ** 3
+
+# google/t5gemma-9b-9b-ul2 encoder (the Gemma-2 9B shape), from its HF config.
+T5GEMMA_9B_ENCODER = dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
+                          num_key_value_heads=8, head_dim=256, vocab_size=256000)
+
+# Turbo VAE decoder topology of the release (TurboV3-Wan22-TinyShallow_7_7.json), fields used here.
+_TURBO_RELEASE = dict(decoder_block_out_channels=[64, 128, 256, 512],
+                      decoder_spatio_temporal_scaling=[False, True, True, True],
+                      decoder_spatio_only=[False, True, False, False], latent_channels=48, patch_size=2,
+                      first_chunk_size=7, step_size=7)
+_TURBO_TINY = dict(_TURBO_RELEASE, decoder_block_out_channels=[8, 8, 16, 16], first_chunk_size=3, step_size=2)
+
+
+class MemoryEstimateError(ValueError):
+    """The request does not fit the available memory; the message gives the estimate and a smaller request."""
+
+
+# ============================================================================ tokens
+
+def approx_gemma_tokens(text: str) -> int:
+    """Rough Gemma token count: words and punctuation marks, plus <bos>. English prose with Gemma's
+    256k vocabulary is close to one token per word; rare words split, which this ignores."""
+    return len(re.findall(r"\w+|[^\w\s]", text)) + 1
+
+
+def _default_negative_tokens() -> int:
+    try:
+        from .sampling import DEFAULT_NEGATIVE_PROMPT
+    except Exception:  # pragma: no cover - sampling mid-edit; the release negative prompt is ~360 tokens
+        return 360
+    return min(MAX_TEXT_TOKENS, approx_gemma_tokens(DEFAULT_NEGATIVE_PROMPT))
+
+
+def _snap(width: int, height: int, what: str) -> tuple[int, int]:
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise ValueError(f"{what}: {name} must be an integer number of pixels, got {v!r}")
+        if v < SIZE_MULTIPLE:
+            raise ValueError(f"{what}: {name} {int(v)} is too small: the minimum is {SIZE_MULTIPLE} pixels")
+    return int(width) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(height) // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+
+def _frames(seconds: float) -> tuple[int, int]:
+    s = float(seconds)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds!r}")
+    num_frames = max(1, round(s * FPS)) + 1
+    return num_frames, (num_frames - 1) // TEMPORAL_STRIDE + 1
+
+
+def token_counts(width: int, height: int, seconds: float) -> dict:
+    """Token geometry of one sample: snapped size, latent sizes and the video/audio token counts."""
+    w, h = _snap(width, height, "size")
+    num_frames, t = _frames(seconds)
+    lat_h, lat_w = h // SPATIAL_STRIDE, w // SPATIAL_STRIDE
+    grid = (t, lat_h // PATCH, lat_w // PATCH)
+    return dict(width=w, height=h, num_frames=num_frames, latent_frames=t, latent_h=lat_h, latent_w=lat_w,
+                grid=grid, video_tokens=grid[0] * grid[1] * grid[2], audio_tokens=num_frames)
+
+
+# ============================================================================ parameters
+
+def _layer_shapes(cfg: DiTConfig, i: int) -> dict[str, tuple[int, ...]]:
+    e = 3 if i in cfg.mm_layers else 1
+    h, d = cfg.hidden_size, cfg.head_dim
+    inner = cfg.gelu_intermediate_size if i in cfg.gelu7_layers else cfg.swiglu_intermediate_size
+    up = inner if i in cfg.gelu7_layers else 2 * inner
+    shapes = {
+        "attention.pre_norm.weight": (e * h,), "attention.q_norm.weight": (e * d,), "attention.k_norm.weight": (e * d,),
+        "attention.linear_qkv.weight": (e * cfg.qkv_out_features, h),
+        "attention.linear_proj.weight": (e * h, cfg.num_heads_q * d),
+        "mlp.pre_norm.weight": (e * h,), "mlp.up_gate_proj.weight": (e * up, h), "mlp.down_proj.weight": (e * h, inner),
+    }
+    if i in cfg.post_norm_layers:
+        shapes["attn_post_norm.weight"] = (e * h,)
+        shapes["mlp_post_norm.weight"] = (e * h,)
+    return shapes
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def dit_param_count(cfg: DiTConfig) -> dict[str, int]:
+    """Exact parameter counts: ``block_linear`` (the bf16 block matrices), ``fp32`` (norms, adapter with
+    bias, output heads), ``total``, ``buffers`` (``adapter.rope.bands``) and ``per_token`` (weights one
+    token multiplies: a single expert in the mm layers)."""
+    h = cfg.hidden_size
+    linear = other = per_token = 0
+    for i in range(cfg.num_layers):
+        e = 3 if i in cfg.mm_layers else 1
+        for name, shape in _layer_shapes(cfg, i).items():
+            n = _numel(shape)
+            if name.endswith(("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")):
+                linear += n
+                per_token += n // e
+            else:
+                other += n
+    adapter = sum((c + 1) * h for c in (cfg.video_in_channels, cfg.audio_in_channels, cfg.text_in_channels))
+    heads = 2 * h + h * (cfg.video_in_channels + cfg.audio_in_channels)
+    other += adapter + heads
+    return dict(block_linear=linear, fp32=other, total=linear + other, buffers=cfg.head_dim // 8,
+                per_token_block_linear=per_token)
+
+
+def dit_weight_bytes(cfg: DiTConfig, weight_dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes of the DiT weights in the official mixed layout: block linears in ``weight_dtype``,
+    everything else fp32."""
+    p = dit_param_count(cfg)
+    return p["block_linear"] * _dtype_bytes(weight_dtype) + (p["fp32"] + p["buffers"]) * 4
+
+
+def _dtype_bytes(dtype) -> int:
+    if isinstance(dtype, str):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(dtype, dtype)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"weight_dtype must be a torch dtype or one of bf16/fp16/fp32/fp8, got {dtype!r}")
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def t5gemma_encoder_param_count(cfg: Optional[dict] = None) -> int:
+    """Parameters of a T5Gemma (Gemma-2 style) encoder: embedding, per layer q/k/v/o, gate/up/down and
+    four RMSNorms, final norm. Default: the 9B encoder of google/t5gemma-9b-9b-ul2."""
+    c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
+    h, hd = c["hidden_size"], c["head_dim"]
+    attn = h * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
+    mlp = 3 * h * c["intermediate_size"]
+    return c["vocab_size"] * h + c["num_hidden_layers"] * (attn + mlp + 4 * h) + h
+
+
+# ============================================================================ FLOPs
+
+def _frames_visible(t: int, frf: int) -> int:
+    """Sum over latent frames i of the number of frames in [i−frf, i+frf] ∩ [0, t−1]."""
+    return sum(min(t - 1, i + frf) - max(0, i - frf) + 1 for i in range(t))
+
+
+def attention_pairs(grid: Sequence[int], num_audio: int, num_text: int, *, local: bool,
+                    frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD) -> int:
+    """Number of (query, key) pairs one attention layer computes for one sample."""
+    t, gh, gw = grid
+    per_frame = gh * gw
+    nv, rest = t * per_frame, num_audio + num_text
+    length = nv + rest
+    if not local or frame_receptive_field < 0:
+        return length * length
+    video_video = per_frame * per_frame * _frames_visible(t, frame_receptive_field)
+    return video_video + nv * rest + rest * length
+
+
+def dit_forward_flops(cfg: DiTConfig, grid: Sequence[int], num_audio: int, num_text: int, *,
+                      frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, dense_mask: bool = False) -> dict:
+    """FLOPs of one forward of one sample: ``linear`` (adapter, block matmuls, heads), ``attention``, ``total``.
+    ``dense_mask=True`` counts local layers at full L² (a dense-mask kernel computes every pair)."""
+    h, d, hq = cfg.hidden_size, cfg.head_dim, cfg.num_heads_q
+    nv = grid[0] * grid[1] * grid[2]
+    length = nv + num_audio + num_text
+    macs = nv * cfg.video_in_channels * h + num_audio * cfg.audio_in_channels * h + num_text * cfg.text_in_channels * h
+    macs += nv * h * cfg.video_in_channels + num_audio * h * cfg.audio_in_channels  # output heads
+    attn = 0
+    for i in range(cfg.num_layers):
+        if i in cfg.gelu7_layers:
+            up, inner = cfg.gelu_intermediate_size, cfg.gelu_intermediate_size
+        else:
+            inner = cfg.swiglu_intermediate_size
+            up = 2 * inner
+        macs += length * (h * cfg.qkv_out_features + hq * d * h + h * up + inner * h)
+        local = i in cfg.local_attn_layers and not dense_mask
+        attn += 2 * 2 * hq * d * attention_pairs(grid, num_audio, num_text, local=local,
+                                                 frame_receptive_field=frame_receptive_field)
+    return dict(linear=2 * macs, attention=attn, total=2 * macs + attn, length=length)
+
+
+# ============================================================================ memory
+
+def forward_activation_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, local_mask: bool = False,
+                             padding_mask: bool = False) -> dict:
+    """Estimated peak activation bytes of one forward of this engine (weights excluded).
+
+    Per token, with Q = qkv width, U = MLP up width, I = MLP inner width, h = hidden:
+    - residual stream fp32: 4h
+    - attention phase: 4h + 6Q (bf16 result + fp32 copy) + 8(Hq+Hkv)D (normed + rotated q, k fp32)
+      + 2(Hq+2Hkv)D (bf16 q, k, v) + 6·Hq·D (bf16 output + fp32 gated)
+    - MLP phase: 4h + 6U (bf16 result + fp32 copy) + 12I (activation temporaries, fp32)
+    - memory-efficient attention: no L² matrix; the math kernel holds scores and softmax,
+      ``2·4·L²`` bytes per head (``math_attention`` does all heads at once: ×B·Hq)
+    - dense local mask (only with local layers): bool L² + SDPA's additive copy in bf16 (2·L²)
+    - RoPE tables: cos and sin fp32 [L, 3·D/4]
+    """
+    h, d, hq, hkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads_q, cfg.num_heads_kv
+    q = cfg.qkv_out_features
+    attn_tok = 4 * h + 6 * q + 8 * (hq + hkv) * d + 2 * (hq + 2 * hkv) * d + 6 * hq * d
+    mlp_tok = 0
+    for i in range(cfg.num_layers):
+        gelu = i in cfg.gelu7_layers
+        inner = cfg.gelu_intermediate_size if gelu else cfg.swiglu_intermediate_size
+        up = inner if gelu else 2 * inner
+        mlp_tok = max(mlp_tok, 4 * h + 6 * up + 12 * inner)
+    rope = 2 * 4 * (3 * d // 4) * length * batch
+    residual = 4 * h * length * batch
+    mask = 3 * length * length if local_mask and cfg.local_attn_layers else 0
+    mask += length * batch if padding_mask else 0
+    efficient = max(attn_tok, mlp_tok) * length * batch + rope + mask
+    math_head = 2 * 4 * length * length
+    return dict(residual=residual, attention_phase=attn_tok * length * batch, mlp_phase=mlp_tok * length * batch,
+                mask=mask, rope=rope, peak_efficient=efficient,
+                math_scores_per_head=math_head,
+                peak_math=max(attn_tok * length * batch + batch * hq * math_head, mlp_tok * length * batch)
+                + rope + mask)
+
+
+def turbo_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, dtype_bytes: int = 2,
+                       config: Optional[dict] = None, live_tensors: int = 4) -> dict:
+    """Estimated peak bytes of a Turbo VAE sliding-window decode (weights excluded).
+
+    A chunk has at most ``max(first+1, step+2)`` latent frames (one context frame each inner side). The
+    decoder widens to its top width at latent size and each up block doubles time and/or space; the
+    largest tensor is ``max over stages of channels·t·h·w``. A resnet block holds about ``live_tensors``
+    (4) tensors of that size at once: ``peak ≈ 4 · largest · dtype_bytes``, plus the fp32 chunk output.
+    The whole decoded clip [3, F, 16h, 16w] in fp32 is reported separately (``video``).
+    """
+    c = dict(_TURBO_RELEASE, **(config or {}))
+    first, step = int(c["first_chunk_size"]), int(c["step_size"])
+    chunk = first if latent_frames <= first else max(first + 1, min(step + 2, latent_frames + 1))
+    widths = list(reversed(c["decoder_block_out_channels"]))
+    scaling = list(reversed(c["decoder_spatio_temporal_scaling"]))
+    spatial_only = list(reversed(c["decoder_spatio_only"]))
+    t, hh, ww = chunk, latent_h, latent_w
+    largest = widths[0] * t * hh * ww
+    prev = widths[0]
+    for width, up, s_only in zip(widths, scaling, spatial_only):
+        largest = max(largest, width * t * hh * ww, prev * t * hh * ww)
+        if up:
+            if not s_only:
+                largest = max(largest, 2 * width * t * hh * ww)  # time_conv doubles channels first
+                t *= 2
+            hh, ww = hh * 2, ww * 2
+            largest = max(largest, width * t * hh * ww)
+        prev = width
+    p = int(c["patch_size"])
+    out_frames = TEMPORAL_STRIDE * (chunk - 1) + 1
+    chunk_out = 3 * out_frames * hh * p * ww * p * 4
+    frames = TEMPORAL_STRIDE * (latent_frames - 1) + 1
+    video = 3 * frames * latent_h * SPATIAL_STRIDE * latent_w * SPATIAL_STRIDE * 4
+    return dict(chunk_latent_frames=chunk, largest_elements=largest,
+                peak=live_tensors * largest * dtype_bytes + chunk_out, video=video)
+
+
+# ============================================================================ plan
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One DiT stage (base or SR) of a run."""
+
+    name: str                     # "base" | "sr"
+    model: str                    # DiT role: distill | base | sr_540p | sr_1080p | tiny...
+    width: int
+    height: int
+    latent_frames: int
+    grid: tuple[int, int, int]    # (T, H/32, W/32) token grid
+    video_tokens: int
+    audio_tokens: int
+    text_tokens: int
+    negative_text_tokens: Optional[int]  # None without CFG
+    steps: int
+    cfg: bool
+    cfg_batched: bool
+    forwards_per_step: int
+    flops_per_forward: int        # conditional pass, one sample
+    flops_per_step: int
+    flops_total: int
+    attention_flops_total: int
+    dense_mask_flops_total: int   # local layers at full L² (dense-mask kernel)
+    params: int
+    weight_bytes: int
+    activation_bytes: int         # peak of one model call (memory-efficient attention)
+    activation_bytes_math: int    # same with the math attention kernel
+    mask_bytes: int
+    latent_bytes: int
+    local_layers: int
+
+    @property
+    def sequence_length(self) -> int:
+        return self.video_tokens + self.audio_tokens + self.text_tokens
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.weight_bytes + self.activation_bytes + self.latent_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything :func:`estimate` computed; ``format()`` gives the table the CLI prints."""
+
+    preset: str
+    width: int
+    height: int
+    seconds: float
+    num_frames: int
+    latent_frames: int
+    sr_width: Optional[int]
+    sr_height: Optional[int]
+    weight_dtype: torch.dtype
+    stages: tuple[StageEstimate, ...]
+    text_encoder_bytes: int       # T5Gemma encoder weights (bf16); can run on CPU
+    decoder_weight_bytes: int     # Turbo VAE decoder weights (estimate from its parameter count)
+    decode_bytes: int             # Turbo decode peak (estimate)
+    decoded_video_bytes: int      # the decoded clip, fp32
+    request: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(s.flops_total for s in self.stages)
+
+    @property
+    def decode_peak_bytes(self) -> int:
+        return self.decoder_weight_bytes + self.decode_bytes + self.decoded_video_bytes
+
+    @property
+    def peak_device_bytes(self) -> int:
+        """Largest phase, models swapped between phases (DiT stages, decode); text encoding on CPU."""
+        return max([s.peak_bytes for s in self.stages] + [self.decode_peak_bytes])
+
+    @property
+    def max_weight_bytes(self) -> int:
+        return max([s.weight_bytes for s in self.stages] + [self.text_encoder_bytes, self.decoder_weight_bytes])
+
+    def format(self) -> str:
+        rows = [f"MagiHuman plan: {self.preset}, {self.width}x{self.height}, {self.seconds:g} s "
+                f"({self.num_frames} frames, {self.latent_frames} latent), "
+                f"DiT weights {_dtype_name(self.weight_dtype)}"]
+        rows.append(f"{'stage':<6}{'model':<10}{'size':>10}{'tokens v+a+t':>20}{'steps':>6}{'fwd':>4}"
+                    f"{'FLOP/fwd':>10}{'FLOP':>10}{'weights':>9}{'activ.':>9}{'peak':>9}")
+        for s in self.stages:
+            tok = f"{s.video_tokens}+{s.audio_tokens}+{s.text_tokens}"
+            rows.append(f"{s.name:<6}{s.model:<10}{f'{s.width}x{s.height}':>10}{tok:>20}{s.steps:>6}"
+                        f"{s.forwards_per_step:>4}{_flops(s.flops_per_forward):>10}{_flops(s.flops_total):>10}"
+                        f"{_gib(s.weight_bytes):>9}{_gib(s.activation_bytes):>9}{_gib(s.peak_bytes):>9}")
+        rows.append(f"decode (Turbo VAE): weights {_gib(self.decoder_weight_bytes)}, "
+                    f"chunk peak ~{_gib(self.decode_bytes)}, "
+                    f"video {_gib(self.decoded_video_bytes)}")
+        if self.text_encoder_bytes:
+            rows.append(f"text encoder (T5Gemma 9B, bf16): {_gib(self.text_encoder_bytes)} (CPU or device)")
+        notes = []
+        for s in self.stages:
+            if s.mask_bytes > GIB // 4:
+                notes.append(f"{s.name}: dense local-attention mask {_gib(s.mask_bytes)} included")
+            if s.local_layers:
+                notes.append(f"{s.name}: {s.local_layers} local-attention layers; a dense-mask kernel executes "
+                             f"{_flops(s.dense_mask_flops_total)} instead of {_flops(s.flops_total)}")
+        rows.extend(notes)
+        rows.append(f"total {_flops(self.total_flops)}LOP; peak device memory ~{_gib(self.peak_device_bytes)} "
+                    f"(math attention: +{_gib(max(s.activation_bytes_math - s.activation_bytes for s in self.stages))}"
+                    ")")
+        return "\n".join(rows)
+
+    __str__ = format
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f}G" if n >= GIB // 10 else f"{n / 2 ** 20:.0f}M"
+
+
+def _flops(n: int) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}F"
+    return f"{n:.0f}F"
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _resolve(preset) -> dict:
+    """Stage recipe of a preset name, a ``presets.Preset`` or a :class:`DiTConfig`."""
+    if isinstance(preset, DiTConfig):
+        return dict(name="custom", dit_config=preset, dit="custom", steps=8, cfg=False, width=448, height=256,
+                    seconds=4, sr=None, sr_config=None, sr_steps=5, sr_cfg=False, tiny=False, sr_width=None,
+                    sr_height=None)
+    if isinstance(preset, str):
+        from .presets import PRESETS
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or pass a DiTConfig")
+        p = PRESETS[preset]
+    else:
+        p = preset
+    tiny = bool(getattr(p, "tiny", False))
+    dit_cfg = DiTConfig.preset("tiny" if tiny else p.dit)
+    sr_cfg = None
+    if p.sr is not None:
+        sr_cfg = DiTConfig.preset(("tiny_sr_1080p" if p.sr == "sr_1080p" else "tiny") if tiny else p.sr)
+    return dict(name=p.name, dit_config=dit_cfg, dit=p.dit, steps=p.steps, cfg=p.cfg, width=p.width, height=p.height,
+                seconds=p.seconds, sr=p.sr, sr_config=sr_cfg, sr_steps=p.sr_steps, sr_cfg=p.sr_cfg, tiny=tiny,
+                sr_width=p.sr_width, sr_height=p.sr_height)
+
+
+def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_cfg: bool, cfg_batched: bool,
+           prompt_tokens: int, negative_tokens: int, frf: int, weight_dtype) -> StageEstimate:
+    grid, na = geo["grid"], geo["audio_tokens"]
+    cond = dit_forward_flops(cfg, grid, na, prompt_tokens, frame_receptive_field=frf)
+    cond_dense = dit_forward_flops(cfg, grid, na, prompt_tokens, frame_receptive_field=frf, dense_mask=True)
+    batch, length, padded = 1, cond["length"], False
+    if use_cfg:
+        if cfg_batched:
+            longest = max(prompt_tokens, negative_tokens)
+            one = dit_forward_flops(cfg, grid, na, longest, frame_receptive_field=frf)
+            one_dense = dit_forward_flops(cfg, grid, na, longest, frame_receptive_field=frf, dense_mask=True)
+            per_step, attn, dense = 2 * one["total"], 2 * one["attention"], 2 * one_dense["total"]
+            batch, length, padded = 2, one["length"], prompt_tokens != negative_tokens
+        else:
+            neg = dit_forward_flops(cfg, grid, na, negative_tokens, frame_receptive_field=frf)
+            neg_dense = dit_forward_flops(cfg, grid, na, negative_tokens, frame_receptive_field=frf, dense_mask=True)
+            per_step, attn = cond["total"] + neg["total"], cond["attention"] + neg["attention"]
+            dense = cond_dense["total"] + neg_dense["total"]
+            length = max(length, neg["length"])
+    else:
+        per_step, attn, dense = cond["total"], cond["attention"], cond_dense["total"]
+    local = bool(cfg.local_attn_layers) and frf >= 0 and grid[0] - 1 > frf
+    act = forward_activation_bytes(cfg, length, batch, local_mask=local, padding_mask=padded)
+    # latents: video + audio, fp32, ~6 live copies (sample, noise, velocity(s), sampler history)
+    lat = 6 * 4 * batch * (VIDEO_LATENT_CHANNELS * geo["latent_frames"] * geo["latent_h"] * geo["latent_w"]
+                           + AUDIO_LATENT_CHANNELS * na)
+    lat += 4 * MAX_TEXT_TOKENS * cfg.text_in_channels * (2 if use_cfg else 1)  # text embeddings
+    params = dit_param_count(cfg)
+    return StageEstimate(
+        name=name, model=model, width=geo["width"], height=geo["height"], latent_frames=geo["latent_frames"],
+        grid=tuple(grid), video_tokens=geo["video_tokens"], audio_tokens=na, text_tokens=prompt_tokens,
+        negative_text_tokens=negative_tokens if use_cfg else None, steps=steps, cfg=use_cfg, cfg_batched=cfg_batched,
+        forwards_per_step=2 if use_cfg else 1, flops_per_forward=cond["total"], flops_per_step=per_step,
+        flops_total=steps * per_step, attention_flops_total=steps * attn, dense_mask_flops_total=steps * dense,
+        params=params["total"], weight_bytes=dit_weight_bytes(cfg, weight_dtype),
+        activation_bytes=act["peak_efficient"], activation_bytes_math=act["peak_math"], mask_bytes=act["mask"],
+        latent_bytes=lat, local_layers=len(cfg.local_attn_layers) if local else 0)
+
+
+def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Optional[int] = None,
+             height: Optional[int] = None, seconds: Optional[float] = None, sr_width: Optional[int] = None,
+             sr_height: Optional[int] = None, cfg_batched: bool = True, weight_dtype=torch.bfloat16, *,
+             prompt_tokens: int = DEFAULT_PROMPT_TOKENS, negative_tokens: Optional[int] = None,
+             steps: Optional[int] = None, cfg: Optional[bool] = None, sr_model: Optional[str] = None,
+             sr_steps: Optional[int] = None, sr_cfg: Optional[bool] = None,
+             frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, decode_dtype=torch.bfloat16) -> Plan:
+    """Tokens, FLOPs and memory of a run. ``preset``: a preset name (``distill_256p``, ``base_256p``,
+    ``sr_540p``, ``sr_1080p``, ``tiny``, ...), a ``Preset`` or a :class:`DiTConfig` (one stage). Unset sizes,
+    seconds, steps and CFG come from the preset; an SR size without an SR preset adds an SR stage with
+    ``sr_model`` (default: ``sr_1080p`` above 720 lines, else ``sr_540p``)."""
+    r = _resolve(preset)
+    width = r["width"] if width is None else width
+    height = r["height"] if height is None else height
+    seconds = r["seconds"] if seconds is None else seconds
+    for name, v in (("prompt_tokens", prompt_tokens), ("negative_tokens", negative_tokens)):
+        if v is not None and (isinstance(v, bool) or int(v) != v or not 1 <= v <= MAX_TEXT_TOKENS):
+            raise ValueError(f"{name} must be an integer in 1..{MAX_TEXT_TOKENS} (text is trimmed to "
+                             f"{MAX_TEXT_TOKENS} tokens), got {v!r}")
+    negative_tokens = _default_negative_tokens() if negative_tokens is None else int(negative_tokens)
+    prompt_tokens = int(prompt_tokens)
+    geo = token_counts(width, height, seconds)
+    use_cfg = r["cfg"] if cfg is None else bool(cfg)
+    stages = [_stage("base", r["dit"], r["dit_config"], geo, steps=r["steps"] if steps is None else int(steps),
+                     use_cfg=use_cfg, cfg_batched=cfg_batched, prompt_tokens=prompt_tokens,
+                     negative_tokens=negative_tokens, frf=frame_receptive_field, weight_dtype=weight_dtype)]
+    if sr_width is None and sr_height is None and r["sr"] is not None:
+        sr_width, sr_height = r["sr_width"], r["sr_height"]
+    if (sr_width is None) != (sr_height is None):
+        raise ValueError("give both sr_width and sr_height (or neither)")
+    sr_geo = None
+    if sr_width is not None:
+        sr_geo = token_counts(sr_width, sr_height, seconds)
+        role = sr_model or r["sr"] or ("sr_1080p" if sr_geo["height"] > 720 and sr_geo["width"] > 720 else "sr_540p")
+        if sr_model is not None or r["sr_config"] is None:
+            sr_config = DiTConfig.preset(("tiny_sr_1080p" if role == "sr_1080p" else "tiny") if r["tiny"] else role)
+        else:
+            sr_config = r["sr_config"]
+        stages.append(_stage("sr", role, sr_config, sr_geo, steps=r["sr_steps"] if sr_steps is None else int(sr_steps),
+                             use_cfg=r["sr_cfg"] if sr_cfg is None else bool(sr_cfg), cfg_batched=cfg_batched,
+                             prompt_tokens=prompt_tokens, negative_tokens=negative_tokens,
+                             frf=frame_receptive_field, weight_dtype=weight_dtype))
+    out = sr_geo or geo
+    turbo_cfg = _TURBO_TINY if r["tiny"] else _TURBO_RELEASE
+    dec = turbo_decode_bytes(out["latent_frames"], out["latent_h"], out["latent_w"],
+                             dtype_bytes=_dtype_bytes(decode_dtype), config=turbo_cfg)
+    text_bytes = 0 if r["tiny"] else 2 * t5gemma_encoder_param_count()
+    return Plan(preset=r["name"], width=geo["width"], height=geo["height"], seconds=float(seconds),
+                num_frames=geo["num_frames"], latent_frames=geo["latent_frames"],
+                sr_width=sr_geo["width"] if sr_geo else None, sr_height=sr_geo["height"] if sr_geo else None,
+                weight_dtype=weight_dtype, stages=tuple(stages), text_encoder_bytes=text_bytes,
+                decoder_weight_bytes=_turbo_weight_bytes(turbo_cfg, _dtype_bytes(decode_dtype)),
+                decode_bytes=dec["peak"], decoded_video_bytes=dec["video"],
+                request=dict(preset=preset, width=width, height=height, seconds=seconds, sr_width=sr_width,
+                             sr_height=sr_height, cfg_batched=cfg_batched, weight_dtype=weight_dtype,
+                             prompt_tokens=prompt_tokens, negative_tokens=negative_tokens, steps=steps, cfg=cfg,
+                             sr_model=sr_model, sr_steps=sr_steps, sr_cfg=sr_cfg,
+                             frame_receptive_field=frame_receptive_field, decode_dtype=decode_dtype))
+
+
+def _turbo_weight_bytes(config: dict, dtype_bytes: int) -> int:
+    """Turbo decoder weights, counted from the built module on the meta device when available."""
+    return _turbo_params(config is _TURBO_TINY) * dtype_bytes
+
+
+@functools.lru_cache(maxsize=None)
+def _turbo_params(tiny: bool) -> int:
+    config = _TURBO_TINY if tiny else _TURBO_RELEASE
+    try:
+        from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
+        full = TINY_TURBO_CONFIG if config is _TURBO_TINY else RELEASE_TURBO_CONFIG
+        model = TurboVAEDecoder.from_config(full, device="meta")
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # pragma: no cover - module unavailable: ~ two 3x3x3 convs per width
+        return sum(2 * 27 * c * c for c in config["decoder_block_out_channels"])
+
+
+# ============================================================================ fitting
+
+def device_memory(device: Union[str, torch.device, None] = None, *, free: bool = False) -> int:
+    """Memory of ``device`` in bytes: CUDA total (or free) from ``torch.cuda.mem_get_info``; CPU the
+    available RAM (psutil, else ``os.sysconf``)."""
+    dev = torch.device("cpu" if device is None else device)
+    if dev.type == "cuda":
+        free_b, total = torch.cuda.mem_get_info(dev)
+        return int(free_b if free else total)
+    if dev.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory())
+    if dev.type != "cpu":
+        raise ValueError(f"device_memory: unsupported device type {dev.type!r} (cuda, mps or cpu)")
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _smaller_requests(plan: Plan):
+    """Candidate smaller requests in two families, each largest first: (kind, label, request)."""
+    req = dict(plan.request)
+    secs = float(plan.seconds)
+    for x in [x for x in range(math.ceil(secs) - 1, 0, -1) if x < secs] + ([0.5] if secs > 0.5 else []):
+        yield "seconds", f"seconds={x:g}", dict(req, seconds=x)
+    sr = plan.sr_width is not None
+    w0, h0 = (plan.sr_width, plan.sr_height) if sr else (plan.width, plan.height)
+    for k in range(9, 1, -1):
+        w, h = int(w0 * k / 10) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(h0 * k / 10) // SIZE_MULTIPLE * SIZE_MULTIPLE
+        if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE or (sr and (w <= plan.width or h <= plan.height)):
+            break
+        if sr:
+            yield "size", f"SR size {w}x{h}", dict(req, sr_width=w, sr_height=h)
+        else:
+            yield "size", f"size {w}x{h}", dict(req, width=w, height=h)
+
+
+def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
+    """Requests that fit ``device_memory_bytes``: the longest clip and the largest size (same aspect);
+    with fp8 DiT weights too when the weights are wider than one byte and nothing else fits."""
+    def search(base_req: dict, prefix: str) -> list[str]:
+        base = plan if base_req is plan.request else estimate(**base_req)
+        if base.peak_device_bytes <= device_memory_bytes:
+            return [f"{prefix}same request (~{_gib(base.peak_device_bytes)})"]
+        found: dict[str, str] = {}
+        for kind, label, req in _smaller_requests(base):
+            if kind in found:
+                continue
+            try:
+                smaller = estimate(**req)
+            except ValueError:
+                continue
+            if smaller.peak_device_bytes <= device_memory_bytes:
+                found[kind] = f"{prefix}{label} (~{_gib(smaller.peak_device_bytes)})"
+        return list(found.values())
+
+    out = search(plan.request, "") if plan.peak_device_bytes > device_memory_bytes else []
+    if not out and _dtype_bytes(plan.weight_dtype) > 1:
+        out = search(dict(plan.request, weight_dtype=torch.float8_e4m3fn), "fp8 DiT weights, ")
+    return out
+
+
+def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optional[int] = None) -> None:
+    """Raise :class:`MemoryEstimateError` when ``plan`` needs more device (or host) memory than given.
+    The message gives the estimate, the memory, smaller requests that fit and the offload options."""
+    need = plan.peak_device_bytes
+    if host_memory_bytes is not None and plan.max_weight_bytes > host_memory_bytes:
+        raise MemoryEstimateError(
+            f"the largest model needs ~{_gib(plan.max_weight_bytes)} of host RAM to load "
+            f"(DiT weights {_dtype_name(plan.weight_dtype)}), but only {_gib(host_memory_bytes)} is available. "
+            "Use fp8 DiT weights (weight_dtype=torch.float8_e4m3fn), close other programs or add swap.")
+    if need <= device_memory_bytes:
+        return
+    worst = max(plan.stages, key=lambda s: s.peak_bytes)
+    msg = (f"{plan.preset} at {plan.width}x{plan.height}"
+           + (f" -> {plan.sr_width}x{plan.sr_height}" if plan.sr_width else "")
+           + f", {plan.seconds:g} s needs ~{_gib(need)} of device memory (largest phase: {worst.name} DiT weights "
+           f"{_gib(worst.weight_bytes)} + activations {_gib(worst.activation_bytes)}; decode "
+           f"{_gib(plan.decode_peak_bytes)}), but only {_gib(device_memory_bytes)} is available.")
+    options = suggest_smaller(plan, device_memory_bytes)
+    if options:
+        msg += " Requests that fit: " + "; ".join(options) + "."
+    if max(s.weight_bytes for s in plan.stages) >= device_memory_bytes:
+        msg += " The DiT weights alone do not fit on the device."
+    msg += (" Or offload: keep the DiT weights in host RAM and stream blocks to the device (ComfyUI lowvram / "
+            "block swap), decode with the output on the CPU, run the text encoder on the CPU.")
+    raise MemoryEstimateError(msg)
