@@ -185,28 +185,28 @@ class TextConditioning:
 # ============================================================================ geometry
 
 
-def snap_size(width: int, height: int, *, what: str = "size") -> tuple[int, int]:
+def snap_size(width: int, height: int, *, what: str = "") -> tuple[int, int]:
     """Snap (width, height) DOWN to multiples of 32 (official: ``h // 16 // 2 * 2 * 16``)."""
     for name, v in (("width", width), ("height", height)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-            raise PipelineError(f"{what}: {name} must be an integer number of pixels, got {v!r}")
+            raise PipelineError(f"{what}{name} must be an integer number of pixels, got {v!r}")
         if v < SIZE_MULTIPLE:
-            raise PipelineError(f"{what}: {name} {int(v)} is too small: the minimum is {SIZE_MULTIPLE} pixels")
+            raise PipelineError(f"{what}{name} {int(v)} is too small: the minimum is {SIZE_MULTIPLE} pixels")
     w = int(width) // SIZE_MULTIPLE * SIZE_MULTIPLE
     h = int(height) // SIZE_MULTIPLE * SIZE_MULTIPLE
     return w, h
 
 
 def frame_counts(seconds: float) -> tuple[int, int]:
-    """(num_frames, latent_frames) for a duration: ``25·s + 1`` (rounded to whole frames for
-    fractional seconds) and ``(num_frames - 1)//4 + 1``."""
+    """(num_frames, latent_frames) for a duration: ``25·s + 1`` (fractional seconds are rounded to whole
+    1/25 s frames, at least one) and ``(num_frames - 1)//4 + 1``."""
     try:
         s = float(seconds)
     except (TypeError, ValueError):
         raise PipelineError(f"seconds must be a number, got {seconds!r}") from None
     if not math.isfinite(s) or s <= 0:
         raise PipelineError(f"seconds must be > 0, got {seconds!r}")
-    num_frames = max(1, round(s * FPS)) + 1
+    num_frames = max(1, math.floor(s * FPS + 0.5)) + 1  # half-up, so 0.5 s -> 13 + 1
     return num_frames, (num_frames - 1) // TEMPORAL_STRIDE + 1
 
 
@@ -521,7 +521,7 @@ def super_resolve(sr_model, latent: AVLatent, conditioning: TextConditioning, *,
         raise PipelineError("super_resolve: CFG needs a negative prompt (encode_prompt with negative_prompt) or "
                             "cfg=False (the official SR runs without CFG)")
     _check_model_fits(sr_model, latent, conditioning, "super_resolve")
-    sr_w, sr_h = snap_size(width, height, what="super_resolve")
+    sr_w, sr_h = snap_size(width, height, what="super_resolve: ")
     if (sr_w, sr_h) != (width, height):
         log.warning("MagiHuman SR: size %dx%d snapped down to %dx%d", width, height, sr_w, sr_h)
     steps = int(steps)
