@@ -17,8 +17,10 @@ they are < 1 % of the total):
 - attention: ``4·Hq·D`` FLOPs per (query, key) pair (scores + weighted sum). Global layers see L² pairs.
   Local layers (``local_attn_layers``) see, for a video query of latent frame i, the video keys of frames
   ``[i−frf, i+frf]`` clipped to the clip, plus every audio and text key; audio/text queries see all
-  (official ``calc_local_qk_range``). The official kernel (FFA) skips the rest; this engine's dense
-  boolean mask through SDPA does not: ``*_dense_*`` fields count what a dense-mask kernel executes.
+  (official ``calc_local_qk_range``). The official kernel (FFA) skips the rest, and so does this
+  engine's default ``"window"`` mode with one frame per query block; ``executed_flops_total`` counts
+  what the chosen mode runs (``"window"`` with ``block_frames`` > 1 computes whole key windows per
+  block, ``"mask"`` computes all L² pairs through a dense boolean mask).
 - adapter (three embedders) and the video/audio output heads are included.
 - CFG: two forwards per step (official: separate passes at each text length). ``cfg_batched=True``
   (this engine's default) runs both as one batch of 2, the shorter text padded to the longer.
@@ -206,22 +208,35 @@ def _frames_visible(t: int, frf: int) -> int:
 
 
 def attention_pairs(grid: Sequence[int], num_audio: int, num_text: int, *, local: bool,
-                    frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD) -> int:
-    """Number of (query, key) pairs one attention layer computes for one sample."""
+                    frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, block_frames: int = 1) -> int:
+    """Number of (query, key) pairs one attention layer computes for one sample. Local layers: the
+    allowed pairs when ``block_frames`` is 1; with query blocks of several frames, every pair between a
+    block and its whole key window (frames ``[f0 − frf, f1 + frf)``) is computed."""
     t, gh, gw = grid
     per_frame = gh * gw
     nv, rest = t * per_frame, num_audio + num_text
     length = nv + rest
     if not local or frame_receptive_field < 0:
         return length * length
-    video_video = per_frame * per_frame * _frames_visible(t, frame_receptive_field)
+    if block_frames <= 1:
+        video_video = per_frame * per_frame * _frames_visible(t, frame_receptive_field)
+    else:
+        frf = frame_receptive_field
+        video_video = sum(per_frame * (min(f0 + block_frames, t) - f0)
+                          * per_frame * (min(t, f0 + block_frames + frf) - max(0, f0 - frf))
+                          for f0 in range(0, t, block_frames))
     return video_video + nv * rest + rest * length
 
 
 def dit_forward_flops(cfg: DiTConfig, grid: Sequence[int], num_audio: int, num_text: int, *,
-                      frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, dense_mask: bool = False) -> dict:
+                      frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, local_attention: str = "exact",
+                      block_frames: int = 1) -> dict:
     """FLOPs of one forward of one sample: ``linear`` (adapter, block matmuls, heads), ``attention``, ``total``.
-    ``dense_mask=True`` counts local layers at full L² (a dense-mask kernel computes every pair)."""
+    ``local_attention``: ``"exact"`` counts the allowed pairs of local layers (official FFA kernel, this
+    engine's ``"window"`` mode with 1 frame per block), ``"window"`` the pairs of ``block_frames``-frame
+    query blocks, ``"mask"`` every pair (a dense-mask kernel computes all L²)."""
+    if local_attention not in ("exact", "window", "mask"):
+        raise ValueError(f"local_attention must be 'exact', 'window' or 'mask', got {local_attention!r}")
     h, d, hq = cfg.hidden_size, cfg.head_dim, cfg.num_heads_q
     nv = grid[0] * grid[1] * grid[2]
     length = nv + num_audio + num_text
@@ -235,15 +250,44 @@ def dit_forward_flops(cfg: DiTConfig, grid: Sequence[int], num_audio: int, num_t
             inner = cfg.swiglu_intermediate_size
             up = 2 * inner
         macs += length * (h * cfg.qkv_out_features + hq * d * h + h * up + inner * h)
-        local = i in cfg.local_attn_layers and not dense_mask
+        local = i in cfg.local_attn_layers and local_attention != "mask"
         attn += 2 * 2 * hq * d * attention_pairs(grid, num_audio, num_text, local=local,
-                                                 frame_receptive_field=frame_receptive_field)
+                                                 frame_receptive_field=frame_receptive_field,
+                                                 block_frames=block_frames if local_attention == "window" else 1)
     return dict(linear=2 * macs, attention=attn, total=2 * macs + attn, length=length)
 
 
 # ============================================================================ memory
 
-def forward_activation_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, local_mask: bool = False,
+def local_attention_bytes(cfg: DiTConfig, grid: Sequence[int], num_other: int, batch: int = 1, *,
+                          mode: str = "window", block_frames: int = 1,
+                          frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, padded: bool = False) -> int:
+    """Extra bytes the local-attention layers need in this engine (0 without local layers).
+
+    ``"mask"``: one boolean ``[L, L]`` mask (``[B, 1, L, L]`` when text padding is masked too) plus SDPA's
+    additive bf16 copy: ``3·L²`` bytes per mask row set. ``"window"``: the gathered key/value window of one
+    query block, ``2·B·Hkv·D·2·nk`` bytes (nk = window frames · tokens per frame + audio/text), plus a
+    ``3·nq·nk`` block mask when blocks of several frames need one.
+    """
+    t, gh, gw = grid
+    hw = gh * gw
+    frf = frame_receptive_field
+    if not cfg.local_attn_layers or frf < 0 or t - 1 <= frf:
+        return 0
+    length = t * hw + num_other
+    if mode == "mask":
+        return 3 * length * length * (batch if padded else 1)
+    if mode != "window":
+        raise ValueError(f"local attention mode must be 'window' or 'mask', got {mode!r}")
+    b = max(1, int(block_frames))
+    nq = min(b, t) * hw
+    nk = (min(t, b + 2 * frf)) * hw + num_other
+    gather = 2 * batch * cfg.num_heads_kv * cfg.head_dim * 2 * nk
+    block_mask = 3 * nq * nk * (batch if padded else 1) if b > 1 else 0
+    return gather + block_mask
+
+
+def forward_activation_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, local_bytes: int = 0,
                              padding_mask: bool = False) -> dict:
     """Estimated peak activation bytes of one forward of this engine (weights excluded).
 
@@ -254,7 +298,7 @@ def forward_activation_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, loc
     - MLP phase: 4h + 6U (bf16 result + fp32 copy) + 12I (activation temporaries, fp32)
     - memory-efficient attention: no L² matrix; the math kernel holds scores and softmax,
       ``2·4·L²`` bytes per head (``math_attention`` does all heads at once: ×B·Hq)
-    - dense local mask (only with local layers): bool L² + SDPA's additive copy in bf16 (2·L²)
+    - local attention: ``local_bytes`` from :func:`local_attention_bytes` (dense mask or window gather)
     - RoPE tables: cos and sin fp32 [L, 3·D/4]
     """
     h, d, hq, hkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads_q, cfg.num_heads_kv
@@ -268,8 +312,7 @@ def forward_activation_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, loc
         mlp_tok = max(mlp_tok, 4 * h + 6 * up + 12 * inner)
     rope = 2 * 4 * (3 * d // 4) * length * batch
     residual = 4 * h * length * batch
-    mask = 3 * length * length if local_mask and cfg.local_attn_layers else 0
-    mask += length * batch if padding_mask else 0
+    mask = local_bytes + (3 * length * batch if padding_mask else 0)
     efficient = max(attn_tok, mlp_tok) * length * batch + rope + mask
     math_head = 2 * 4 * length * length
     return dict(residual=residual, attention_phase=attn_tok * length * batch, mlp_phase=mlp_tok * length * batch,
@@ -340,14 +383,15 @@ class StageEstimate:
     flops_per_step: int
     flops_total: int
     attention_flops_total: int
-    dense_mask_flops_total: int   # local layers at full L² (dense-mask kernel)
+    executed_flops_total: int     # what this engine runs with its local-attention mode (window / mask)
     params: int
     weight_bytes: int
     activation_bytes: int         # peak of one model call (memory-efficient attention)
     activation_bytes_math: int    # same with the math attention kernel
-    mask_bytes: int
+    local_attention_bytes: int    # dense mask ("mask") or key-window gather ("window")
     latent_bytes: int
     local_layers: int
+    local_attention: str          # "none" | "window" | "mask"
 
     @property
     def sequence_length(self) -> int:
@@ -413,11 +457,10 @@ class Plan:
             rows.append(f"text encoder (T5Gemma 9B, bf16): {_gib(self.text_encoder_bytes)} (CPU or device)")
         notes = []
         for s in self.stages:
-            if s.mask_bytes > GIB // 4:
-                notes.append(f"{s.name}: dense local-attention mask {_gib(s.mask_bytes)} included")
             if s.local_layers:
-                notes.append(f"{s.name}: {s.local_layers} local-attention layers; a dense-mask kernel executes "
-                             f"{_flops(s.dense_mask_flops_total)} instead of {_flops(s.flops_total)}")
+                notes.append(f"{s.name}: {s.local_layers} local-attention layers ({s.local_attention} mode, "
+                             f"{_gib(s.local_attention_bytes)} extra); runs {_flops(s.executed_flops_total)} "
+                             f"for {_flops(s.flops_total)} of allowed pairs")
         rows.extend(notes)
         rows.append(f"total {_flops(self.total_flops)}LOP; peak device memory ~{_gib(self.peak_device_bytes)} "
                     f"(math attention: +{_gib(max(s.activation_bytes_math - s.activation_bytes for s in self.stages))}"
@@ -466,28 +509,34 @@ def _resolve(preset) -> dict:
 
 
 def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_cfg: bool, cfg_batched: bool,
-           prompt_tokens: int, negative_tokens: int, frf: int, weight_dtype) -> StageEstimate:
+           prompt_tokens: int, negative_tokens: int, frf: int, weight_dtype, local_attention: str,
+           block_frames: int) -> StageEstimate:
     grid, na = geo["grid"], geo["audio_tokens"]
-    cond = dit_forward_flops(cfg, grid, na, prompt_tokens, frame_receptive_field=frf)
-    cond_dense = dit_forward_flops(cfg, grid, na, prompt_tokens, frame_receptive_field=frf, dense_mask=True)
+    executed_mode = "mask" if local_attention == "mask" else "window"
+
+    def flops(text: int) -> tuple[dict, dict]:
+        exact = dit_forward_flops(cfg, grid, na, text, frame_receptive_field=frf)
+        run = dit_forward_flops(cfg, grid, na, text, frame_receptive_field=frf, local_attention=executed_mode,
+                                block_frames=block_frames)
+        return exact, run
+
+    cond, cond_run = flops(prompt_tokens)
     batch, length, padded = 1, cond["length"], False
-    if use_cfg:
-        if cfg_batched:
-            longest = max(prompt_tokens, negative_tokens)
-            one = dit_forward_flops(cfg, grid, na, longest, frame_receptive_field=frf)
-            one_dense = dit_forward_flops(cfg, grid, na, longest, frame_receptive_field=frf, dense_mask=True)
-            per_step, attn, dense = 2 * one["total"], 2 * one["attention"], 2 * one_dense["total"]
-            batch, length, padded = 2, one["length"], prompt_tokens != negative_tokens
-        else:
-            neg = dit_forward_flops(cfg, grid, na, negative_tokens, frame_receptive_field=frf)
-            neg_dense = dit_forward_flops(cfg, grid, na, negative_tokens, frame_receptive_field=frf, dense_mask=True)
-            per_step, attn = cond["total"] + neg["total"], cond["attention"] + neg["attention"]
-            dense = cond_dense["total"] + neg_dense["total"]
-            length = max(length, neg["length"])
+    if use_cfg and cfg_batched:
+        one, one_run = flops(max(prompt_tokens, negative_tokens))
+        per_step, attn, executed = 2 * one["total"], 2 * one["attention"], 2 * one_run["total"]
+        batch, length, padded = 2, one["length"], prompt_tokens != negative_tokens
+    elif use_cfg:
+        neg, neg_run = flops(negative_tokens)
+        per_step, attn = cond["total"] + neg["total"], cond["attention"] + neg["attention"]
+        executed = cond_run["total"] + neg_run["total"]
+        length = max(length, neg["length"])
     else:
-        per_step, attn, dense = cond["total"], cond["attention"], cond_dense["total"]
+        per_step, attn, executed = cond["total"], cond["attention"], cond_run["total"]
     local = bool(cfg.local_attn_layers) and frf >= 0 and grid[0] - 1 > frf
-    act = forward_activation_bytes(cfg, length, batch, local_mask=local, padding_mask=padded)
+    local_b = local_attention_bytes(cfg, grid, length - geo["video_tokens"], batch, mode=executed_mode,
+                                    block_frames=block_frames, frame_receptive_field=frf, padded=padded)
+    act = forward_activation_bytes(cfg, length, batch, local_bytes=local_b, padding_mask=padded)
     # latents: video + audio, fp32, ~6 live copies (sample, noise, velocity(s), sampler history)
     lat = 6 * 4 * batch * (VIDEO_LATENT_CHANNELS * geo["latent_frames"] * geo["latent_h"] * geo["latent_w"]
                            + AUDIO_LATENT_CHANNELS * na)
@@ -498,10 +547,11 @@ def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_
         grid=tuple(grid), video_tokens=geo["video_tokens"], audio_tokens=na, text_tokens=prompt_tokens,
         negative_text_tokens=negative_tokens if use_cfg else None, steps=steps, cfg=use_cfg, cfg_batched=cfg_batched,
         forwards_per_step=2 if use_cfg else 1, flops_per_forward=cond["total"], flops_per_step=per_step,
-        flops_total=steps * per_step, attention_flops_total=steps * attn, dense_mask_flops_total=steps * dense,
+        flops_total=steps * per_step, attention_flops_total=steps * attn, executed_flops_total=steps * executed,
         params=params["total"], weight_bytes=dit_weight_bytes(cfg, weight_dtype),
-        activation_bytes=act["peak_efficient"], activation_bytes_math=act["peak_math"], mask_bytes=act["mask"],
-        latent_bytes=lat, local_layers=len(cfg.local_attn_layers) if local else 0)
+        activation_bytes=act["peak_efficient"], activation_bytes_math=act["peak_math"], local_attention_bytes=local_b,
+        latent_bytes=lat, local_layers=len(cfg.local_attn_layers) if local else 0,
+        local_attention=executed_mode if local else "none")
 
 
 def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Optional[int] = None,
@@ -510,11 +560,15 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
              prompt_tokens: int = DEFAULT_PROMPT_TOKENS, negative_tokens: Optional[int] = None,
              steps: Optional[int] = None, cfg: Optional[bool] = None, sr_model: Optional[str] = None,
              sr_steps: Optional[int] = None, sr_cfg: Optional[bool] = None,
-             frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, decode_dtype=torch.bfloat16) -> Plan:
+             frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, local_attention: str = "window",
+             local_block_frames: int = 1, decode_dtype=torch.bfloat16) -> Plan:
     """Tokens, FLOPs and memory of a run. ``preset``: a preset name (``distill_256p``, ``base_256p``,
     ``sr_540p``, ``sr_1080p``, ``tiny``, ...), a ``Preset`` or a :class:`DiTConfig` (one stage). Unset sizes,
     seconds, steps and CFG come from the preset; an SR size without an SR preset adds an SR stage with
-    ``sr_model`` (default: ``sr_1080p`` above 720 lines, else ``sr_540p``)."""
+    ``sr_model`` (default: ``sr_1080p`` above 720 lines, else ``sr_540p``). ``local_attention`` /
+    ``local_block_frames``: how the DiT runs its local layers (``MagiHumanDiT.set_local_attention``)."""
+    if local_attention not in ("window", "mask"):
+        raise ValueError(f"local_attention must be 'window' or 'mask', got {local_attention!r}")
     r = _resolve(preset)
     width = r["width"] if width is None else width
     height = r["height"] if height is None else height
@@ -529,7 +583,8 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
     use_cfg = r["cfg"] if cfg is None else bool(cfg)
     stages = [_stage("base", r["dit"], r["dit_config"], geo, steps=r["steps"] if steps is None else int(steps),
                      use_cfg=use_cfg, cfg_batched=cfg_batched, prompt_tokens=prompt_tokens,
-                     negative_tokens=negative_tokens, frf=frame_receptive_field, weight_dtype=weight_dtype)]
+                     negative_tokens=negative_tokens, frf=frame_receptive_field, weight_dtype=weight_dtype,
+                     local_attention=local_attention, block_frames=local_block_frames)]
     if sr_width is None and sr_height is None and r["sr"] is not None:
         sr_width, sr_height = r["sr_width"], r["sr_height"]
     if (sr_width is None) != (sr_height is None):
@@ -545,7 +600,8 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
         stages.append(_stage("sr", role, sr_config, sr_geo, steps=r["sr_steps"] if sr_steps is None else int(sr_steps),
                              use_cfg=r["sr_cfg"] if sr_cfg is None else bool(sr_cfg), cfg_batched=cfg_batched,
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens,
-                             frf=frame_receptive_field, weight_dtype=weight_dtype))
+                             frf=frame_receptive_field, weight_dtype=weight_dtype,
+                             local_attention=local_attention, block_frames=local_block_frames))
     out = sr_geo or geo
     turbo_cfg = _TURBO_TINY if r["tiny"] else _TURBO_RELEASE
     dec = turbo_decode_bytes(out["latent_frames"], out["latent_h"], out["latent_w"],
@@ -561,7 +617,8 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              sr_height=sr_height, cfg_batched=cfg_batched, weight_dtype=weight_dtype,
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens, steps=steps, cfg=cfg,
                              sr_model=sr_model, sr_steps=sr_steps, sr_cfg=sr_cfg,
-                             frame_receptive_field=frame_receptive_field, decode_dtype=decode_dtype))
+                             frame_receptive_field=frame_receptive_field, local_attention=local_attention,
+                             local_block_frames=local_block_frames, decode_dtype=decode_dtype))
 
 
 def _turbo_weight_bytes(config: dict, dtype_bytes: int) -> int:

@@ -148,16 +148,33 @@ def test_attention_pairs_match_engine_mask():
 
 
 def test_local_attention_reduces_flops_at_1080p():
-    p540 = estimate("distill_256p", sr_width=1920, sr_height=1088, sr_model="sr_540p", seconds=5)
-    p1080 = estimate("distill_256p", sr_width=1920, sr_height=1088, sr_model="sr_1080p", seconds=5)
-    s540, s1080 = p540.stages[1], p1080.stages[1]
+    kw = dict(sr_width=1920, sr_height=1088, seconds=5)
+    s540 = estimate("distill_256p", sr_model="sr_540p", **kw).stages[1]
+    s1080 = estimate("distill_256p", sr_model="sr_1080p", **kw).stages[1]
+    masked = estimate("distill_256p", sr_model="sr_1080p", local_attention="mask", **kw).stages[1]
     assert s540.video_tokens == s1080.video_tokens == 65280
     assert s1080.flops_total < 0.85 * s540.flops_total
-    assert s1080.dense_mask_flops_total == s540.flops_total  # a dense mask computes every pair
-    assert s1080.mask_bytes > 0 and s540.mask_bytes == 0
+    assert s1080.executed_flops_total == s1080.flops_total  # window mode, 1 frame per block: exact pairs
+    assert masked.executed_flops_total == s540.flops_total  # a dense mask computes every pair
+    length = 65280 + 126 + 100
+    assert masked.local_attention_bytes == 3 * length * length  # bool mask + SDPA's bf16 additive copy
+    assert 0 < s1080.local_attention_bytes < masked.local_attention_bytes / 20
+    assert s540.local_attention_bytes == 0 and s540.local_attention == "none"
     # up to frf+1 latent frames (1.6 s: 11) every frame sees every frame: no saving, no mask
-    short = estimate("distill_256p", sr_width=1920, sr_height=1088, sr_model="sr_1080p", seconds=1.6).stages[1]
-    assert short.flops_total == short.dense_mask_flops_total and short.mask_bytes == 0
+    short = estimate("distill_256p", sr_model="sr_1080p", local_attention="mask",
+                     **dict(kw, seconds=1.6)).stages[1]
+    assert short.flops_total == short.executed_flops_total and short.local_attention_bytes == 0
+
+
+def test_window_block_pairs_match_engine_blocks():
+    from magihuman.attention import LocalWindow
+
+    grid, na, nt, frf, b = (9, 2, 3), 7, 5, 2, 3
+    hw, rest = grid[1] * grid[2], na + nt
+    length = grid[0] * hw + rest
+    win = LocalWindow(grid[0] * hw, hw, frf, b)
+    want = sum((f1 - f0) * hw * ((k1 - k0) * hw + rest) for f0, f1, k0, k1 in win.blocks()) + rest * length
+    assert attention_pairs(grid, na, nt, local=True, frame_receptive_field=frf, block_frames=b) == want
 
 
 def test_cfg_doubles_forwards_and_batching_pads_text():
@@ -241,7 +258,6 @@ def test_weight_bytes_by_dtype():
 def test_activation_memory_terms():
     st = estimate("sr_1080p", seconds=5).stages[1]
     length = 65280 + 126 + 100
-    assert st.mask_bytes == 3 * length * length  # bool mask + SDPA's bf16 additive copy
     # the largest intermediate (swiglu up projection, bf16 + fp32 copy) alone
     assert st.activation_bytes > 6 * 2 * 13652 * length
     assert st.activation_bytes_math > st.activation_bytes + 40 * 4 * length * length
