@@ -127,12 +127,28 @@ def _load_dit(path, dtype, device, show):
 
 
 def generate(args) -> int:
-    from . import media
-    from . import pipeline as P
-    from .presets import get_preset, resolve_model_files, required_roles
-    from .tiny import ensure_tiny_models
+    """Run one generation; torch's thread count is set for the run and restored afterwards."""
+    from .presets import get_preset
 
     preset = get_preset(args.preset)
+    threads = args.threads if args.threads is not None else (1 if preset.tiny else None)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _generate(args, preset)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _generate(args, preset) -> int:
+    from . import media
+    from . import pipeline as P
+    from .presets import resolve_model_files, required_roles
+    from .tiny import ensure_tiny_models
+
     _check_generate_args(args, preset)
     timer = StageTimer()
     device = _device(args.device)
@@ -300,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decoder", choices=["turbo", "wan"], default=None, help="video decoder (default turbo)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--output", required=True, help="output .mp4 path")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 for "
+                   "the tiny presets, whose tensors are too small to gain from more and lose a lot on a busy CPU)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.set_defaults(func=generate)
 
