@@ -140,3 +140,22 @@ def test_set_local_attention_validation():
         m.set_local_attention("sparse")
     with pytest.raises(ValueError, match="block_frames"):
         m.set_local_attention("window", 0)
+
+
+def test_dit_window_mode_calls_backend_without_any_mask():
+    m = _model()
+    v, a, t = _inputs()
+    seen = []
+
+    def recording(q, k, v_, mask=None):
+        seen.append((q.shape[0], k.shape[2], mask))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v_, enable_gqa=True)
+
+    register_attention_backend("test_recording_dit", recording)
+    set_attention_backend("test_recording_dit")
+    with torch.no_grad():
+        m(v, a, t, [4, 2], coords="v1", frame_receptive_field=1)
+    assert seen and all(mask is None for *_, mask in seen)
+    assert all(b == 1 for b, *_ in seen)  # padded batch: one call per sample, keys sliced to its length
+    n_real = [6 * 4 + 5 + 4, 6 * 4 + 5 + 2]
+    assert {nk for _, nk, _ in seen if nk in n_real} == set(n_real)  # global layer 2 and audio/text queries

@@ -113,8 +113,27 @@ class _ForwardState:
     mask: Optional[torch.Tensor]  # global layers: key padding [B, 1, 1, L] or None
     local_mask: Optional[torch.Tensor]  # local layers, "mask" mode: [B, 1, L, L] or None
     compute_dtype: torch.dtype
+    use_masks: bool = True  # "mask" mode: dense calls with the boolean masks above
     local_window: Optional[LocalWindow] = None  # local layers, "window" mode (no L x L mask)
-    key_valid: Optional[torch.Tensor] = None  # [B, L] bool, None without text padding
+    key_lens: Optional[tuple[int, ...]] = None  # "window" mode with text padding: real tokens per sample
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: _ForwardState, local: bool) -> torch.Tensor:
+    """``[B, H, L, D]`` attention of one layer under the forward's plan (see :class:`_ForwardState`).
+
+    Without masks, text padding is handled by slicing: it sits at the end of each row, so a sample's
+    real keys are a prefix; padded query rows get zeros (they never reach a real token).
+    """
+    window = st.local_window if local else None
+    if st.use_masks:
+        return attention(q, k, v, st.local_mask if local else st.mask)
+    if st.key_lens is None:
+        return attention(q, k, v) if window is None else local_window_attention(q, k, v, window)
+    out = q.new_zeros(q.shape)
+    for b, n in enumerate(st.key_lens):
+        qs, ks, vs = q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n]
+        out[b:b + 1, :, :n] = attention(qs, ks, vs) if window is None else local_window_attention(qs, ks, vs, window)
+    return out
 
 
 class Attention(nn.Module):
@@ -141,11 +160,7 @@ class Attention(nn.Module):
         k = apply_rope(k, st.cos, st.sin).to(cd)
         v = v.reshape(b, n, hkv, d).to(cd)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, D]
-        if self.local and st.local_window is not None:
-            out = local_window_attention(q, k, v, st.local_window, st.key_valid)
-        else:
-            out = attention(q, k, v, st.local_mask if self.local else st.mask)
-        out = out.transpose(1, 2)  # [B, L, Hq, D]
+        out = self_attention(q, k, v, st, self.local).transpose(1, 2)  # [B, L, Hq, D]
         if self.gating:
             out = out.float() * torch.sigmoid(g).unsqueeze(-1)
         return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments)
@@ -276,10 +291,11 @@ class MagiHumanDiT(nn.Module):
         return torch.device("cpu") if dev.type == "meta" else dev
 
     def set_local_attention(self, mode: str = "window", block_frames: int = 1) -> None:
-        """How the local-attention layers run. ``"window"`` (default): per block of ``block_frames``
-        video query frames, dense attention on the gathered key window (no ``L x L`` mask, works on
-        every attention backend; 1 frame per block needs no mask at all). ``"mask"``: one dense
-        call with a boolean ``L x L`` mask (memory O(L^2): ~4 GB at 1080p; for checking)."""
+        """How attention is restricted. ``"window"`` (default, no masks in the common case): local
+        layers attend per block of ``block_frames`` video query frames to the gathered key window
+        (1 frame per block needs no mask at all), and text padding in a batch is sliced away per
+        sample; works on every attention backend. ``"mask"``: the reference path, dense calls with
+        boolean masks (for local layers ``L x L``: ~4 GB at 1080p; masked CPU SDPA is also slower)."""
         if mode not in LOCAL_ATTENTION_MODES:
             raise ValueError(f"local attention mode must be one of {LOCAL_ATTENTION_MODES}, got {mode!r}")
         if int(block_frames) < 1:
@@ -349,12 +365,17 @@ class MagiHumanDiT(nn.Module):
         st = _ForwardState(segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
                            mask=mask, local_mask=mask, compute_dtype=self.compute_dtype)
         frf = int(frame_receptive_field)
-        if self.config.local_attn_layers and frf >= 0:
-            if self.local_attention_mode == "mask":
+        local = bool(self.config.local_attn_layers) and frf >= 0
+        if self.local_attention_mode == "mask":
+            if local:
                 st.local_mask = attention_mask(layout, local_attention_allowed(layout, frf, device), device)
-            else:
+        else:
+            st.use_masks = False
+            if local:
                 st.local_window = LocalWindow(layout.num_video, grid[1] * grid[2], frf, self.local_block_frames)
-                st.key_valid = layout.key_valid(device) if layout.has_padding else None
+            if layout.has_padding:
+                head = layout.num_video + layout.num_audio
+                st.key_lens = tuple(head + n for n in layout.text_lens)
         for layer in self.block.layers:
             x = layer(x, st)
 
