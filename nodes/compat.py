@@ -250,6 +250,8 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
 
         @staticmethod
         def fetch_weight(module, dtype, device):
+            if not isinstance(module, _comfy_ops.CastWeightBiasOp):  # the engine's own small fp32 norms
+                return module.weight.to(device=device, dtype=dtype)
             weight, _bias = _comfy_ops.cast_bias_weight(module, dtype=dtype, device=device)
             return weight
 
