@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..magihuman.checkpoints import load_dit
+from ..magihuman.device import resolve_compute_dtype
 from ..magihuman.models.audio_vae import load_audio_vae
 from ..magihuman.models.text_encoder import T5GemmaEncoder
 from ..magihuman.models.turbo_vae import load_turbo_vae
@@ -22,9 +23,10 @@ COMPUTE = ["auto", "bf16", "fp16", "fp32"]
 
 
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 (official numerics) on GPUs, fp32 on CPUs (bf16 GEMMs there are several times slower)."""
+    """``auto``: bf16 (official numerics) on GPUs with bf16, fp16 on older GPUs; on CPUs whichever of
+    bf16/fp32 measures faster (see magihuman.device.pick_compute_dtype)."""
     if choice == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+        return resolve_compute_dtype("auto", device)
     return compat.pick_weight_dtype(choice, device)
 
 
@@ -53,7 +55,8 @@ def _dit_inputs():
                        tooltip="Storage dtype of the block linears. auto = bf16 (the official layout) where supported. "
                                "fp32 files (distill, SR) are converted while streaming."),
         io.Combo.Input("compute_dtype", options=COMPUTE, default="auto",
-                       tooltip="Matmul dtype. auto = bf16 (official numerics) on GPU, fp32 on CPU (much faster there)."),
+                       tooltip="Matmul dtype. auto = bf16 (official numerics) on GPUs with bf16 (else fp16); on CPUs the faster of "
+                               "bf16/fp32, measured once."),
     ]
 
 
