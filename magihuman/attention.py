@@ -3,12 +3,19 @@
 ``attention(q, k, v, mask)`` takes q ``[B, Hq, L, D]`` and k, v ``[B, Hkv, L, D]`` (grouped-query:
 query head ``h`` reads key/value head ``h // (Hq // Hkv)``), softmax scale ``1/sqrt(D)``, and an
 optional boolean ``mask`` broadcastable to ``[B, Hq, L, L]`` where ``True`` means "may attend".
-It returns ``[B, Hq, L, D]`` in the dtype of ``q``. Hosts add flash/sage/ComfyUI kernels with
+It returns ``[B, Hq, L, D]`` in the dtype of ``q``. Hosts add kernels with
 :func:`register_attention_backend` and pick one with :func:`set_attention_backend`.
+
+Built in: ``"sdpa"`` (default, torch SDPA), ``"math"`` (fp32 reference), and two optional CUDA
+backends loaded on first selection, never required: ``"flash"`` (``flash_attn_interface``, i.e.
+FlashAttention 3, else ``flash_attn`` 2) and ``"sage"`` (``sageattention``). These take no masks;
+the DiT's default attention plan never passes one (see ``MagiHumanDiT.set_local_attention``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -46,7 +53,62 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opti
     return torch.matmul(scores.softmax(dim=-1), vf).to(q.dtype)
 
 
+def _no_mask(name: str, mask: Optional[torch.Tensor]) -> None:
+    if mask is not None:
+        raise ValueError(f"attention backend {name!r} takes no mask; run the DiT in its default 'window' attention "
+                         "plan (set_local_attention('window', block_frames=1)) or select the 'sdpa' backend")
+
+
+def _half_precision(name: str, q: torch.Tensor) -> None:
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.device.type != "cuda":
+        raise ValueError(f"attention backend {name!r} needs fp16/bf16 tensors on CUDA, got {q.dtype} on {q.device}; "
+                         "use compute dtype bf16 (set_compute_dtype('auto')) or the 'sdpa' backend")
+
+
+def _import_first(names: tuple[str, ...]):
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _make_flash() -> AttentionFn:
+    """FlashAttention 3 (``flash_attn_interface``) or 2 (``flash_attn``); native GQA, layout [B, L, H, D]."""
+    mod = _import_first(("flash_attn_interface", "flash_attn"))
+    if mod is None:
+        raise ValueError("attention backend 'flash' needs the flash-attn package (FlashAttention 2: "
+                         "`pip install flash-attn`, or FlashAttention 3's flash_attn_interface); it is not installed")
+
+    def flash_attention(q, k, v, mask=None):
+        _no_mask("flash", mask)
+        _half_precision("flash", q)
+        out = mod.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
+        if isinstance(out, tuple):  # some FlashAttention 3 builds also return the log-sum-exp
+            out = out[0]
+        return out.transpose(1, 2)
+
+    return flash_attention
+
+
+def _make_sage() -> AttentionFn:
+    """SageAttention (quantised QK^T, CUDA); layout "HND" = [B, H, L, D], GQA supported by the kernel."""
+    mod = _import_first(("sageattention",))
+    if mod is None:
+        raise ValueError("attention backend 'sage' needs the sageattention package (`pip install sageattention`); "
+                         "it is not installed")
+
+    def sage_attention(q, k, v, mask=None):
+        _no_mask("sage", mask)
+        _half_precision("sage", q)
+        return mod.sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+
+    return sage_attention
+
+
 _BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "math": math_attention}
+_OPTIONAL: dict[str, Callable[[], AttentionFn]] = {"flash": _make_flash, "sage": _make_sage}
 _active = "sdpa"
 
 
@@ -60,9 +122,14 @@ def register_attention_backend(name: str, fn: AttentionFn) -> None:
 def set_attention_backend(name: str) -> None:
     """Route every :func:`attention` call to the backend registered as ``name``."""
     global _active
+    if name not in _BACKENDS and name in _OPTIONAL:
+        if not torch.cuda.is_available():
+            raise ValueError(f"attention backend {name!r} runs on CUDA only and no CUDA device is available; "
+                             "use 'sdpa'")
+        _BACKENDS[name] = _OPTIONAL[name]()  # raises a clear error when the package is missing
     if name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_BACKENDS))} "
-                         f"(add one with register_attention_backend)")
+        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}, "
+                         f"optional: {', '.join(sorted(_OPTIONAL))} (add one with register_attention_backend)")
     _active = name
 
 
@@ -71,7 +138,12 @@ def get_attention_backend() -> str:
 
 
 def available_attention_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    """Registered backends plus the optional ones usable here (package importable and CUDA present)."""
+    usable = set(_BACKENDS)
+    if torch.cuda.is_available():
+        usable |= {n for n, mods in (("flash", ("flash_attn_interface", "flash_attn")), ("sage", ("sageattention",)))
+                   if any(importlib.util.find_spec(m) is not None for m in mods)}
+    return sorted(usable)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
