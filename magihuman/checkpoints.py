@@ -321,6 +321,18 @@ def _split_fp8_scales(src: CheckpointSource) -> None:
         del src.key_name[k]
     if kinds:
         src.quantization = "fp8 per-tensor scales (" + ", ".join(kinds) + ")"
+    fp8 = [k for k in src.key_file if src.info(k).dtype in (torch.float8_e4m3fn, torch.float8_e5m2)]
+    unscaled = [k for k in fp8 if k not in src.scale_of]
+    if unscaled and src.scale_of:
+        raise CheckpointError(
+            f"{src.describe()}: {len(unscaled)} fp8 weight(s) have no scale while {len(src.scale_of)} do (first "
+            f"without: {_listing(sorted(unscaled), None, 3)}); dequantising them would give wrong weights. The file "
+            f"is incomplete or mixes two conversions: download the fp8 checkpoint again (every fp8 weight needs "
+            f"'<key>{FP8_SCALE_SUFFIX}' or a ComfyUI '.scale_weight') or use the bf16/fp32 release")
+    if unscaled:
+        log.warning("%s: %d fp8 weight(s) carry no scales; using the stored values as they are (a plain fp8 cast). "
+                    "If the output is noise, the file needs its '%s' scales", src.describe(), len(unscaled),
+                    FP8_SCALE_SUFFIX)
 
 
 # ------------------------------------------------------------------ key checks and inference

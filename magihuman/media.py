@@ -424,8 +424,13 @@ def prepare_reference_audio(waveform: Any, sample_rate: int, *, seconds: float |
     """Any waveform ``[C, S]`` -> ``[2, S']`` float32: mono mix (channel mean) at 51 200 Hz, the
     same track on both channels, trimmed to the first ``seconds`` (as the official loader)."""
     x = _as_2d_float(waveform, "reference audio")
-    if x.shape[-1] == 0:
-        raise MediaError("the reference audio is empty (0 samples)")
+    if x.shape[-1] == 0 or x.shape[0] == 0:
+        raise MediaError("the reference audio is empty (0 samples); connect an audio clip of at least 0.04 s")
+    if not torch.isfinite(x).all():
+        raise MediaError("the reference audio contains NaN or infinite samples; re-export or re-load the audio file")
+    if int(sample_rate) <= 0:
+        raise MediaError(f"the reference audio sample rate must be positive, got {sample_rate}; pass the rate the "
+                         "waveform was recorded at")
     mono = x.mean(dim=0, keepdim=True)
     mono = resample(mono, int(sample_rate), REFERENCE_SAMPLE_RATE).float()
     if seconds is not None:

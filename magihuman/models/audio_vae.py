@@ -414,6 +414,10 @@ def _resolve(path: Path) -> tuple[Path, dict | None]:
             weights = cands[0]
         cfg_path = path / "model_config.json"
     elif path.is_file():
+        if not path.name.endswith((".safetensors", ".sft", ".safetensors.zst")):
+            raise AudioVAELoadError(f"{path}: the audio VAE is read from safetensors only (stable-audio-open-1.0 "
+                                    "model.safetensors or a VAE-only .safetensors); pickled checkpoints "
+                                    "(.ckpt/.pt/.pth) are never opened. Pick the stable-audio-open-1.0 folder")
         weights, cfg_path = path, path.parent / "model_config.json"
     else:
         raise AudioVAELoadError(f"{path}: no such file or folder (give the stable-audio-open-1.0 folder or its "
