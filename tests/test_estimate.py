@@ -266,12 +266,12 @@ def test_activation_memory_terms():
 def test_check_fits_passes_and_raises_with_suggestion():
     plan = estimate("sr_540p", seconds=5)
     check_fits(plan, 1000 * GIB)
-    budget = 32 * GIB
+    budget = int(plan.stages[0].peak_bytes) + GIB // 2  # the base stage fits, the SR stage does not
     assert plan.peak_device_bytes > budget
     with pytest.raises(MemoryEstimateError) as err:
         check_fits(plan, budget)
     msg = str(err.value)
-    assert f"{plan.peak_device_bytes / GIB:.1f}G" in msg and "32.0G" in msg
+    assert f"{plan.peak_device_bytes / GIB:.1f}G" in msg and f"{budget / GIB:.1f}G" in msg
     assert "offload" in msg
     m = re.search(r"seconds=(\d+)", msg)
     assert m, msg
@@ -280,8 +280,21 @@ def test_check_fits_passes_and_raises_with_suggestion():
     assert estimate("sr_540p", seconds=secs + 1).peak_device_bytes > budget  # the longest that fits
     m = re.search(r"SR size (\d+)x(\d+)", msg)
     assert m, msg
-    assert estimate("sr_540p", seconds=5, sr_width=int(m.group(1)), sr_height=int(m.group(2))
-                    ).peak_device_bytes <= budget
+    sw, sh = int(m.group(1)), int(m.group(2))
+    assert sw / sh == pytest.approx(896 / 512, rel=0.1) and sw < 896
+    assert estimate("sr_540p", seconds=5, sr_width=sw, sr_height=sh).peak_device_bytes <= budget
+
+
+def test_check_fits_shrinks_base_when_base_stage_does_not_fit():
+    plan = estimate("sr_540p", seconds=5)
+    budget = plan.stages[0].peak_bytes - GIB // 4
+    with pytest.raises(MemoryEstimateError) as err:
+        check_fits(plan, budget)
+    m = re.search(r"size (\d+)x(\d+) -> (\d+)x(\d+)", str(err.value))
+    assert m, str(err.value)
+    w, h, sw, sh = map(int, m.groups())
+    assert w < 448 and sw < 896
+    assert estimate("sr_540p", seconds=5, width=w, height=h, sr_width=sw, sr_height=sh).peak_device_bytes <= budget
 
 
 def test_check_fits_weights_too_large_suggests_fp8():
