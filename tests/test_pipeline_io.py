@@ -25,6 +25,15 @@ Recorder, StubDiT, denoised_latent, make_cond = (_helpers.Recorder, _helpers.Stu
                                                  _helpers.make_cond)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one torch thread is fastest, and far faster than two on a busy CPU (OpenMP spinning)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     folder = tmp_path_factory.getbasetemp() / "magihuman_tiny"
