@@ -687,8 +687,8 @@ def _smaller_requests(plan: Plan, device_memory_bytes: int):
 
 
 def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
-    """Requests that fit ``device_memory_bytes``: the longest clip and the largest size (same aspect);
-    with fp8 DiT weights too when the weights are wider than one byte and nothing else fits."""
+    """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest
+    size (same aspect); with fp8 DiT weights when the weights are wider than one byte and nothing else fits."""
     def search(base_req: dict, prefix: str) -> list[str]:
         base = plan if base_req is plan.request else estimate(**base_req)
         if base.peak_device_bytes <= device_memory_bytes:
@@ -705,7 +705,12 @@ def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
                 found[kind] = f"{prefix}{label} (~{_gib(smaller.peak_device_bytes)})"
         return list(found.values())
 
-    out = search(plan.request, "") if plan.peak_device_bytes > device_memory_bytes else []
+    out = []
+    if plan.request.get("cfg_batched") and any(st.cfg for st in plan.stages):
+        unbatched = estimate(**dict(plan.request, cfg_batched=False))
+        if unbatched.peak_device_bytes <= device_memory_bytes:
+            out.append(f"separate CFG passes, cfg_batched=False (~{_gib(unbatched.peak_device_bytes)})")
+    out += search(plan.request, "") if plan.peak_device_bytes > device_memory_bytes else []
     if not out and _dtype_bytes(plan.weight_dtype) > 1:
         out = search(dict(plan.request, weight_dtype=torch.float8_e4m3fn), "fp8 DiT weights, ")
     return out

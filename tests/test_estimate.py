@@ -295,6 +295,10 @@ def test_check_fits_shrinks_base_when_base_stage_does_not_fit():
     w, h, sw, sh = map(int, m.groups())
     assert w < 448 and sw < 896
     assert estimate("sr_540p", seconds=5, width=w, height=h, sr_width=sw, sr_height=sh).peak_device_bytes <= budget
+    if plan.stages[0].activation_bytes > 2 * GIB:  # batched CFG doubles the base activations
+        unbatched = estimate("sr_540p", seconds=5, cfg_batched=False)
+        fits = unbatched.peak_device_bytes <= budget
+        assert ("cfg_batched=False" in str(err.value)) == fits
 
 
 def test_check_fits_weights_too_large_suggests_fp8():
@@ -313,3 +317,26 @@ def test_format_table_and_device_memory():
     assert device_memory("cpu") > 0
     with pytest.raises(ValueError, match="unsupported device"):
         device_memory("xla")
+
+
+def test_t5gemma_encoder_param_count_matches_module():
+    from magihuman.estimate import t5gemma_encoder_param_count
+    from magihuman.models.text_encoder import T5GemmaEncoder, T5GemmaEncoderConfig
+
+    small = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16)
+    model = T5GemmaEncoder(T5GemmaEncoderConfig(**small), device="meta")
+    assert t5gemma_encoder_param_count(small) == sum(p.numel() for p in model.parameters())
+    assert t5gemma_encoder_param_count() == 9_241_705_984  # the 9B encoder of t5gemma-9b-9b-ul2
+
+
+def test_estimate_from_config_and_preset_object():
+    from magihuman.presets import PRESETS
+
+    cfg = DiTConfig.preset("tiny")
+    plan = estimate(cfg, width=128, height=64, seconds=1, steps=3, prompt_tokens=7)
+    (st,) = plan.stages
+    assert st.grid == (7, 2, 4) and st.audio_tokens == 26
+    assert st.flops_total == 3 * dit_forward_flops(cfg, (7, 2, 4), 26, 7)["total"]
+    assert st.params == dit_param_count(cfg)["total"]
+    assert estimate(PRESETS["sr_540p"]).total_flops == estimate("sr_540p").total_flops
