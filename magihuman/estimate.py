@@ -26,15 +26,21 @@ they are < 1 % of the total):
   (this engine's default) runs both as one batch of 2, the shorter text padded to the longer.
 
 Comparison with SPEC §7 ("~4k tokens/step, ≈1.1e15 FLOP for 8 steps" for 256p distill, 5 s): the
-official 448×256, 5 s example has 3584 video + 126 audio + text tokens (≈3.8k with a 100-token
-prompt), and this count gives ≈7.7e14 FLOP for 8 steps, not 1.1e15. The SPEC figure is
-``2 · 15.4e9 params · 4k tokens · 8 steps`` + attention: it charges every token for all three experts of
-the mm layers and rounds the length up. Per token the model uses 10.9e9 of its 15.4e9 parameters.
-See ``benchmarks/bench_estimate_vs_official.py`` for the implied H100 throughput of the official timings.
+448×256, 5 s clip has 3584 video + 126 audio + text tokens (3810 with a 100-token prompt), and this
+count gives 7.6e14 FLOP for 8 steps, not 1.1e15. The SPEC figure is ``2 · 15.3e9 params · 4000 tokens ·
+8 steps`` + attention (1.08e15): it charges every token for all three experts of the mm layers and
+rounds the length up. The base config stores 15,299,419,136 parameters (SPEC's "≈15.4B" is a rounding
+of the release; the count matches the DiT module's state dict exactly) and a token multiplies
+10,912,645,120 of them. Implied throughput of the official H100 timings with this count: 256p distill
+475 TFLOP/s, 540p SR 482, 1080p SR 613 (48-62 % of dense bf16 peak); see
+``benchmarks/bench_estimate_vs_official.py``.
 
-Memory: weights are counted exactly (mm layers store 3 experts). Activation peaks are estimates of this
-engine's forward (fp32 residual, bf16 matmuls with fp32 results), formulas in :func:`forward_activation_bytes`;
-the Turbo decode peak is an estimate from the decoder's layer widths, formula in :func:`turbo_decode_bytes`.
+Memory: weights are counted exactly (mm layers store 3 experts; block linears in ``weight_dtype``, the
+rest fp32). Activation peaks are estimates of this engine's forward (fp32 residual, bf16 matmuls with
+fp32 results), formulas in :func:`forward_activation_bytes`; the Turbo decode peak is an estimate from
+the decoder's layer widths, formula in :func:`turbo_decode_bytes`. The device peak assumes one model
+on the device at a time (DiT stages and decoder swapped, as ComfyUI's model management does) and the
+text encoder run before (or on the CPU), so it is the largest phase, not a sum.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import functools
 import math
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import torch
