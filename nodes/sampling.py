@@ -17,6 +17,34 @@ def _seed_input():
                         tooltip="Noise seed (one generator per stage; same seed, same device -> same result).")
 
 
+def check_fits(model_handle, av, where: str, *, cfg: bool, batch_cfg: bool = True, size=None) -> None:
+    """Refuse a run whose DiT activations alone (magihuman.estimate, weights excluded: ComfyUI can offload
+    those) exceed the device's memory, BEFORE any noise or activation is allocated."""
+    from ..magihuman.estimate import device_memory, estimate
+
+    config = getattr(model_handle.model, "config", None)
+    if config is None:
+        return
+    width, height = size or av.pixel_size
+    seconds = max(av.num_frames - 1, 1) / pipeline.FPS
+    device = model_handle.device
+    have = device_memory(device)
+
+    def need(sec: float) -> int:
+        st = estimate(config, width, height, sec, cfg=cfg, cfg_batched=batch_cfg).stages[0]
+        return av.batch * (st.activation_bytes + st.latent_bytes)
+
+    n = need(seconds)
+    if n <= have:
+        return
+    fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
+    hint = (f"at {width}x{height} at most ~{fits[0]:g} s fits" if fits
+            else f"even 0.2 s does not fit at {width}x{height}: lower the size")
+    raise ValueError(f"{where}: {width}x{height}, {seconds:g} s (batch {av.batch}) needs ~{n / 2**30:.1f} GiB for "
+                     f"the DiT activations alone (estimate), but the {device.type} has {have / 2**30:.1f} GiB; "
+                     f"{hint} (generate small, then use 'MagiHuman Latent Super-Resolution')")
+
+
 def _finish(out):
     out.video = out.video.to(compat.intermediate_device())
     out.audio = out.audio.to(compat.intermediate_device())
@@ -49,6 +77,7 @@ class MagiHumanDistilledSampler(io.ComfyNode):
     def execute(cls, model, positive, latent, seed, steps=8, shift=S.DEFAULT_SHIFT):
         av = from_latent(latent, "MagiHuman Distilled Sampler")
         cond = text_conditioning(positive, where="MagiHuman Distilled Sampler")
+        check_fits(model, av, "MagiHuman Distilled Sampler", cfg=False)
         out = pipeline.denoise(model.use(), av, cond, sampler="distilled", steps=steps, seed=seed, shift=shift,
                                cfg=False, callback=compat.progress_callback(steps))
         return _finish(out)
@@ -94,6 +123,7 @@ class MagiHumanBaseSampler(io.ComfyNode):
         where = "MagiHuman Base Sampler"
         av = from_latent(latent, where)
         cond = text_conditioning(positive, negative, where=where)
+        check_fits(model, av, where, cfg=True, batch_cfg=batch_cfg)
         out = pipeline.denoise(model.use(), av, cond, sampler="unipc", steps=steps, seed=seed, shift=shift,
                                video_guidance=video_guidance, video_guidance_low=video_guidance_low,
                                guidance_switch_t=guidance_switch_t, audio_guidance=audio_guidance, cfg=True,
@@ -154,6 +184,7 @@ class MagiHumanLatentSR(io.ComfyNode):
         if cfg and negative is None:
             raise ValueError(f"{where}: cfg is on but no negative conditioning is connected")
         cond = text_conditioning(positive, negative if cfg else None, where=where)
+        check_fits(sr_model, av, where, cfg=bool(cfg), size=pipeline.snap_size(w, h, what=f"{where}: "))
         out = pipeline.super_resolve(sr_model.use(), av, cond, width=w, height=h, seed=seed, steps=steps,
                                      noise_index=noise_index, audio_noise_scale=audio_noise_scale, cfg=cfg,
                                      guidance=guidance, video_vae=video_vae.use() if video_vae is not None else None,
