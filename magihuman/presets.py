@@ -169,10 +169,14 @@ def resolve_model_files(preset: Preset, models_dir: str | os.PathLike, roles: li
     if missing:
         lines = [f"preset '{preset.name}' is missing {len(missing)} model file(s) in {models_dir}:"]
         for role in missing:
-            cands = _candidates(role, models_dir, preset.tiny)
-            lines.append(f"  - {ROLES[role]}: put it at {cands[0].relative_to(models_dir)}"
-                         + (f" (or {', '.join(str(c.relative_to(models_dir)) for c in cands[1:])})"
-                            if len(cands) > 1 else ""))
+            if preset.tiny:
+                lines.append(f"  - {ROLES[role]}: {_candidates(role, models_dir, True)[0]} (run "
+                             f"`python -m magihuman tiny-models {models_dir}`)")
+                continue
+            comfy, official = COMFY_FILES[role], OFFICIAL_FILES[role]
+            also = f"; also accepted: {', '.join(comfy[1:])}" if len(comfy) > 1 else ""
+            lines.append(f"  - {ROLES[role]}: put it at {comfy[0]} (ComfyUI layout{also}) or {official[0]} "
+                         "(official checkpoints layout)")
         raise MissingModelFiles("\n".join(lines))
     return found
 
