@@ -585,6 +585,9 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
         if v is not None and (isinstance(v, bool) or int(v) != v or not 1 <= v <= MAX_TEXT_TOKENS):
             raise ValueError(f"{name} must be an integer in 1..{MAX_TEXT_TOKENS} (text is trimmed to "
                              f"{MAX_TEXT_TOKENS} tokens), got {v!r}")
+    for name, v in (("steps", steps), ("sr_steps", sr_steps)):
+        if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
     negative_tokens = _default_negative_tokens() if negative_tokens is None else int(negative_tokens)
     prompt_tokens = int(prompt_tokens)
     geo = token_counts(width, height, seconds)

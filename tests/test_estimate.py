@@ -62,6 +62,12 @@ def test_bad_requests():
         estimate("nope")
     with pytest.raises(ValueError, match="sr_width and sr_height"):
         estimate("distill_256p", sr_width=896)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        estimate("distill_256p", steps=0)
+    with pytest.raises(ValueError, match="local_attention"):
+        estimate("sr_1080p", local_attention="flash")
+    with pytest.raises(ValueError, match="weight_dtype"):
+        estimate("distill_256p", weight_dtype="int3")
 
 
 # ----------------------------------------------------------------------------- FLOPs vs brute force
