@@ -150,3 +150,14 @@ def test_module_entry_point_exit_code(tmp_path):
                           "--output", str(tmp_path / "o.mp4")], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=120)
     assert res.returncode == 2 and res.stderr.strip() == "error: --prompt is empty: describe the video (and what is said)"
+
+
+@pytest.mark.slow
+def test_wan_decoder_option(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "wan.mp4"
+    code, _, err = run(capsys, "generate", "--preset", "tiny", "--prompt", "hi", "--seconds", "0.2", "--decoder", "wan",
+                       "--models", str(tiny_dir), "--output", str(out), "--quiet", "--seed", "3")
+    assert code == 0, err
+    info = media.read_mp4_info(out)
+    assert info["frames"] == 5 and info["video_codec"] == "h264"  # 0.2 s: 6 frames -> T = 2 -> 4*1+1 decoded
+    assert "load video VAE" in err and "load Turbo VAE" not in err
