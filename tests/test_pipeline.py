@@ -406,3 +406,19 @@ def test_encode_prompt_validation_and_pairs():
     enc = FakeEncoder()
     c = P.encode_prompt(enc, "hello")
     assert enc.seen == [["hello"], [P.DEFAULT_NEGATIVE_PROMPT]] and c.has_negative  # each encoded alone
+
+
+def test_batch_of_two():
+    lat = P.empty_latents(64, 64, 0.4, batch=2)
+    lat.image_latent = torch.randn(1, 48, 1, 4, 4).expand(2, -1, -1, -1, -1)
+    cond = make_cond(True)
+    model = Recorder(tiny_dit("base"))
+    a = P.denoise(model, lat, cond, sampler="unipc", steps=2, seed=0, batch_cfg=True)
+    assert [c["video"].shape[0] for c in model.calls] == [4, 4] and model.calls[0]["lens"] == [7, 7, 10, 10]
+    b = P.denoise(tiny_dit("base"), lat, cond, sampler="unipc", steps=2, seed=0, batch_cfg=False)
+    torch.testing.assert_close(a.video, b.video, rtol=1e-4, atol=1e-5)
+    assert a.video.shape == (2, 48, 3, 4, 4) and a.audio.shape == (2, 11, 64)
+    assert not torch.allclose(a.video[0, :, 1:], a.video[1, :, 1:])  # each sample has its own noise
+    assert torch.equal(a.video[:, :, :1], lat.image_latent)
+    with pytest.raises(P.PipelineError, match="batch_index 2 is outside the batch of 2"):
+        P.decode_video(None, a, batch_index=2)
