@@ -199,8 +199,10 @@ def resolve_model(kinds: tuple[str, ...], name: str) -> str:
     tried = []
     for kind in kinds:
         for root in folder_paths_for(kind):
-            root_abs = os.path.realpath(root)
-            cand = os.path.realpath(os.path.join(root_abs, name.rstrip("/")))
+            # Checked on the normalised name, not the resolved one: "../" and absolute names are refused,
+            # while symlinks the user placed inside the model folder (a common setup) keep working.
+            root_abs = os.path.abspath(root)
+            cand = os.path.normpath(os.path.join(root_abs, name.rstrip("/")))
             if os.path.commonpath([root_abs, cand]) != root_abs:
                 raise ValueError(f"model name {name!r} points outside the model folder {root_abs}; "
                                  "pick an entry from the list")
