@@ -5,8 +5,8 @@
     python benchmarks/bench_pipeline.py --mid-hidden 1024 --mid-layers 8 --seconds 2 --threads 2
 
 tiny: the tiny checkpoints (written to a temp folder), loaded through the real loaders, 128x64.
-mid:  a random DiT of a few hundred M parameters (hidden 1024 x 8 layers by default, 8 heads of 128,
-      real 48/64-channel latents) at 448x256 for ``--seconds`` with the distilled 8-step sampler, so the
+mid:  a random DiT (hidden 1024 x 8 layers = 133 M parameters by default; --mid-hidden 1536 gives 298 M;
+      heads of 128, real 48/64-channel latents) at 448x256 for ``--seconds`` with the distilled 8-step sampler, so the
       DiT cost per token is visible at the official base size; the tiny text encoder and VAEs around it.
 Numbers are printed, never asserted; they vary with load on shared machines.
 """
