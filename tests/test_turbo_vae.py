@@ -350,3 +350,12 @@ def test_parity_with_official_module(unpatch, monkeypatch):
         z = latent(1, t, 1, 2, seed=t)
         with torch.no_grad():
             assert torch.equal(official.decode(z), mine.decode(z))
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("hello")
+    with pytest.raises(TurboVAEError, match="notes.ckpt: cannot read this file as a torch checkpoint"):
+        load_turbo_vae(TINY_TURBO_CONFIG, bad)
+    with pytest.raises(TurboVAEError, match="not found"):
+        load_turbo_vae(TINY_TURBO_CONFIG, tmp_path / "missing.ckpt")

@@ -150,7 +150,8 @@ class TurboVAEConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-# The released config (TurboV3-Wan22-TinyShallow_7_7.json), decoder fields.
+# The released config (TurboV3-Wan22-TinyShallow_7_7.json) as published in public ports of the model;
+# used for shapes/benchmarks only: loaders always read the user's JSON.
 RELEASE_TURBO_CONFIG: dict = {
     "latent_channels": 48,
     "in_channels": 3,
@@ -530,12 +531,26 @@ PathLike = Union[str, os.PathLike]
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
+def _unpickler_reason(err: Exception) -> str:
+    """The informative part of torch's weights-only refusal (its boilerplate suggests unsafe loading)."""
+    noise = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    parts = [p.strip() for p in str(err).split("\n\n") if p.strip() and not p.strip().startswith(noise)]
+    text = " ".join(parts).replace("WeightsUnpickler error:", "").strip()
+    return " ".join(text.split()) or type(err).__name__
+
+
 def _refused(path: Path, err: Exception) -> TurboVAEError:
     return TurboVAEError(
-        f"{path}: refused to load this pickle for safety: torch.load(weights_only=True) rejected it ({err}). "
-        "It would need arbitrary code execution to unpickle, so it was not opened. Use a .safetensors copy "
-        "of the Turbo decoder instead: obtain one from a trusted source, or, on a machine where you trust "
-        "the file, save its 'ema_state_dict' tensors with safetensors and load that file.")
+        f"{path}: refused to load this pickle for safety: the weights-only unpickler rejected it "
+        f"({_unpickler_reason(err)}). Only plain tensors/containers are accepted; anything that would run code "
+        "while unpickling is never opened (and the file may also be damaged). Use a .safetensors copy of the "
+        "Turbo decoder instead: obtain one from a trusted source, or, on a machine where you trust the file, "
+        "save its 'ema_state_dict' decoder tensors with safetensors and load that file.")
+
+
+def _unreadable(path: Path, err: Exception) -> TurboVAEError:
+    return TurboVAEError(f"{path}: cannot read this file as a torch checkpoint ({type(err).__name__}: "
+                         f"{_unpickler_reason(err)}); is it complete and really the Turbo VAE .ckpt?")
 
 
 def _torch_load_safe(path: Path) -> Any:
@@ -546,14 +561,16 @@ def _torch_load_safe(path: Path) -> Any:
         raise _refused(path, err) from None
     except RuntimeError as err:
         if "mmap" not in str(err) and "zip" not in str(err):
-            raise TurboVAEError(f"{path}: cannot read this checkpoint: {err}") from None
+            raise _unreadable(path, err) from None
+    except Exception as err:  # noqa: BLE001 - any parse failure of a foreign file
+        raise _unreadable(path, err) from None
     # Legacy (non-zip) torch files cannot be memory-mapped; read them normally, still weights_only.
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise _refused(path, err) from None
-    except RuntimeError as err:
-        raise TurboVAEError(f"{path}: cannot read this checkpoint: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise _unreadable(path, err) from None
 
 
 def _decoder_keys(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
