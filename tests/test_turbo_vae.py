@@ -359,3 +359,26 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
         load_turbo_vae(TINY_TURBO_CONFIG, bad)
     with pytest.raises(TurboVAEError, match="not found"):
         load_turbo_vae(TINY_TURBO_CONFIG, tmp_path / "missing.ckpt")
+
+
+def test_layers_come_from_the_operations_namespace(tmp_path):
+    made = []
+
+    class Ops:
+        class Conv3d(torch.nn.Conv3d):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                made.append(self)
+
+        class Conv2d(torch.nn.Conv2d):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                made.append(self)
+
+    json_path, ckpt = write_tiny_turbo_vae(tmp_path)
+    model = load_turbo_vae(json_path, ckpt, dtype=torch.float32, operations=Ops)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert convs and all(any(m is c for c in made) for m in convs)
+    assert all(getattr(m, "_magi_ops", None) is Ops for m in convs)
+    plain = load_turbo_vae(json_path, ckpt, dtype=torch.float32)
+    assert torch.equal(model.decode(latent(1, 2)), plain.decode(latent(1, 2)))

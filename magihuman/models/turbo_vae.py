@@ -688,7 +688,7 @@ def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: 
     if missing or unexpected or shapes:
         raise TurboVAEError(_mismatch(path, missing, unexpected, shapes))
     model = model.to_empty(device=device)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    model.load_state_dict(state, strict=True)  # copies tensor by tensor, converting to the model's dtype
     # to_empty left the statistics buffers uninitialised: write them again.
     model.latent_mean.copy_(torch.tensor(WAN22_LATENT_MEAN))
     model.latent_std.copy_(torch.tensor(WAN22_LATENT_STD))
