@@ -117,13 +117,26 @@ def _device(name: Optional[str]) -> torch.device:
         raise UsageError(f"--device {name!r}: {e}") from None
 
 
-def _load_dit(path, dtype, device, show):
+def _load_dit(path, dtype, device, show, compute_dtype="auto"):
     from .checkpoints import load_dit
 
     model = load_dit(path, dtype=dtype, device=device, show_progress=show)
-    if device.type == "cpu" and dtype == torch.float32:
-        model.set_compute_dtype(torch.float32)
+    model.set_compute_dtype(compute_dtype)
     return model
+
+
+def _plan_and_check(args, preset, device, dtype, width, height, seconds) -> None:
+    """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit."""
+    from .estimate import check_fits, device_memory, estimate
+
+    sr_w = (args.sr_width or preset.sr_width) if preset.sr else None
+    sr_h = (args.sr_height or preset.sr_height) if preset.sr else None
+    plan = estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=dtype,
+                    steps=args.steps or None, sr_steps=args.sr_steps or None)
+    if not args.quiet:
+        print(plan.format(), file=sys.stderr)
+    host = device_memory("cpu")
+    check_fits(plan, device_memory(device), host_memory_bytes=host if device.type != "cpu" else None)
 
 
 def generate(args) -> int:
@@ -158,6 +171,9 @@ def _generate(args, preset) -> int:
     show = not args.quiet
     seconds = args.seconds if args.seconds is not None else preset.seconds
     width, height = args.width or preset.width, args.height or preset.height
+
+    with timer("estimate"):
+        _plan_and_check(args, preset, device, dtype, width, height, seconds)
 
     with timer("find/write models"):
         if preset.tiny:
@@ -218,7 +234,7 @@ def _generate(args, preset) -> int:
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny)
+        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args.compute_dtype)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -229,7 +245,7 @@ def _generate(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny)
+            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args.compute_dtype)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -264,6 +280,23 @@ def _generate(args, preset) -> int:
 
 
 # ============================================================================ other commands
+
+
+def convert(args) -> int:
+    """One-time conversions; both stream and never unpickle unsafely."""
+    src, dst = Path(args.src), Path(args.dst)
+    if dst.suffix != ".safetensors":
+        raise UsageError(f"the output must be a .safetensors file, got {dst}")
+    if src.suffix in (".ckpt", ".pt", ".pth"):
+        from .models.turbo_vae import convert_turbo_checkpoint
+
+        convert_turbo_checkpoint(src, dst)
+    else:
+        from .checkpoints import convert_dit
+
+        convert_dit(src, dst, dtype=DTYPES[args.dtype])
+    print(f"wrote {dst}", file=sys.stderr)
+    return EXIT_OK
 
 
 def tiny_models(args) -> int:
@@ -313,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
                    "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models")
     g.add_argument("--dtype", choices=list(DTYPES), default=None, help="DiT weight dtype (default: the preset's)")
+    g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
+                   "faster of bf16/fp32 on CPUs (measured)")
     g.add_argument("--decoder", choices=["turbo", "wan"], default=None, help="video decoder (default turbo)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--output", required=True, help="output .mp4 path")
@@ -325,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dir", help="models folder to write into")
     t.add_argument("--force", action="store_true", help="rewrite even if present")
     t.set_defaults(func=tiny_models)
+
+    c = sub.add_parser("convert", help="convert checkpoints: a DiT folder -> one bf16 .safetensors (streamed); "
+                       "a Turbo VAE .ckpt -> .safetensors")
+    c.add_argument("src", help="official DiT folder / DiT file, or a Turbo VAE checkpoint .ckpt")
+    c.add_argument("dst", help="output .safetensors")
+    c.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="DiT output dtype")
+    c.set_defaults(func=convert)
 
     p = sub.add_parser("presets", help="list presets and where their model files go")
     p.set_defaults(func=presets)
