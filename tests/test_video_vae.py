@@ -43,12 +43,12 @@ def vae() -> WanVAE:
     return init_random_wan_vae(WanVAE.from_config(TINY_WAN_VAE_CONFIG), seed=1).eval()
 
 
-def _video(b=1, f=5, h=32, w=48, seed=0):
+def _video(b=1, f=5, h=16, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, f, h, w, generator=g) * 2 - 1
 
 
-def _latent(b=1, t=2, h=2, w=3, seed=0):
+def _latent(b=1, t=2, h=1, w=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 48, t, h, w, generator=g)
 
@@ -181,16 +181,16 @@ def ref_decode_raw(sd, cfg, z):
 @pytest.mark.parametrize("frames,latent_frames", [(1, 1), (5, 2), (9, 3)])
 def test_encode_shape(vae, frames, latent_frames):
     with torch.no_grad():
-        z = vae.encode(_video(b=2, f=frames, h=32, w=64))
-    assert z.shape == (2, 48, latent_frames, 2, 4) and z.dtype == torch.float32
+        z = vae.encode(_video(b=2, f=frames, h=16, w=48))
+    assert z.shape == (2, 48, latent_frames, 1, 3) and z.dtype == torch.float32
     assert torch.isfinite(z).all()
 
 
 @pytest.mark.parametrize("t,frames", [(1, 1), (2, 5), (3, 9)])
 def test_decode_shape_and_range(vae, t, frames):
     with torch.no_grad():
-        v = vae.decode(_latent(b=2, t=t, h=2, w=3))
-    assert v.shape == (2, 3, frames, 32, 48)
+        v = vae.decode(_latent(b=2, t=t, h=1, w=3))
+    assert v.shape == (2, 3, frames, 16, 48)
     assert torch.isfinite(v).all() and v.abs().max() <= 1.0
     assert 0.05 < v.std() < 0.6  # random init gives a sensible, mostly unclamped range
 
@@ -217,21 +217,21 @@ def test_bad_inputs_raise_clear_errors(vae):
 
 def test_chunked_encode_equals_whole_clip_reference(vae):
     sd = vae.state_dict()
-    x = _video(b=2, f=9, h=32, w=48, seed=3)
+    x = _video(b=2, f=9, h=32, w=32, seed=3)
     with torch.no_grad():
         got = vae.encode_mu(x)
         want = ref_encode_mu(sd, vae.config, x)
-    assert got.shape == want.shape == (2, 48, 3, 2, 3)
+    assert got.shape == want.shape == (2, 48, 3, 2, 2)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
 def test_chunked_decode_equals_whole_clip_reference(vae):
     sd = vae.state_dict()
-    z = _latent(b=2, t=3, h=2, w=3, seed=4)
+    z = _latent(b=2, t=3, h=2, w=2, seed=4)
     with torch.no_grad():
         got = vae._decode_chunked(z)
         want = ref_decode_raw(sd, vae.config, z)
-    assert got.shape == want.shape == (2, 3, 9, 32, 48)
+    assert got.shape == want.shape == (2, 3, 9, 32, 32)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
@@ -276,9 +276,9 @@ def test_encode_decode_deterministic(vae):
 
 
 def test_tiled_decode_single_tile_is_exact(vae):
-    z = _latent(t=2, h=3, w=4, seed=10)
+    z = _latent(t=2, h=2, w=3, seed=10)
     with torch.no_grad():
-        assert torch.equal(vae.decode(z, tile=(3, 4), overlap=1), vae.decode(z))
+        assert torch.equal(vae.decode(z, tile=(2, 3), overlap=1), vae.decode(z))
         assert torch.equal(vae.decode(z, tile=(8, 8), overlap=2), vae.decode(z))
 
 
@@ -303,9 +303,9 @@ def test_tiled_decode_blends_the_real_tile_decodes(vae):
     ~18-latent receptive field see only the tile. The blend itself is checked against tile decodes.)
     """
     mean, std = _stats()
-    z = _latent(t=2, h=2, w=5, seed=12)
+    z = _latent(t=2, h=1, w=5, seed=12)
     with torch.no_grad():
-        tiled = vae.decode(z, tile=(2, 3), overlap=1)  # tiles at latent columns [0, 3) and [2, 5)
+        tiled = vae.decode(z, tile=(1, 3), overlap=1)  # tiles at latent columns [0, 3) and [2, 5)
         raw = z * std + mean
         left = vae._decode_chunked(raw[..., 0:3])
         right = vae._decode_chunked(raw[..., 2:5])
@@ -314,7 +314,7 @@ def test_tiled_decode_blends_the_real_tile_decodes(vae):
     w_left, w_right = (n - q) / (n + 1), (q + 1) / (n + 1)
     shared = left[..., 32:48] * w_left + right[..., 0:16] * w_right
     want = torch.cat([left[..., :32], shared, right[..., 16:]], dim=-1).clamp(-1, 1)
-    assert tiled.shape == (1, 3, 5, 32, 80)
+    assert tiled.shape == (1, 3, 5, 16, 80)
     torch.testing.assert_close(tiled, want, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         full = vae.decode(z)
@@ -474,7 +474,7 @@ def test_official_module_parity_when_available(vae):
     off.load_state_dict(vae.state_dict(), strict=True)
     mean, std = _stats()
     scale = [mean.flatten(), 1.0 / std.flatten()]
-    x, z = _video(f=9, seed=15), _latent(t=3, seed=16)
+    x, z = _video(f=9, h=32, w=32, seed=15), _latent(t=3, h=2, w=2, seed=16)
     with torch.no_grad():
         torch.testing.assert_close(vae.encode(x), off.encode(x, scale), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(vae.decode(z), off.decode(z, scale).clamp(-1, 1), atol=1e-5, rtol=1e-5)
