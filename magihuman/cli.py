@@ -172,9 +172,6 @@ def _generate(args, preset) -> int:
     seconds = args.seconds if args.seconds is not None else preset.seconds
     width, height = args.width or preset.width, args.height or preset.height
 
-    with timer("estimate"):
-        _plan_and_check(args, preset, device, dtype, width, height, seconds)
-
     with timer("find/write models"):
         if preset.tiny:
             models_dir = ensure_tiny_models(args.models)
@@ -199,6 +196,9 @@ def _generate(args, preset) -> int:
     if latent.info["snapped"]:
         print(f"size {width}x{height} snapped down to {latent.pixel_size[0]}x{latent.pixel_size[1]} "
               "(multiples of 32)", file=sys.stderr)
+
+    with timer("estimate"):  # before any model is loaded
+        _plan_and_check(args, preset, device, dtype, width, height, seconds)
 
     # ---- text
     from .models.text_encoder import T5GemmaEncoder

@@ -1,0 +1,28 @@
+"""CLI: the memory plan refuses a run before any model is loaded; `convert` round trips."""
+
+import torch
+
+from magihuman import cli, estimate
+from magihuman.checkpoints import load_dit, write_tiny_dit
+
+
+def test_plan_is_printed_and_too_big_runs_are_refused(tmp_path, capsys, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(estimate, "device_memory", lambda device=None, free=False: 4096)
+    monkeypatch.setattr(cli, "_load_dit", lambda *a, **k: loaded.append(a))
+    code = cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--seconds", "1", "--models",
+                     str(tmp_path / "m"), "--output", str(tmp_path / "o.mp4"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs ~" in err and "available" in err and "Traceback" not in err
+    assert loaded == [] and not (tmp_path / "o.mp4").exists()
+
+
+def test_convert_dit_folder_to_bf16_file(tmp_path, capsys):
+    src = write_tiny_dit(tmp_path / "distill", variant="distill")
+    dst = tmp_path / "distill_bf16.safetensors"
+    assert cli.main(["convert", str(src), str(dst)]) == 0
+    a, b = load_dit(src, show_progress=False), load_dit(dst, show_progress=False)
+    assert b.variant == "distill"
+    for (k, x), (k2, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(x, y)
+    assert cli.main(["convert", str(src), str(tmp_path / "x.bin")]) == 2
