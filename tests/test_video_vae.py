@@ -28,6 +28,7 @@ from magihuman.models.video_vae import (
     TINY_WAN_VAE_CONFIG,
     WanVAE,
     WanVAELoadError,
+    convert_wan_vae_to_safetensors,
     infer_wan_vae_config,
     init_random_wan_vae,
     load_wan_vae,
@@ -502,3 +503,17 @@ def test_layers_come_from_the_injected_operations():
     assert "3d" in calls and "2d" in calls
     meta = WanVAE.from_config(RELEASE_WAN_VAE_CONFIG, device="meta")  # release graph, no memory
     assert sum(p.numel() for p in meta.parameters()) > 600e6
+
+
+def test_pth_converts_to_safetensors_once(tmp_path, tiny_files):
+    out = convert_wan_vae_to_safetensors(tiny_files["pth"], tmp_path / "wan2.2_vae.safetensors")
+    a, b = safetensors_io.load_file(out), torch.load(tiny_files["pth"], map_location="cpu", weights_only=True)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(load_wan_vae(out, dtype=torch.float32).decoder.head[2].weight, b["decoder.head.2.weight"])
+
+
+def test_encode_decode_do_not_build_autograd_graphs():
+    m = init_random_wan_vae(WanVAE.from_config(TINY_WAN_VAE_CONFIG), seed=0)
+    assert all(p.requires_grad for p in m.parameters())
+    assert not m.encode(_video(f=1)).requires_grad
+    assert not m.decode(_latent(t=1, w=1), tile=(1, 1), overlap=0).requires_grad

@@ -492,6 +492,7 @@ class WanVAE(nn.Module):
                         "encoder does)", f, f - used)
         return video[:, :, :used]
 
+    @torch.no_grad()
     def encode_mu(self, video: torch.Tensor) -> torch.Tensor:
         """Un-normalised posterior mean [B, z_dim, T, H/16, W/16] (fp32), T = (F-1)//4 + 1."""
         x = patchify(self._check_video(video).to(self.compute_dtype))
@@ -528,6 +529,7 @@ class WanVAE(nn.Module):
             outs.append(self.decoder(x[:, :, i:i + 1], cache, first_chunk=i == 0))
         return unpatchify(torch.cat(outs, dim=2))
 
+    @torch.no_grad()
     def decode(self, latent: torch.Tensor, tile: int | tuple[int, int] | None = None,
                overlap: int | tuple[int, int] = 8) -> torch.Tensor:
         """Normalised latent [B, 48, T, h, w] -> video [B, 3, 4(T-1)+1, 16h, 16w] in [-1, 1] (fp32).
@@ -725,6 +727,25 @@ def load_wan_vae(path, *, dtype: torch.dtype = torch.bfloat16, device="cpu", ope
     return model.eval().requires_grad_(False)
 
 
+def convert_wan_vae_to_safetensors(src, dst) -> Path:
+    """One-time conversion of an official ``Wan2.2_VAE.pth`` (read weights-only) to ``.safetensors``.
+
+    Keys are written in the official layout (wrapper prefixes stripped); dtypes are kept.
+    """
+    src, dst = Path(src), Path(dst)
+    tensors = _torch_load_weights_only(src)
+    keymap = map_wan_vae_keys(tensors, source=str(src))
+    shapes = {k: tuple(tensors[v].shape) for k, v in keymap.names.items()}
+    expected = WanVAE.from_config(infer_wan_vae_config(shapes), device="meta").state_dict()
+    missing = [k for k in expected if k not in keymap.names]
+    unexpected = [k for k in keymap.names if k not in expected]
+    if missing or unexpected:
+        raise WanVAELoadError(_describe_mismatch(src, missing, unexpected))
+    safetensors_io.write_file(dst, {k: tensors[keymap.names[k]].contiguous() for k in expected},
+                              metadata={"format": "pt", "source": src.name})
+    return dst
+
+
 def init_random_wan_vae(model: WanVAE, seed: int = 0) -> WanVAE:
     """Deterministic, well-scaled random weights (fan-in normal convs, gammas near 1, small biases)."""
     g = torch.Generator().manual_seed(seed)
@@ -762,6 +783,7 @@ def write_tiny_wan_vae(path, seed: int = 0, fmt: str = "safetensors", config: Ma
 
 __all__ = [
     "CACHE_T", "RELEASE_WAN_VAE_CONFIG", "TINY_WAN_VAE_CONFIG", "WanVAE", "WanVAELoadError", "KeyMap",
-    "map_wan_vae_keys", "infer_wan_vae_config", "load_wan_vae", "init_random_wan_vae", "write_tiny_wan_vae",
+    "map_wan_vae_keys", "infer_wan_vae_config", "load_wan_vae", "convert_wan_vae_to_safetensors",
+    "init_random_wan_vae", "write_tiny_wan_vae",
     "patchify", "unpatchify",
 ]
