@@ -2,7 +2,7 @@
 windows (no L x L mask) at several block sizes, on an SR-like shape scaled down. Prints time, the
 largest mask each path builds, and agreement with the mask path; gates nothing.
 
-    python benchmarks/bench_local_attention.py [--frames 21] [--frf 3] [--grid 12x20] [--dtype bf16]
+    python benchmarks/bench_local_attention.py [--frames 21] [--frf 3] [--grid 12x20] [--dtype bf16] [--threads N]
 
 Real 1080p SR: ~32 latent frames x 34x60 tokens (65k tokens), frf 11: the L x L mask alone is ~4 GB.
 """
@@ -43,7 +43,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--blocks", default="1,2,3,7")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     gh, gw = (int(s) for s in args.grid.split("x"))
     hq, hkv = (int(s) for s in args.heads.split("/"))

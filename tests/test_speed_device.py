@@ -53,9 +53,10 @@ def test_resolve_names_and_errors():
 
 def test_set_compute_dtype_auto_uses_the_pick(monkeypatch):
     m = MagiHumanDiT(DiTConfig.preset("tiny"), device="meta")
-    monkeypatch.setattr(D, "pick_compute_dtype", lambda device=None: torch.float32 if str(device) == "cpu" else None)
+    monkeypatch.setattr(D, "pick_compute_dtype", lambda device=None: torch.float32 if str(device) == "cpu" else torch.float16)
     assert m.set_compute_dtype("auto") == torch.float32 and m.compute_dtype == torch.float32
     assert m.set_compute_dtype("bf16") == torch.bfloat16 and m.compute_dtype == torch.bfloat16
+    assert m.set_compute_dtype("auto", device="cuda:0") == torch.float16  # the given compute device decides
     with pytest.raises(ValueError, match="unknown compute dtype"):
         m.set_compute_dtype("fast")
 

@@ -273,14 +273,15 @@ class MagiHumanDiT(nn.Module):
         device = self.adapter.video_embedder.weight.device if device is None else device
         self.adapter.rope.bands = self.default_rope_bands(self.config).to(device)
 
-    def set_compute_dtype(self, dtype) -> torch.dtype:
+    def set_compute_dtype(self, dtype, device=None) -> torch.dtype:
         """bf16 = official numerics; fp32 = faster on CPUs without bf16 matmul units; ``"auto"``:
-        the fastest accurate dtype for the device of the model's weights
-        (:func:`magihuman.device.pick_compute_dtype`). Returns the dtype now in use."""
+        the fastest accurate dtype for ``device`` (default: where the weights are; pass the compute
+        device when a host offloads them), see :func:`magihuman.device.pick_compute_dtype`.
+        Names "bf16"/"fp16"/"fp32" work too. Returns the dtype now in use."""
         if isinstance(dtype, str):
             from ..device import resolve_compute_dtype
 
-            dtype = resolve_compute_dtype(dtype, self._weight_device())
+            dtype = resolve_compute_dtype(dtype, self._weight_device() if device is None else device)
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES} or 'auto', got {dtype}")
         self.compute_dtype = dtype
