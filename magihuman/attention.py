@@ -199,11 +199,11 @@ def _block_mask(window: LocalWindow, f0: int, f1: int, k0: int, k1: int, num_oth
                 device) -> Optional[torch.Tensor]:
     """``[nq, nk]`` mask of one query block (None when the block needs none, e.g. one frame per block)."""
     frf, hw = window.frame_receptive_field, window.tokens_per_frame
+    if max(f1 - 1 - k0, k1 - 1 - f0) <= frf:  # decided on ints: no tensor sync (and no graph break)
+        return None
     qf = torch.arange(f0, f1, device=device)
     kf = torch.arange(k0, k1, device=device)
     frames = (qf[:, None] - kf[None, :]).abs() <= frf  # [q frames, k frames]
-    if bool(frames.all()):
-        return None
     video = frames.repeat_interleave(hw, dim=0).repeat_interleave(hw, dim=1)
     return torch.cat([video, video.new_ones(video.shape[0], num_other)], dim=1)
 

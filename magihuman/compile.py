@@ -4,9 +4,11 @@ All layers share one Python code object, and with torch's default module inlinin
 are graph inputs, so layers of the same kind reuse one compiled graph. A "kind" is what changes the
 traced code: expert (mm) vs shared weights, gelu7 vs swiglu7 MLP, local vs global attention,
 post-norms. The released base/distill model has 3 kinds (mm+gelu7, mm+swiglu7, swiglu7), the
-1080p SR model up to 5; torch's default recompile limit (8) covers them. Shapes that change between
-calls (another resolution or text length) trigger one more compile per kind, after which torch marks
-the changing sizes dynamic.
+1080p SR model up to 5. The token-segment offsets and text lengths are Python ints the graphs
+specialise on, so a new resolution, audio length or text length compiles each kind once more (a
+sampling run keeps them fixed over its steps); the recompile limit is raised to allow that once.
+Only ``layer.forward`` is compiled, so module hooks (block offload, host patches) run eagerly
+around it without recompiles.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["compile_dit_blocks", "uncompile_dit_blocks", "layer_kinds"]
+__all__ = ["compile_dit_blocks", "uncompile_dit_blocks", "is_compiled", "layer_kinds"]
 
 
 def layer_kinds(model) -> dict[tuple, list[int]]:
@@ -41,12 +43,21 @@ def compile_dit_blocks(model, *, backend: str = "inductor", mode: Optional[str] 
         name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
         setattr(dynamo_config, name, max(getattr(dynamo_config, name), 2 * kinds + 2))
     for layer in model.block.layers:
-        layer.compile(backend=backend, mode=mode, dynamic=dynamic, fullgraph=fullgraph, options=options)
+        if "forward" in vars(layer):  # already compiled: recompile with the new options
+            del layer.forward
+        # the layer's forward, not its __call__: module hooks (block offload) stay eager around it
+        layer.forward = torch.compile(layer.forward, backend=backend, mode=mode, dynamic=dynamic,
+                                      fullgraph=fullgraph, options=options)
     return model
+
+
+def is_compiled(layer) -> bool:
+    return "forward" in vars(layer)
 
 
 def uncompile_dit_blocks(model):
     """Undo :func:`compile_dit_blocks` (layers run eagerly again); returns ``model``."""
     for layer in model.block.layers:
-        layer._compiled_call_impl = None
+        if is_compiled(layer):
+            del layer.forward
     return model

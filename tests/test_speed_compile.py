@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from magihuman.compile import compile_dit_blocks, layer_kinds, uncompile_dit_blocks
+from magihuman.compile import compile_dit_blocks, is_compiled, layer_kinds, uncompile_dit_blocks
 from magihuman.models.dit import DiTConfig, MagiHumanDiT
 
 
@@ -48,7 +48,7 @@ def test_tiny_compiles_one_graph_per_kind_and_reuses_them():
     torch.testing.assert_close(out[0], ref[0], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
     uncompile_dit_blocks(m)
-    assert all(layer._compiled_call_impl is None for layer in m.block.layers)
+    assert not any(is_compiled(layer) for layer in m.block.layers)
     assert torch.equal(m(v, a, t, [5])[0], ref[0])
 
 
@@ -65,3 +65,24 @@ def test_inductor_compiled_equals_eager_fp32():
     assert counters["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[1], ref[1], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_local_window_layers_compile_without_breaks_and_offload_hooks_stay_outside():
+    from magihuman.offload import enable_block_offload
+
+    cfg = DiTConfig.preset("tiny_sr_1080p")  # layers 0-2 local, 3 global
+    m = MagiHumanDiT(cfg, compute_dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    v, a, t = torch.randn(2, 48, 5, 4, 4, generator=g), torch.randn(2, 9, 64, generator=g), torch.randn(2, 5, 64, generator=g)
+    kw = dict(coords="v1", frame_receptive_field=1)
+    ref = m(v, a, t, [5, 3], **kw)
+    compile_dit_blocks(m, backend="aot_eager")
+    out = m(v, a, t, [5, 3], **kw)
+    assert counters["stats"]["unique_graphs"] == len(layer_kinds(m)) == 3 and not counters["graph_break"]
+    torch.testing.assert_close(out[0], ref[0], atol=1e-6, rtol=1e-6)
+    state = enable_block_offload(m, "cpu", blocks_on_device=1, copy_always=True)
+    out = m(v, a, t, [5, 3], **kw)
+    assert state.loads == 3 and counters["stats"]["unique_graphs"] == 3  # hooks run eagerly, no recompiles
+    torch.testing.assert_close(out[0], ref[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
