@@ -73,3 +73,54 @@ def test_offload_argument_errors():
         enable_block_offload(m, "cpu", blocks_on_device=2)
     state.remove()
     enable_block_offload(m, "cpu", blocks_on_device=2).remove()
+
+
+@torch.no_grad()
+def test_prefetch_order_with_stand_in_cuda_streams(monkeypatch):
+    """The CUDA prefetch protocol, replayed with stand-ins for streams and events (no GPU here):
+    layer i's pre-hook starts copying layer i+1 on the side stream, and layer i+1 waits on that
+    copy's event before using it."""
+    log = []
+
+    class Event:
+        def record(self, stream):
+            log.append(("record", stream))
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_event(self, ev):
+            log.append(("wait", self.name))
+
+    class StreamCtx:
+        def __init__(self, s):
+            self.s = s
+
+        def __enter__(self):
+            log.append(("enter", self.s.name))
+
+        def __exit__(self, *a):
+            log.append(("exit", self.s.name))
+
+    main = Stream("main")
+    monkeypatch.setattr(torch.cuda, "stream", StreamCtx)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: log.append(("record_stream", s.name)),
+                        raising=False)
+    m, (v, a, t) = _model_and_inputs()
+    ref = m(v, a, t, [4])
+    state = enable_block_offload(m, "cpu", blocks_on_device=1, copy_always=True)
+    state.side_stream = Stream("side")  # what enable_block_offload creates on CUDA
+    order = []
+    for i, layer in enumerate(m.block.layers):
+        layer.register_forward_pre_hook(lambda mod, args, i=i: order.append((i, sorted(
+            j for j, s in state.streamed.items() if s.pending is not None))))
+    out = m(v, a, t, [4])
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    assert state.prefetched == 3 and state.loads == 3
+    # when layer i runs, layer i+1 (if streamed) is already being copied
+    assert order == [(0, [1]), (1, [2]), (2, [3]), (3, [])]
+    assert [e for e in log if e[0] in ("enter", "wait")] == [("enter", "side"), ("wait", "main")] * 3
+    assert all(s == "main" for kind, s in log if kind == "record_stream")
