@@ -93,7 +93,8 @@ def _make_flash() -> AttentionFn:
 
 
 def _make_sage() -> AttentionFn:
-    """SageAttention (quantised QK^T, CUDA); layout "HND" = [B, H, L, D], GQA supported by the kernel."""
+    """SageAttention (quantised QK^T, CUDA); layout "NHD" = [B, L, H, D] (the DiT's native layout, so
+    the transposes below are free); GQA is supported by the kernel."""
     mod = _import_first(("sageattention",))
     if mod is None:
         raise ValueError("attention backend 'sage' needs the sageattention package (`pip install sageattention`); "
@@ -102,7 +103,8 @@ def _make_sage() -> AttentionFn:
     def sage_attention(q, k, v, mask=None):
         _no_mask("sage", mask)
         _half_precision("sage", q)
-        return mod.sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+        out = mod.sageattn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tensor_layout="NHD", is_causal=False)
+        return out.transpose(1, 2)
 
     return sage_attention
 
