@@ -57,7 +57,7 @@ __all__ = [
     "AVLatent", "TextConditioning", "PipelineError", "FPS", "VIDEO_LATENT_CHANNELS", "AUDIO_LATENT_CHANNELS",
     "SIZE_MULTIPLE", "snap_size", "frame_counts", "empty_latents", "encode_prompt", "encode_image",
     "encode_reference_audio", "denoise", "super_resolve", "decode", "decode_video", "decode_audio",
-    "resample_audio", "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS",
+    "resample_audio", "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS", "check_fits",
 ]
 
 FPS = 25
@@ -238,6 +238,56 @@ def _check_model_fits(model, latent: AVLatent, cond: TextConditioning, where: st
                             "uses T5Gemma-9B, 3584 channels)")
 
 
+def _check_alloc(nbytes: int, device, what: str) -> None:
+    """Refuse a latent that cannot be allocated at all, before trying (clear error instead of an OOM)."""
+    from .estimate import device_memory
+
+    try:
+        have = device_memory(device)
+    except Exception:  # noqa: BLE001 - unknown device kinds: let the allocator decide
+        return
+    if nbytes > have:
+        raise PipelineError(f"{what} needs {nbytes / 2**30:.1f} GiB for the latent alone, but only "
+                            f"{have / 2**30:.1f} GiB is available; lower the size or the seconds")
+
+
+def check_fits(model, latent: AVLatent, where: str, *, cfg: bool, batch_cfg: bool = True, size=None,
+               device=None) -> None:
+    """Refuse a run whose DiT activations alone (:mod:`.estimate`; weights excluded, they can be offloaded)
+    exceed the memory of ``device`` (default: the model's), BEFORE any noise or activation is allocated.
+    ``size``: (width, height) of the run when it differs from the latent's (super-resolution)."""
+    from .estimate import device_memory, estimate
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "hidden_size"):
+        return
+    width, height = size or latent.pixel_size
+    seconds = max(latent.num_frames - 1, 1) / FPS
+    device = torch.device(device) if device is not None else _model_device(model)
+    try:
+        have = device_memory(device)
+    except Exception:  # noqa: BLE001 - unknown device kinds: let the allocator decide
+        return
+
+    def need(sec: float) -> int:
+        st = estimate(config, width, height, sec, cfg=cfg, cfg_batched=batch_cfg).stages[0]
+        return latent.batch * (st.activation_bytes + st.latent_bytes)
+
+    try:
+        n = need(seconds)
+        if n <= have:
+            return
+        fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
+    except Exception as e:  # noqa: BLE001 - a guard only: an estimate that cannot be made never blocks a run
+        log.debug("MagiHuman: no memory estimate for %s (%s)", where, e)
+        return
+    hint = (f"at {width}x{height} at most ~{fits[0]:g} s fits" if fits
+            else f"even 0.2 s does not fit at {width}x{height}: lower the size")
+    raise PipelineError(f"{where}: {width}x{height}, {seconds:g} s (batch {latent.batch}) needs ~{n / 2**30:.1f} GiB "
+                        f"for the DiT activations alone (estimate), but the {device.type} has {have / 2**30:.1f} GiB; "
+                        f"{hint} (generate small, then super-resolve)")
+
+
 # ============================================================================ stages
 
 
@@ -261,6 +311,8 @@ def empty_latents(width: int, height: int, seconds: float, *, batch: int = 1, de
                     SIZE_MULTIPLE)
     log.info("MagiHuman latents: %dx%d, %s s -> %d frames, %d latent frames", w, h, seconds, num_frames,
              latent_frames)
+    _check_alloc(4 * batch * (VIDEO_LATENT_CHANNELS * latent_frames * (h // SPATIAL_STRIDE) * (w // SPATIAL_STRIDE)
+                              + AUDIO_LATENT_CHANNELS * num_frames), device, f"empty_latents({w}x{h}, {seconds} s)")
     video = torch.zeros(batch, VIDEO_LATENT_CHANNELS, latent_frames, h // SPATIAL_STRIDE, w // SPATIAL_STRIDE,
                         dtype=torch.float32, device=device)
     audio = torch.zeros(batch, num_frames, AUDIO_LATENT_CHANNELS, dtype=torch.float32, device=device)
@@ -351,8 +403,9 @@ def encode_reference_audio(audio_vae, waveform: torch.Tensor, sample_rate: int, 
         seconds = latent.info.get("seconds", latent.seconds)
     wave = media.prepare_reference_audio(waveform, int(sample_rate), seconds=seconds)  # [2, S'] at 51.2 kHz
     if wave.shape[-1] < 2048:
-        raise PipelineError(f"encode_reference_audio: the reference audio is {wave.shape[-1] / 51200:.3f} s; "
-                            "it must last at least 0.04 s (one latent step)")
+        raise PipelineError(f"encode_reference_audio: the reference audio is {wave.shape[-1]} samples at 51.2 kHz "
+                            f"({wave.shape[-1] / 51200 * 1000:.1f} ms); it must last at least 0.04 s (2048 samples, "
+                            "one latent step): use a longer clip")
     with torch.no_grad():
         z = media.encode_reference_audio(audio_vae, wave.to(_vae_device(audio_vae)))  # [1, 64, N]
     audio = z.float().transpose(1, 2).to(latent.video.device)  # [1, N, 64]
@@ -443,6 +496,7 @@ def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler:
         raise PipelineError("denoise: CFG needs a negative prompt: encode_prompt(..., negative_prompt=...) "
                             "or run with cfg=False")
     _check_model_fits(model, latent, conditioning, "denoise")
+    check_fits(model, latent, "denoise", cfg=cfg, batch_cfg=batch_cfg)
 
     device = _model_device(model)
     gen = generator if generator is not None else make_generator(seed)
@@ -526,6 +580,9 @@ def super_resolve(sr_model, latent: AVLatent, conditioning: TextConditioning, *,
         log.warning("MagiHuman SR: size %dx%d snapped down to %dx%d", width, height, sr_w, sr_h)
     steps = int(steps)
     device = _model_device(sr_model)
+    check_fits(sr_model, latent, "super_resolve", cfg=bool(cfg), batch_cfg=batch_cfg, size=(sr_w, sr_h))
+    _check_alloc(4 * latent.batch * VIDEO_LATENT_CHANNELS * latent.latent_frames * (sr_h // SPATIAL_STRIDE)
+                 * (sr_w // SPATIAL_STRIDE) * 3, device, f"super_resolve to {sr_w}x{sr_h}")  # x3: input, noise, output
     gen = generator if generator is not None else make_generator(seed)
     frf = DEFAULT_FRAME_RECEPTIVE_FIELD if local_attention is None else int(local_attention)
 

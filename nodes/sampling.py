@@ -18,31 +18,9 @@ def _seed_input():
 
 
 def check_fits(model_handle, av, where: str, *, cfg: bool, batch_cfg: bool = True, size=None) -> None:
-    """Refuse a run whose DiT activations alone (magihuman.estimate, weights excluded: ComfyUI can offload
-    those) exceed the device's memory, BEFORE any noise or activation is allocated."""
-    from ..magihuman.estimate import device_memory, estimate
-
-    config = getattr(model_handle.model, "config", None)
-    if config is None:
-        return
-    width, height = size or av.pixel_size
-    seconds = max(av.num_frames - 1, 1) / pipeline.FPS
-    device = model_handle.device
-    have = device_memory(device)
-
-    def need(sec: float) -> int:
-        st = estimate(config, width, height, sec, cfg=cfg, cfg_batched=batch_cfg).stages[0]
-        return av.batch * (st.activation_bytes + st.latent_bytes)
-
-    n = need(seconds)
-    if n <= have:
-        return
-    fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
-    hint = (f"at {width}x{height} at most ~{fits[0]:g} s fits" if fits
-            else f"even 0.2 s does not fit at {width}x{height}: lower the size")
-    raise ValueError(f"{where}: {width}x{height}, {seconds:g} s (batch {av.batch}) needs ~{n / 2**30:.1f} GiB for "
-                     f"the DiT activations alone (estimate), but the {device.type} has {have / 2**30:.1f} GiB; "
-                     f"{hint} (generate small, then use 'MagiHuman Latent Super-Resolution')")
+    """pipeline.check_fits BEFORE the model is moved to the device (ComfyUI loads it in ``use()``)."""
+    pipeline.check_fits(model_handle.model, av, where, cfg=cfg, batch_cfg=batch_cfg, size=size,
+                        device=model_handle.device)
 
 
 def _finish(out):

@@ -338,7 +338,8 @@ def test_runs_that_cannot_fit_are_refused_before_sampling(env, monkeypatch):
     monkeypatch.setattr(est, "device_memory", lambda *a, **k: 8 << 20)  # an 8 MiB device
     with pytest.raises(ValueError) as e:
         run("MagiHumanDistilledSampler", model=m["dit"], positive=pos, latent=lat, seed=0, steps=1)
-    _assert_names(_msg(e), "256x256, 4 s", "GiB", "activations", "fits", "Super-Resolution")
+    _assert_names(_msg(e), "MagiHuman Distilled Sampler", "256x256, 4 s", "GiB", "activations", "fits",
+                  "super-resolve")
     with pytest.raises(ValueError) as e:
         run("MagiHumanBaseSampler", model=m["base"], positive=pos, negative=neg, latent=lat, seed=0, steps=1)
     _assert_names(_msg(e), "MagiHuman Base Sampler", "GiB")
@@ -347,6 +348,26 @@ def test_runs_that_cannot_fit_are_refused_before_sampling(env, monkeypatch):
         run("MagiHumanLatentSR", sr_model=m["sr"], positive=pos, latent=den, resolution="custom", width=100000,
             height=100000, seed=0, steps=1)
     _assert_names(_msg(e), "100000x100000", "GiB", "lower the size")
+
+
+def test_engine_stages_refuse_runs_that_cannot_fit(env, monkeypatch):
+    """Engine level: denoise / super_resolve run the same estimate check before drawing any noise."""
+    pl, m = env["pipeline"], env["m"]
+    est = importlib.import_module(f"{env['pack']}.magihuman.estimate")
+    cond = pl.encode_prompt(m["te"].model, "hello", None)
+    small = pl.denoise(m["dit"].model, pl.empty_latents(64, 64, 0.2), cond, steps=1, seed=0)
+    big = pl.empty_latents(448, 256, 2.0)
+    monkeypatch.setattr(est, "device_memory", lambda *a, **k: 1 << 20)
+    with pytest.raises(pl.PipelineError) as e:
+        pl.denoise(m["dit"].model, big, cond, steps=1, seed=0)
+    _assert_names(_msg(e), "denoise: 448x256, 2 s", "GiB", "lower the size")
+    with pytest.raises(pl.PipelineError) as e:
+        pl.super_resolve(m["sr"].model, small, cond, width=896, height=512, steps=1)
+    _assert_names(_msg(e), "super_resolve: 896x512", "GiB")
+    monkeypatch.setattr(est, "device_memory", lambda *a, **k: 16 << 30)
+    with pytest.raises(pl.PipelineError) as e:  # a latent that cannot even be allocated (~52 GiB)
+        pl.empty_latents(100000, 100000, 1.0)
+    _assert_names(_msg(e), "empty_latents(100000x100000, 1.0 s)", "for the latent alone", "lower the size")
 
 
 def test_engine_estimate_refuses_600s_1080p():
