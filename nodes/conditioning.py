@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..magihuman import pipeline
@@ -10,6 +12,8 @@ from . import compat
 from .compat import io, ui
 from .latent_io import from_latent, to_conditioning, to_latent
 from .types import CATEGORY, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
+
+log = logging.getLogger("magihuman.nodes")
 
 
 class MagiHumanTextEncode(io.ComfyNode):
@@ -36,6 +40,13 @@ class MagiHumanTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder, prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, encode_negative=True):
+        where = "MagiHuman Text Encode"
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise pipeline.PipelineError(f"{where}: the prompt is empty: describe the video (and what is said)")
+        if encode_negative and (not isinstance(negative_prompt, str) or not negative_prompt.strip()):
+            raise pipeline.PipelineError(f"{where}: the negative prompt is empty: write one (the default is the "
+                                         "official negative prompt) or turn 'encode_negative' off (distilled "
+                                         "sampler, no CFG)")
         model = text_encoder.use()
         neg = negative_prompt if encode_negative else None
         cond = pipeline.encode_prompt(model, prompt, neg)
@@ -159,7 +170,11 @@ class MagiHumanReferenceAudio(io.ComfyNode):
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
             raise ValueError("MagiHuman Reference Audio: 'audio' must be a ComfyUI AUDIO (waveform + sample_rate)")
         wave = audio["waveform"]
+        if not isinstance(wave, torch.Tensor):
+            raise ValueError("MagiHuman Reference Audio: 'audio' waveform must be a tensor [batch, channels, samples]")
         if wave.dim() == 3:
+            if wave.shape[0] > 1:
+                log.warning("MagiHuman Reference Audio: %d audio clips given; using the first", wave.shape[0])
             wave = wave[0]
         seconds = None if trim_to_latent else wave.shape[-1] / float(audio["sample_rate"])
         out = pipeline.encode_reference_audio(audio_vae.use(), wave.float(), int(audio["sample_rate"]), av,

@@ -490,6 +490,14 @@ def test_reference_audio_formats(env):
     _ref_audio(env, torch.zeros(1, 2, 16000), 16000)
 
 
+def test_reference_audio_batch_uses_the_first_with_a_warning(env, caplog):
+    two = torch.stack([_sine(0.6, 16000)[0], _sine(0.6, 16000, f=900.0)[0]])  # [2, 1, S]
+    with caplog.at_level(logging.WARNING):
+        both = _ref_audio(env, two, 16000)
+    assert "2 audio clips given; using the first" in caplog.text
+    assert torch.equal(both, _ref_audio(env, two[:1], 16000))
+
+
 def test_reference_audio_longer_than_the_video(env):
     long = _sine(3.0, 16000)
     trimmed = _ref_audio(env, long, 16000, seconds=0.5, trim=True)
@@ -550,14 +558,20 @@ def _encode(env, prompt):
 def test_empty_prompt(env, prompt):
     with pytest.raises(ValueError) as e:
         _encode(env, prompt)
-    _assert_names(_msg(e), "prompt is empty", "describe the video")
+    _assert_names(_msg(e), "MagiHuman Text Encode", "prompt is empty", "describe the video")
+    with pytest.raises(env["pipeline"].PipelineError, match="prompt is empty"):  # engine level
+        env["pipeline"].encode_prompt(env["m"]["te"].model, prompt, None)
 
 
 def test_empty_negative_prompt_with_cfg(env):
     with pytest.raises(ValueError) as e:
         env["run"]("MagiHumanTextEncode", text_encoder=env["m"]["te"], prompt="hi", negative_prompt=" ",
                    encode_negative=True)
-    _assert_names(_msg(e), "negative prompt is empty", "DEFAULT_NEGATIVE_PROMPT")
+    _assert_names(_msg(e), "MagiHuman Text Encode", "negative prompt is empty", "turn 'encode_negative' off")
+    pl = env["pipeline"]  # engine level: the same check, in API terms
+    with pytest.raises(pl.PipelineError) as e:
+        pl.encode_prompt(env["m"]["te"].model, "hi", "  ")
+    _assert_names(_msg(e), "negative prompt is empty", "pass None", "DEFAULT_NEGATIVE_PROMPT")
 
 
 def test_long_prompt_trimmed_with_warning(env, caplog):
