@@ -7,7 +7,9 @@ official fused layout, so an official state dict loads strictly.
 
 Batched layout ``[B, L, hidden]``: per sample ``[video | audio | text padded to max(text_lens)]``.
 The modality segments sit at the same offsets in every row, so a per-modality ("expert") linear is
-three matmuls on slices of one fused weight; padded text keys are masked out of attention.
+three matmuls on slices of one fused weight. Attention needs no masks by default: padded text keys
+are sliced off per sample and local layers attend frame block by frame block to their key window
+(``set_local_attention``; the boolean-mask path stays available as ``"mask"``).
 
 Beyond the official code (which runs one sample at a time and stops on an infinite RoPE scale):
 batches with different text lengths, each sample attending only to itself (also with local
@@ -245,9 +247,9 @@ class MagiHumanDiT(nn.Module):
         self.config = config
         block_dtype = torch.bfloat16 if dtype is None else dtype
         self.compute_dtype = torch.bfloat16
-        self.set_compute_dtype(compute_dtype)
         self.local_attention_mode, self.local_block_frames = "window", 1
         self.adapter = Adapter(config, operations, device)
+        self.set_compute_dtype(compute_dtype)  # after the adapter: "auto" looks at its device
         self.block = TransformerBlock(config, operations, block_dtype, device)
         h = config.hidden_size
         self.final_norm_video = RMSNorm(h, device=device)
@@ -288,7 +290,7 @@ class MagiHumanDiT(nn.Module):
         return dtype
 
     def _weight_device(self) -> torch.device:
-        dev = self.adapter.video_embedder.weight.device if hasattr(self, "adapter") else torch.device("cpu")
+        dev = self.adapter.video_embedder.weight.device
         return torch.device("cpu") if dev.type == "meta" else dev
 
     def set_local_attention(self, mode: str = "window", block_frames: int = 1) -> None:
