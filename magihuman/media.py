@@ -350,6 +350,8 @@ def resample(waveform: Any, orig_sr: int, new_sr: int, *, width: int = RESAMPLE_
     squeeze = (waveform.ndim if was_numpy else waveform.dim()) == 1
     if orig_sr == new_sr:
         y = x.clone()
+    elif x.shape[-1] == 0:  # nothing to filter: an empty signal stays empty
+        y = x.new_zeros(x.shape[0], 0)
     else:
         g = math.gcd(orig_sr, new_sr)
         up, down = new_sr // g, orig_sr // g  # output m <-> input position m * down / up

@@ -188,7 +188,7 @@ class TextConditioning:
 def snap_size(width: int, height: int, *, what: str = "") -> tuple[int, int]:
     """Snap (width, height) DOWN to multiples of 32 (official: ``h // 16 // 2 * 2 * 16``)."""
     for name, v in (("width", width), ("height", height)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v:
             raise PipelineError(f"{what}{name} must be an integer number of pixels, got {v!r}")
         if v < SIZE_MULTIPLE:
             raise PipelineError(f"{what}{name} {int(v)} is too small: the minimum is {SIZE_MULTIPLE} pixels")
