@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..magihuman.checkpoints import load_dit
@@ -167,6 +169,9 @@ class MagiHumanVideoVAELoader(io.ComfyNode):
     @classmethod
     def execute(cls, vae_name, weight_dtype="auto"):
         path = compat.resolve_model(VAE_FOLDERS, vae_name)
+        if os.path.isdir(path):
+            raise ValueError(f"MagiHuman Wan2.2 VAE Loader: {vae_name} is a folder (a Turbo VAE or audio VAE?); the "
+                             "Wan2.2 VAE is one file: pick wan2.2_vae.safetensors or Wan2.2_VAE.pth")
         load_device, offload_device = compat.devices("vae")
         model = load_wan_vae(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
                              operations=compat.operations())

@@ -283,6 +283,23 @@ def test_malicious_pickles_are_refused_never_executed(env, tmp_path):
     assert not marker.exists()
 
 
+def test_vae_of_another_kind_in_each_vae_loader(env):
+    """The three VAE loaders share models/vae: each says clearly when it got another kind of VAE."""
+    run = env["run"]
+    with pytest.raises(ValueError) as e:
+        run("MagiHumanVideoVAELoader", vae_name="turbo_vae_tiny/")
+    _assert_names(_msg(e), "turbo_vae_tiny/ is a folder", "wan2.2_vae.safetensors or Wan2.2_VAE.pth")
+    with pytest.raises(env["mod"]("models.audio_vae").AudioVAELoadError) as e:
+        run("MagiHumanAudioVAELoader", vae_name="wan2.2_vae_tiny.safetensors")
+    _assert_names(_msg(e), "do not match the Oobleck audio VAE", "missing", "unexpected")
+    with pytest.raises(env["mod"]("models.turbo_vae").TurboVAEError) as e:
+        run("MagiHumanTurboVAELoader", vae_name="stable_audio_open_tiny/")
+    _assert_names(_msg(e), "Turbo VAE config", "TurboV3-Wan22-TinyShallow_7_7.json")
+    with pytest.raises(env["mod"]("models.turbo_vae").TurboVAEError) as e:
+        run("MagiHumanTurboVAELoader", vae_name="wan2.2_vae_tiny.safetensors")
+    _assert_names(_msg(e), "wan2.2_vae_tiny.safetensors", "TurboV3-Wan22-TinyShallow_7_7.json")
+
+
 # ============================================================================ sizes
 
 
