@@ -161,6 +161,9 @@ class MagiHumanLatentSR(io.ComfyNode):
         av = from_latent(latent, where)
         if cfg and negative is None:
             raise ValueError(f"{where}: cfg is on but no negative conditioning is connected")
+        if av.image_latent is not None and video_vae is None:
+            raise ValueError(f"{where}: this is an image-to-video latent: connect the Wan2.2 VAE to 'video_vae' so "
+                             "the first frame is re-encoded at the SR size")
         cond = text_conditioning(positive, negative if cfg else None, where=where)
         check_fits(sr_model, av, where, cfg=bool(cfg), size=pipeline.snap_size(w, h, what=f"{where}: "))
         out = pipeline.super_resolve(sr_model.use(), av, cond, width=w, height=h, seed=seed, steps=steps,

@@ -124,6 +124,15 @@ def test_sr_latent_into_the_base_sampler_and_twice_into_sr(env):
         run("MagiHumanLatentSR", sr_model=m["sr"], positive=env["pos"], latent=den, resolution="custom",
             width=96, height=96, seed=0, steps=1, cfg=True)
     _names(str(e.value), "cfg is on", "no negative conditioning")
+    (ti2v,) = run("MagiHumanImageToVideo", latent=env["lat"], video_vae=m["wan"], image=torch.rand(1, 40, 40, 3))
+    (ti2v_den,) = run("MagiHumanDistilledSampler", model=m["dit"], positive=env["pos"], latent=ti2v, seed=0, steps=1)
+    with pytest.raises(ValueError) as e:  # TI2V latent into SR without the VAE to re-encode the image
+        run("MagiHumanLatentSR", sr_model=m["sr"], positive=env["pos"], latent=ti2v_den, resolution="custom",
+            width=96, height=96, seed=0, steps=1)
+    _names(str(e.value), "image-to-video latent", "connect the Wan2.2 VAE to 'video_vae'")
+    (ok,) = run("MagiHumanLatentSR", sr_model=m["sr"], positive=env["pos"], latent=ti2v_den, resolution="custom",
+                width=96, height=96, seed=0, steps=1, video_vae=m["wan"])
+    assert ok["samples"].shape[-2:] == (6, 6) and torch.isfinite(ok["samples"]).all()
 
 
 def test_split_join_mismatched_lengths(env):
