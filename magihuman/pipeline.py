@@ -206,6 +206,8 @@ def frame_counts(seconds: float) -> tuple[int, int]:
         raise PipelineError(f"seconds must be a number, got {seconds!r}") from None
     if not math.isfinite(s) or s <= 0:
         raise PipelineError(f"seconds must be > 0, got {seconds!r}")
+    if s > 1e9:  # beyond any clip (and beyond float frame arithmetic): refuse before computing sizes
+        raise PipelineError(f"seconds {seconds!r} is far too long; the model makes clips of a few seconds")
     num_frames = max(1, math.floor(s * FPS + 0.5)) + 1  # half-up, so 0.5 s -> 13 + 1
     return num_frames, (num_frames - 1) // TEMPORAL_STRIDE + 1
 

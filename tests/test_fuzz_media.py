@@ -131,6 +131,7 @@ def test_fuzz_prepare_reference_audio(c, n, rate, seconds, kind, seed):
 @settings(max_examples=150, **FUZZ)
 @example(w=float("nan"), h=64, s=1.0)  # found by this test: NaN / inf widths escaped as ValueError / OverflowError
 @example(w=float("inf"), h=64, s=1.0)
+@example(w=64, h=64, s=7.190772539449264e306)  # found by this test: 25·s overflowed to inf (OverflowError)
 @given(w=st.one_of(st.integers(-100, 5000), st.floats(allow_nan=True), st.none(), st.booleans(), st.text(max_size=3)),
        h=st.integers(-100, 5000),
        s=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 100), st.none(), st.text(max_size=3)))
