@@ -250,14 +250,17 @@ def test_interrupt_during_decode(env):
     (lat2,) = run("MagiHumanEmptyAVLatent", width=64, height=64, seconds=0.3, batch_size=2)
     (den,) = run("MagiHumanDistilledSampler", model=m["dit"], positive=env["pos"], latent=lat2, seed=1, steps=1)
     before = _tensors(den)
-    for node, kw in (("MagiHumanTurboVAEDecode", dict(turbo_vae=m["turbo"])),
-                     ("MagiHumanVideoVAEDecode", dict(video_vae=m["wan"], tile_size=0)),
-                     ("MagiHumanAudioDecode", dict(audio_vae=m["audio"], sample_rate="48000"))):
+    for node, key, kw in (("MagiHumanTurboVAEDecode", "turbo", dict(turbo_vae=m["turbo"])),
+                          ("MagiHumanVideoVAEDecode", "wan", dict(video_vae=m["wan"], tile_size=0)),
+                          ("MagiHumanAudioDecode", "audio", dict(audio_vae=m["audio"], sample_rate="48000"))):
         (reference,) = run(node, latent=den, **kw)
+        params = {k: v.clone() for k, v in m[key].model.state_dict().items()}
         compat.request_interrupt()
         with pytest.raises(compat.InterruptedByUser):
             run(node, latent=den, **kw)
         assert _same(_tensors(den), before)
+        after = m[key].model.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in params.items())
         (again,) = run(node, latent=den, **kw)
         if isinstance(reference, dict):
             assert torch.equal(again["waveform"], reference["waveform"])
