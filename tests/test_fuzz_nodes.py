@@ -97,7 +97,7 @@ def test_fuzz_empty_latent(env, w, h, s, b):
     assert lat["magihuman_audio"].shape == (b, nf, 64)
 
 
-@settings(max_examples=20, **FUZZ)
+@settings(max_examples=40, **FUZZ)
 @given(w=sizes, h=sizes, s=secs, b=st.integers(min_value=1, max_value=2), dtype=st.sampled_from(["fp32", "bf16"]),
        steps=st.integers(min_value=1, max_value=2), seed=st.integers(min_value=0, max_value=2**64 - 1))
 def test_fuzz_distilled_sampler(env, w, h, s, b, dtype, steps, seed):
@@ -109,7 +109,7 @@ def test_fuzz_distilled_sampler(env, w, h, s, b, dtype, steps, seed):
     assert torch.isfinite(out["samples"]).all() and torch.isfinite(out["magihuman_audio"]).all()
 
 
-@settings(max_examples=8, **FUZZ)
+@settings(max_examples=12, **FUZZ)
 @given(w=sizes, h=sizes, s=st.floats(min_value=0.04, max_value=0.5), batch_cfg=st.booleans(),
        seed=st.integers(min_value=0, max_value=2**32))
 def test_fuzz_base_sampler_cfg(env, w, h, s, batch_cfg, seed):
@@ -120,7 +120,7 @@ def test_fuzz_base_sampler_cfg(env, w, h, s, batch_cfg, seed):
     assert torch.isfinite(out["samples"]).all() and torch.isfinite(out["magihuman_audio"]).all()
 
 
-@settings(max_examples=10, **FUZZ)
+@settings(max_examples=20, **FUZZ)
 @given(w=st.integers(min_value=32, max_value=96), h=st.integers(min_value=32, max_value=96),
        sw=st.integers(min_value=0, max_value=200), sh=st.integers(min_value=0, max_value=200),
        s=st.floats(min_value=0.04, max_value=0.4))
@@ -141,7 +141,7 @@ def test_fuzz_latent_sr(env, w, h, sw, sh, s):
     assert torch.equal(out["magihuman_audio"], den["magihuman_audio"])
 
 
-@settings(max_examples=3, **FUZZ)
+@settings(max_examples=5, **FUZZ)
 @given(w=st.integers(min_value=32, max_value=80), h=st.integers(min_value=32, max_value=80),
        s=st.floats(min_value=0.04, max_value=0.3), rate=st.sampled_from(["48000", "51200 (true rate)"]))
 def test_fuzz_decode(env, w, h, s, rate):
@@ -162,7 +162,7 @@ RATES = st.one_of(st.sampled_from([8000, 11025, 16000, 22050, 24000, 32000, 4410
                   st.integers(min_value=8000, max_value=96000))
 
 
-@settings(max_examples=14, **FUZZ)
+@settings(max_examples=30, **FUZZ)
 @given(channels=st.integers(min_value=1, max_value=6), rate=RATES,
        length=st.floats(min_value=0.0, max_value=3.0), kind=st.sampled_from(["silent", "noise", "sine"]),
        s=st.floats(min_value=0.04, max_value=0.5), trim=st.booleans(), seed=st.integers(0, 1000))
@@ -197,7 +197,7 @@ def test_fuzz_reference_audio(env, channels, rate, length, kind, s, trim, seed):
     assert out["magihuman"]["audio_fixed"]
 
 
-@settings(max_examples=20, **FUZZ)
+@settings(max_examples=40, **FUZZ)
 @given(ih=st.integers(min_value=0, max_value=120), iw=st.integers(min_value=1, max_value=120),
        c=st.sampled_from([1, 2, 3, 4, 5]), kind=st.sampled_from(["float", "uint8", "uint16", "bf16"]),
        batch=st.integers(min_value=1, max_value=2), w=st.integers(min_value=32, max_value=100),
@@ -221,7 +221,7 @@ def test_fuzz_image_to_video(env, ih, iw, c, kind, batch, w, h, seed):
     assert il.shape == (1, 48, 1, h // 32 * 2, w // 32 * 2) and torch.isfinite(il).all()
 
 
-@settings(max_examples=15, **FUZZ)
+@settings(max_examples=40, **FUZZ)
 @given(prompt=st.text(max_size=200), repeat=st.integers(min_value=1, max_value=4))
 def test_fuzz_text_encode(env, prompt, repeat):
     text = prompt * repeat
@@ -237,7 +237,7 @@ def test_fuzz_text_encode(env, prompt, repeat):
     assert neg[0][1]["magihuman_len"] == 0
 
 
-@settings(max_examples=30, **FUZZ)
+@settings(max_examples=60, **FUZZ)
 @given(s1=secs, s2=secs, b1=st.integers(1, 2), b2=st.integers(1, 2))
 def test_fuzz_split_join(env, s1, s2, b1, b2):
     (l1,) = env["run"]("MagiHumanEmptyAVLatent", width=64, height=32, seconds=s1, batch_size=b1)
