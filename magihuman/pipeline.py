@@ -290,6 +290,17 @@ def check_fits(model, latent: AVLatent, where: str, *, cfg: bool, batch_cfg: boo
                         f"{hint} (generate small, then super-resolve)")
 
 
+def _check_numbers(where: str, **values) -> None:
+    """Guidance scales and mixing weights must be finite numbers (NaN/inf would silently give NaN video)."""
+    for name, v in values.items():
+        try:
+            ok = math.isfinite(float(v))
+        except (TypeError, ValueError):
+            ok = False
+        if isinstance(v, bool) or not ok:
+            raise PipelineError(f"{where}: {name} must be a finite number, got {v!r}")
+
+
 # ============================================================================ stages
 
 
@@ -493,6 +504,8 @@ def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler:
         raise PipelineError("denoise: this latent is already super-resolved ('sr' stage); denoise takes a base "
                             "latent from empty_latents")
     sampler, steps = _resolve_sampler(sampler, steps, variant)
+    _check_numbers("denoise", video_guidance=video_guidance, video_guidance_low=video_guidance_low,
+                   guidance_switch_t=guidance_switch_t, audio_guidance=audio_guidance, shift=shift)
     cfg = (sampler == "unipc") if cfg is None else bool(cfg)
     if cfg and not conditioning.has_negative:
         raise PipelineError("denoise: CFG needs a negative prompt: encode_prompt(..., negative_prompt=...) "
@@ -570,6 +583,9 @@ def super_resolve(sr_model, latent: AVLatent, conditioning: TextConditioning, *,
         raise PipelineError("super_resolve: this latent has not been denoised yet: run denoise first")
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise PipelineError(f"super_resolve: steps must be a positive integer, got {steps!r}")
+    _check_numbers("super_resolve", guidance=guidance, audio_noise_scale=audio_noise_scale, shift=shift)
+    if not 0.0 <= float(audio_noise_scale) <= 1.0:
+        raise PipelineError(f"super_resolve: audio_noise_scale must be in 0..1 (official 0.7), got {audio_noise_scale}")
     sigma_table = zero_snr_sigmas()
     if not 0 <= int(noise_index) < len(sigma_table):
         raise PipelineError(f"super_resolve: noise_index must be in 0..{len(sigma_table) - 1}, got {noise_index}")

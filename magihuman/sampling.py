@@ -86,6 +86,8 @@ def flow_schedule(steps: int, shift: float = DEFAULT_SHIFT) -> tuple[torch.Tenso
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(shift, bool) or not np.isfinite(float(shift)) or float(shift) <= 0:
+        raise ValueError(f"shift must be a positive number (official 5.0), got {shift!r}")
     steps = int(steps)
     sigma_max = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
     sigma_min = 0.0
@@ -315,6 +317,8 @@ def sr_guidance_scales(latent_frames: int, scale: float = SR_GUIDANCE_SCALE,
 
 def make_generator(seed: int, device="cpu") -> torch.Generator:
     """One generator per pipeline stage, seeded once; all of the stage's noise comes from it."""
+    if isinstance(seed, bool) or int(seed) != seed or not -(2**63) <= int(seed) < 2**64:
+        raise ValueError(f"seed must be an integer in 0..2^64-1, got {seed!r}")
     return torch.Generator(device=device).manual_seed(int(seed))
 
 

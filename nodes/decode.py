@@ -10,6 +10,7 @@ from .compat import io
 from .latent_io import TRUE_AUDIO_RATE, from_latent, join_latent, split_latent
 from .types import CATEGORY, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
 
+WAN_TILE_OVERLAP = 8  # WanVAE.decode's default overlap between tiles (latent cells)
 AUDIO_RATES = {"51200 (true rate)": TRUE_AUDIO_RATE, "48000": 48000, "44100 (official file rate)": 44100}
 
 
@@ -66,6 +67,9 @@ class MagiHumanVideoVAEDecode(io.ComfyNode):
     @classmethod
     def execute(cls, video_vae, latent, tile_size=32):
         av = from_latent(latent, "MagiHuman Wan2.2 VAE Decode")
+        if 0 < tile_size <= WAN_TILE_OVERLAP:
+            raise ValueError(f"MagiHuman Wan2.2 VAE Decode: tile_size {tile_size} is not larger than the "
+                             f"{WAN_TILE_OVERLAP}-cell overlap between tiles; use 0 (no tiling) or 16 and more")
         tile = None if tile_size <= 0 else (tile_size, tile_size)
         return io.NodeOutput(_frames_all(video_vae.use(), av, tile=tile))
 

@@ -27,6 +27,8 @@ COMPUTE = ["auto", "bf16", "fp16", "fp32"]
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 (official numerics) on GPUs with bf16, fp16 on older GPUs; on CPUs whichever of
     bf16/fp32 measures faster (see magihuman.device.pick_compute_dtype)."""
+    if choice not in COMPUTE:
+        raise ValueError(f"compute dtype {choice!r}: choose one of {', '.join(COMPUTE)}")
     if choice == "auto":
         return resolve_compute_dtype("auto", device)
     return compat.pick_weight_dtype(choice, device)

@@ -614,3 +614,53 @@ def test_prompts_in_supported_languages(env, prompt):
     assert len(ids) == n
     other, _ = _encode(env, "A man says hello.")
     assert not torch.equal(embeds, other)  # not everything collapsed onto unknown tokens
+
+
+# ============================================================================ widget values out of range
+
+
+def test_widget_values_out_of_range(env):
+    """Values ComfyUI's widgets would not send, but API calls and scripts can: named, with the valid range."""
+    run, m, pl = env["run"], env["m"], env["pipeline"]
+    pos, neg = run("MagiHumanTextEncode", text_encoder=m["te"], prompt="hi", negative_prompt="no", encode_negative=True)
+    (lat,) = run("MagiHumanEmptyAVLatent", width=64, height=64, seconds=0.2)
+    dist = dict(model=m["dit"], positive=pos, latent=lat, seed=0, steps=1)
+    cases = [
+        ("MagiHumanDistilledSampler", dict(dist, seed=2**64), "seed must be an integer in 0..2^64-1"),
+        ("MagiHumanDistilledSampler", dict(dist, steps=0), "steps must be a positive integer"),
+        ("MagiHumanDistilledSampler", dict(dist, shift=0.0), "shift must be a positive number"),
+        ("MagiHumanDistilledSampler", dict(dist, shift=float("nan")), "shift must be a finite number"),
+        ("MagiHumanBaseSampler", dict(dist, model=m["base"], negative=neg, video_guidance=float("nan")),
+         "video_guidance must be a finite number"),
+        ("MagiHumanBaseSampler", dict(dist, model=m["base"], negative=neg, audio_guidance=float("inf")),
+         "audio_guidance must be a finite number"),
+    ]
+    for node, kw, problem in cases:
+        with pytest.raises(ValueError) as e:
+            run(node, **kw)
+        _assert_names(_msg(e), problem)
+    (den,) = run("MagiHumanDistilledSampler", **dist)
+    sr = dict(sr_model=m["sr"], positive=pos, latent=den, resolution="custom", width=96, height=96, seed=0, steps=1)
+    for kw, problem in ((dict(noise_index=1000), "noise_index must be in 0..999"),
+                        (dict(audio_noise_scale=2.0), "audio_noise_scale must be in 0..1"),
+                        (dict(audio_noise_scale=float("nan")), "audio_noise_scale must be a finite number"),
+                        (dict(cfg=True, negative=neg, guidance=float("inf")), "guidance must be a finite number"),
+                        (dict(resolution="4k"), "resolution must be one of"),
+                        (dict(local_attention_frames=-5), "-1 to disable local attention")):
+        with pytest.raises(ValueError) as e:
+            run("MagiHumanLatentSR", **dict(sr, **kw))
+        _assert_names(_msg(e), problem)
+    with pytest.raises(ValueError) as e:
+        run("MagiHumanVideoVAEDecode", video_vae=m["wan"], latent=den, tile_size=4)
+    _assert_names(_msg(e), "tile_size 4", "overlap", "use 0 (no tiling) or 16")
+    with pytest.raises(ValueError) as e:
+        run("MagiHumanAudioDecode", audio_vae=m["audio"], latent=den, sample_rate="22050")
+    _assert_names(_msg(e), "sample_rate must be one of", "48000")
+    with pytest.raises(ValueError) as e:
+        run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp8")
+    _assert_names(_msg(e), "weight dtype 'fp8'", "bf16")
+    with pytest.raises(ValueError) as e:
+        run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", compute_dtype="int8")
+    _assert_names(_msg(e), "compute dtype 'int8'", "auto")
+    with pytest.raises(pl.PipelineError, match="empty_latents|batch must be a positive integer"):
+        run("MagiHumanEmptyAVLatent", width=64, height=64, seconds=0.2, batch_size=0)
