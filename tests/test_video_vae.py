@@ -462,7 +462,6 @@ def test_official_module_parity_when_available(vae):
         pytest.skip("official source not present")
     import importlib.util
 
-    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     spec = importlib.util.spec_from_file_location("_official_vae2_2", src)
     mod = importlib.util.module_from_spec(spec)
     try:
@@ -476,7 +475,8 @@ def test_official_module_parity_when_available(vae):
     mean, std = _stats()
     scale = [mean.flatten(), 1.0 / std.flatten()]
     x, z = _video(f=9, h=32, w=32, seed=15), _latent(t=3, h=2, w=2, seed=16)
-    with torch.no_grad():
+    # the official module wraps parts in torch.compile; run them eagerly even after other tests compiled
+    with torch.no_grad(), torch._dynamo.config.patch(disable=True):
         torch.testing.assert_close(vae.encode(x), off.encode(x, scale), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(vae.decode(z), off.decode(z, scale).clamp(-1, 1), atol=1e-5, rtol=1e-5)
 
