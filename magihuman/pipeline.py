@@ -240,13 +240,25 @@ def _check_model_fits(model, latent: AVLatent, cond: TextConditioning, where: st
                             "uses T5Gemma-9B, 3584 channels)")
 
 
+def _available_bytes(device) -> Optional[int]:
+    """Memory that can still be allocated on ``device`` (CPU: available RAM; CUDA: free), or None if unknown."""
+    dev = torch.device(device)
+    try:
+        if dev.type == "cuda":
+            return int(torch.cuda.mem_get_info(dev)[0])
+        if dev.type == "cpu":
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no psutil / no driver: let the allocator decide
+        return None
+    return None
+
+
 def _check_alloc(nbytes: int, device, what: str) -> None:
     """Refuse a latent that cannot be allocated at all, before trying (clear error instead of an OOM)."""
-    from .estimate import device_memory
-
-    try:
-        have = device_memory(device)
-    except Exception:  # noqa: BLE001 - unknown device kinds: let the allocator decide
+    have = _available_bytes(device)
+    if have is None:
         return
     if nbytes > have:
         raise PipelineError(f"{what} needs {nbytes / 2**30:.1f} GiB for the latent alone, but only "
