@@ -90,7 +90,7 @@ def _check_generate_args(args, preset) -> None:
         raise UsageError("--prompt is empty: describe the video (and what is said)")
     if args.seconds is not None and not args.seconds > 0:
         raise UsageError(f"--seconds must be > 0, got {args.seconds}")
-    for name in ("width", "height", "sr_width", "sr_height", "steps", "sr_steps"):
+    for name in ("width", "height", "sr_width", "sr_height", "steps", "sr_steps", "blocks_on_device"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
@@ -117,11 +117,22 @@ def _device(name: Optional[str]) -> torch.device:
         raise UsageError(f"--device {name!r}: {e}") from None
 
 
-def _load_dit(path, dtype, device, show, compute_dtype="auto"):
+def _load_dit(path, dtype, device, show, args):
+    """Load a DiT and apply the speed options: compute dtype, local attention mode, block offload, compile."""
     from .checkpoints import load_dit
 
-    model = load_dit(path, dtype=dtype, device=device, show_progress=show)
-    model.set_compute_dtype(compute_dtype)
+    offload = getattr(args, "blocks_on_device", None)
+    model = load_dit(path, dtype=dtype, device="cpu" if offload else device, show_progress=show)
+    model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
+    model.set_local_attention(getattr(args, "local_attention", "window"))
+    if offload:
+        from .offload import enable_block_offload
+
+        enable_block_offload(model, device, offload)
+    if getattr(args, "compile", False):
+        from .compile import compile_dit_blocks
+
+        compile_dit_blocks(model)
     return model
 
 
@@ -157,12 +168,23 @@ def generate(args) -> int:
 
 
 def _generate(args, preset) -> int:
+    _check_generate_args(args, preset)
+    from .attention import get_attention_backend, set_attention_backend
+
+    previous_backend = get_attention_backend()
+    set_attention_backend(args.attention)
+    try:
+        return _generate_run(args, preset)
+    finally:
+        set_attention_backend(previous_backend)
+
+
+def _generate_run(args, preset) -> int:
     from . import media
     from . import pipeline as P
     from .presets import resolve_model_files, required_roles
     from .tiny import ensure_tiny_models
 
-    _check_generate_args(args, preset)
     timer = StageTimer()
     device = _device(args.device)
     dtype = DTYPES[args.dtype or preset.dtype]
@@ -234,7 +256,7 @@ def _generate(args, preset) -> int:
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args.compute_dtype)
+        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -245,7 +267,7 @@ def _generate(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args.compute_dtype)
+            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -349,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
                    "faster of bf16/fp32 on CPUs (measured)")
+    g.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa",
+                   help="attention kernel: sdpa (default), flash (FlashAttention 3/2) or sage (SageAttention), CUDA")
+    g.add_argument("--local-attention", choices=["window", "mask"], default="window",
+                   help="1080p SR local layers: per-frame key windows (default, no LxL mask) or one dense mask")
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer layers (regional)")
+    g.add_argument("--blocks-on-device", type=int, default=None, metavar="N",
+                   help="keep only N transformer layers on the GPU and stream the others from RAM (GPUs smaller "
+                   "than the model)")
     g.add_argument("--decoder", choices=["turbo", "wan"], default=None, help="video decoder (default turbo)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--output", required=True, help="output .mp4 path")

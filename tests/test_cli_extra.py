@@ -26,3 +26,27 @@ def test_convert_dit_folder_to_bf16_file(tmp_path, capsys):
     for (k, x), (k2, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert k == k2 and torch.equal(x, y)
     assert cli.main(["convert", str(src), str(tmp_path / "x.bin")]) == 2
+
+
+def test_speed_options_are_applied(tmp_path, capsys, monkeypatch):
+    seen = {}
+    real = cli._load_dit
+
+    def spy(path, dtype, device, show, args):
+        model = real(path, dtype, device, show, args)
+        seen["compute"] = model.compute_dtype
+        seen["offloaded"] = any(getattr(m, "_forward_pre_hooks", None) for m in model.block.layers)
+        return model
+
+    monkeypatch.setattr(cli, "_load_dit", spy)
+    out = tmp_path / "o.mp4"
+    code = cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--seconds", "0.5", "--models",
+                     str(tmp_path / "m"), "--output", str(out), "--quiet", "--compute-dtype", "fp32",
+                     "--blocks-on-device", "2"])
+    assert code == 0 and out.exists()
+    assert seen == {"compute": torch.float32, "offloaded": True}
+    code = cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--output", str(out), "--attention", "flash",
+                     "--models", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert code == 2 and "CUDA" in err
