@@ -297,7 +297,13 @@ def test_vae_of_another_kind_in_each_vae_loader(env):
     _assert_names(_msg(e), "Turbo VAE config", "TurboV3-Wan22-TinyShallow_7_7.json")
     with pytest.raises(env["mod"]("models.turbo_vae").TurboVAEError) as e:
         run("MagiHumanTurboVAELoader", vae_name="wan2.2_vae_tiny.safetensors")
-    _assert_names(_msg(e), "wan2.2_vae_tiny.safetensors", "TurboV3-Wan22-TinyShallow_7_7.json")
+    _assert_names(_msg(e), "wan2.2_vae_tiny.safetensors", "this is the Wan2.2 VAE", "MagiHuman Wan2.2 VAE Loader",
+                  "turbo_vae folder")
+    from magihuman.models.video_vae import load_wan_vae  # engine level: a folder is named as such
+
+    with pytest.raises(WanVAELoadError) as e:
+        load_wan_vae(env["root"] / "vae" / "turbo_vae_tiny")
+    _assert_names(_msg(e), "turbo_vae_tiny is a folder", "wan2.2_vae.safetensors", "Wan2.2_VAE.pth")
 
 
 # ============================================================================ sizes

@@ -675,6 +675,10 @@ def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: 
     if path.is_dir():
         path, json_beside = _find_in_folder(path)
     state, embedded = read_turbo_state_dict(path)
+    if any(k.startswith(("decoder.upsamples.", "decoder.middle.", "decoder.head.")) for k in state):
+        raise TurboVAEError(f"{path}: this is the Wan2.2 VAE (keys like 'decoder.upsamples.*'), not the Turbo "
+                            "decoder; load it with 'MagiHuman Wan2.2 VAE Loader' (load_wan_vae) and pick the "
+                            "turbo_vae folder (TurboV3 JSON + checkpoint-340000.ckpt) here")
     cfg = _read_config(config)
     if cfg is None:
         cfg = embedded if embedded is not None else _read_config(json_beside)

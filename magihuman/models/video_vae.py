@@ -694,6 +694,9 @@ def _torch_load_weights_only(path: Path) -> dict:
 def load_wan_vae(path, *, dtype: torch.dtype = torch.bfloat16, device="cpu", operations=torch.nn) -> WanVAE:
     """Load ``Wan2.2_VAE.pth`` (official pickle, weights-only) or ``wan2.2_vae.safetensors`` (ComfyUI)."""
     path = Path(path)
+    if path.is_dir():
+        raise WanVAELoadError(f"{path} is a folder; the Wan2.2 VAE is one file: wan2.2_vae.safetensors (ComfyUI) "
+                              "or Wan2.2_VAE.pth (official Wan2.2-TI2V-5B)")
     if not path.is_file():
         raise FileNotFoundError(f"Wan2.2 VAE checkpoint not found: {path}")
     if path.name.endswith((".safetensors", ".safetensors.zst")):
