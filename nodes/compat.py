@@ -258,6 +258,34 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
             return weight
 
 
+def comfy_attention(q, k, v, mask=None):
+    """Engine attention backend "comfy": ComfyUI's optimized_attention (follows --use-sage-attention,
+    --use-flash-attention, ...). Its kernels have no native GQA, so key/value heads are repeated."""
+    from comfy.ldm.modules.attention import optimized_attention  # pragma: no cover - inside ComfyUI only
+
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    if mask is not None:  # boolean "may attend" -> additive bias, as ComfyUI's kernels expect
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    return optimized_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
+
+
+def attention_choices() -> list[str]:
+    return ["sdpa", "comfy", "flash", "sage"] if HAS_COMFY else ["sdpa", "flash", "sage"]
+
+
+def select_attention(name: str) -> None:
+    """Set the engine's (process-wide) attention backend; "comfy" registers ComfyUI's kernel first."""
+    from ..magihuman.attention import register_attention_backend, set_attention_backend
+
+    if name == "comfy":
+        if not HAS_COMFY:
+            raise ValueError("attention 'comfy' needs ComfyUI; use 'sdpa'")
+        register_attention_backend("comfy", comfy_attention)
+    set_attention_backend(name)
+
+
 def operations():
     return MagiOps if HAS_COMFY else torch.nn
 

@@ -34,7 +34,8 @@ def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     return compat.pick_weight_dtype(choice, device)
 
 
-def _load_dit_handle(model_name: str, weight_dtype: str, compute: str, *, want_sr: bool):
+def _load_dit_handle(model_name: str, weight_dtype: str, compute: str, *, want_sr: bool, attention: str = "sdpa",
+                     compile_blocks: bool = False):
     path = compat.resolve_model(DIT_FOLDERS, model_name)
     load_device, offload_device = compat.devices("diffusion")
     model = load_dit(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
@@ -47,6 +48,11 @@ def _load_dit_handle(model_name: str, weight_dtype: str, compute: str, *, want_s
         raise ValueError(f"{model_name} is a {model.variant} DiT, not a super-resolution model; load it with "
                          "'MagiHuman DiT Loader'")
     model.set_compute_dtype(compute_dtype(compute, load_device))
+    compat.select_attention(attention)
+    if compile_blocks:
+        from ..magihuman.compile import compile_dit_blocks
+
+        compile_dit_blocks(model)
     return compat.ModelHandle(model, "diffusion", variant=model.variant, path=path)
 
 
@@ -58,6 +64,12 @@ def _dit_inputs():
         io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
                        tooltip="Storage dtype of the block linears. auto = bf16 (the official layout) where supported. "
                                "fp32 files (distill, SR) are converted while streaming."),
+        io.Combo.Input("attention", options=compat.attention_choices(), default="sdpa",
+                       tooltip="Attention kernel for all MagiHuman DiTs: sdpa (PyTorch), comfy (ComfyUI's choice, e.g. "
+                               "with --use-sage-attention), flash (FlashAttention 3/2) or sage (CUDA, if installed)."),
+        io.Boolean.Input("compile", default=False,
+                         tooltip="torch.compile each transformer layer (one graph per layer kind, reused). Slow first "
+                                 "run, faster afterwards."),
         io.Combo.Input("compute_dtype", options=COMPUTE, default="auto",
                        tooltip="Matmul dtype. auto = bf16 (official numerics) on GPUs with bf16 (else fp16); on CPUs the faster of "
                                "bf16/fp32, measured once."),
@@ -77,8 +89,9 @@ class MagiHumanDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_name, weight_dtype="auto", compute_dtype="auto"):
-        return io.NodeOutput(_load_dit_handle(model_name, weight_dtype, compute_dtype, want_sr=False))
+    def execute(cls, model_name, weight_dtype="auto", attention="sdpa", compile=False, compute_dtype="auto"):
+        return io.NodeOutput(_load_dit_handle(model_name, weight_dtype, compute_dtype, want_sr=False,
+                                              attention=attention, compile_blocks=compile))
 
 
 class MagiHumanSRDiTLoader(io.ComfyNode):
@@ -94,8 +107,9 @@ class MagiHumanSRDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_name, weight_dtype="auto", compute_dtype="auto"):
-        return io.NodeOutput(_load_dit_handle(model_name, weight_dtype, compute_dtype, want_sr=True))
+    def execute(cls, model_name, weight_dtype="auto", attention="sdpa", compile=False, compute_dtype="auto"):
+        return io.NodeOutput(_load_dit_handle(model_name, weight_dtype, compute_dtype, want_sr=True,
+                                              attention=attention, compile_blocks=compile))
 
 
 class MagiHumanTextEncoderLoader(io.ComfyNode):
