@@ -306,6 +306,18 @@ def test_vae_of_another_kind_in_each_vae_loader(env):
     _assert_names(_msg(e), "turbo_vae_tiny is a folder", "wan2.2_vae.safetensors", "Wan2.2_VAE.pth")
 
 
+def test_another_model_in_the_text_encoder_loader(env):
+    d = env["root"] / "text_encoders" / "not_t5gemma.safetensors"
+    shutil.copy(env["root"] / "diffusion_models" / "magihuman_tiny_base.safetensors", d)
+    try:
+        with pytest.raises(ValueError) as e:
+            env["run"]("MagiHumanTextEncoderLoader", text_encoder="not_t5gemma.safetensors")
+        _assert_names(_msg(e), "not_t5gemma.safetensors", "no T5Gemma encoder tensors", "another model's file",
+                      "google/t5gemma-9b-9b-ul2")
+    finally:
+        d.unlink()
+
+
 # ============================================================================ sizes
 
 

@@ -419,6 +419,11 @@ def _read_single_file(file: Path):
         raise ValueError(f"{file}: expected a .safetensors file")
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata() or {}
+        keys = list(f.keys())
+    if not any(_encoder_key(k) for k in keys):
+        raise ValueError(f"{file} holds no T5Gemma encoder tensors (no 'encoder.*' / 'model.encoder.*' keys; first: "
+                         f"{keys[:3]}): it is another model's file. Pick the google/t5gemma-9b-9b-ul2 folder or an "
+                         "encoder-only T5Gemma .safetensors")
     if "config" in meta:
         config = json.loads(meta["config"])
     elif (file.parent / "config.json").is_file():
