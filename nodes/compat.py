@@ -350,13 +350,31 @@ def check_interrupt() -> None:
         raise InterruptedByUser("processing interrupted")
 
 
-def progress_callback(total: int) -> Callable[..., None]:
-    """A per-step callback: progress bar in ComfyUI, then the interrupt check."""
-    bar = _comfy_utils.ProgressBar(total) if HAS_COMFY else None
+def _video_previewer():  # pragma: no cover - inside ComfyUI only
+    """ComfyUI's cheap latent->RGB previewer with the public Wan2.2 factors (our latents are Wan2.2's,
+    normalised the same way), or None when previews are off."""
+    try:
+        import comfy.latent_formats
+        import latent_preview
 
-    def cb(step: int, total_steps: int | None = None, *_: Any, **__: Any) -> None:
+        return latent_preview.get_previewer(_mm.intermediate_device(), comfy.latent_formats.Wan22())
+    except Exception as e:  # noqa: BLE001 - previews are optional
+        log.debug("MagiHuman: no latent previews (%s)", e)
+        return None
+
+
+def progress_callback(total: int) -> Callable[..., None]:
+    """A per-step callback ``(step, total, x0_preview)``: progress bar with a latent preview of the
+    first frame in ComfyUI, then the interrupt check."""
+    bar = _comfy_utils.ProgressBar(total) if HAS_COMFY else None
+    previewer = _video_previewer() if HAS_COMFY else None
+
+    def cb(step: int, total_steps: int | None = None, x0=None, *_: Any, **__: Any) -> None:
         if bar is not None:  # pragma: no cover
-            bar.update_absolute(step, total_steps or total)
+            preview = None
+            if previewer is not None and x0 is not None:
+                preview = previewer.decode_latent_to_preview_image("JPEG", x0.detach().float())
+            bar.update_absolute(step, total_steps or total, preview)
         check_interrupt()
 
     return cb
