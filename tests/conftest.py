@@ -8,10 +8,9 @@ directly without ComfyUI.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
-
-import os
 
 import pytest
 import torch
@@ -38,3 +37,14 @@ def import_pack():
 @pytest.fixture(scope="session")
 def pack():
     return import_pack()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny checkpoints (:mod:`magihuman.tiny`, ComfyUI layout), written once per session. Shared:
+    never add or break files in it; copy it (``shutil.copytree``) first."""
+    from magihuman.tiny import write_tiny_models
+
+    folder = tmp_path_factory.getbasetemp() / "magihuman_tiny"
+    write_tiny_models(folder)
+    return folder

@@ -10,28 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from magihuman import cli, media
-from magihuman.tiny import TINY_FILES, write_tiny_models
+from magihuman.tiny import TINY_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one torch thread is fastest, and far faster than two on a busy CPU (OpenMP spinning)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "magihuman_tiny"
-    write_tiny_models(folder)
-    return folder
 
 
 def run(capsys, *argv):

@@ -17,7 +17,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from magihuman.tiny import write_tiny_models
 
 FUZZ = dict(deadline=None, derandomize=True, database=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -25,9 +24,8 @@ FUZZ = dict(deadline=None, derandomize=True, database=None,
 
 
 @pytest.fixture(scope="module")
-def env(pack, tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_models(root)
+def env(pack, tiny_dir):
+    root = tiny_dir
     compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
     compat.set_models_dir(str(root))
     mod = importlib.import_module(f"{pack.__name__}.nodes")

@@ -6,13 +6,11 @@ import math
 import pytest
 import torch
 
-from magihuman.tiny import write_tiny_models
 
 
 @pytest.fixture(scope="module")
-def nodes(pack, tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    write_tiny_models(models)
+def nodes(pack, tiny_dir):
+    models = tiny_dir
     compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
     compat.set_models_dir(str(models))
     mod = importlib.import_module(f"{pack.__name__}.nodes")

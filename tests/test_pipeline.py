@@ -16,15 +16,6 @@ from magihuman.sampling import flow_schedule, zero_snr_sigmas
 TINY = DiTConfig.preset("tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one torch thread is fastest, and far faster than two on a busy CPU (OpenMP spinning)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 

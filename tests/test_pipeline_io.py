@@ -15,7 +15,7 @@ from magihuman import pipeline as P
 from magihuman.models.audio_vae import load_audio_vae
 from magihuman.models.turbo_vae import load_turbo_vae
 from magihuman.models.video_vae import load_wan_vae
-from magihuman.tiny import TINY_FILES, write_tiny_models
+from magihuman.tiny import TINY_FILES
 
 # helpers shared with test_pipeline.py (pytest runs with --import-mode=importlib: load it by path)
 _spec = importlib.util.spec_from_file_location("_magihuman_test_pipeline", Path(__file__).with_name("test_pipeline.py"))
@@ -23,22 +23,6 @@ _helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_helpers)
 Recorder, StubDiT, denoised_latent, make_cond = (_helpers.Recorder, _helpers.StubDiT, _helpers.denoised_latent,
                                                  _helpers.make_cond)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one torch thread is fastest, and far faster than two on a busy CPU (OpenMP spinning)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "magihuman_tiny"
-    write_tiny_models(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

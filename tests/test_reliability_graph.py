@@ -15,13 +15,11 @@ import math
 import pytest
 import torch
 
-from magihuman.tiny import write_tiny_models
 
 
 @pytest.fixture(scope="module")
-def env(pack, tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_models(root)
+def env(pack, tiny_dir):
+    root = tiny_dir
     compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
     compat.set_models_dir(str(root))
     mod = importlib.import_module(f"{pack.__name__}.nodes")

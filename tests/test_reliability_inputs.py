@@ -9,7 +9,6 @@ against independently computed references, not just "it ran".
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
 import os
@@ -21,22 +20,18 @@ import safetensors.torch
 import torch
 
 from magihuman import media
-from magihuman.checkpoints import CheckpointError, load_dit, official_key_shapes, write_tiny_dit
-from magihuman.models.audio_vae import AudioVAELoadError
-from magihuman.models.dit_config import DiTConfig
-from magihuman.models.turbo_vae import TurboVAEError
+from magihuman.checkpoints import CheckpointError, load_dit, write_tiny_dit
 from magihuman.models.video_vae import WanVAELoadError
-from magihuman.tiny import write_tiny_models
 
 
 # ============================================================================ fixtures
 
 
 @pytest.fixture(scope="module")
-def env(pack, tmp_path_factory):
-    """Tiny models in a ComfyUI-style models folder (plus room for bad files), nodes, loaded handles."""
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_models(root)
+def env(pack, tiny_dir, tmp_path_factory):
+    """Tiny models in a ComfyUI-style models folder (a copy: the tests add bad files), nodes, loaded handles."""
+    root = tmp_path_factory.mktemp("models") / "models"
+    shutil.copytree(tiny_dir, root)
     compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
     compat.set_models_dir(str(root))
     mod = importlib.import_module(f"{pack.__name__}.nodes")

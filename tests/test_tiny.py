@@ -17,22 +17,6 @@ from magihuman.presets import PRESETS, required_roles, resolve_model_files
 from magihuman.tiny import STAMP_NAME, TINY_FILES, default_cache_dir, describe_tiny_files, write_tiny_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one torch thread is fastest, and far faster than two on a busy CPU (OpenMP spinning)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "magihuman_tiny"
-    write_tiny_models(folder)
-    return folder
-
-
 def test_layout_and_formats(tiny_dir):
     d = tiny_dir
     distill = d / TINY_FILES["distill"]

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from magihuman import media
-from magihuman.tiny import write_tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 WF_DIR = ROOT / "workflows"
@@ -132,9 +131,8 @@ def _run_api(prompt: dict, nodes: dict, out_dir: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("name", ["magihuman_tiny_t2v", "magihuman_tiny_sr"])
-def test_tiny_workflow_runs(name, pack, tmp_path):
-    models = tmp_path / "models"
-    write_tiny_models(models)
+def test_tiny_workflow_runs(name, pack, tmp_path, tiny_dir):
+    models = tiny_dir
     compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
     compat.set_models_dir(str(models))
     try:
