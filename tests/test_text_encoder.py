@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -462,3 +465,26 @@ def test_compute_dtype_rules(caplog):
     with caplog.at_level(logging.WARNING):
         T5GemmaEncoder.from_config(tiny_hf_config(), dtype=torch.float16, device="meta")
     assert "overflow fp16" in caplog.text
+
+
+def test_meta_build_does_not_import_dynamo(tiny_folder):
+    """nn.Embedding's normal_ init on the meta device imports torch._dynamo (seconds); loading must not."""
+    code = ("import sys, torch\n"
+            "from magihuman.models.text_encoder import T5GemmaEncoder, tiny_hf_config\n"
+            f"m = T5GemmaEncoder.from_pretrained({str(tiny_folder)!r}, dtype=torch.float32)\n"
+            "meta = T5GemmaEncoder.from_config(tiny_hf_config(), device='meta')\n"
+            "with torch.device('meta'):\n"
+            "    T5GemmaEncoder.from_config(tiny_hf_config())\n"
+            "print(meta.encoder.embed_tokens.weight.is_meta, m.encoder.embed_tokens.weight.shape[0],\n"
+            "      'torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "512", "False"]
+
+
+def test_embedding_init_kept_off_meta():
+    """Off the meta device the embedding keeps torch's own init (random, padding row zero)."""
+    torch.manual_seed(0)
+    w = T5GemmaEncoder.from_config(tiny_hf_config()).encoder.embed_tokens.weight
+    assert w.shape == (512, 64) and torch.all(w[0] == 0) and 0.5 < float(w[1:].std()) < 1.5

@@ -224,13 +224,23 @@ class EncoderLayer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
+def _embedding(operations, num: int, dim: int, padding_idx: int, *, dtype, device) -> nn.Module:
+    """``operations.Embedding``. torch's own init (``normal_``) on the meta device imports torch._dynamo
+    (1-10 s), so a meta build with that init starts from an empty weight (the loader fills it anyway)."""
+    cls = operations.Embedding
+    kw = dict(padding_idx=padding_idx, dtype=dtype, device=device)
+    if cls.reset_parameters is nn.Embedding.reset_parameters and torch.empty(0, device=device).is_meta:
+        kw["_weight"] = torch.empty(num, dim, dtype=dtype, device="meta")
+    return cls(num, dim, **kw)
+
+
 class _EncoderStack(nn.Module):
     """Holds the parameters under the checkpoint's names (``embed_tokens``, ``layers.N``, ``norm``)."""
 
     def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
         super().__init__()
-        self.embed_tokens = operations.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id,
-                                                 dtype=dtype, device=device)
+        self.embed_tokens = _embedding(operations, cfg.vocab_size, cfg.hidden_size, cfg.pad_token_id,
+                                       dtype=dtype, device=device)
         self.layers = nn.ModuleList(EncoderLayer(cfg, t, operations=operations, dtype=dtype, device=device)
                                     for t in cfg.layer_types)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, operations=operations, dtype=dtype, device=device)
