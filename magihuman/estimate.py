@@ -55,6 +55,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .models.dit_config import DiTConfig
+from .pipeline import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, SIZE_MULTIPLE, SPATIAL_STRIDE, TEMPORAL_STRIDE,
+                       VIDEO_LATENT_CHANNELS, frame_counts, snap_size)
 
 __all__ = [
     "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "suggest_smaller",
@@ -63,17 +65,9 @@ __all__ = [
     "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
 ]
 
-FPS = 25
-TEMPORAL_STRIDE = 4
-SPATIAL_STRIDE = 16
 PATCH = 2
-SIZE_MULTIPLE = SPATIAL_STRIDE * PATCH  # 32
-VIDEO_LATENT_CHANNELS = 48
-AUDIO_LATENT_CHANNELS = 64
-AUDIO_SAMPLES_PER_LATENT = 2048
 MAX_TEXT_TOKENS = 640
 DEFAULT_PROMPT_TOKENS = 100
-DEFAULT_FRAME_RECEPTIVE_FIELD = 11
 GIB = 1024 ** 3
 
 # google/t5gemma-9b-9b-ul2 encoder (the Gemma-2 9B shape), from its HF config.
@@ -108,27 +102,10 @@ def _default_negative_tokens() -> int:
     return min(MAX_TEXT_TOKENS, approx_gemma_tokens(DEFAULT_NEGATIVE_PROMPT))
 
 
-def _snap(width: int, height: int, what: str) -> tuple[int, int]:
-    for name, v in (("width", width), ("height", height)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-            raise ValueError(f"{what}: {name} must be an integer number of pixels, got {v!r}")
-        if v < SIZE_MULTIPLE:
-            raise ValueError(f"{what}: {name} {int(v)} is too small: the minimum is {SIZE_MULTIPLE} pixels")
-    return int(width) // SIZE_MULTIPLE * SIZE_MULTIPLE, int(height) // SIZE_MULTIPLE * SIZE_MULTIPLE
-
-
-def _frames(seconds: float) -> tuple[int, int]:
-    s = float(seconds)
-    if not math.isfinite(s) or s <= 0:
-        raise ValueError(f"seconds must be > 0, got {seconds!r}")
-    num_frames = max(1, round(s * FPS)) + 1
-    return num_frames, (num_frames - 1) // TEMPORAL_STRIDE + 1
-
-
 def token_counts(width: int, height: int, seconds: float) -> dict:
     """Token geometry of one sample: snapped size, latent sizes and the video/audio token counts."""
-    w, h = _snap(width, height, "size")
-    num_frames, t = _frames(seconds)
+    w, h = snap_size(width, height)
+    num_frames, t = frame_counts(seconds)  # the pipeline's own rules, so the plan matches the run
     lat_h, lat_w = h // SPATIAL_STRIDE, w // SPATIAL_STRIDE
     grid = (t, lat_h // PATCH, lat_w // PATCH)
     return dict(width=w, height=h, num_frames=num_frames, latent_frames=t, latent_h=lat_h, latent_w=lat_w,

@@ -41,6 +41,19 @@ def test_token_counts_by_hand(w, h, s, grid, audio):
     assert (g["width"], g["height"]) == (grid[2] * 32, grid[1] * 32)
 
 
+
+@pytest.mark.parametrize("seconds", [0.5, 1.5, 2.02, 0.06, 4])
+def test_token_counts_follow_the_pipeline_geometry(seconds):
+    """The plan counts the tokens of the latents the pipeline makes (half-frames round up, as empty_latents)."""
+    from magihuman import pipeline as P
+
+    lat = P.empty_latents(470, 260, seconds)
+    g = token_counts(470, 260, seconds)
+    assert (g["width"], g["height"]) == lat.pixel_size == (448, 256)
+    assert (g["num_frames"], g["latent_frames"]) == (lat.num_frames, lat.latent_frames)
+    assert g["audio_tokens"] == lat.num_frames
+    assert g["video_tokens"] == lat.latent_frames * (256 // 32) * (448 // 32)
+
 def test_official_256p_plan_tokens_and_flops():
     plan = estimate("distill_256p", seconds=5, prompt_tokens=100)
     (st,) = plan.stages
