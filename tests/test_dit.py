@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 
 from magihuman.models.dit import DiTConfig, MagiHumanDiT, block_linear
-from magihuman.ops import tag_operations
 
 F64 = torch.float64
 

@@ -112,10 +112,10 @@ class _ForwardState:
     segments: Segments
     cos: torch.Tensor  # [B, L, 1, rot]
     sin: torch.Tensor
-    mask: Optional[torch.Tensor]  # global layers: key padding [B, 1, 1, L] or None
-    local_mask: Optional[torch.Tensor]  # local layers, "mask" mode: [B, 1, L, L] or None
     compute_dtype: torch.dtype
-    use_masks: bool = True  # "mask" mode: dense calls with the boolean masks above
+    use_masks: bool  # "mask" mode: dense calls with the boolean masks below (None: nothing masked)
+    mask: Optional[torch.Tensor] = None  # global layers: key padding [B, 1, 1, L]
+    local_mask: Optional[torch.Tensor] = None  # local layers: [B, 1, L, L]
     local_window: Optional[LocalWindow] = None  # local layers, "window" mode (no L x L mask)
     key_lens: Optional[tuple[int, ...]] = None  # "window" mode with text padding: real tokens per sample
 
@@ -126,9 +126,9 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: _Forwa
     Without masks, text padding is handled by slicing: it sits at the end of each row, so a sample's
     real keys are a prefix; padded query rows get zeros (they never reach a real token).
     """
-    window = st.local_window if local else None
     if st.use_masks:
         return attention(q, k, v, st.local_mask if local else st.mask)
+    window = st.local_window if local else None
     if st.key_lens is None:
         return attention(q, k, v) if window is None else local_window_attention(q, k, v, window)
     out = q.new_zeros(q.shape)
@@ -217,9 +217,7 @@ class FourierRope(nn.Module):
 
     def __init__(self, head_dim: int, device=None):
         super().__init__()
-        bands = torch.empty(head_dim // 8, dtype=torch.float32, device="meta") if str(device) == "meta" \
-            else default_rope_bands(head_dim).to(device)
-        self.register_buffer("bands", bands)
+        self.register_buffer("bands", default_rope_bands(head_dim).to(device))
 
 
 class Adapter(nn.Module):
@@ -246,7 +244,6 @@ class MagiHumanDiT(nn.Module):
         super().__init__()
         self.config = config
         block_dtype = torch.bfloat16 if dtype is None else dtype
-        self.compute_dtype = torch.bfloat16
         self.local_attention_mode, self.local_block_frames = "window", 1
         self.adapter = Adapter(config, operations, device)
         self.set_compute_dtype(compute_dtype)  # after the adapter: "auto" looks at its device
@@ -364,16 +361,15 @@ class MagiHumanDiT(nn.Module):
                        adapter.text_embedder(text)], dim=1)  # [B, L, hidden] fp32
 
         cos, sin = rope_cos_sin(layout.coords(coords).to(device), adapter.rope.bands.to(device))
-        mask = attention_mask(layout, None, device)
         st = _ForwardState(segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
-                           mask=mask, local_mask=mask, compute_dtype=self.compute_dtype)
+                           compute_dtype=self.compute_dtype, use_masks=self.local_attention_mode == "mask")
         frf = int(frame_receptive_field)
         local = bool(self.config.local_attn_layers) and frf >= 0
-        if self.local_attention_mode == "mask":
-            if local:
-                st.local_mask = attention_mask(layout, local_attention_allowed(layout, frf, device), device)
+        if st.use_masks:
+            st.mask = attention_mask(layout, None, device)
+            st.local_mask = attention_mask(layout, local_attention_allowed(layout, frf, device), device) \
+                if local else st.mask
         else:
-            st.use_masks = False
             if local:
                 st.local_window = LocalWindow(layout.num_video, grid[1] * grid[2], frf, self.local_block_frames)
             if layout.has_padding:
