@@ -359,6 +359,14 @@ def test_both_layouts_load_strictly_and_agree(tiny_files):
     WanVAE.from_config(TINY_WAN_VAE_CONFIG).load_state_dict(a.state_dict(), strict=True)
 
 
+def test_loaded_weights_equal_the_file(tiny_files):
+    ref = safetensors_io.load_file(tiny_files["safetensors"])
+    for fmt in ("safetensors", "pth"):
+        sd = load_wan_vae(tiny_files[fmt], dtype=torch.float32).state_dict()
+        assert set(sd) == set(ref)
+        assert all(torch.equal(sd[k], ref[k]) for k in ref), fmt
+
+
 def test_bf16_load_converts_and_stays_close(tiny_files):
     a = load_wan_vae(tiny_files["safetensors"], dtype=torch.float32)
     b = load_wan_vae(tiny_files["safetensors"], dtype=torch.bfloat16)
