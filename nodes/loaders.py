@@ -21,7 +21,7 @@ TEXT_FOLDERS = ("text_encoders",)
 VAE_FOLDERS = ("vae",)
 AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
 DTYPES = ["auto", "bf16", "fp16", "fp32"]
-COMPUTE = ["auto", "bf16", "fp16", "fp32"]
+COMPUTE = DTYPES
 
 
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -32,6 +32,18 @@ def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
         return resolve_compute_dtype("auto", device)
     return compat.pick_weight_dtype(choice, device)
+
+
+def _handle(kind: str, path: str, load, weight_dtype: str) -> compat.ModelHandle:
+    """Build an engine model on ComfyUI's offload device with ComfyUI's ops, wrapped for model management."""
+    load_device, offload_device = compat.devices(kind)
+    model = load(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
+                 operations=compat.operations())
+    return compat.ModelHandle(model, kind, path=path)
+
+
+def _weight_dtype_input(default: str = "auto", tooltip: str = "auto = bf16 where supported."):
+    return io.Combo.Input("weight_dtype", options=DTYPES, default=default, tooltip=tooltip)
 
 
 def _load_dit_handle(model_name: str, weight_dtype: str, compute: str, *, want_sr: bool, attention: str = "sdpa",
@@ -124,8 +136,7 @@ class MagiHumanTextEncoderLoader(io.ComfyNode):
                 io.Combo.Input("text_encoder", options=compat.list_models(TEXT_FOLDERS),
                                tooltip="models/text_encoders: the google/t5gemma-9b-9b-ul2 folder, or an "
                                        "encoder-only .safetensors with tokenizer.json beside it."),
-                io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
-                               tooltip="auto = bf16 (official) where supported."),
+                _weight_dtype_input(tooltip="auto = bf16 (official) where supported."),
             ],
             outputs=[MagiTextEncoder.Output(display_name="text_encoder")],
         )
@@ -133,10 +144,7 @@ class MagiHumanTextEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, weight_dtype="auto"):
         path = compat.resolve_model(TEXT_FOLDERS, text_encoder)
-        load_device, offload_device = compat.devices("text_encoder")
-        model = T5GemmaEncoder.from_pretrained(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device),
-                                               device=offload_device, operations=compat.operations())
-        return io.NodeOutput(compat.ModelHandle(model, "text_encoder", path=path))
+        return io.NodeOutput(_handle("text_encoder", path, T5GemmaEncoder.from_pretrained, weight_dtype))
 
 
 class MagiHumanTurboVAELoader(io.ComfyNode):
@@ -152,7 +160,7 @@ class MagiHumanTurboVAELoader(io.ComfyNode):
                 io.Combo.Input("vae_name", options=compat.list_models(VAE_FOLDERS),
                                tooltip="models/vae: the turbo_vae folder (JSON + checkpoint-340000.ckpt) or a "
                                        "converted turbo .safetensors."),
-                io.Combo.Input("weight_dtype", options=DTYPES, default="auto", tooltip="auto = bf16 where supported."),
+                _weight_dtype_input(),
             ],
             outputs=[MagiTurboVAE.Output(display_name="turbo_vae")],
         )
@@ -160,10 +168,7 @@ class MagiHumanTurboVAELoader(io.ComfyNode):
     @classmethod
     def execute(cls, vae_name, weight_dtype="auto"):
         path = compat.resolve_model(VAE_FOLDERS, vae_name)
-        load_device, offload_device = compat.devices("vae")
-        model = load_turbo_vae(None, path, dtype=compat.pick_weight_dtype(weight_dtype, load_device),
-                               device=offload_device, operations=compat.operations())
-        return io.NodeOutput(compat.ModelHandle(model, "vae", path=path))
+        return io.NodeOutput(_handle("vae", path, lambda p, **kw: load_turbo_vae(None, p, **kw), weight_dtype))
 
 
 class MagiHumanVideoVAELoader(io.ComfyNode):
@@ -177,7 +182,7 @@ class MagiHumanVideoVAELoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("vae_name", options=compat.list_models(VAE_FOLDERS),
                                tooltip="models/vae: wan2.2_vae.safetensors (ComfyUI) or the official Wan2.2_VAE.pth."),
-                io.Combo.Input("weight_dtype", options=DTYPES, default="auto", tooltip="auto = bf16 where supported."),
+                _weight_dtype_input(),
             ],
             outputs=[MagiVideoVAE.Output(display_name="video_vae")],
         )
@@ -188,10 +193,7 @@ class MagiHumanVideoVAELoader(io.ComfyNode):
         if os.path.isdir(path):
             raise ValueError(f"MagiHuman Wan2.2 VAE Loader: {vae_name} is a folder (a Turbo VAE or audio VAE?); the "
                              "Wan2.2 VAE is one file: pick wan2.2_vae.safetensors or Wan2.2_VAE.pth")
-        load_device, offload_device = compat.devices("vae")
-        model = load_wan_vae(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
-                             operations=compat.operations())
-        return io.NodeOutput(compat.ModelHandle(model, "vae", path=path))
+        return io.NodeOutput(_handle("vae", path, load_wan_vae, weight_dtype))
 
 
 class MagiHumanAudioVAELoader(io.ComfyNode):
@@ -206,8 +208,7 @@ class MagiHumanAudioVAELoader(io.ComfyNode):
                 io.Combo.Input("vae_name", options=compat.list_models(AUDIO_VAE_FOLDERS),
                                tooltip="The stable-audio-open-1.0 folder (model.safetensors + model_config.json) "
                                        "or a VAE-only .safetensors, in models/vae or models/checkpoints."),
-                io.Combo.Input("weight_dtype", options=DTYPES, default="fp32",
-                               tooltip="The audio VAE is small; fp32 is the official precision."),
+                _weight_dtype_input("fp32", "The audio VAE is small; fp32 is the official precision."),
             ],
             outputs=[MagiAudioVAE.Output(display_name="audio_vae")],
         )
@@ -215,10 +216,8 @@ class MagiHumanAudioVAELoader(io.ComfyNode):
     @classmethod
     def execute(cls, vae_name, weight_dtype="fp32"):
         path = compat.resolve_model(AUDIO_VAE_FOLDERS, vae_name)
-        load_device, offload_device = compat.devices("vae")
-        dtype = torch.float32 if weight_dtype == "auto" else compat.pick_weight_dtype(weight_dtype, load_device)
-        model = load_audio_vae(path, dtype=dtype, device=offload_device, operations=compat.operations())
-        return io.NodeOutput(compat.ModelHandle(model, "vae", path=path))
+        dtype = "fp32" if weight_dtype == "auto" else weight_dtype  # auto: the official fp32, not bf16
+        return io.NodeOutput(_handle("vae", path, load_audio_vae, dtype))
 
 
 LOADER_NODES = [MagiHumanDiTLoader, MagiHumanSRDiTLoader, MagiHumanTextEncoderLoader, MagiHumanTurboVAELoader,
