@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .models.dit_config import DiTConfig
+from .models.dit_config import DiTConfig, sr_1080p_local_attn_layers, swiglu_intermediate_size
 from .rope import default_rope_bands
 from .safetensors_io import (
     SafetensorsError,
@@ -59,11 +59,6 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------ the official key table
-
-
-def sr_1080p_local_attn_layers(num_layers: int) -> list[int]:
-    """Official 1080p SR rule: every layer is local except 3, 7, 11, ..., 31 (i >= 32 stays local)."""
-    return [i for i in range(num_layers) if i >= 32 or i % 4 != 3]
 
 
 def official_key_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
@@ -398,7 +393,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") 
                               "the checkpoint is incomplete")
     mm, gelu, post = [], [], []
     head_dims, qkv_widths = set(), set()
-    swiglu_inner = int(h * 4 * 2 / 3) // 4 * 4
+    swiglu_inner = swiglu_intermediate_size(h)
     for i in range(n):
         p = f"block.layers.{i}."
         try:

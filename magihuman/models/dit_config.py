@@ -5,12 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-def sr_1080p_local_layers(num_layers: int) -> list[int]:
+
+def sr_1080p_local_attn_layers(num_layers: int) -> list[int]:
     """1080p SR model: every layer is local except 3, 7, 11, ..., 31 (official SR2_1080 arch override)."""
     return [i for i in range(num_layers) if i >= 32 or i % 4 != 3]
 
 
-SR_1080P_LOCAL_ATTN_LAYERS: tuple[int, ...] = tuple(sr_1080p_local_layers(40))
+SR_1080P_LOCAL_ATTN_LAYERS: tuple[int, ...] = tuple(sr_1080p_local_attn_layers(40))
+
+
+def swiglu_intermediate_size(hidden_size: int) -> int:
+    """Inner width of a swiglu7 MLP (official TransFormerLayer rule)."""
+    return int(hidden_size * 4 * 2 / 3) // 4 * 4
 
 
 @dataclass
@@ -39,7 +45,7 @@ class DiTConfig:
 
     @property
     def swiglu_intermediate_size(self) -> int:
-        return int(self.hidden_size * 4 * 2 / 3) // 4 * 4
+        return swiglu_intermediate_size(self.hidden_size)
 
     @property
     def gelu_intermediate_size(self) -> int:
@@ -93,7 +99,7 @@ class DiTConfig:
                 text_in_channels=64,
                 mm_layers=[0, 3],
                 gelu7_layers=[0],
-                local_attn_layers=sr_1080p_local_layers(4) if name == "tiny_sr_1080p" else [],
+                local_attn_layers=sr_1080p_local_attn_layers(4) if name == "tiny_sr_1080p" else [],
             )
         raise ValueError(
             f"unknown DiT preset {name!r}; choose one of distill, base, sr_540p, sr_1080p, tiny, tiny_sr_1080p"
