@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import magihuman.models.audio_vae as audio_vae
+import magihuman.safetensors_io as safetensors_io
 from magihuman.models.audio_vae import (
     PRETRANSFORM_PREFIX,
     AudioVAELoadError,
@@ -216,13 +216,13 @@ def test_load_state_dict_accepts_released_and_folded_keys(released, vae):
 
 def test_loader_reads_only_the_vae_tensors(tiny_folder, monkeypatch):
     seen = []
-    real = audio_vae.stream_into
+    real = safetensors_io.stream_into
 
     def spy(header, make_dest, names=None, **kw):
         seen.extend(names)
         return real(header, make_dest, names, **kw)
 
-    monkeypatch.setattr(audio_vae, "stream_into", spy)
+    monkeypatch.setattr(safetensors_io, "stream_into", spy)
     model = load_audio_vae(tiny_folder / "model.safetensors", dtype=torch.bfloat16)
     assert seen and all(n.startswith(PRETRANSFORM_PREFIX) for n in seen)
     assert "model.model.preprocess_conv.weight" not in seen

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import tag_operations
-from ..safetensors_io import SafetensorsError, read_header, stream_into, write_file
+from ..safetensors_io import SafetensorsError, load_file, read_header, write_file
 
 __all__ = [
     "OobleckVAE",
@@ -390,18 +390,6 @@ def _key_report(path, missing, unexpected, n=5) -> str:
     return f"{path}: weights do not match the Oobleck audio VAE config: " + "; ".join(parts)
 
 
-def _read_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    header = read_header(path)
-    out: dict[str, torch.Tensor] = {}
-
-    def make(info):
-        out[info.name] = torch.empty(info.shape, dtype=info.dtype)
-        return out[info.name]
-
-    stream_into(header, make, names)
-    return out
-
-
 def _resolve(path: Path) -> tuple[Path, dict | None]:
     """(weights file, config dict or None) for a folder, a model.safetensors or a VAE-only file."""
     if path.is_dir():
@@ -468,7 +456,7 @@ def load_audio_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float3
     except (KeyError, TypeError) as e:
         raise AudioVAELoadError(f"{weights}: model config is incomplete ({e!r})") from e
 
-    sd = _read_tensors(weights, vae_names)
+    sd = load_file(weights, vae_names)
     sd = fold_weight_norm({k[len(prefix):]: v for k, v in sd.items()})
     expected = model.state_dict()
     missing = set(expected) - set(sd)
