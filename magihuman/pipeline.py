@@ -337,7 +337,8 @@ def empty_latents(width: int, height: int, seconds: float, *, batch: int = 1, de
     log.info("MagiHuman latents: %dx%d, %s s -> %d frames, %d latent frames", w, h, seconds, num_frames,
              latent_frames)
     _check_alloc(4 * batch * (VIDEO_LATENT_CHANNELS * latent_frames * (h // SPATIAL_STRIDE) * (w // SPATIAL_STRIDE)
-                              + AUDIO_LATENT_CHANNELS * num_frames), device, f"empty_latents({w}x{h}, {seconds} s)")
+                              + AUDIO_LATENT_CHANNELS * num_frames), device,
+                 f"empty_latents({w}x{h}, {seconds} s{f', batch {batch}' if batch > 1 else ''})")
     video = torch.zeros(batch, VIDEO_LATENT_CHANNELS, latent_frames, h // SPATIAL_STRIDE, w // SPATIAL_STRIDE,
                         dtype=torch.float32, device=device)
     audio = torch.zeros(batch, num_frames, AUDIO_LATENT_CHANNELS, dtype=torch.float32, device=device)

@@ -63,7 +63,7 @@ MAX_SIZE, MAX_SECONDS, MAX_BATCH = 4096, 60.0, 16  # the widget limits of MagiHu
 
 
 def check_latent_request(width, height, seconds, batch_size, where: str) -> None:
-    """Refuse requests beyond the node's limits (or the host memory) BEFORE allocating anything."""
+    """Refuse requests beyond the node's widget limits (empty_latents then checks sizes and memory)."""
     for name, v in (("width", width), ("height", height)):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > MAX_SIZE:
             raise ValueError(f"{where}: {name} {v} is above the maximum of {MAX_SIZE} pixels; generate at the base "
@@ -73,19 +73,6 @@ def check_latent_request(width, height, seconds, batch_size, where: str) -> None
                          "(the model was trained on clips of a few seconds) and join them")
     if isinstance(batch_size, int) and batch_size > MAX_BATCH:
         raise ValueError(f"{where}: batch_size {batch_size} is above the maximum of {MAX_BATCH}; queue several runs")
-    try:
-        w, h = pipeline.snap_size(width, height)
-        frames, latent_frames = pipeline.frame_counts(seconds)
-    except ValueError as e:
-        raise type(e)(f"{where}: {e}") from None
-    need = 4 * int(batch_size) * (pipeline.VIDEO_LATENT_CHANNELS * latent_frames * (h // 16) * (w // 16)
-                                  + pipeline.AUDIO_LATENT_CHANNELS * frames)
-    from ..magihuman.estimate import device_memory
-
-    have = device_memory(compat.intermediate_device())
-    if need > have:
-        raise ValueError(f"{where}: the empty latent alone needs {need / 2**30:.1f} GiB but only {have / 2**30:.1f} "
-                         "GiB is available; lower the size, the seconds or the batch size")
 
 
 class MagiHumanEmptyAVLatent(io.ComfyNode):
@@ -111,8 +98,12 @@ class MagiHumanEmptyAVLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, width, height, seconds, batch_size=1):
-        check_latent_request(width, height, seconds, batch_size, "MagiHuman Empty AV Latent")
-        av = pipeline.empty_latents(width, height, seconds, batch=batch_size, device=compat.intermediate_device())
+        where = "MagiHuman Empty AV Latent"
+        check_latent_request(width, height, seconds, batch_size, where)
+        try:
+            av = pipeline.empty_latents(width, height, seconds, batch=batch_size, device=compat.intermediate_device())
+        except pipeline.PipelineError as e:
+            raise pipeline.PipelineError(f"{where}: {e}") from None
         i = av.info
         text = (f"{i['size'][0]}x{i['size'][1]}" + (f" (snapped from {width}x{height})" if i["snapped"] else "")
                 + f", {i['num_frames']} frames ({i['latent_frames']} latent), audio {i['num_frames']} steps")

@@ -350,6 +350,15 @@ def test_absurd_sizes_refused_before_allocating(env, monkeypatch, w, h, s, what)
     _assert_names(_msg(e), what, "above the maximum")
 
 
+def test_empty_latent_node_refuses_what_memory_cannot_hold(env, monkeypatch):
+    """Within the widget limits, the engine's allocation guard speaks for the node (batch named)."""
+    monkeypatch.setattr(env["pipeline"], "_available_bytes", lambda device: 1024)
+    with pytest.raises(ValueError) as e:
+        env["run"]("MagiHumanEmptyAVLatent", width=64, height=64, seconds=1.0, batch_size=2)
+    _assert_names(_msg(e), "MagiHuman Empty AV Latent", "64x64, 1.0 s, batch 2", "for the latent alone",
+                  "lower the size")
+
+
 def test_runs_that_cannot_fit_are_refused_before_sampling(env, monkeypatch):
     """magihuman.estimate: the sampler refuses when the DiT activations alone exceed the device memory,
     before any noise is drawn (denoise / super_resolve are never entered)."""
