@@ -484,9 +484,9 @@ def infer_variant(src: CheckpointSource, override: Optional[str] = None) -> tupl
             return v, f"the name {name!r}"
     dt = src.source_dtype()
     if dt in (torch.bfloat16, torch.float16):
-        return "base", (f"weights are {str(dt).replace('torch.', '')} on disk and the name says nothing; the base "
+        return "base", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; the base "
                         "release is the bf16 one (pass variant= to override)")
-    return "distill", (f"weights are {str(dt).replace('torch.', '')} on disk and the name says nothing; distill and "
+    return "distill", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; distill and "
                        "the SR models are the fp32 releases, distill assumed (pass variant='sr_540p'/'sr_1080p' "
                        "or name the folder 540p_sr/1080p_sr for an SR model)")
 
@@ -524,18 +524,31 @@ def resolve_config(src: CheckpointSource, variant: str, config: Optional[DiTConf
     return inferred, "no local attention"
 
 
-def inspect_dit(path: str | Path, *, variant: Optional[str] = None) -> dict:
-    """What :func:`load_dit` would build, from the headers alone (no tensor data is read)."""
+def _open_checked(path: str | Path, variant: Optional[str], config: Optional[DiTConfig] = None):
+    """Open a checkpoint, settle its variant and config, and check every key and shape against them.
+
+    Returns ``(source, variant, variant_reason, config, config_reason)``."""
     src = open_checkpoint(path)
     v, reason = infer_variant(src, variant)
-    cfg, config_reason = resolve_config(src, v)
-    msg = key_mismatch_message(src.describe(), src.shapes, official_key_shapes(cfg), "a daVinci-MagiHuman DiT",
-                               allow_missing=[ROPE_KEY])
+    cfg, config_reason = resolve_config(src, v, config)
+    msg = key_mismatch_message(src.describe(), src.shapes, official_key_shapes(cfg),
+                               f"a daVinci-MagiHuman DiT of the config in use ({cfg.num_layers} layers, hidden "
+                               f"{cfg.hidden_size})", allow_missing=[ROPE_KEY])
     if msg:
         raise CheckpointError(msg)
+    return src, v, reason, cfg, config_reason
+
+
+def _coords(variant: str) -> str:
+    return "v1" if variant.startswith("sr_") else "v2"
+
+
+def inspect_dit(path: str | Path, *, variant: Optional[str] = None) -> dict:
+    """What :func:`load_dit` would build, from the headers alone (no tensor data is read)."""
+    src, v, reason, cfg, config_reason = _open_checked(path, variant)
     return {"variant": v, "reason": reason, "config_reason": config_reason, "source": src.describe(),
             "source_dtype": _dtype_name(src.source_dtype()), "quantization": src.quantization,
-            "coords": "v1" if v.startswith("sr_") else "v2", "config": cfg.to_dict(), "bytes": src.total_bytes,
+            "coords": _coords(v), "config": cfg.to_dict(), "bytes": src.total_bytes,
             "files": [str(f) for f in src.files]}
 
 
@@ -598,20 +611,11 @@ def load_dit(
     """
     from .models.dit import MagiHumanDiT  # local: keeps file tools importable without the model code
 
-    src = open_checkpoint(path)
+    src, variant, variant_reason, cfg, config_reason = _open_checked(path, variant, config)
     where = src.describe()
-    variant, variant_reason = infer_variant(src, variant)
-    cfg, config_reason = resolve_config(src, variant, config)
-
+    block_dtype = dtype or torch.bfloat16
     model = MagiHumanDiT(cfg, operations=operations, dtype=dtype, device="meta")
-    slots = _state_slots(model)
-    expected = {k: tuple(getattr(m, a).shape) for k, (m, a, _) in slots.items()}
-    msg = key_mismatch_message(where, src.shapes, expected,
-                               f"the DiT this config needs (inferred: {cfg.num_layers} layers, hidden "
-                               f"{cfg.hidden_size})", allow_missing=[ROPE_KEY])
-    if msg:
-        raise CheckpointError(msg)
-
+    slots = _state_slots(model)  # the same keys and shapes as official_key_shapes(cfg)
     scales = src.load_scales()
     device = torch.device(device)
     total = src.total_bytes
@@ -647,7 +651,7 @@ def load_dit(
     notes = []
     if src.quantization:
         notes.append(f"{src.quantization}: {len(scales)} weight(s) dequantised to "
-                     f"{_dtype_name(dtype or torch.bfloat16)} while loading")
+                     f"{_dtype_name(block_dtype)} while loading")
     if ROPE_KEY not in src.key_file:
         model.reset_rope_bands_(device)
         notes.append(f"{ROPE_KEY} absent from the file: filled with 1/10000**(i/{cfg.head_dim // 8})")
@@ -664,8 +668,8 @@ def load_dit(
         "config_reason": config_reason,
         "source": where,
         "source_dtype": _dtype_name(source_dtype),
-        "dtype": _dtype_name(dtype or torch.bfloat16),
-        "coords": "v1" if variant.startswith("sr_") else "v2",
+        "dtype": _dtype_name(block_dtype),
+        "coords": _coords(variant),
         "quantization": src.quantization,
         "config": cfg.to_dict(),
         "bytes_read": done,
@@ -673,7 +677,7 @@ def load_dit(
     }
     log.info("Loaded MagiHuman DiT from %s: variant %s (%s); %s on disk -> %s block linears; %d layers, "
              "hidden %d; %s%s", where, variant, variant_reason, _dtype_name(source_dtype),
-             _dtype_name(dtype or torch.bfloat16), cfg.num_layers, cfg.hidden_size, config_reason,
+             _dtype_name(block_dtype), cfg.num_layers, cfg.hidden_size, config_reason,
              ("; " + "; ".join(notes)) if notes else "")
     return model
 
@@ -759,13 +763,7 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
                 variant: Optional[str] = None, show_progress: bool = True) -> Path:
     """Re-save a DiT checkpoint as ONE ``.safetensors`` file, block linears in ``dtype`` (rest fp32),
     with ``magihuman_variant`` / ``magihuman_config`` metadata. Streams: one tensor in memory at a time."""
-    src = open_checkpoint(src_path)
-    v, reason = infer_variant(src, variant)
-    cfg, _ = resolve_config(src, v)
-    msg = key_mismatch_message(src.describe(), src.shapes, official_key_shapes(cfg), "a daVinci-MagiHuman DiT",
-                               allow_missing=[ROPE_KEY])
-    if msg:
-        raise CheckpointError(msg)
+    src, v, reason, cfg, _ = _open_checked(src_path, variant)
     dst = Path(dst)
     if not dst.name.endswith(".safetensors"):
         raise CheckpointError(f"convert_dit writes a .safetensors file; got {dst}")
