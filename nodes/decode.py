@@ -104,12 +104,11 @@ class MagiHumanAudioDecode(io.ComfyNode):
                 raise ValueError(f"{where}: audio latent must be [B, 64, N], got {tuple(z.shape)}")
         else:
             z = from_latent(latent, where).audio.transpose(1, 2)
-        dtype = next(vae.parameters()).dtype
         waves = []
         with torch.no_grad():
             for b in range(z.shape[0]):
                 compat.check_interrupt()
-                waves.append(vae.decode(z[b:b + 1].to(device=audio_vae.device, dtype=dtype))[0].float().cpu())
+                waves.append(vae.decode(z[b:b + 1])[0].float().cpu())  # the VAE moves/casts to its weights
         wave = torch.stack(waves)  # [B, 2, S]
         rate = AUDIO_RATES[sample_rate]
         if rate != TRUE_AUDIO_RATE:
