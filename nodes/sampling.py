@@ -17,6 +17,11 @@ def _seed_input():
                         tooltip="Noise seed (one generator per stage; same seed, same device -> same result).")
 
 
+def _shift_input():
+    return io.Float.Input("shift", default=S.DEFAULT_SHIFT, min=0.1, max=20.0, step=0.1,
+                          tooltip="Flow-schedule shift (official 5).")
+
+
 def check_fits(model_handle, av, where: str, *, cfg: bool, batch_cfg: bool = True, size=None) -> None:
     """pipeline.check_fits BEFORE the model is moved to the device (ComfyUI loads it in ``use()``)."""
     pipeline.check_fits(model_handle.model, av, where, cfg=cfg, batch_cfg=batch_cfg, size=size,
@@ -45,8 +50,7 @@ class MagiHumanDistilledSampler(io.ComfyNode):
                 io.Latent.Input("latent"),
                 _seed_input(),
                 io.Int.Input("steps", default=pipeline.DISTILLED_STEPS, min=1, max=100, tooltip="The distilled model was trained for 8."),
-                io.Float.Input("shift", default=S.DEFAULT_SHIFT, min=0.1, max=20.0, step=0.1,
-                               tooltip="Flow-schedule shift (official 5)."),
+                _shift_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -85,8 +89,7 @@ class MagiHumanBaseSampler(io.ComfyNode):
                              tooltip="Timestep (0-1000) where the video scale drops to the low value (official 500)."),
                 io.Float.Input("audio_guidance", default=S.AUDIO_GUIDANCE_SCALE, min=0.0, max=20.0, step=0.1,
                                tooltip="Audio CFG scale (official 5)."),
-                io.Float.Input("shift", default=S.DEFAULT_SHIFT, min=0.1, max=20.0, step=0.1,
-                               tooltip="Flow-schedule shift (official 5)."),
+                _shift_input(),
                 io.Boolean.Input("batch_cfg", default=True,
                                  tooltip="Run prompt and negative prompt as one batch of 2 (same result; faster on "
                                          "GPUs, needs more memory)."),
