@@ -24,8 +24,7 @@ DeviceLike = Union[str, torch.device]
 class _Streamed:
     """One streamed layer: its tensors' host copies and, while loaded, their device copies."""
 
-    index: int
-    tensors: list[tuple[nn.Module, str, bool]]  # (owner module, attribute name, is_parameter)
+    tensors: list[tuple[nn.Module, str]]  # (owner module, attribute name) of each parameter and buffer
     host: list[torch.Tensor]
     device_copies: Optional[list[torch.Tensor]] = None
     pending: Optional[list[torch.Tensor]] = None  # prefetched copies, not yet attached
@@ -42,6 +41,7 @@ class BlockOffload:
     copy_always: bool
     prefetch: bool
     side_stream: Optional[object] = None
+    model: Optional[nn.Module] = field(default=None, repr=False)
     handles: list = field(default_factory=list)
     loads: int = 0  # layer copies made (synchronous + prefetched)
     prefetched: int = 0
@@ -55,10 +55,10 @@ class BlockOffload:
         return [t.to(self.device, non_blocking=non_blocking, copy=self.copy_always) for t in s.host]
 
     def _attach(self, s: _Streamed, tensors: list[torch.Tensor]) -> None:
-        for (mod, name, is_param), t in zip(s.tensors, tensors):
+        for (mod, name), t in zip(s.tensors, tensors):
             getattr(mod, name).data = t
         s.device_copies = tensors
-        self.loaded_now = sum(1 for x in self.streamed.values() if x.device_copies is not None)
+        self.loaded_now += 1
         self.max_loaded = max(self.max_loaded, self.loaded_now)
 
     def _start_prefetch(self, s: _Streamed) -> None:
@@ -91,7 +91,7 @@ class BlockOffload:
         s = self.streamed[index]
         if s.device_copies is None:
             return
-        for (mod, name, is_param), host in zip(s.tensors, s.host):
+        for (mod, name), host in zip(s.tensors, s.host):
             getattr(mod, name).data = host
         s.device_copies = None
         self.loaded_now -= 1
@@ -123,13 +123,15 @@ class BlockOffload:
         self.handles.clear()
         for i in self.streamed:
             self.unload(i)
+        if self.model is not None:
+            self.model._magi_block_offload = None
 
 
-def _layer_tensors(layer: nn.Module) -> list[tuple[nn.Module, str, bool]]:
+def _layer_tensors(layer: nn.Module) -> list[tuple[nn.Module, str]]:
     out = []
     for mod in layer.modules():
-        out += [(mod, n, True) for n, p in mod.named_parameters(recurse=False) if p is not None]
-        out += [(mod, n, False) for n, b in mod.named_buffers(recurse=False) if b is not None]
+        out += [(mod, n) for n, _ in mod.named_parameters(recurse=False)]
+        out += [(mod, n) for n, _ in mod.named_buffers(recurse=False)]
     return out
 
 
@@ -156,7 +158,7 @@ def enable_block_offload(model: nn.Module, device: DeviceLike, blocks_on_device:
         dev = torch.device("cuda", torch.cuda.current_device())
     pin = (dev.type == "cuda" and host_dev.type == "cpu") if pin_memory is None else pin_memory
 
-    for name, child in model.named_children():
+    for child in model.children():
         if child is not model.block:
             child.to(dev)
     for p in model.parameters(recurse=False):
@@ -168,26 +170,19 @@ def enable_block_offload(model: nn.Module, device: DeviceLike, blocks_on_device:
     for i in range(int(blocks_on_device), n):
         tensors = _layer_tensors(layers[i])
         host = []
-        for mod, attr, _ in tensors:
+        for mod, attr in tensors:
             t = getattr(mod, attr).data.to(host_dev)
             if pin:
                 t = t.pin_memory()
             getattr(mod, attr).data = t
             host.append(t)
-        streamed[i] = _Streamed(i, tensors, host)
+        streamed[i] = _Streamed(tensors, host)
 
     side = torch.cuda.Stream(dev) if (dev.type == "cuda" and prefetch) else None
-    state = BlockOffload(dev, resident, streamed, copy_always, prefetch, side)
+    state = BlockOffload(dev, resident, streamed, copy_always, prefetch, side, model=model)
     for i, layer in enumerate(layers):
         state.handles.append(layer.register_forward_pre_hook(state._pre_hook(i)))
         if i in streamed:
             state.handles.append(layer.register_forward_hook(state._post_hook(i)))
     model._magi_block_offload = state
-    original_remove = state.remove
-
-    def remove() -> None:
-        original_remove()
-        model._magi_block_offload = None
-
-    state.remove = remove
     return state
