@@ -74,43 +74,41 @@ def _import_first(names: tuple[str, ...]):
     return None
 
 
-def _make_flash() -> AttentionFn:
-    """FlashAttention 3 (``flash_attn_interface``) or 2 (``flash_attn``); native GQA, layout [B, L, H, D]."""
-    mod = _import_first(("flash_attn_interface", "flash_attn"))
+def _flash_call(mod, q, k, v):
+    """FlashAttention 3 (``flash_attn_interface``) or 2 (``flash_attn``); native GQA."""
+    out = mod.flash_attn_func(q, k, v, causal=False)
+    return out[0] if isinstance(out, tuple) else out  # some FlashAttention 3 builds also return the log-sum-exp
+
+
+def _sage_call(mod, q, k, v):
+    """SageAttention (quantised QK^T); GQA is supported by the kernel."""
+    return mod.sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+
+
+# Optional CUDA backends: modules tried in order, what to install, and the call on [B, L, H, D] tensors
+# (the kernels' layout; the DiT's q/k/v are views of that layout, so the transposes are free).
+_OPTIONAL = {
+    "flash": (("flash_attn_interface", "flash_attn"), "the flash-attn package (FlashAttention 2: `pip install "
+              "flash-attn`, or FlashAttention 3's flash_attn_interface)", _flash_call),
+    "sage": (("sageattention",), "the sageattention package (`pip install sageattention`)", _sage_call),
+}
+
+
+def _load_optional(name: str) -> AttentionFn:
+    modules, package, call = _OPTIONAL[name]
+    mod = _import_first(modules)
     if mod is None:
-        raise ValueError("attention backend 'flash' needs the flash-attn package (FlashAttention 2: "
-                         "`pip install flash-attn`, or FlashAttention 3's flash_attn_interface); it is not installed")
+        raise ValueError(f"attention backend {name!r} needs {package}; it is not installed")
 
-    def flash_attention(q, k, v, mask=None):
-        _no_mask("flash", mask)
-        _half_precision("flash", q)
-        out = mod.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
-        if isinstance(out, tuple):  # some FlashAttention 3 builds also return the log-sum-exp
-            out = out[0]
-        return out.transpose(1, 2)
+    def backend(q, k, v, mask=None):
+        _no_mask(name, mask)
+        _half_precision(name, q)
+        return call(mod, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
-    return flash_attention
-
-
-def _make_sage() -> AttentionFn:
-    """SageAttention (quantised QK^T, CUDA); layout "NHD" = [B, L, H, D] (the DiT's native layout, so
-    the transposes below are free); GQA is supported by the kernel."""
-    mod = _import_first(("sageattention",))
-    if mod is None:
-        raise ValueError("attention backend 'sage' needs the sageattention package (`pip install sageattention`); "
-                         "it is not installed")
-
-    def sage_attention(q, k, v, mask=None):
-        _no_mask("sage", mask)
-        _half_precision("sage", q)
-        out = mod.sageattn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tensor_layout="NHD", is_causal=False)
-        return out.transpose(1, 2)
-
-    return sage_attention
+    return backend
 
 
 _BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "math": math_attention}
-_OPTIONAL: dict[str, Callable[[], AttentionFn]] = {"flash": _make_flash, "sage": _make_sage}
 _active = "sdpa"
 
 
@@ -128,7 +126,7 @@ def set_attention_backend(name: str) -> None:
         if not torch.cuda.is_available():
             raise ValueError(f"attention backend {name!r} runs on CUDA only and no CUDA device is available; "
                              "use 'sdpa'")
-        _BACKENDS[name] = _OPTIONAL[name]()  # raises a clear error when the package is missing
+        _BACKENDS[name] = _load_optional(name)  # raises a clear error when the package is missing
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}, "
                          f"optional: {', '.join(sorted(_OPTIONAL))} (add one with register_attention_backend)")
@@ -143,7 +141,7 @@ def available_attention_backends() -> list[str]:
     """Registered backends plus the optional ones usable here (package importable and CUDA present)."""
     usable = set(_BACKENDS)
     if torch.cuda.is_available():
-        usable |= {n for n, mods in (("flash", ("flash_attn_interface", "flash_attn")), ("sage", ("sageattention",)))
+        usable |= {n for n, (mods, _, _) in _OPTIONAL.items()
                    if any(importlib.util.find_spec(m) is not None for m in mods)}
     return sorted(usable)
 
