@@ -48,3 +48,42 @@ def tiny_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "magihuman_tiny"
     write_tiny_models(folder)
     return folder
+
+
+# Node inputs that load each tiny model (names as the loaders list them from the tiny models folder).
+TINY_NODE_LOADS = {
+    "dit": ("MagiHumanDiTLoader", dict(model_name="magihuman_tiny_distill/", weight_dtype="fp32")),
+    "base": ("MagiHumanDiTLoader", dict(model_name="magihuman_tiny_base.safetensors", weight_dtype="bf16")),
+    "sr": ("MagiHumanSRDiTLoader", dict(model_name="magihuman_tiny_540p_sr/", weight_dtype="fp32")),
+    "te": ("MagiHumanTextEncoderLoader", dict(text_encoder="t5gemma_tiny/", weight_dtype="fp32")),
+    "turbo": ("MagiHumanTurboVAELoader", dict(vae_name="turbo_vae_tiny/", weight_dtype="fp32")),
+    "wan": ("MagiHumanVideoVAELoader", dict(vae_name="wan2.2_vae_tiny.safetensors", weight_dtype="fp32")),
+    "audio": ("MagiHumanAudioVAELoader", dict(vae_name="stable_audio_open_tiny/", weight_dtype="fp32")),
+}
+
+
+class NodePack:
+    """The pack's node classes, reading models from ``models_dir`` (a ComfyUI models folder), no ComfyUI."""
+
+    def __init__(self, pack, models_dir: Path) -> None:
+        self.compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
+        self.compat.set_models_dir(str(models_dir))
+        mod = importlib.import_module(f"{pack.__name__}.nodes")
+        self.nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
+
+    def run(self, node_id: str, **inputs):
+        """Execute a node as ComfyUI would; returns its outputs tuple."""
+        return self.nodes[node_id].execute(**inputs).args
+
+    def load_tiny(self, *roles: str) -> dict:
+        """role -> loaded model handle, for the roles of :data:`TINY_NODE_LOADS` (default: all)."""
+        return {r: self.run(TINY_NODE_LOADS[r][0], **TINY_NODE_LOADS[r][1])[0] for r in roles or TINY_NODE_LOADS}
+
+    def close(self) -> None:
+        self.compat.set_models_dir(None)
+
+
+@pytest.fixture(scope="session")
+def node_pack(pack):
+    """``node_pack(models_dir)`` -> :class:`NodePack`; ``close()`` it when the module is done."""
+    return lambda models_dir: NodePack(pack, models_dir)

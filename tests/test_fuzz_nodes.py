@@ -8,7 +8,6 @@ is wrong); never another exception. Budget: the whole file runs in about a minut
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -24,32 +23,21 @@ FUZZ = dict(deadline=None, derandomize=True, database=None,
 
 
 @pytest.fixture(scope="module")
-def env(pack, tiny_dir):
-    root = tiny_dir
-    compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
-    compat.set_models_dir(str(root))
-    mod = importlib.import_module(f"{pack.__name__}.nodes")
-    nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
-
-    def run(node_id, **kw):
-        return nodes[node_id].execute(**kw).args
-
+def env(node_pack, tiny_dir):
+    np_ = node_pack(tiny_dir)
+    compat, run = np_.compat, np_.run
     m = {
         "fp32": run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp32",
                     compute_dtype="fp32")[0],
         "bf16": run("MagiHumanDiTLoader", model_name="magihuman_tiny_base.safetensors", weight_dtype="bf16",
                     compute_dtype="bf16")[0],
-        "sr": run("MagiHumanSRDiTLoader", model_name="magihuman_tiny_540p_sr/", weight_dtype="fp32")[0],
-        "te": run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny/", weight_dtype="fp32")[0],
-        "turbo": run("MagiHumanTurboVAELoader", vae_name="turbo_vae_tiny/", weight_dtype="fp32")[0],
-        "wan": run("MagiHumanVideoVAELoader", vae_name="wan2.2_vae_tiny.safetensors", weight_dtype="fp32")[0],
-        "audio": run("MagiHumanAudioVAELoader", vae_name="stable_audio_open_tiny/", weight_dtype="fp32")[0],
+        **np_.load_tiny("sr", "te", "turbo", "wan", "audio"),
     }
     pos, neg = run("MagiHumanTextEncode", text_encoder=m["te"], prompt="A man speaks.", negative_prompt="noise",
                    encode_negative=True)
     compat.request_interrupt(False)
     yield {"run": run, "m": m, "pos": pos, "neg": neg}
-    compat.set_models_dir(None)
+    np_.close()
 
 
 def documented(e: BaseException) -> bool:

@@ -9,13 +9,15 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def nodes(pack, tiny_dir):
-    models = tiny_dir
-    compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
-    compat.set_models_dir(str(models))
-    mod = importlib.import_module(f"{pack.__name__}.nodes")
-    yield {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
-    compat.set_models_dir(None)
+def node_env(node_pack, tiny_dir):
+    env = node_pack(tiny_dir)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def nodes(node_env):
+    return node_env.nodes
 
 
 def run(node_cls, **kw):
@@ -23,16 +25,8 @@ def run(node_cls, **kw):
 
 
 @pytest.fixture(scope="module")
-def models(nodes):
-    return {
-        "dit": run(nodes["MagiHumanDiTLoader"], model_name="magihuman_tiny_distill/", weight_dtype="fp32")[0],
-        "base": run(nodes["MagiHumanDiTLoader"], model_name="magihuman_tiny_base.safetensors", weight_dtype="bf16")[0],
-        "sr": run(nodes["MagiHumanSRDiTLoader"], model_name="magihuman_tiny_540p_sr/", weight_dtype="fp32")[0],
-        "te": run(nodes["MagiHumanTextEncoderLoader"], text_encoder="t5gemma_tiny/", weight_dtype="fp32")[0],
-        "turbo": run(nodes["MagiHumanTurboVAELoader"], vae_name="turbo_vae_tiny/", weight_dtype="fp32")[0],
-        "wan": run(nodes["MagiHumanVideoVAELoader"], vae_name="wan2.2_vae_tiny.safetensors", weight_dtype="fp32")[0],
-        "audio": run(nodes["MagiHumanAudioVAELoader"], vae_name="stable_audio_open_tiny/", weight_dtype="fp32")[0],
-    }
+def models(node_env):
+    return node_env.load_tiny()
 
 
 def test_node_ids_and_categories(nodes):

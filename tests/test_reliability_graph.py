@@ -18,25 +18,10 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def env(pack, tiny_dir):
-    root = tiny_dir
-    compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
-    compat.set_models_dir(str(root))
-    mod = importlib.import_module(f"{pack.__name__}.nodes")
-    nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
-
-    def run(node_id, **kw):
-        return nodes[node_id].execute(**kw).args
-
-    m = {
-        "dit": run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp32")[0],
-        "base": run("MagiHumanDiTLoader", model_name="magihuman_tiny_base.safetensors", weight_dtype="bf16")[0],
-        "sr": run("MagiHumanSRDiTLoader", model_name="magihuman_tiny_540p_sr/", weight_dtype="fp32")[0],
-        "te": run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny/", weight_dtype="fp32")[0],
-        "turbo": run("MagiHumanTurboVAELoader", vae_name="turbo_vae_tiny/", weight_dtype="fp32")[0],
-        "wan": run("MagiHumanVideoVAELoader", vae_name="wan2.2_vae_tiny.safetensors", weight_dtype="fp32")[0],
-        "audio": run("MagiHumanAudioVAELoader", vae_name="stable_audio_open_tiny/", weight_dtype="fp32")[0],
-    }
+def env(pack, node_pack, tiny_dir):
+    np_ = node_pack(tiny_dir)
+    compat, nodes, run = np_.compat, np_.nodes, np_.run
+    m = np_.load_tiny()
     pos, neg = run("MagiHumanTextEncode", text_encoder=m["te"], prompt="A woman laughs and says hello.",
                    negative_prompt="blurry, silent", encode_negative=True)
     (lat,) = run("MagiHumanEmptyAVLatent", width=64, height=64, seconds=0.5, batch_size=1)
@@ -45,7 +30,7 @@ def env(pack, tiny_dir):
            "pl": importlib.import_module(f"{pack.__name__}.magihuman.pipeline"),
            "lio": importlib.import_module(f"{pack.__name__}.nodes.latent_io")}
     compat.request_interrupt(False)
-    compat.set_models_dir(None)
+    np_.close()
 
 
 def _names(msg: str, *parts: str) -> None:

@@ -28,30 +28,17 @@ from magihuman.models.video_vae import WanVAELoadError
 
 
 @pytest.fixture(scope="module")
-def env(pack, tiny_dir, tmp_path_factory):
+def env(pack, node_pack, tiny_dir, tmp_path_factory):
     """Tiny models in a ComfyUI-style models folder (a copy: the tests add bad files), nodes, loaded handles."""
     root = tmp_path_factory.mktemp("models") / "models"
     shutil.copytree(tiny_dir, root)
-    compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
-    compat.set_models_dir(str(root))
-    mod = importlib.import_module(f"{pack.__name__}.nodes")
-    nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
-
-    def run(node_id, **kw):
-        return nodes[node_id].execute(**kw).args
-
-    models = {
-        "dit": run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp32")[0],
-        "base": run("MagiHumanDiTLoader", model_name="magihuman_tiny_base.safetensors", weight_dtype="bf16")[0],
-        "sr": run("MagiHumanSRDiTLoader", model_name="magihuman_tiny_540p_sr/", weight_dtype="fp32")[0],
-        "te": run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny/", weight_dtype="fp32")[0],
-        "wan": run("MagiHumanVideoVAELoader", vae_name="wan2.2_vae_tiny.safetensors", weight_dtype="fp32")[0],
-        "audio": run("MagiHumanAudioVAELoader", vae_name="stable_audio_open_tiny/", weight_dtype="fp32")[0],
-    }
+    np_ = node_pack(root)
+    compat, nodes, run = np_.compat, np_.nodes, np_.run
+    models = np_.load_tiny("dit", "base", "sr", "te", "wan", "audio")
     pipeline = importlib.import_module(f"{pack.__name__}.magihuman.pipeline")
     yield {"root": root, "compat": compat, "nodes": nodes, "run": run, "m": models, "pack": pack.__name__,
            "pipeline": pipeline, "mod": lambda name: importlib.import_module(f"{pack.__name__}.magihuman.{name}")}
-    compat.set_models_dir(None)
+    np_.close()
 
 
 def _msg(excinfo) -> str:

@@ -1,7 +1,6 @@
 """Every shipped workflow: node types exist, links type-check, widget values fit the schemas, the API twin
 matches, the files are what the builder writes; the tiny ones run through the nodes' execute methods."""
 
-import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -131,17 +130,13 @@ def _run_api(prompt: dict, nodes: dict, out_dir: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("name", ["magihuman_tiny_t2v", "magihuman_tiny_sr"])
-def test_tiny_workflow_runs(name, pack, tmp_path, tiny_dir):
-    models = tiny_dir
-    compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
-    compat.set_models_dir(str(models))
+def test_tiny_workflow_runs(name, node_pack, tmp_path, tiny_dir):
+    env = node_pack(tiny_dir)
     try:
-        mod = importlib.import_module(f"{pack.__name__}.nodes")
-        nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
         prompt = json.loads((WF_DIR / f"{name}_api.json").read_text())
-        out = _run_api(prompt, nodes, tmp_path)
+        out = _run_api(prompt, env.nodes, tmp_path)
     finally:
-        compat.set_models_dir(None)
+        env.close()
     assert len(out) == 1
     info = media.read_mp4_info(out[0])
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
