@@ -43,7 +43,7 @@ def compile_dit_blocks(model, *, backend: str = "inductor", mode: Optional[str] 
         name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
         setattr(dynamo_config, name, max(getattr(dynamo_config, name), 2 * kinds + 2))
     for layer in model.block.layers:
-        if "forward" in vars(layer):  # already compiled: recompile with the new options
+        if is_compiled(layer):  # recompile with the new options
             del layer.forward
         # the layer's forward, not its __call__: module hooks (block offload) stay eager around it
         layer.forward = torch.compile(layer.forward, backend=backend, mode=mode, dynamic=dynamic,

@@ -95,8 +95,7 @@ def _open_stream(path: Path):
     fh = open(path, "rb")
     if not is_zst(path):
         return fh
-    reader = _zstandard().ZstdDecompressor().stream_reader(fh, read_size=1 << 20, closefd=True)
-    return reader
+    return _zstandard().ZstdDecompressor().stream_reader(fh, read_size=1 << 20, closefd=True)
 
 
 def _readinto_exact(stream, view: memoryview, path: Path, what: str) -> None:
@@ -151,7 +150,7 @@ def _parse_header(path: Path, stream, file_size: int | None) -> SafetensorsHeade
             raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
         dtype = DTYPES[dtype_name]
         info = TensorInfo(name, dtype, shape, begin, end)
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if begin < 0 or end < begin or info.nbytes != info.numel * itemsize:
             raise SafetensorsError(
                 f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] that do not match its shape "
@@ -309,7 +308,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None) -> bytes:
