@@ -45,7 +45,7 @@ def default_cache_dir() -> Path:
     return base / "tiny"
 
 
-def _stamp(models_dir: Path) -> dict:
+def _stamp() -> dict:
     return {"version": TINY_VERSION, "files": TINY_FILES}
 
 
@@ -57,7 +57,7 @@ def _is_complete(models_dir: Path) -> bool:
         data = json.loads(stamp.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return data == _stamp(models_dir) and all((models_dir / p).exists() for p in TINY_FILES.values())
+    return data == _stamp() and all((models_dir / p).exists() for p in TINY_FILES.values())
 
 
 def _write_one(role: str, target: Path, seed: int) -> None:
@@ -115,7 +115,7 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
             _write_one(role, target, seed)
     finally:
         torch.random.set_rng_state(rng)
-    (models_dir / STAMP_NAME).write_text(json.dumps(_stamp(models_dir), indent=2), encoding="utf-8")
+    (models_dir / STAMP_NAME).write_text(json.dumps(_stamp(), indent=2), encoding="utf-8")
     log.info("MagiHuman: wrote tiny models to %s", models_dir)
     return paths
 
