@@ -74,9 +74,8 @@ def _progress(desc: str, total: int, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=True, file=sys.stderr)
 
 
-def _free(*objs):
-    for o in objs:
-        del o
+def _free() -> None:
+    """Return the memory of models the caller has just dropped (``del``) before the next one loads."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -232,8 +231,8 @@ def _generate_run(args, preset) -> int:
                                                       else torch.bfloat16, device=device)
     with timer("text encode"):
         cond = P.encode_prompt(text_encoder, args.prompt, negative if needs_negative else None)
-    _free(text_encoder)
-    text_encoder = None
+    del text_encoder
+    _free()
 
     # ---- conditioning: image (TI2V), reference audio (A2V)
     video_vae = None
@@ -261,8 +260,8 @@ def _generate_run(args, preset) -> int:
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
                            generator=generator, callback=lambda i, n, x0: bar.update(1))
-    _free(dit)
-    dit = None
+    del dit
+    _free()
 
     # ---- super-resolution
     if preset.sr:
@@ -274,8 +273,8 @@ def _generate_run(args, preset) -> int:
                                      height=args.sr_height or preset.sr_height, steps=sr_steps, cfg=preset.sr_cfg,
                                      generator=generator, video_vae=video_vae, image=image,
                                      callback=lambda i, n, x0: bar.update(1))
-        _free(sr_dit)
-        sr_dit = None
+        del sr_dit
+        _free()
 
     # ---- decode
     if decoder == "turbo":
@@ -287,8 +286,8 @@ def _generate_run(args, preset) -> int:
         video_decoder = video_vae
     with timer("decode video"):
         frames = P.decode_video(video_decoder, latent)
-    _free(video_decoder, video_vae)
-    video_decoder = video_vae = None
+    del video_decoder, video_vae
+    _free()
     with timer("decode audio"):
         wave, sample_rate = P.decode_audio(audio_vae, latent)
     with timer("mux"):
