@@ -431,7 +431,31 @@ def test_malicious_pickle_is_refused_without_running_code(tmp_path):
     raw.write_bytes(pickle.dumps(_Evil(str(marker))))
     with pytest.raises(WanVAELoadError):
         load_wan_vae(raw)
+    with pytest.raises(WanVAELoadError, match=r"rejected it \(Unsupported operand \d+\)"):
+        load_wan_vae(raw)
     assert not marker.exists()
+
+
+def test_refusal_gives_torchs_reason_without_its_unsafe_advice(tmp_path):
+    path = tmp_path / "Wan2.2_VAE.pth"
+    torch.save({"encoder.conv1.weight": torch.zeros(1), "payload": _Evil(str(tmp_path / "ran.txt"))}, path)
+    with pytest.raises(WanVAELoadError) as e:
+        load_wan_vae(path)
+    msg = str(e.value)
+    assert "exec was not an allowed global" in msg  # torch's reason names the rejected global
+    assert "weights_only` set to `False`" not in msg and "add_safe_globals" not in msg
+
+
+def test_unreadable_and_legacy_pth(tmp_path, tiny_files):
+    junk = tmp_path / "notes.pth"
+    junk.write_bytes(b"hello world, not a checkpoint")
+    with pytest.raises(WanVAELoadError, match="notes.pth: cannot read this file as a torch checkpoint"):
+        load_wan_vae(junk)
+    legacy = tmp_path / "legacy.pth"  # pre-zip torch.save format: cannot be memory-mapped
+    ref = safetensors_io.load_file(tiny_files["safetensors"])
+    torch.save(ref, legacy, _use_new_zipfile_serialization=False)
+    sd = load_wan_vae(legacy, dtype=torch.float32).state_dict()
+    assert all(torch.equal(sd[k], ref[k]) for k in ref)
 
 
 def test_wrong_keys_name_the_file_and_list_missing_and_unexpected(tmp_path, tiny_files):

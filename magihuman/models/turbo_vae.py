@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -21,6 +20,7 @@ from torch import nn
 
 from ..ops import tag_operations
 from .latent_stats import WAN22_LATENT_MEAN, WAN22_LATENT_STD
+from .video_vae import torch_load_weights_only
 
 __all__ = [
     "TurboVAEConfig",
@@ -534,46 +534,18 @@ PathLike = Union[str, os.PathLike]
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-def _unpickler_reason(err: Exception) -> str:
-    """The informative part of torch's weights-only refusal (its boilerplate suggests unsafe loading)."""
-    noise = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    parts = [p.strip() for p in str(err).split("\n\n") if p.strip() and not p.strip().startswith(noise)]
-    text = " ".join(parts).replace("WeightsUnpickler error:", "").strip()
-    return " ".join(text.split()) or type(err).__name__
-
-
-def _refused(path: Path, err: Exception) -> TurboVAEError:
+def _refused(path: Path, reason: str) -> TurboVAEError:
     return TurboVAEError(
         f"{path}: refused to load this pickle for safety: the weights-only unpickler rejected it "
-        f"({_unpickler_reason(err)}). Only plain tensors/containers are accepted; anything that would run code "
+        f"({reason}). Only plain tensors/containers are accepted; anything that would run code "
         "while unpickling is never opened (and the file may also be damaged). Use a .safetensors copy of the "
         "Turbo decoder instead: obtain one from a trusted source, or, on a machine where you trust the file, "
         "save its 'ema_state_dict' decoder tensors with safetensors and load that file.")
 
 
-def _unreadable(path: Path, err: Exception) -> TurboVAEError:
-    return TurboVAEError(f"{path}: cannot read this file as a torch checkpoint ({type(err).__name__}: "
-                         f"{_unpickler_reason(err)}); is it complete and really the Turbo VAE .ckpt?")
-
-
-def _torch_load_safe(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (mmap when the format allows); never anything weaker."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise _refused(path, err) from None
-    except RuntimeError as err:
-        if "mmap" not in str(err) and "zip" not in str(err):
-            raise _unreadable(path, err) from None
-    except Exception as err:  # noqa: BLE001 - any parse failure of a foreign file
-        raise _unreadable(path, err) from None
-    # Legacy (non-zip) torch files cannot be memory-mapped; read them normally, still weights_only.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise _refused(path, err) from None
-    except Exception as err:  # noqa: BLE001
-        raise _unreadable(path, err) from None
+def _unreadable(path: Path, reason: str) -> TurboVAEError:
+    return TurboVAEError(f"{path}: cannot read this file as a torch checkpoint ({reason}); is it complete and "
+                         "really the Turbo VAE .ckpt?")
 
 
 def _decoder_keys(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
@@ -609,7 +581,7 @@ def read_turbo_state_dict(ckpt_path: PathLike) -> tuple[dict[str, torch.Tensor],
             state = {k: f.get_tensor(k) for k in f.keys()}
         cfg = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
         return _decoder_keys(state, path), cfg
-    obj = _torch_load_safe(path)
+    obj = torch_load_weights_only(path, lambda r: _refused(path, r), lambda r: _unreadable(path, r))
     if isinstance(obj, Mapping) and "ema_state_dict" in obj:
         state = obj["ema_state_dict"]
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

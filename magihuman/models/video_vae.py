@@ -18,7 +18,7 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -664,26 +664,47 @@ def _describe_mismatch(path, missing: list[str], unexpected: list[str], n: int =
     return " ".join(parts)
 
 
-def _torch_load_weights_only(path: Path) -> dict:
-    """``torch.load(weights_only=True)`` or a refusal: never unpickle arbitrary objects."""
-    def load(mmap: bool):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+def _unpickler_reason(err: Exception) -> str:
+    """The informative part of a torch.load error, without torch's advice to load unsafely or to
+    allowlist the rejected global."""
+    marker, noise = "WeightsUnpickler error:", ("Weights only load failed", "Check the documentation")
+    parts = []
+    for part in str(err).split("\n\n"):
+        if marker in part:
+            part = part.split(marker, 1)[1]
+        elif part.strip().startswith(noise):
+            continue
+        parts.append(part.split("Please use `torch.serialization")[0])
+    return " ".join(" ".join(parts).split()) or type(err).__name__
 
-    try:
+
+def torch_load_weights_only(path: Path, refused: Callable[[str], Exception],
+                            unreadable: Callable[[str], Exception]) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped when the format allows; never anything weaker.
+
+    A pickle the weights-only unpickler rejects raises ``refused(reason)``; any other parse failure
+    raises ``unreadable(reason)``. Shared by the Wan2.2 and Turbo VAE loaders.
+    """
+    for mmap in (True, False):
         try:
-            obj = load(True)
-        except RuntimeError as e:  # legacy (non-zip) pickles cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            obj = load(False)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise WanVAELoadError(
-            f"{path}: refusing to load this pickle: torch.load(weights_only=True) rejected it ({first}). "
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            raise refused(_unpickler_reason(err)) from None
+        except Exception as err:  # noqa: BLE001 - any parse failure of a foreign file
+            if mmap and isinstance(err, RuntimeError) and "mmap" in str(err):
+                continue  # legacy (non-zip) torch files cannot be memory-mapped
+            raise unreadable(f"{type(err).__name__}: {_unpickler_reason(err)}") from None
+
+
+def _torch_load_state_dict(path: Path) -> dict:
+    """The state dict of an official ``.pth`` (weights-only unpickling, or a refusal)."""
+    obj = torch_load_weights_only(
+        path,
+        refused=lambda reason: WanVAELoadError(
+            f"{path}: refusing to load this pickle: torch.load(weights_only=True) rejected it ({reason}). "
             f"Only plain tensor checkpoints are read and pickled code is never executed; use the official "
-            f"Wan2.2_VAE.pth or a .safetensors file") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise WanVAELoadError(f"{path}: cannot read this file as a torch checkpoint ({type(e).__name__}: {e})") from None
+            f"Wan2.2_VAE.pth or a .safetensors file"),
+        unreadable=lambda reason: WanVAELoadError(f"{path}: cannot read this file as a torch checkpoint ({reason})"))
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -705,7 +726,7 @@ def load_wan_vae(path, *, dtype: torch.dtype = torch.bfloat16, device="cpu", ope
         shapes = {k: header.tensors[v].shape for k, v in keymap.names.items()}
         tensors = None
     else:
-        tensors = _torch_load_weights_only(path)
+        tensors = _torch_load_state_dict(path)
         keymap = map_wan_vae_keys(tensors, source=str(path))
         shapes = {k: tuple(tensors[v].shape) for k, v in keymap.names.items()}
     # Built on meta (no random init of ~700M parameters, seconds on a CPU); every tensor is then read.
@@ -739,7 +760,7 @@ def convert_wan_vae_to_safetensors(src, dst) -> Path:
     Keys are written in the official layout (wrapper prefixes stripped); dtypes are kept.
     """
     src, dst = Path(src), Path(dst)
-    tensors = _torch_load_weights_only(src)
+    tensors = _torch_load_state_dict(src)
     keymap = map_wan_vae_keys(tensors, source=str(src))
     shapes = {k: tuple(tensors[v].shape) for k, v in keymap.names.items()}
     expected = WanVAE.from_config(infer_wan_vae_config(shapes), device="meta").state_dict()
