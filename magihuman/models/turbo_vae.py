@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import tag_operations
-from .latent_stats import WAN22_LATENT_MEAN, WAN22_LATENT_STD
+from .latent_stats import WAN22_LATENT_MEAN, latent_mean_std
 from .video_vae import torch_load_weights_only
 
 __all__ = [
@@ -441,8 +441,7 @@ def plan_chunks(num_frames: int, first_chunk_size: int, step_size: int, temporal
 class TurboVAEDecoder(nn.Module):
     """The official TurboVAED decoder half with its sliding-window ``decode``.
 
-    ``state_dict()`` keys are the official ``decoder.*`` names; the Wan2.2 latent mean/std are
-    non-persistent buffers.
+    ``state_dict()`` keys are the official ``decoder.*`` names (the Wan2.2 latent statistics are constants).
     """
 
     def __init__(self, config: TurboVAEConfig, *, operations=nn, dtype=None, device=None,
@@ -454,10 +453,6 @@ class TurboVAEDecoder(nn.Module):
         self.config = config
         self.source_config = dict(source_config) if source_config is not None else config.to_dict()
         self.decoder = TurboDecoder3d(config, operations=operations, dtype=dtype, device=device)
-        self.register_buffer("latent_mean", torch.tensor(WAN22_LATENT_MEAN, dtype=torch.float32, device=device),
-                             persistent=False)
-        self.register_buffer("latent_std", torch.tensor(WAN22_LATENT_STD, dtype=torch.float32, device=device),
-                             persistent=False)
         # None: compute in the dtype of the weights (bf16 for the official model; fp32 is fine on CPU).
         self.compute_dtype: Optional[torch.dtype] = dtype
 
@@ -483,9 +478,7 @@ class TurboVAEDecoder(nn.Module):
 
     def denormalize(self, latent: torch.Tensor) -> torch.Tensor:
         """Undo the Wan2.2 latent normalisation (``z * std + mean``, in fp32 as official)."""
-        shape = (1, -1, 1, 1, 1)
-        mean = self.latent_mean.to(latent.device).view(shape)
-        std = self.latent_std.to(latent.device).view(shape)
+        mean, std = latent_mean_std(device=latent.device)  # [1, 48, 1, 1, 1] fp32
         # The official code divides by 1/std; identical to z*std up to one rounding, kept for parity.
         return latent.float() / (1.0 / std) + mean
 
@@ -668,9 +661,6 @@ def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: 
         raise TurboVAEError(_mismatch(path, missing, unexpected, shapes))
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True)  # copies tensor by tensor, converting to the model's dtype
-    # to_empty left the statistics buffers uninitialised: write them again.
-    model.latent_mean.copy_(torch.tensor(WAN22_LATENT_MEAN))
-    model.latent_std.copy_(torch.tensor(WAN22_LATENT_STD))
     return model.eval().requires_grad_(False)
 
 
