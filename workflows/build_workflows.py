@@ -82,15 +82,14 @@ def node_specs() -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------------------ graphs
 def _loaders(tiny: bool, *, sr: str | None = None, wan: bool = False, base: bool = False, distill: bool = True):
-    if tiny:
-        names = {"distill": "magihuman_tiny_distill/", "base": "magihuman_tiny_base.safetensors",
-                 "sr_540p": "magihuman_tiny_540p_sr/", "sr_1080p": "magihuman_tiny_1080p_sr/",
-                 "te": "t5gemma_tiny/", "turbo": "turbo_vae_tiny/", "wan": "wan2.2_vae_tiny.safetensors",
-                 "audio": "stable_audio_open_tiny/"}
+    if tiny:  # loader list entries of magihuman.tiny.TINY_FILES: relative to the type folder, folders end in "/"
+        files = importlib.import_module(f"{import_pack().__name__}.magihuman.tiny").TINY_FILES
+        names = {role: rel.split("/", 1)[1] + ("" if rel.endswith(".safetensors") else "/")
+                 for role, rel in files.items()}
     else:
         names = {"distill": "distill/", "base": "base/", "sr_540p": "540p_sr/", "sr_1080p": "1080p_sr/",
-                 "te": "t5gemma-9b-9b-ul2/", "turbo": "turbo_vae/", "wan": "wan2.2_vae.safetensors",
-                 "audio": "stable-audio-open-1.0/"}
+                 "text_encoder": "t5gemma-9b-9b-ul2/", "turbo_vae": "turbo_vae/", "video_vae": "wan2.2_vae.safetensors",
+                 "audio_vae": "stable-audio-open-1.0/"}
     dt = "fp32" if tiny else "auto"
     g = []
     if distill:
@@ -99,11 +98,11 @@ def _loaders(tiny: bool, *, sr: str | None = None, wan: bool = False, base: bool
         g.append(("dit", "MagiHumanDiTLoader", {"model_name": names["base"], "weight_dtype": dt}, {}))
     if sr:
         g.append(("sr_dit", "MagiHumanSRDiTLoader", {"model_name": names[sr], "weight_dtype": dt}, {}))
-    g += [("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["te"], "weight_dtype": dt}, {}),
-          ("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo"], "weight_dtype": dt}, {}),
-          ("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio"], "weight_dtype": "fp32"}, {})]
+    g += [("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt}, {}),
+          ("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo_vae"], "weight_dtype": dt}, {}),
+          ("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"}, {})]
     if wan:
-        g.append(("wan", "MagiHumanVideoVAELoader", {"vae_name": names["wan"], "weight_dtype": dt}, {}))
+        g.append(("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt}, {}))
     return g
 
 
