@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dit_forward import bench_setup, load_line, time_forward  # noqa: E402
 
 from magihuman.compile import compile_dit_blocks, layer_kinds, uncompile_dit_blocks  # noqa: E402
+from magihuman.device import resolve_compute_dtype  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +37,8 @@ def main() -> None:
     cfg, model, inputs, flops, tokens = bench_setup(args.layers, args.hidden, 2)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {load_line()}; hidden {cfg.hidden_size}, "
           f"{cfg.num_layers} layers ({len(layer_kinds(model))} layer kinds), {tokens} tokens, backend {args.backend}")
-    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
     for name in args.dtypes.split(","):
-        model.set_compute_dtype(names[name])
+        model.set_compute_dtype(resolve_compute_dtype(name))
         _, eager = time_forward(model, inputs, args.repeats)
         torch._dynamo.reset()
         counters.clear()

@@ -73,6 +73,10 @@ def bench_setup(layers: int, hidden: int, kv_groups: int):
     return cfg, model, inputs, dit_matmul_flops(cfg, nv, n_audio, n_text), nv + n_audio + n_text
 
 
+def dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
 def load_line() -> str:
     try:
         return "load average %.2f %.2f %.2f" % os.getloadavg()
@@ -112,7 +116,7 @@ def main() -> None:
     rates = gemm_rates("cpu", refresh=True)
     auto = pick_compute_dtype("cpu", rates=rates)
     modes = {"official bf16": (model, torch.bfloat16), "fp32 compute": (model, torch.float32),
-             f"device-aware ({str(auto).replace('torch.', '')})": (model, auto)}
+             f"device-aware ({dtype_name(auto)})": (model, auto)}
     if not args.no_compile:
         compiled = bench_setup(args.layers, args.hidden, args.kv_groups)[1]  # same deterministic weights
         compile_dit_blocks(compiled)
@@ -129,7 +133,7 @@ def main() -> None:
     measure_gemm(gemm)
 
     best = {dt: max(v for (d, _), v in gemm.items() if d == dt) for dt in (torch.float32, torch.bfloat16)}
-    print(f"gemm_rates (1024^3 F.linear): " + ", ".join(f"{str(k).replace('torch.', '')} {v:.1f}" for k, v in rates.items())
+    print("gemm_rates (1024^3 F.linear): " + ", ".join(f"{dtype_name(k)} {v:.1f}" for k, v in rates.items())
           + f" GFLOP/s -> auto picks {auto}")
     for (dt, shape), rate in gemm.items():
         print(f"GEMM (F.linear) {str(dt):15s} {shape[0]}x{shape[1]}x{shape[2]}: {rate:8.1f} GFLOP/s")
@@ -137,7 +141,7 @@ def main() -> None:
     for label, (cd, first, sec) in rows.items():
         rate = flops / sec / 1e9
         print(f"{label:28s}: {sec * 1e3:8.1f} ms (first call {first:7.1f} s)  {rate:7.1f} GFLOP/s = "
-              f"{rate / best[cd]:.2f} of best {str(cd).replace('torch.', '')} GEMM, "
+              f"{rate / best[cd]:.2f} of best {dtype_name(cd)} GEMM, "
               f"{rate / max(best.values()):.2f} of best GEMM; {base / sec:.2f}x vs official bf16")
     print(f"(shared CPU, {load_line()} at the end: numbers are noisy; best of repeats)")
 

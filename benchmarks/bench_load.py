@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
@@ -28,7 +30,7 @@ CHILD = r"""
 import json, resource, sys, time
 import psutil, torch
 sys.path.insert(0, {root!r})
-from magihuman.checkpoints import load_dit, open_checkpoint
+from magihuman.checkpoints import load_dit, open_checkpoint, resolve_config
 from magihuman.models.dit import MagiHumanDiT
 proc = psutil.Process()
 path, mode = {path!r}, {mode!r}
@@ -42,8 +44,7 @@ else:  # the usual way: whole state dict in fp32, then copy into a bf16 model
     sd = {{}}
     for f in src.files:
         sd.update(safetensors.torch.load_file(f))
-    model = MagiHumanDiT(__import__("magihuman.checkpoints").checkpoints.resolve_config(src, "distill")[0],
-                         dtype=torch.bfloat16)
+    model = MagiHumanDiT(resolve_config(src, "distill")[0], dtype=torch.bfloat16)
     model.load_state_dict(sd, strict=True)
     del sd
 seconds = time.perf_counter() - t0
@@ -78,7 +79,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="magihuman_bench_load_", dir=args.dir))
     try:
         t0 = time.perf_counter()
-        path = write_tiny_dit(tmp / "distill", config=cfg, dtype=__import__("torch").float32, shards=args.shards,
+        path = write_tiny_dit(tmp / "distill", config=cfg, dtype=torch.float32, shards=args.shards,
                               zst=args.zst, metadata=False)
         size = sum(f.stat().st_size for f in path.iterdir())
         print(f"wrote fp32 checkpoint: {size / 2**30:.2f} GiB in {args.shards} shard(s){' (.zst)' if args.zst else ''}"
