@@ -90,14 +90,21 @@ def _pil_to_float(img, alpha: str) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float64)
     elif mode in ("1", "L"):
         arr = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
-    elif mode in ("LA", "La"):
+    elif mode in ("LA", "La"):  # gray + alpha: _to_rgb spreads the gray
         arr = np.asarray(img.convert("LA"), dtype=np.float64) / 255.0
-        arr = np.concatenate([arr[..., :1].repeat(3, -1), arr[..., 1:]], -1)
     elif mode in ("RGBA", "RGBa"):
         arr = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
     else:  # RGB, CMYK, YCbCr, LAB, HSV, ...
         arr = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
     return _to_rgb(arr, alpha)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """A numpy view of an array or tensor (tensors: detached, on the CPU, half floats widened)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy()
+    return np.asarray(x)
 
 
 def _to_rgb(arr: np.ndarray, alpha: str) -> np.ndarray:
@@ -146,12 +153,7 @@ def load_image(image: Any, *, alpha: str = "drop") -> np.ndarray:
     elif isinstance(image, Image.Image):
         out = _pil_to_float(image, alpha)
     else:
-        if isinstance(image, torch.Tensor):
-            image = image.detach().cpu()
-            if image.dtype in (torch.bfloat16, torch.float16):
-                image = image.float()
-            image = image.numpy()
-        arr = np.asarray(image)
+        arr = _as_numpy(image)
         if arr.ndim == 4:
             if arr.shape[0] != 1:
                 raise MediaError(f"got a batch of {arr.shape[0]} images where one is expected; pick one, "
@@ -538,12 +540,7 @@ def write_audio(path: str | os.PathLike, waveform: Any, sample_rate: int) -> Pat
 
 
 def _frames_uint8(frames: Any) -> np.ndarray:
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu()
-        if frames.dtype in (torch.bfloat16, torch.float16):
-            frames = frames.float()
-        frames = frames.numpy()
-    arr = np.asarray(frames)
+    arr = _as_numpy(frames)
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise MediaError(f"frames must be [F, H, W, 3] (RGB); got shape {arr.shape}")
     if arr.shape[0] == 0:

@@ -110,6 +110,22 @@ def test_image_modes(tmp_path):
     assert odd.shape == (1, 3, 1, 64, 32) and odd.min() >= -1 and odd.max() <= 1
 
 
+def test_gray_alpha_image_and_tensor_inputs(tmp_path):
+    la = np.zeros((2, 3, 2), np.uint8)
+    la[..., 0] = 51
+    la[0, 0, 1] = 255  # one opaque pixel, the rest transparent
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    dropped = load_image(tmp_path / "la.png")
+    assert dropped.shape == (2, 3, 3) and np.allclose(dropped, 51 / 255)
+    black = load_image(tmp_path / "la.png", alpha="black")
+    assert np.allclose(black[0, 0], 51 / 255) and np.allclose(black[1, 2], 0)
+    # tensors of any float width give the same image as the numpy array
+    arr = np.random.default_rng(0).random((3, 4, 3)).astype(np.float32)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        t = torch.from_numpy(arr).to(dtype)
+        np.testing.assert_allclose(load_image(t[None]), t.float().numpy(), atol=0)
+
+
 def test_one_pixel_image_becomes_a_flat_frame():
     # the official crop would keep 0 rows here and fail; we keep one pixel
     out = prepare_image(np.array([[[0.2, 0.4, 0.6]]]), 64, 32)
