@@ -474,7 +474,7 @@ def _resolve(preset) -> dict:
     """Stage recipe of a preset name, a ``presets.Preset`` or a :class:`DiTConfig`."""
     if isinstance(preset, DiTConfig):
         return dict(name="custom", dit_config=preset, dit="custom", steps=8, cfg=False, width=448, height=256,
-                    seconds=4, sr=None, sr_config=None, sr_steps=5, sr_cfg=False, tiny=False, sr_width=None,
+                    seconds=4, sr=None, sr_steps=5, sr_cfg=False, tiny=False, sr_width=None,
                     sr_height=None)
     if isinstance(preset, str):
         from .presets import PRESETS
@@ -485,11 +485,8 @@ def _resolve(preset) -> dict:
         p = preset
     tiny = bool(getattr(p, "tiny", False))
     dit_cfg = DiTConfig.preset("tiny" if tiny else p.dit)
-    sr_cfg = None
-    if p.sr is not None:
-        sr_cfg = DiTConfig.preset(("tiny_sr_1080p" if p.sr == "sr_1080p" else "tiny") if tiny else p.sr)
     return dict(name=p.name, dit_config=dit_cfg, dit=p.dit, steps=p.steps, cfg=p.cfg, width=p.width, height=p.height,
-                seconds=p.seconds, sr=p.sr, sr_config=sr_cfg, sr_steps=p.sr_steps, sr_cfg=p.sr_cfg, tiny=tiny,
+                seconds=p.seconds, sr=p.sr, sr_steps=p.sr_steps, sr_cfg=p.sr_cfg, tiny=tiny,
                 sr_width=p.sr_width, sr_height=p.sr_height)
 
 
@@ -581,10 +578,8 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
     if sr_width is not None:
         sr_geo = token_counts(sr_width, sr_height, seconds)
         role = sr_model or r["sr"] or ("sr_1080p" if sr_geo["height"] > 720 and sr_geo["width"] > 720 else "sr_540p")
-        if sr_model is not None or r["sr_config"] is None:
-            sr_config = DiTConfig.preset(("tiny_sr_1080p" if role == "sr_1080p" else "tiny") if r["tiny"] else role)
-        else:
-            sr_config = r["sr_config"]
+        # the tiny presets' SR DiTs are the "tiny" config (540p) and "tiny_sr_1080p" (local attention)
+        sr_config = DiTConfig.preset(("tiny_sr_1080p" if role == "sr_1080p" else "tiny") if r["tiny"] else role)
         stages.append(_stage("sr", role, sr_config, sr_geo, steps=r["sr_steps"] if sr_steps is None else int(sr_steps),
                              use_cfg=r["sr_cfg"] if sr_cfg is None else bool(sr_cfg), cfg_batched=cfg_batched,
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens,
