@@ -288,7 +288,8 @@ def _split_fp8_scales(src: CheckpointSource) -> None:
     optional activation ``<module>.scale_input``, which is unused for dequantised weights).
     """
     keys = set(src.key_file)
-    kinds = []
+    comfy = COMFY_FP8_MARKER in keys
+    drop = []
 
     def take(scale_key: str, weight_key: str) -> None:
         if weight_key not in keys:
@@ -299,21 +300,18 @@ def _split_fp8_scales(src: CheckpointSource) -> None:
     for k in sorted(keys):
         if k.endswith(FP8_SCALE_SUFFIX):
             take(k, k[: -len(FP8_SCALE_SUFFIX)])
-            if "__fp8_scale" not in kinds:
-                kinds.append("__fp8_scale")
-    if COMFY_FP8_MARKER in keys:
-        kinds.append("scaled_fp8")
-        for k in sorted(keys):
-            if k.endswith(".scale_weight"):
-                take(k, k[: -len(".scale_weight")] + ".weight")
-            elif k.endswith(".scale_input") or k == COMFY_FP8_MARKER:
-                src.ignored.append(src.key_name[k])
-    drop = {k for k in keys if k.endswith(FP8_SCALE_SUFFIX)}
-    if COMFY_FP8_MARKER in keys:
-        drop |= {k for k in keys if k.endswith((".scale_weight", ".scale_input")) or k == COMFY_FP8_MARKER}
+        elif comfy and k.endswith(".scale_weight"):
+            take(k, k[: -len(".scale_weight")] + ".weight")
+        elif comfy and (k.endswith(".scale_input") or k == COMFY_FP8_MARKER):
+            src.ignored.append(src.key_name[k])
+        else:
+            continue
+        drop.append(k)
     for k in drop:
         del src.key_file[k]
         del src.key_name[k]
+    kinds = [name for name, used in (("__fp8_scale", any(k.endswith(FP8_SCALE_SUFFIX) for k in drop)),
+                                     ("scaled_fp8", comfy)) if used]
     if kinds:
         src.quantization = "fp8 per-tensor scales (" + ", ".join(kinds) + ")"
     fp8 = [k for k in src.key_file if src.info(k).dtype in (torch.float8_e4m3fn, torch.float8_e5m2)]

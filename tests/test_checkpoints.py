@@ -428,6 +428,11 @@ def test_fp8_checkpoints_dequantised_while_streaming(tmp_path, style):
         assert torch.equal(t, want[k].to(t.dtype)), k
     assert m.variant == "distill" and m.load_info["source_dtype"] == "float8_e4m3fn"
     assert "fp8" in m.load_info["quantization"]
+    kind = "__fp8_scale" if style == "fp8_scale" else "scaled_fp8"
+    assert m.load_info["quantization"] == f"fp8 per-tensor scales ({kind})"
+    ignored = ck.open_checkpoint(folder).ignored  # ComfyUI's marker and activation scales are skipped, not loaded
+    n_linears = sum(ck.is_block_linear(k) for k in ref)
+    assert len(ignored) == (0 if style == "fp8_scale" else n_linears + 1)
     err = (sd["block.layers.1.mlp.up_gate_proj.weight"].float() - ref["block.layers.1.mlp.up_gate_proj.weight"])
     assert err.abs().max() < 0.1 * ref["block.layers.1.mlp.up_gate_proj.weight"].abs().max()  # sane dequantisation
     converted = safetensors.torch.load_file(ck.convert_dit(folder, tmp_path / "bf16.safetensors", show_progress=False))
