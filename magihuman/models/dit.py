@@ -15,7 +15,8 @@ Beyond the official code (which runs one sample at a time and stops on an infini
 batches with different text lengths, each sample attending only to itself (also with local
 attention), and v1 coordinates with a single text or audio token (no rotation, see
 ``magihuman.rope.axis_scales``). In bf16 compute mode a single sample is bit-identical to the
-official module run on CPU with SDPA standing in for flash attention.
+official module run on CPU with SDPA standing in for flash attention; with local-attention layers
+the two agree to bf16 rounding (the official local kernel merges partial softmaxes).
 """
 
 from __future__ import annotations
