@@ -273,6 +273,9 @@ class _RecordingSafeOpen:
             def metadata(self_inner):
                 return self_inner.f.metadata()
 
+            def get_slice(self_inner, key):  # header-only access (shapes): not logged as a read
+                return self_inner.f.get_slice(key)
+
             def get_tensor(self_inner, key):
                 log.append(key)
                 return self_inner.f.get_tensor(key)
@@ -347,6 +350,27 @@ def test_missing_files_are_explained(tmp_path):
     save_file(tiny_state_dict(), str(bare))
     with pytest.raises(ValueError, match="carries no T5Gemma config"):
         T5GemmaEncoder.from_pretrained(bare)
+
+
+def test_wrong_tensors_are_listed_before_any_is_read(tmp_path, tiny_folder, monkeypatch):
+    import safetensors
+    from safetensors.torch import save_file
+
+    sd = tiny_state_dict()
+    sd.pop("encoder.layers.1.mlp.up_proj.weight")
+    sd["encoder.layers.9.mlp.up_proj.weight"] = torch.zeros(2)
+    sd["encoder.norm.weight"] = torch.zeros(65)
+    bad = tmp_path / "enc.safetensors"
+    save_file(sd, str(bad), metadata={"config": json.dumps(tiny_hf_config())})
+    reads = []
+    monkeypatch.setattr(safetensors, "safe_open", _RecordingSafeOpen(safetensors.safe_open, reads))
+    with pytest.raises(ValueError) as e:
+        T5GemmaEncoder.from_pretrained(bad, dtype=torch.float32, tokenizer=tiny_folder / "tokenizer.json")
+    msg = str(e.value)
+    assert str(bad) in msg and "1 missing key(s): encoder.layers.1.mlp.up_proj.weight [128, 64]" in msg
+    assert "1 unexpected key(s): encoder.layers.9.mlp.up_proj.weight [2]" in msg
+    assert "encoder.norm.weight is [65], expected [64]" in msg
+    assert reads == []
 
 
 # --------------------------------------------------------------------------------- tokenizer

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention as shared_attention
+from ..checkpoints import key_mismatch_message
 from ..attention import get_attention_backend
 from ..ops import fetch_weight, tag_operations
 
@@ -396,7 +397,8 @@ class T5GemmaEncoder(nn.Module):
                                     f"folder or an encoder .safetensors file)")
         model = cls.from_config(config, operations=operations, dtype=dtype, device="meta",
                                 attn_softcap=attn_softcap)
-        state = _load_encoder_tensors(shards, dtype=dtype, device=device)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        state = _load_encoder_tensors(shards, dtype=dtype, device=device, expected=expected)
         model.load_state_dict(state, strict=True, assign=True)
         if tok_path is not None:
             model.tokenizer = GemmaTokenizer.from_path(tok_path)
@@ -474,10 +476,14 @@ def encoder_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _load_encoder_tensors(shards: dict, *, dtype, device) -> dict[str, torch.Tensor]:
+def _load_encoder_tensors(shards: dict, *, dtype, device,
+                          expected: dict[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """The encoder tensors of the shards as ``encoder.*``; with ``expected`` (key -> shape), the keys
+    and shapes are checked from the headers before any tensor is read."""
     from safetensors import safe_open
 
-    state: dict[str, torch.Tensor] = {}
+    where: dict[str, tuple[Path, str]] = {}  # our key -> (file, key in the file)
+    found: dict[str, tuple[int, ...]] = {}
     seen_keys: list[str] = []
     for file, keys in shards.items():
         if not Path(file).is_file():
@@ -488,14 +494,26 @@ def _load_encoder_tensors(shards: dict, *, dtype, device) -> dict[str, torch.Ten
                 ours = _encoder_key(key)
                 if ours is None:
                     continue
-                if ours in state:
+                if ours in where:
                     raise ValueError(f"encoder tensor {ours} appears twice (as {key}) in {file}")
-                t = f.get_tensor(key)
-                state[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    if not state:
+                where[ours] = (Path(file), key)
+                found[ours] = tuple(f.get_slice(key).get_shape())
+    if not where:
         sample = ", ".join(seen_keys[:5])
         raise ValueError(f"no T5Gemma encoder tensors found (expected keys 'model.encoder.*' or 'encoder.*'; "
                          f"first keys: {sample})")
+    if expected is not None:
+        files = ", ".join(sorted({str(f) for f, _ in where.values()}))
+        problem = key_mismatch_message(files, found, expected, "the T5Gemma encoder its config.json describes")
+        if problem:
+            raise ValueError(problem)
+    state: dict[str, torch.Tensor] = {}
+    for file in dict.fromkeys(f for f, _ in where.values()):
+        with safe_open(str(file), framework="pt") as f:
+            for ours, (f_path, key) in where.items():
+                if f_path == file:
+                    t = f.get_tensor(key)
+                    state[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
     return state
 
 
