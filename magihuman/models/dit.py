@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import LocalWindow, attention, local_window_attention
+from ..device import resolve_compute_dtype
 from ..ops import fetch_weight, tag_operations
 from ..packing import PATCH_SIZE, SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
@@ -279,8 +280,6 @@ class MagiHumanDiT(nn.Module):
         device when a host offloads them), see :func:`magihuman.device.pick_compute_dtype`.
         Names "bf16"/"fp16"/"fp32" work too. Returns the dtype now in use."""
         if isinstance(dtype, str):
-            from ..device import resolve_compute_dtype
-
             dtype = resolve_compute_dtype(dtype, self._weight_device() if device is None else device)
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES} or 'auto', got {dtype}")
