@@ -6,12 +6,12 @@ from magihuman import cli, estimate
 from magihuman.checkpoints import load_dit, write_tiny_dit
 
 
-def test_plan_is_printed_and_too_big_runs_are_refused(tmp_path, capsys, monkeypatch):
+def test_plan_is_printed_and_too_big_runs_are_refused(tiny_dir, tmp_path, capsys, monkeypatch):
     loaded = []
     monkeypatch.setattr(estimate, "device_memory", lambda device=None, free=False: 4096)
     monkeypatch.setattr(cli, "_load_dit", lambda *a, **k: loaded.append(a))
     code = cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--seconds", "1", "--models",
-                     str(tmp_path / "m"), "--output", str(tmp_path / "o.mp4"), "--quiet"])
+                     str(tiny_dir), "--output", str(tmp_path / "o.mp4"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "needs ~" in err and "available" in err and "Traceback" not in err
     assert loaded == [] and not (tmp_path / "o.mp4").exists()
@@ -28,7 +28,7 @@ def test_convert_dit_folder_to_bf16_file(tmp_path, capsys):
     assert cli.main(["convert", str(src), str(tmp_path / "x.bin")]) == 2
 
 
-def test_speed_options_are_applied(tmp_path, capsys, monkeypatch):
+def test_speed_options_are_applied(tiny_dir, tmp_path, capsys, monkeypatch):
     seen = {}
     real = cli._load_dit
 
@@ -41,12 +41,12 @@ def test_speed_options_are_applied(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "_load_dit", spy)
     out = tmp_path / "o.mp4"
     code = cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--seconds", "0.5", "--models",
-                     str(tmp_path / "m"), "--output", str(out), "--quiet", "--compute-dtype", "fp32",
+                     str(tiny_dir), "--output", str(out), "--quiet", "--compute-dtype", "fp32",
                      "--blocks-on-device", "2"])
     assert code == 0 and out.exists()
     assert seen == {"compute": torch.float32, "offloaded": True}
     code = cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--output", str(out), "--attention", "flash",
-                     "--models", str(tmp_path / "m")])
+                     "--models", str(tiny_dir)])
     err = capsys.readouterr().err
     if not torch.cuda.is_available():
         assert code == 2 and "CUDA" in err
