@@ -303,6 +303,22 @@ def test_tiny_writer_real_formats_and_folder_loading(tmp_path):
     assert c.decoder.conv_in.conv.weight.dtype == torch.bfloat16 and c.decode(z).dtype == torch.bfloat16
 
 
+def test_config_json_beside_a_checkpoint_file(tmp_path):
+    json_path, ckpt = write_tiny_turbo_vae(tmp_path, seed=3)
+    ref = load_turbo_vae(json_path, ckpt, dtype=torch.float32)
+    beside = load_turbo_vae(None, ckpt, dtype=torch.float32)  # a file picked in a list, its JSON next to it
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), beside.state_dict().values()))
+    (tmp_path / "other.json").write_text("{}")  # several JSONs: the turbo* one is the config
+    assert load_turbo_vae(None, ckpt, dtype=torch.float32).config == ref.config
+    (tmp_path / "turbo-copy.json").write_text(json_path.read_text())
+    with pytest.raises(TurboVAEError, match="several JSON files.*pass the config path"):
+        load_turbo_vae(None, ckpt)
+    with pytest.raises(TurboVAEError, match="several JSON files"):
+        convert_turbo_checkpoint(ckpt, tmp_path / "out" / "turbo.safetensors")
+    out = convert_turbo_checkpoint(ckpt, tmp_path / "out" / "turbo.safetensors", config=json_path)
+    assert load_turbo_vae(None, out, dtype=torch.float32).config == ref.config
+
+
 def test_conversion_round_trip(tmp_path):
     src = tiny_model(seed=9)
     ckpt = tmp_path / "turbo" / "checkpoint-340000.ckpt"

@@ -587,19 +587,42 @@ def read_turbo_state_dict(ckpt_path: PathLike) -> tuple[dict[str, torch.Tensor],
     return _decoder_keys(state, path), None
 
 
-def _find_in_folder(folder: Path) -> tuple[Path, Optional[Path]]:
-    """(checkpoint, config JSON or None) inside a turbo_vae folder; prefers a .safetensors file."""
+def _find_in_folder(folder: Path) -> Path:
+    """The checkpoint inside a turbo_vae folder; prefers a .safetensors file."""
     files = sorted(p for p in folder.iterdir() if p.is_file())
     weights = [p for p in files if p.suffix == ".safetensors"] or [p for p in files if p.suffix in _PICKLE_SUFFIXES]
     if len(weights) != 1:
         raise TurboVAEError(f"{folder}: expected exactly one Turbo VAE checkpoint (.safetensors or .ckpt), found "
                             f"{[p.name for p in weights] or 'none'}")
-    jsons = [p for p in files if p.suffix == ".json"]
+    return weights[0]
+
+
+def _json_beside(path: Path) -> Optional[Path]:
+    """The config JSON next to a checkpoint: the only one, or the only ``turbo*`` one among several."""
+    jsons = sorted(p for p in path.parent.iterdir() if p.is_file() and p.suffix == ".json")
     if len(jsons) > 1:
         jsons = [p for p in jsons if p.name.lower().startswith("turbo")] or jsons
     if len(jsons) > 1:
-        raise TurboVAEError(f"{folder}: several JSON files {[p.name for p in jsons]}; pass the config path")
-    return weights[0], (jsons[0] if jsons else None)
+        raise TurboVAEError(f"{path.parent}: several JSON files {[p.name for p in jsons]}; pass the config path")
+    return jsons[0] if jsons else None
+
+
+def _open_checkpoint(ckpt_path: PathLike, config: Union[None, PathLike, Mapping[str, Any]]
+                     ) -> tuple[Path, dict[str, torch.Tensor], Optional[dict]]:
+    """(checkpoint file, ``decoder.*`` state, config dict or None). The config is ``config`` if given,
+    else the one embedded in a converted ``.safetensors``, else the JSON beside the checkpoint."""
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = _find_in_folder(path)
+    state, embedded = read_turbo_state_dict(path)
+    if any(k.startswith(("decoder.upsamples.", "decoder.middle.", "decoder.head.")) for k in state):
+        raise TurboVAEError(f"{path}: this is the Wan2.2 VAE (keys like 'decoder.upsamples.*'), not the Turbo "
+                            "decoder; load it with 'MagiHuman Wan2.2 VAE Loader' (load_wan_vae) and pick the "
+                            "turbo_vae folder (TurboV3 JSON + checkpoint-340000.ckpt) here")
+    cfg = _read_config(config)
+    if cfg is None:
+        cfg = embedded if embedded is not None else _read_config(_json_beside(path))
+    return path, state, cfg
 
 
 def _read_config(config: Union[None, PathLike, Mapping[str, Any]]) -> Optional[dict]:
@@ -635,18 +658,7 @@ def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: 
     or the JSON beside the checkpoint. ``ckpt_path``: the official ``.ckpt`` (read with
     ``weights_only=True``), a converted ``.safetensors``, or a folder holding one of them.
     """
-    path = Path(ckpt_path)
-    json_beside = None
-    if path.is_dir():
-        path, json_beside = _find_in_folder(path)
-    state, embedded = read_turbo_state_dict(path)
-    if any(k.startswith(("decoder.upsamples.", "decoder.middle.", "decoder.head.")) for k in state):
-        raise TurboVAEError(f"{path}: this is the Wan2.2 VAE (keys like 'decoder.upsamples.*'), not the Turbo "
-                            "decoder; load it with 'MagiHuman Wan2.2 VAE Loader' (load_wan_vae) and pick the "
-                            "turbo_vae folder (TurboV3 JSON + checkpoint-340000.ckpt) here")
-    cfg = _read_config(config)
-    if cfg is None:
-        cfg = embedded if embedded is not None else _read_config(json_beside)
+    path, state, cfg = _open_checkpoint(ckpt_path, config)
     if cfg is None:
         raise TurboVAEError(f"{path}: no Turbo VAE config given and none embedded or beside the file; pass the "
                             "TurboV3-Wan22-TinyShallow_7_7.json path")
@@ -668,17 +680,7 @@ def convert_turbo_checkpoint(ckpt_path: PathLike, out_path: PathLike, *,
                              config: Union[None, PathLike, Mapping[str, Any]] = None) -> Path:
     """One-time conversion of the official pickle to ``.safetensors``: decoder keys only (``decoder.``
     prefix kept, dtype unchanged), the JSON config embedded in the metadata when known."""
-    src = Path(ckpt_path)
-    json_beside = None
-    if src.is_dir():
-        src, json_beside = _find_in_folder(src)
-    state, embedded = read_turbo_state_dict(src)
-    cfg = _read_config(config)
-    if cfg is None:
-        cfg = embedded if embedded is not None else _read_config(json_beside)
-        if cfg is None:
-            candidates = sorted(src.parent.glob("*.json"))
-            cfg = _read_config(candidates[0]) if len(candidates) == 1 else None
+    src, state, cfg = _open_checkpoint(ckpt_path, config)
     metadata = {"format": "pt", "source": src.name}
     if cfg is not None:
         TurboVAEConfig.from_dict(cfg, where=f"config for {src}")
