@@ -204,34 +204,31 @@ def open_checkpoint(path: str | Path) -> CheckpointSource:
         if path.name in listed or path.name.removesuffix(".zst") in listed:
             log.info("%s is a shard listed in %s: loading the whole folder", path.name, INDEX_NAME)
             path = path.parent
-    index_path = None
+    index_path = path / INDEX_NAME if path.is_dir() and (path / INDEX_NAME).is_file() else None
     key_file: dict[str, Path] = {}
-    if path.is_dir():
-        index_path = path / INDEX_NAME
-        if index_path.is_file():
-            try:
-                weight_map = json.loads(index_path.read_text())["weight_map"]
-                assert isinstance(weight_map, dict)
-            except Exception as e:
-                raise CheckpointError(f"{index_path} is not a valid safetensors index (needs a 'weight_map' "
-                                      f"object): {e}") from e
-            shard_paths: dict[str, Path] = {}
-            for key, shard in weight_map.items():
-                if shard not in shard_paths:
-                    shard_paths[shard] = _resolve_shard(path, shard, index_path)
-                key_file[key] = shard_paths[shard]
-            files = list(dict.fromkeys(shard_paths.values()))
-        else:
-            index_path = None
-            candidates = [path / SINGLE_NAME, path / (SINGLE_NAME + ".zst")]
-            files = [p for p in candidates if p.is_file()][:1]
-            if not files:
-                files = sorted(p for p in path.iterdir() if p.name.endswith((".safetensors", ".safetensors.zst")))
-                if len(files) != 1:
-                    found = ", ".join(p.name for p in files) or "no .safetensors files"
-                    raise CheckpointError(
-                        f"{path} has no {INDEX_NAME} and no single {SINGLE_NAME} (found: {found}); "
-                        "pass the folder of one checkpoint or the .safetensors file itself")
+    if index_path is not None:
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+            assert isinstance(weight_map, dict)
+        except Exception as e:
+            raise CheckpointError(f"{index_path} is not a valid safetensors index (needs a 'weight_map' "
+                                  f"object): {e}") from e
+        shard_paths: dict[str, Path] = {}
+        for key, shard in weight_map.items():
+            if shard not in shard_paths:
+                shard_paths[shard] = _resolve_shard(path, shard, index_path)
+            key_file[key] = shard_paths[shard]
+        files = list(dict.fromkeys(shard_paths.values()))
+    elif path.is_dir():
+        candidates = [path / SINGLE_NAME, path / (SINGLE_NAME + ".zst")]
+        files = [p for p in candidates if p.is_file()][:1]
+        if not files:
+            files = sorted(p for p in path.iterdir() if p.name.endswith((".safetensors", ".safetensors.zst")))
+            if len(files) != 1:
+                found = ", ".join(p.name for p in files) or "no .safetensors files"
+                raise CheckpointError(
+                    f"{path} has no {INDEX_NAME} and no single {SINGLE_NAME} (found: {found}); "
+                    "pass the folder of one checkpoint or the .safetensors file itself")
     elif path.name.endswith((".safetensors", ".safetensors.zst", ".sft")):
         files = [path]
     else:

@@ -464,3 +464,23 @@ def test_inspect_reads_headers_only(tmp_path, monkeypatch):
     assert info["variant"] == "sr_540p" and info["coords"] == "v1" and info["source_dtype"] == "float32"
     assert info["config"] == {**TINY.to_dict(), "local_attn_layers": []}
     assert info["bytes"] == sum(math.prod(s) * 4 for s in official_key_shapes(TINY).values())
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    two = tmp_path / "two"
+    write_tiny_dit(two / "a.safetensors", layout="file")
+    write_tiny_dit(two / "b.safetensors", layout="file")
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors\.index\.json and no single model\.safetensors "
+                                              r"\(found: a\.safetensors, b\.safetensors\)"):
+        ck.open_checkpoint(two)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r"found: no \.safetensors files"):
+        ck.open_checkpoint(empty)
+    bad = write_tiny_dit(tmp_path / "bad_index")
+    (bad / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(CheckpointError, match=r"index\.json is not a valid safetensors index \(needs a 'weight_map'"):
+        ck.open_checkpoint(bad)
+    one = tmp_path / "one"  # a folder with a single differently named file loads that file
+    f = write_tiny_dit(one / "magihuman_distill.safetensors", layout="file")
+    assert ck.open_checkpoint(one).files == [f]
