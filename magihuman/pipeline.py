@@ -3,11 +3,12 @@
     empty_latents -> [encode_image] -> [encode_reference_audio] -> denoise -> [super_resolve] -> decode
     encode_prompt (text conditioning) feeds denoise and super_resolve.
 
-Each stage is what one ComfyUI node calls. Stages never read or write files (models and media come
-in as objects and tensors), never modify their inputs, and draw all their randomness from ONE
-``torch.Generator`` made from their ``seed`` (or passed in as ``generator``). A ``callback(step,
-total, x0_preview)`` is called after every sampler step (``step`` counts completed steps, 1..total);
-it may raise (e.g. ComfyUI's interrupt) and the stage then stops with its inputs untouched.
+Each stage is what one ComfyUI node calls. Stages write no files and read none except an image given
+as a path to encode_image (models and media come in as objects and tensors), never modify their inputs,
+and draw all their randomness from ONE ``torch.Generator`` made from their ``seed`` (or passed in as
+``generator``). A ``callback(step, total, x0_preview)`` is called after every sampler step (``step``
+counts completed steps, 1..total); it may raise (e.g. ComfyUI's interrupt) and the stage then stops
+with its inputs untouched.
 
 Noise order (matches the official ``MagiEvaluator`` draw for draw, so a CUDA generator seeded like the
 official run gives the official noise):
