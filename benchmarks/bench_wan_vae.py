@@ -1,8 +1,8 @@
 """Wan2.2 VAE decode: frames/s for the tiny and a mid-size config, and peak memory tiled vs untiled.
 
-Each measurement runs in its own child process so the peak resident set (``ru_maxrss``) belongs to
-that decode alone; the number reported is the peak minus the RSS just before decoding (model and
-input already allocated). Random weights: speed and memory do not depend on the values.
+Each measurement runs in its own child process; the number reported is its peak RSS during the
+decode (VmHWM, reset right before decoding) minus the RSS at that moment (model and input already
+allocated). Random weights: speed and memory do not depend on the values.
 
     python benchmarks/bench_wan_vae.py            # tiny + mid, a few minutes on 2 busy CPU cores
     python benchmarks/bench_wan_vae.py --release  # also the release config on one small clip (slow)
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ def _child(spec: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from bench_turbo_decode import peak_rss_bytes, reset_peak_rss, rss_bytes
     from magihuman.models.video_vae import (RELEASE_WAN_VAE_CONFIG, TINY_WAN_VAE_CONFIG, WanVAE,
                                             init_random_wan_vae)
 
@@ -40,19 +39,15 @@ def _child(spec: dict) -> dict:
     with torch.no_grad():
         if spec["warmup"]:
             model.decode(z[:, :, :1, : min(h, 4), : min(w, 4)])
-        base_kb = _rss_kb()
+        reset_peak_rss()  # the random init may have peaked higher than the decode will
+        base = rss_bytes()
         start, cpu0 = time.perf_counter(), time.process_time()
         video = model.decode(z, tile=tile, overlap=spec["overlap"])
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_bytes()
     return {"frames": video.shape[2], "seconds": seconds, "fps": video.shape[2] / seconds, "cpu_s": cpu,
-            "pixels": f"{video.shape[-1]}x{video.shape[-2]}", "peak_extra_mb": max(peak_kb - base_kb, 0) / 1024,
+            "pixels": f"{video.shape[-1]}x{video.shape[-2]}", "peak_extra_mb": max(peak - base, 0) / 2**20,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def run(spec: dict) -> dict:
