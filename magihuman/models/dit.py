@@ -107,6 +107,12 @@ def _make_block_linear(operations, in_features: int, out_features: int, experts:
     return tag_operations(layer, operations)
 
 
+def _make_fp32_linear(operations, in_features: int, out_features: int, bias: bool, device) -> nn.Module:
+    """Adapter embedders and final heads: fp32 weights, run by their own forward."""
+    layer = operations.Linear(in_features, out_features, bias=bias, dtype=torch.float32, device=device)
+    return tag_operations(layer, operations)
+
+
 @dataclass
 class _ForwardState:
     """Everything a layer needs that is computed once per forward."""
@@ -228,13 +234,9 @@ class Adapter(nn.Module):
     def __init__(self, config: DiTConfig, operations, device):
         super().__init__()
         h = config.hidden_size
-
-        def linear(i):
-            return tag_operations(operations.Linear(i, h, bias=True, dtype=torch.float32, device=device), operations)
-
-        self.video_embedder = linear(config.video_in_channels)
-        self.text_embedder = linear(config.text_in_channels)
-        self.audio_embedder = linear(config.audio_in_channels)
+        self.video_embedder = _make_fp32_linear(operations, config.video_in_channels, h, True, device)
+        self.text_embedder = _make_fp32_linear(operations, config.text_in_channels, h, True, device)
+        self.audio_embedder = _make_fp32_linear(operations, config.audio_in_channels, h, True, device)
         self.rope = FourierRope(config.head_dim, device=device)
 
 
@@ -242,7 +244,7 @@ class MagiHumanDiT(nn.Module):
     """The MagiHuman DiT. No timestep input: the model reads the noise level from the latents."""
 
     def __init__(self, config: DiTConfig, *, operations=nn, dtype: Optional[torch.dtype] = None,
-                 device=None, compute_dtype: torch.dtype = torch.bfloat16):
+                 device=None, compute_dtype: torch.dtype | str = torch.bfloat16):
         super().__init__()
         self.config = config
         block_dtype = torch.bfloat16 if dtype is None else dtype
@@ -253,10 +255,8 @@ class MagiHumanDiT(nn.Module):
         h = config.hidden_size
         self.final_norm_video = RMSNorm(h, device=device)
         self.final_norm_audio = RMSNorm(h, device=device)
-        self.final_linear_video = tag_operations(
-            operations.Linear(h, config.video_in_channels, bias=False, dtype=torch.float32, device=device), operations)
-        self.final_linear_audio = tag_operations(
-            operations.Linear(h, config.audio_in_channels, bias=False, dtype=torch.float32, device=device), operations)
+        self.final_linear_video = _make_fp32_linear(operations, h, config.video_in_channels, False, device)
+        self.final_linear_audio = _make_fp32_linear(operations, h, config.audio_in_channels, False, device)
         if operations is nn and str(device) != "meta":
             self.init_random_(0)
 
