@@ -150,32 +150,24 @@ def _plan_and_check(args, preset, device, dtype, width, height, seconds) -> None
 
 
 def generate(args) -> int:
-    """Run one generation; torch's thread count is set for the run and restored afterwards."""
+    """Run one generation; torch's thread count and the attention backend are set for the run and restored."""
+    from .attention import get_attention_backend, set_attention_backend
     from .presets import get_preset
 
     preset = get_preset(args.preset)
     threads = args.threads if args.threads is not None else (1 if preset.tiny else None)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        return _generate(args, preset)
-    finally:
-        torch.set_num_threads(saved)
-
-
-def _generate(args, preset) -> int:
     _check_generate_args(args, preset)
-    from .attention import get_attention_backend, set_attention_backend
-
-    previous_backend = get_attention_backend()
-    set_attention_backend(args.attention)
+    saved_threads, saved_backend = torch.get_num_threads(), get_attention_backend()
     try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        set_attention_backend(args.attention)
         return _generate_run(args, preset)
     finally:
-        set_attention_backend(previous_backend)
+        set_attention_backend(saved_backend)
+        torch.set_num_threads(saved_threads)
 
 
 def _generate_run(args, preset) -> int:

@@ -50,3 +50,15 @@ def test_speed_options_are_applied(tiny_dir, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     if not torch.cuda.is_available():
         assert code == 2 and "CUDA" in err
+
+
+def test_threads_and_attention_backend_restored(tiny_dir, tmp_path, capsys):
+    """generate sets torch's threads and the attention backend for the run only, also when it fails."""
+    from magihuman.attention import get_attention_backend
+
+    threads, backend = torch.get_num_threads(), get_attention_backend()
+    for extra in (["--threads", "2", "--attention", "sdpa"], ["--threads", "2", "--attention", "sage"]):
+        cli.main(["generate", "--preset", "tiny", "--prompt", "hello", "--seconds", "0.2", "--models", str(tiny_dir),
+                  "--output", str(tmp_path / "o.mp4"), "--quiet", *extra])
+        assert (torch.get_num_threads(), get_attention_backend()) == (threads, backend)
+    capsys.readouterr()
