@@ -20,7 +20,7 @@ from torch import nn
 
 from ..ops import tag_operations
 from .latent_stats import WAN22_LATENT_MEAN, latent_mean_std
-from .video_vae import torch_load_weights_only
+from .video_vae import Upsample2x, torch_load_weights_only
 
 __all__ = [
     "TurboVAEConfig",
@@ -272,13 +272,6 @@ class TurboResnetBlock(nn.Module):
         return h + x
 
 
-class _Nearest2x(nn.Module):
-    """x2 nearest-exact spatial upsampling computed in fp32 (holds index 0 of ``resample``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
-
-
 class TurboUpsampler(nn.Module):
     """x2 space (per frame: nearest + 3x3 conv); in "3d" mode first x2 time through a (3,1,1) conv that
     emits two frames per input frame. The first chunk of a clip drops its first produced frame."""
@@ -286,7 +279,7 @@ class TurboUpsampler(nn.Module):
     def __init__(self, dim, temporal: bool, *, operations=nn, dtype=None, device=None):
         super().__init__()
         self.temporal = temporal
-        self.resample = nn.Sequential(_Nearest2x(), tag_operations(
+        self.resample = nn.Sequential(Upsample2x(), tag_operations(
             operations.Conv2d(dim, dim, 3, padding=1, dtype=dtype, device=device), operations))
         if temporal:
             self.time_conv = TurboConv3d(dim, dim * 2, (3, 1, 1), operations=operations, dtype=dtype, device=device)

@@ -127,8 +127,9 @@ class RMSNorm(nn.Module):
         return F.normalize(x, dim=1) * self.scale * self.gamma.to(x)
 
 
-class _Upsample2x(nn.Module):
-    """Nearest-exact 2x spatial upsampling on [N, C, H, W], computed in fp32 (bf16-safe)."""
+class Upsample2x(nn.Module):
+    """Nearest-exact 2x spatial upsampling on [N, C, H, W], computed in fp32 (bf16-safe); also the Turbo
+    decoder's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
@@ -195,7 +196,7 @@ class Resample(nn.Module):
         self.mode = mode
         kw = dict(dtype=dtype, device=device)
         if mode.startswith("upsample"):
-            self.resample = nn.Sequential(_Upsample2x(), ops.Conv2d(dim, dim, 3, padding=1, **kw))
+            self.resample = nn.Sequential(Upsample2x(), ops.Conv2d(dim, dim, 3, padding=1, **kw))
         else:
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), ops.Conv2d(dim, dim, 3, stride=2, **kw))
         if mode == "upsample3d":
