@@ -57,6 +57,7 @@ import torch
 from .models.dit_config import DiTConfig
 from .pipeline import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, SIZE_MULTIPLE, SPATIAL_STRIDE, TEMPORAL_STRIDE,
                        VIDEO_LATENT_CHANNELS, frame_counts, snap_size)
+from .sampling import DEFAULT_NEGATIVE_PROMPT
 
 __all__ = [
     "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "suggest_smaller",
@@ -95,10 +96,6 @@ def approx_gemma_tokens(text: str) -> int:
 
 
 def _default_negative_tokens() -> int:
-    try:
-        from .sampling import DEFAULT_NEGATIVE_PROMPT
-    except Exception:  # pragma: no cover - sampling mid-edit; the release negative prompt is ~360 tokens
-        return 360
     return min(MAX_TEXT_TOKENS, approx_gemma_tokens(DEFAULT_NEGATIVE_PROMPT))
 
 
