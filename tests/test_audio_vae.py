@@ -187,6 +187,15 @@ def test_encode_decode_shapes_and_reference(vae, released):
     assert vae.encode(torch.zeros(1, 2, 2048 * 4 + 1000)).shape[-1] == 4
 
 
+def test_final_tanh_squashes_the_decoder_output(vae):
+    cfg = tiny_model_config()
+    cfg["model"]["pretransform"]["config"]["decoder"]["config"]["final_tanh"] = True
+    squashed = OobleckVAE.from_config(cfg)
+    squashed.load_state_dict(vae.state_dict(), strict=True)
+    z = torch.randn(1, 64, 2, generator=torch.Generator().manual_seed(5)) * 3
+    torch.testing.assert_close(squashed.decode(z), torch.tanh(vae.decode(z)), rtol=0, atol=0)
+
+
 def test_encode_is_the_mean_and_sampling_is_official(vae, released):
     strides = tiny_model_config()["model"]["pretransform"]["config"]["encoder"]["config"]["strides"]
     torch.manual_seed(4)

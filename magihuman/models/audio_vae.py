@@ -185,11 +185,6 @@ class Snake(nn.Module):
         return (x32 + torch.sin(a * x32).pow(2) / (b + 1e-9)).to(x.dtype)
 
 
-class _Tanh(nn.Module):
-    def forward(self, x):
-        return torch.tanh(x)
-
-
 class _Layers(nn.Module):
     """A numbered ``layers`` stack (the released key names are ``...layers.<i>...``)."""
 
@@ -265,7 +260,7 @@ def _oobleck_decoder(b: _Builder, out_channels, channels, latent_dim, c_mults, s
     layers += [
         b.act(mults[0] * channels),
         b.conv(mults[0] * channels, out_channels, 7, padding=3, bias=False),
-        _Tanh() if final_tanh else nn.Identity(),
+        nn.Tanh() if final_tanh else nn.Identity(),
     ]
     return _Layers(*layers)
 
