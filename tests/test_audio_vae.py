@@ -118,6 +118,17 @@ def test_snake_matches_formula():
     torch.testing.assert_close(s(x), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_snake_is_bitwise_the_official_expression_in_fp32():
+    s = Snake(4)
+    with torch.no_grad():
+        s.alpha.copy_(torch.tensor([-0.7, 0.1, 0.4, 1.3]))
+        s.beta.copy_(torch.tensor([0.9, -0.2, 0.05, -1.1]))
+    x = torch.randn(3, 4, 257, generator=torch.Generator().manual_seed(1)) * 5
+    alpha, beta = torch.exp(s.alpha[None, :, None]), torch.exp(s.beta[None, :, None])
+    official = x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * alpha), 2)  # stable-audio snake_beta
+    assert torch.equal(s(x), official)
+
+
 def test_weight_norm_fold_against_hand_computation():
     torch.manual_seed(1)
     v = torch.randn(3, 4, 5)

@@ -182,7 +182,7 @@ class Snake(nn.Module):
         a = self.alpha.to(device=x.device, dtype=torch.float32).exp()[:, None]
         b = self.beta.to(device=x.device, dtype=torch.float32).exp()[:, None]
         x32 = x.float()
-        return (x32 + torch.sin(a * x32).pow(2) / (b + 1e-9)).to(x.dtype)
+        return (x32 + (1.0 / (b + 1e-9)) * torch.sin(x32 * a).pow(2)).to(x.dtype)  # official operation order
 
 
 class _Layers(nn.Module):
