@@ -205,13 +205,13 @@ def _generate_run(args, preset) -> int:
         with timer("read audio"):
             ref_wave, ref_sr = media.load_audio(args.audio)
 
+    with timer("estimate"):  # before any model is loaded or latent allocated
+        _plan_and_check(args, preset, device, dtype, width, height, seconds)
+
     latent = P.empty_latents(width, height, seconds, device="cpu")
     if latent.info["snapped"]:
         print(f"size {width}x{height} snapped down to {latent.pixel_size[0]}x{latent.pixel_size[1]} "
               "(multiples of 32)", file=sys.stderr)
-
-    with timer("estimate"):  # before any model is loaded
-        _plan_and_check(args, preset, device, dtype, width, height, seconds)
 
     # ---- text
     from .models.text_encoder import T5GemmaEncoder

@@ -243,17 +243,12 @@ def _check_model_fits(model, latent: AVLatent, cond: TextConditioning, where: st
 
 def _available_bytes(device) -> Optional[int]:
     """Memory that can still be allocated on ``device`` (CPU: available RAM; CUDA: free), or None if unknown."""
-    dev = torch.device(device)
-    try:
-        if dev.type == "cuda":
-            return int(torch.cuda.mem_get_info(dev)[0])
-        if dev.type == "cpu":
-            import psutil
+    from .estimate import device_memory
 
-            return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - no psutil / no driver: let the allocator decide
+    try:
+        return device_memory(device, free=True)
+    except Exception:  # noqa: BLE001 - unknown device kind / no driver: let the allocator decide
         return None
-    return None
 
 
 def _check_alloc(nbytes: int, device, what: str) -> None:
