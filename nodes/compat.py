@@ -301,7 +301,7 @@ class ModelHandle:
         self.kind = kind
         self.info = info
         load_device, offload_device = devices(kind)
-        self.load_device = load_device
+        self.device = load_device  # where use() puts the model: memory checks look here before loading
         if HAS_COMFY:  # pragma: no cover
             size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
             self.patcher = _model_patcher.ModelPatcher(model, load_device=load_device,
@@ -319,10 +319,6 @@ class ModelHandle:
             _mm.load_models_gpu([self.patcher])
             return self.patcher.model
         return self._model
-
-    @property
-    def device(self) -> torch.device:
-        return self.load_device
 
 
 # --------------------------------------------------------------------------------------------
