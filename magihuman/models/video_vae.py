@@ -45,14 +45,7 @@ RELEASE_WAN_VAE_CONFIG: dict = {
 }
 
 # Same graph and strides as the release (z_dim 48, 16x spatial, 4x temporal), 10-16x narrower.
-TINY_WAN_VAE_CONFIG: dict = {
-    "dim": 16,
-    "dec_dim": 16,
-    "z_dim": 48,
-    "dim_mult": [1, 2, 4, 4],
-    "num_res_blocks": 2,
-    "temperal_downsample": [False, True, True],
-}
+TINY_WAN_VAE_CONFIG: dict = {**RELEASE_WAN_VAE_CONFIG, "dim": 16, "dec_dim": 16}
 
 _CONFIG_KEYS = tuple(RELEASE_WAN_VAE_CONFIG)
 # Official WanVAE_ constructor arguments we accept but that have one supported value.
