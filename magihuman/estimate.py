@@ -666,7 +666,7 @@ def _smaller_requests(plan: Plan, device_memory_bytes: int):
 
 def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
     """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest
-    size (same aspect); with fp8 DiT weights when the weights are wider than one byte and nothing else fits."""
+    size (same aspect). (fp8 checkpoints are dequantised on load, so fp8 storage is not offered.)"""
     def search(base_req: dict, prefix: str) -> list[str]:
         base = plan if base_req is plan.request else estimate(**base_req)
         if base.peak_device_bytes <= device_memory_bytes:
@@ -689,8 +689,6 @@ def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
         if unbatched.peak_device_bytes <= device_memory_bytes:
             out.append(f"separate CFG passes, cfg_batched=False (~{_gib(unbatched.peak_device_bytes)})")
     out += search(plan.request, "") if plan.peak_device_bytes > device_memory_bytes else []
-    if not out and _dtype_bytes(plan.weight_dtype) > 1:
-        out = search(dict(plan.request, weight_dtype=torch.float8_e4m3fn), "fp8 DiT weights, ")
     return out
 
 
@@ -702,7 +700,8 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
         raise MemoryEstimateError(
             f"the largest model needs ~{_gib(plan.max_weight_bytes)} of host RAM to load "
             f"(DiT weights {_dtype_name(plan.weight_dtype)}), but only {_gib(host_memory_bytes)} is available. "
-            "Use fp8 DiT weights (weight_dtype=torch.float8_e4m3fn), close other programs or add swap.")
+            "Close other programs, add swap, or use a machine with more RAM (the DiT is streamed from disk "
+            "tensor by tensor, so loading itself needs no second copy).")
     if need <= device_memory_bytes:
         return
     worst = max(plan.stages, key=lambda s: s.peak_bytes)
