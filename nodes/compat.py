@@ -8,6 +8,7 @@ node classes can be imported, their schemas inspected and their ``execute`` meth
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -87,10 +88,11 @@ if not HAS_COMFY:
         def result(self):
             return self.args
 
-    class _ComfyNode:
+    class _ComfyNode(abc.ABC):
         @classmethod
-        def define_schema(cls):  # pragma: no cover - abstract
-            raise NotImplementedError
+        @abc.abstractmethod
+        def define_schema(cls):
+            """Each node returns its Schema (as in comfy_api.latest.io.ComfyNode)."""
 
     class _IONamespace:
         ComfyNode = _ComfyNode
@@ -122,12 +124,13 @@ if not HAS_COMFY:
     class _UINamespace:
         PreviewText = _PreviewText
 
-    class ComfyExtension:  # noqa: D401 - mirrors comfy_api.latest.ComfyExtension
+    class ComfyExtension(abc.ABC):  # mirrors comfy_api.latest.ComfyExtension
         async def on_load(self) -> None:
             return None
 
-        async def get_node_list(self):  # pragma: no cover - abstract
-            raise NotImplementedError
+        @abc.abstractmethod
+        async def get_node_list(self):
+            """The node classes of the extension."""
 
     io = _IONamespace()
     ui = _UINamespace()

@@ -52,3 +52,12 @@ def test_interrupt_flag_raises_once(compat):
     with pytest.raises(compat.InterruptedByUser):
         cb(2, 3)
     cb(3, 3)  # the flag was consumed
+
+
+def test_comfy_entrypoint_lists_every_node(pack):
+    import asyncio
+
+    ext = asyncio.run(pack.comfy_entrypoint())
+    nodes = asyncio.run(ext.get_node_list())
+    ids = [n.define_schema().node_id for n in nodes]
+    assert len(ids) == len(set(ids)) == 18 and all(i.startswith("MagiHuman") for i in ids)
