@@ -583,6 +583,38 @@ def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
+def _read_fp8(reader: TensorReader, info, scale: Optional[float], device: torch.device,
+              on_bytes: Callable[[int], None], chunk_bytes: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One block weight as ``(float8_e4m3fn tensor, fp32 scale, kept_as_stored)``.
+
+    e4m3 on disk: the bytes and the file's per-tensor scale (1 when it has none) are kept as they are.
+    Anything else (bf16/fp16/fp32, e5m2): read in its own dtype, then quantised per tensor,
+    ``scale = amax / 448``, ``w8 = clamp(w / scale, +-448)``, converting a slice at a time.
+    """
+    from .models.dit import FP8_DTYPE, FP8_MAX
+
+    if info.dtype == FP8_DTYPE:
+        w8 = reader.read_into(info, torch.empty(info.shape, dtype=FP8_DTYPE), on_bytes)
+        return w8.to(device), torch.tensor(1.0 if scale is None else scale, dtype=torch.float32, device=device), True
+    raw = reader.read_into(info, torch.empty(info.shape, dtype=info.dtype), on_bytes)
+    if scale is not None:  # e5m2 with a scale: the stored values times the scale are the weights
+        raw = raw.to(torch.float32).mul_(scale)
+    flat = raw.view(-1)
+    amax = torch.zeros((), dtype=torch.float32)
+    per = max((chunk_bytes or 64 << 20) // 4, 1)  # elements per fp32 slice
+    for a in range(0, flat.numel(), per):
+        amax = torch.maximum(amax, flat[a:a + per].abs().amax().to(torch.float32))
+    if not torch.isfinite(amax):
+        raise CheckpointError(f"{reader.header.path}: tensor {info.name!r} holds inf/nan values; it cannot be stored "
+                              "as fp8 (load it with dtype=torch.bfloat16 to inspect it, or download the file again)")
+    s = amax / FP8_MAX if amax > 0 else torch.ones((), dtype=torch.float32)
+    w8 = torch.empty(info.shape, dtype=FP8_DTYPE, device=device)
+    out = w8.view(-1)
+    for a in range(0, flat.numel(), per):
+        out[a:a + per].copy_(flat[a:a + per].to(torch.float32).div_(s).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE))
+    return w8, s.to(device), False
+
+
 def load_dit(
     path: str | Path,
     *,
@@ -598,17 +630,24 @@ def load_dit(
     """Build a :class:`MagiHumanDiT` from a checkpoint, streaming and converting tensor by tensor.
 
     ``dtype`` applies to the block linears (None = bf16, the official layout); norms, adapter,
-    final heads and RoPE bands stay fp32 as the model defines them. The variant (distill / base /
+    final heads and RoPE bands stay fp32 as the model defines them. ``torch.float8_e4m3fn`` keeps
+    each block linear in fp8 with a per-tensor fp32 scale (``module.weight_scale``, non-persistent):
+    e4m3 files keep their bytes and scales, other files are quantised per tensor (amax / 448); fp8
+    files loaded with any other dtype are dequantised while streaming. The variant (distill / base /
     sr_540p / sr_1080p) and config are inferred (override with ``variant=`` / ``config=``); the
     returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why.
     ``progress(done_bytes, total_bytes)`` is called as data arrives. A file without
     ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
     """
-    from .models.dit import MagiHumanDiT  # local: keeps file tools importable without the model code
+    from .models.dit import FP8_DTYPE, MagiHumanDiT, set_fp8_weight  # local: file tools work without the model
 
     src, variant, variant_reason, cfg, config_reason = _open_checked(path, variant, config)
     where = src.describe()
     block_dtype = dtype or torch.bfloat16
+    if block_dtype == torch.float8_e5m2:
+        raise CheckpointError(f"dtype {block_dtype}: fp8 storage is float8_e4m3fn (pass torch.float8_e4m3fn or bf16)")
+    fp8 = block_dtype == FP8_DTYPE
+    kept = quantised = 0
     model = MagiHumanDiT(cfg, operations=operations, dtype=dtype, device="meta")
     slots = _state_slots(model)  # the same keys and shapes as official_key_shapes(cfg)
     scales = src.load_scales()
@@ -633,8 +672,14 @@ def load_dit(
                 for k in keys:
                     mod, attr, is_param = slots[k]
                     meta = getattr(mod, attr)
-                    dest = torch.empty(meta.shape, dtype=meta.dtype, device=device)
                     try:
+                        if fp8 and meta.dtype == FP8_DTYPE:  # a block linear kept in fp8 with its scale
+                            w8, scale, as_is = _read_fp8(reader, src.info(k), scales.get(k), device, on_bytes,
+                                                         chunk_bytes)
+                            set_fp8_weight(mod, w8, scale)
+                            kept, quantised = kept + as_is, quantised + (not as_is)
+                            continue
+                        dest = torch.empty(meta.shape, dtype=meta.dtype, device=device)
                         reader.read_into(src.info(k), dest, on_bytes, scale=scales.get(k))
                     except SafetensorsError as e:
                         raise CheckpointError(str(e)) from e
@@ -644,7 +689,13 @@ def load_dit(
             bar.close()
 
     notes = []
-    if src.quantization:
+    if fp8:
+        if kept:
+            notes.append(f"{kept} block weight(s) kept as stored (float8_e4m3fn) with their per-tensor scale")
+        if quantised:
+            notes.append(f"{quantised} block weight(s) quantised to float8_e4m3fn (per-tensor scale amax/448) "
+                         "while loading")
+    elif src.quantization:
         notes.append(f"{src.quantization}: {len(scales)} weight(s) dequantised to "
                      f"{_dtype_name(block_dtype)} while loading")
     if ROPE_KEY not in src.key_file:

@@ -24,7 +24,7 @@ import torch
 
 log = logging.getLogger("magihuman.cli")
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -358,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42, help="random seed (official default 42)")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
                    "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models")
-    g.add_argument("--dtype", choices=list(DTYPES), default=None, help="DiT weight dtype (default: the preset's)")
+    g.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="DiT block-weight storage dtype (default: the preset's); fp8 = float8_e4m3fn with a "
+                        "per-tensor scale (half the memory of bf16)")
     g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
                    "faster of bf16/fp32 on CPUs (measured)")

@@ -666,7 +666,7 @@ def _smaller_requests(plan: Plan, device_memory_bytes: int):
 
 def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
     """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest
-    size (same aspect). (fp8 checkpoints are dequantised on load, so fp8 storage is not offered.)"""
+    size (same aspect). Lower-precision weights (``weight_dtype`` fp8) are the caller's choice, not offered here."""
     def search(base_req: dict, prefix: str) -> list[str]:
         base = plan if base_req is plan.request else estimate(**base_req)
         if base.peak_device_bytes <= device_memory_bytes:
@@ -700,8 +700,8 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
         raise MemoryEstimateError(
             f"the largest model needs ~{_gib(plan.max_weight_bytes)} of host RAM to load "
             f"(DiT weights {_dtype_name(plan.weight_dtype)}), but only {_gib(host_memory_bytes)} is available. "
-            "Close other programs, add swap, or use a machine with more RAM (the DiT is streamed from disk "
-            "tensor by tensor, so loading itself needs no second copy).")
+            "Load the DiT with fp8 weights (half of bf16), close other programs, add swap, or use a machine with "
+            "more RAM (the DiT is streamed from disk tensor by tensor, so loading needs no second copy).")
     if need <= device_memory_bytes:
         return
     worst = max(plan.stages, key=lambda s: s.peak_bytes)

@@ -236,12 +236,13 @@ def intermediate_device() -> torch.device:
 
 
 def pick_weight_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 where supported (the official dtype), else fp16 on GPUs, fp32 on CPU."""
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    """``auto`` -> bf16 where supported (the official dtype), else fp16 on GPUs, fp32 on CPU.
+    ``fp8`` -> float8_e4m3fn (DiT block weights with a per-tensor scale)."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
     if choice in table:
         return table[choice]
     if choice != "auto":
-        raise ValueError(f"weight dtype {choice!r}: choose auto, bf16, fp16 or fp32")
+        raise ValueError(f"weight dtype {choice!r}: choose auto, bf16, fp16, fp32 or fp8")
     if HAS_COMFY:
         return torch.bfloat16 if _mm.should_use_bf16(device) else (
             torch.float16 if device.type != "cpu" else torch.float32)

@@ -22,6 +22,7 @@ VAE_FOLDERS = ("vae",)
 AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
 DTYPES = ["auto", "bf16", "fp16", "fp32"]
 COMPUTE = DTYPES
+DIT_DTYPES = DTYPES + ["fp8"]  # fp8 (e4m3 + per-tensor scale) is a DiT block-weight storage option only
 
 
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -36,6 +37,8 @@ def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
 
 def _handle(kind: str, path: str, load, weight_dtype: str) -> compat.ModelHandle:
     """Build an engine model on ComfyUI's offload device with ComfyUI's ops, wrapped for model management."""
+    if weight_dtype not in DTYPES:  # fp8 storage exists for the DiT block linears only
+        raise ValueError(f"weight dtype {weight_dtype!r}: choose {', '.join(DTYPES)} (fp8 is a DiT loader option)")
     load_device, offload_device = compat.devices(kind)
     model = load(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
                  operations=compat.operations())
@@ -73,9 +76,10 @@ def _dit_inputs():
         io.Combo.Input("model_name", options=compat.list_models(DIT_FOLDERS),
                        tooltip="A MagiHuman DiT from models/diffusion_models: an official folder (model.safetensors."
                                "index.json + shards, also .zst) or a single .safetensors file."),
-        io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
+        io.Combo.Input("weight_dtype", options=DIT_DTYPES, default="auto",
                        tooltip="Storage dtype of the block linears. auto = bf16 (the official layout) where supported. "
-                               "fp32 files (distill, SR) are converted while streaming."),
+                               "fp32 files (distill, SR) are converted while streaming. fp8 = float8_e4m3fn with a "
+                               "per-tensor scale (half the memory of bf16; fp8 files keep their bytes)."),
         io.Combo.Input("attention", options=compat.attention_choices(), default="sdpa",
                        tooltip="Attention kernel for all MagiHuman DiTs: sdpa (PyTorch), comfy (ComfyUI's choice, e.g. "
                                "with --use-sage-attention), flash (FlashAttention 3/2) or sage (CUDA, if installed)."),

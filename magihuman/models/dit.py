@@ -35,7 +35,8 @@ from ..packing import PATCH_SIZE, SequenceLayout, attention_mask, local_attentio
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig
 
-__all__ = ["DiTConfig", "MagiHumanDiT", "RMSNorm", "gelu7", "swiglu7"]
+__all__ = ["DiTConfig", "FP8_DTYPE", "FP8_MAX", "MagiHumanDiT", "RMSNorm", "gelu7", "quantize_fp8", "set_fp8_weight",
+           "swiglu7"]
 
 NUM_MODALITIES = 3  # VIDEO, AUDIO, TEXT
 ACT_ALPHA = 1.702
@@ -94,6 +95,9 @@ def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
     multiplied by its own slice of the fused weight ``[experts * out, in]``.
     """
     w = fetch_weight(module, compute_dtype, x.device)
+    scale = getattr(module, "weight_scale", None)
+    if scale is not None:  # fp8 storage: stored = weight / scale (one fp32 scale per fused tensor)
+        w = w * scale.to(device=w.device)
     x = x.to(compute_dtype)
     experts = getattr(module, "num_experts", 1)
     if experts == 1:
@@ -101,9 +105,37 @@ def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
     return torch.cat([F.linear(x[:, a:b], wi) for (a, b), wi in zip(segments, w.chunk(experts, dim=0))], dim=1)
 
 
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite float8_e4m3fn value
+
+
+def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor e4m3 quantisation: ``(w8, scale)`` with ``w ~= float(w8) * scale``, ``scale = amax / 448``
+    (an all-zero tensor gets scale 1). ``scale`` is a 0-dim fp32 tensor on ``w``'s device."""
+    amax = w.detach().abs().amax().to(torch.float32) if w.numel() else torch.zeros((), device=w.device)
+    if not torch.isfinite(amax):
+        raise ValueError("cannot quantise a weight holding inf/nan values to fp8; check the checkpoint")
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    w8 = (w.to(torch.float32) / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return w8, scale
+
+
+def set_fp8_weight(module: nn.Module, w8: torch.Tensor, scale: torch.Tensor) -> None:
+    """Store ``w8`` (float8_e4m3fn) as ``module.weight`` with its per-tensor scale in the non-persistent
+    buffer ``module.weight_scale`` (applied by :func:`block_linear`; absent from ``state_dict()``)."""
+    if w8.dtype != FP8_DTYPE:
+        raise ValueError(f"fp8 block weights must be {FP8_DTYPE}, got {w8.dtype}")
+    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(()).to(w8.device)
+    module._parameters["weight"] = nn.Parameter(w8, requires_grad=False)
+    module.register_buffer("weight_scale", scale, persistent=False)
+
+
 def _make_block_linear(operations, in_features: int, out_features: int, experts: int, dtype, device) -> nn.Module:
-    layer = operations.Linear(in_features, out_features * experts, bias=False, dtype=dtype, device=device)
+    fp8_direct = dtype == FP8_DTYPE and str(device) != "meta"  # fp8 cannot be randomly initialised: build fp32
+    layer = operations.Linear(in_features, out_features * experts, bias=False,
+                              dtype=torch.float32 if fp8_direct else dtype, device=device)
     layer.num_experts = experts
+    layer.register_buffer("weight_scale", None, persistent=False)  # set with fp8 weights (set_fp8_weight)
     return tag_operations(layer, operations)
 
 
@@ -259,6 +291,8 @@ class MagiHumanDiT(nn.Module):
         self.final_linear_audio = _make_fp32_linear(operations, h, config.audio_in_channels, False, device)
         if operations is nn and str(device) != "meta":
             self.init_random_(0)
+        if block_dtype == FP8_DTYPE and str(device) != "meta":
+            self.quantize_block_linears_fp8_()
 
     # ------------------------------------------------------------ setup helpers
 
@@ -313,6 +347,18 @@ class MagiHumanDiT(nn.Module):
             else:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
         self.adapter.rope.bands.copy_(self.default_rope_bands(self.config))
+        return self
+
+    @torch.no_grad()
+    def quantize_block_linears_fp8_(self) -> "MagiHumanDiT":
+        """Store every block linear weight as float8_e4m3fn with a per-tensor fp32 scale (quantised
+        from its current values; fp8 weights that already have a scale are left as they are)."""
+        for layer in self.block.layers:
+            for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
+                        layer.mlp.down_proj):
+                if mod.weight.dtype == FP8_DTYPE and getattr(mod, "weight_scale", None) is not None:
+                    continue
+                set_fp8_weight(mod, *quantize_fp8(mod.weight))
         return self
 
     # ------------------------------------------------------------ forward
