@@ -584,14 +584,14 @@ def _dtype_name(dt: torch.dtype) -> str:
 
 
 def _read_fp8(reader: TensorReader, info, scale: Optional[float], device: torch.device,
-              on_bytes: Callable[[int], None], chunk_bytes: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+              on_bytes: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One block weight as ``(float8_e4m3fn tensor, fp32 scale, kept_as_stored)``.
 
     e4m3 on disk: the bytes and the file's per-tensor scale (1 when it has none) are kept as they are.
-    Anything else (bf16/fp16/fp32, e5m2): read in its own dtype, then quantised per tensor,
-    ``scale = amax / 448``, ``w8 = clamp(w / scale, +-448)``, converting a slice at a time.
+    Anything else (bf16/fp16/fp32, e5m2): read in its own dtype, then quantised per tensor with
+    :func:`magihuman.models.dit.quantize_fp8` (``scale = amax / 448``).
     """
-    from .models.dit import FP8_DTYPE, FP8_MAX
+    from .models.dit import FP8_DTYPE, quantize_fp8
 
     if info.dtype == FP8_DTYPE:
         w8 = reader.read_into(info, torch.empty(info.shape, dtype=FP8_DTYPE), on_bytes)
@@ -599,20 +599,12 @@ def _read_fp8(reader: TensorReader, info, scale: Optional[float], device: torch.
     raw = reader.read_into(info, torch.empty(info.shape, dtype=info.dtype), on_bytes)
     if scale is not None:  # e5m2 with a scale: the stored values times the scale are the weights
         raw = raw.to(torch.float32).mul_(scale)
-    flat = raw.view(-1)
-    amax = torch.zeros((), dtype=torch.float32)
-    per = max((chunk_bytes or 64 << 20) // 4, 1)  # elements per fp32 slice
-    for a in range(0, flat.numel(), per):
-        amax = torch.maximum(amax, flat[a:a + per].abs().amax().to(torch.float32))
-    if not torch.isfinite(amax):
-        raise CheckpointError(f"{reader.header.path}: tensor {info.name!r} holds inf/nan values; it cannot be stored "
-                              "as fp8 (load it with dtype=torch.bfloat16 to inspect it, or download the file again)")
-    s = amax / FP8_MAX if amax > 0 else torch.ones((), dtype=torch.float32)
-    w8 = torch.empty(info.shape, dtype=FP8_DTYPE, device=device)
-    out = w8.view(-1)
-    for a in range(0, flat.numel(), per):
-        out[a:a + per].copy_(flat[a:a + per].to(torch.float32).div_(s).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE))
-    return w8, s.to(device), False
+    try:
+        w8, s = quantize_fp8(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{reader.header.path}: tensor {info.name!r}: {e} (load it with dtype=torch.bfloat16 "
+                              "to inspect it, or download the file again)") from e
+    return w8.to(device), s.to(device), False
 
 
 def load_dit(
@@ -674,8 +666,7 @@ def load_dit(
                     meta = getattr(mod, attr)
                     try:
                         if fp8 and meta.dtype == FP8_DTYPE:  # a block linear kept in fp8 with its scale
-                            w8, scale, as_is = _read_fp8(reader, src.info(k), scales.get(k), device, on_bytes,
-                                                         chunk_bytes)
+                            w8, scale, as_is = _read_fp8(reader, src.info(k), scales.get(k), device, on_bytes)
                             set_fp8_weight(mod, w8, scale)
                             kept, quantised = kept + as_is, quantised + (not as_is)
                             continue

@@ -190,3 +190,18 @@ def test_node_loader_fp8_runs_distilled_graph(node_pack, tiny_dir):
             assert rel < 5e-2, (key, rel)
     finally:
         env.close()
+
+
+def test_fp8_load_refuses_non_finite_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from magihuman.checkpoints import CheckpointError, load_dit, write_tiny_dit
+
+    src = write_tiny_dit(tmp_path / "magihuman_distill.safetensors", layout="file")
+    sd = load_file(str(src))
+    key = "block.layers.1.mlp.down_proj.weight"
+    sd[key][0, 0] = float("inf")
+    bad = tmp_path / "bad_distill.safetensors"
+    save_file(sd, str(bad))
+    with pytest.raises(CheckpointError, match=r"down_proj.*inf/nan"):
+        load_dit(bad, dtype=torch.float8_e4m3fn, show_progress=False)
