@@ -27,11 +27,10 @@ from magihuman import media  # noqa: E402
 from magihuman import pipeline as P  # noqa: E402
 from magihuman.checkpoints import load_dit  # noqa: E402
 from magihuman.cli import StageTimer  # noqa: E402
-from magihuman.models.audio_vae import load_audio_vae  # noqa: E402
+from magihuman.loaders import load_audio_vae, load_turbo_vae  # noqa: E402
 from magihuman.models.dit import MagiHumanDiT  # noqa: E402
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
 from magihuman.models.text_encoder import T5GemmaEncoder  # noqa: E402
-from magihuman.models.turbo_vae import load_turbo_vae  # noqa: E402
 from magihuman.tiny import TINY_FILES, write_tiny_models  # noqa: E402
 
 

@@ -3,8 +3,10 @@
 ``attention(q, k, v, mask)`` takes q ``[B, Hq, L, D]`` and k, v ``[B, Hkv, L, D]`` (grouped-query:
 query head ``h`` reads key/value head ``h // (Hq // Hkv)``), softmax scale ``1/sqrt(D)``, and an
 optional boolean ``mask`` broadcastable to ``[B, Hq, L, L]`` where ``True`` means "may attend".
-It returns ``[B, Hq, L, D]`` in the dtype of ``q``. Hosts add kernels with
-:func:`register_attention_backend` and pick one with :func:`set_attention_backend`.
+It returns ``[B, Hq, L, D]`` in the dtype of ``q``. Hosts add kernels by name with
+:func:`register_attention_backend`; which one runs is a property of each model (``backend=`` here, set
+through ``MagiHumanDiT.set_attention_backend`` / ``T5GemmaEncoder.set_attention_backend``): two models in
+one process can use different kernels, and no choice leaks from one model to another.
 
 Built in: ``"sdpa"`` (default, torch SDPA), ``"math"`` (fp32 reference), and two optional CUDA
 backends loaded on first selection, never required: ``"flash"`` (``flash_attn_interface``, i.e.
@@ -18,7 +20,7 @@ import importlib
 import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +111,8 @@ def _load_optional(name: str) -> AttentionFn:
 
 
 _BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "math": math_attention}
-_active = "sdpa"
+DEFAULT_BACKEND = "sdpa"
+Backend = Union[str, AttentionFn]
 
 
 def register_attention_backend(name: str, fn: AttentionFn) -> None:
@@ -119,9 +122,11 @@ def register_attention_backend(name: str, fn: AttentionFn) -> None:
     _BACKENDS[name] = fn
 
 
-def set_attention_backend(name: str) -> None:
-    """Route every :func:`attention` call to the backend registered as ``name``."""
-    global _active
+def resolve_attention_backend(name: Backend) -> AttentionFn:
+    """The kernel registered as ``name`` (an optional CUDA kernel is loaded on first use, with a clear error
+    when its package or CUDA is missing); a callable is returned as it is."""
+    if callable(name):
+        return name
     if name not in _BACKENDS and name in _OPTIONAL:
         if not torch.cuda.is_available():
             raise ValueError(f"attention backend {name!r} runs on CUDA only and no CUDA device is available; "
@@ -130,11 +135,7 @@ def set_attention_backend(name: str) -> None:
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}, "
                          f"optional: {', '.join(sorted(_OPTIONAL))} (add one with register_attention_backend)")
-    _active = name
-
-
-def get_attention_backend() -> str:
-    return _active
+    return _BACKENDS[name]
 
 
 def available_attention_backends() -> list[str]:
@@ -146,12 +147,13 @@ def available_attention_backends() -> list[str]:
     return sorted(usable)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Softmax attention ``[B, Hq, Lq, D] x [B, Hkv, Lk, D] -> [B, Hq, Lq, D]`` via the active backend."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
+              backend: Backend = DEFAULT_BACKEND) -> torch.Tensor:
+    """Softmax attention ``[B, Hq, Lq, D] x [B, Hkv, Lk, D] -> [B, Hq, Lq, D]`` with the kernel ``backend``."""
     _check_shapes(q, k, v)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be boolean (True = attend), got {mask.dtype}")
-    return _BACKENDS[_active](q, k, v, mask)
+    return resolve_attention_backend(backend)(q, k, v, mask)
 
 
 # ---------------------------------------------------------------- local (frame-window) attention
@@ -209,7 +211,8 @@ def _block_mask(window: LocalWindow, f0: int, f1: int, k0: int, k1: int, num_oth
 
 
 def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: LocalWindow,
-                           key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           key_valid: Optional[torch.Tensor] = None, *,
+                           backend: Backend = DEFAULT_BACKEND) -> torch.Tensor:
     """Frame-window attention without an ``L x L`` mask, through the active backend.
 
     q ``[B, Hq, L, D]``, k/v ``[B, Hkv, L, D]`` over ``[video | audio | text]``; ``key_valid [B, L]``
@@ -218,6 +221,7 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wi
     frames needs one, of block size); audio and text queries attend to all keys. Equal to
     :func:`attention` with the full local mask of :func:`magihuman.packing.local_attention_allowed`.
     """
+    backend = resolve_attention_backend(backend)
     _check_shapes(q, k, v)
     b, _, n, _ = q.shape
     nv = window.num_video
@@ -226,7 +230,7 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wi
                          f"got q{tuple(q.shape)} k{tuple(k.shape)}")
     pad = None if key_valid is None else key_valid[:, None, None, :]  # [B, 1, 1, L]
     if window.is_global:
-        return attention(q, k, v, pad)
+        return attention(q, k, v, pad, backend=backend)
     hw = window.tokens_per_frame
     out = q.new_empty(q.shape)
     for f0, f1, k0, k1 in window.blocks():
@@ -241,7 +245,7 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wi
         if pad is not None:
             keys = torch.cat([pad.new_ones(b, 1, 1, (k1 - k0) * hw), pad[..., nv:]], dim=-1)
             mask = keys if mask is None else mask & keys
-        out[:, :, f0 * hw:f1 * hw] = attention(q[:, :, f0 * hw:f1 * hw], ks, vs, mask)
+        out[:, :, f0 * hw:f1 * hw] = attention(q[:, :, f0 * hw:f1 * hw], ks, vs, mask, backend=backend)
     if n > nv:
-        out[:, :, nv:] = attention(q[:, :, nv:], k, v, pad)
+        out[:, :, nv:] = attention(q[:, :, nv:], k, v, pad, backend=backend)
     return out

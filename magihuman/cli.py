@@ -21,6 +21,18 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
+
+from . import media
+from . import pipeline as P
+from .checkpoints import convert_dit, load_dit
+from .compile import compile_dit_blocks
+from . import estimate as est
+from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae
+from .models.text_encoder import T5GemmaEncoder
+from .offload import enable_block_offload
+from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
+from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_models
 
 log = logging.getLogger("magihuman.cli")
 
@@ -69,8 +81,6 @@ class StageTimer:
 
 
 def _progress(desc: str, total: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=True, file=sys.stderr)
 
 
@@ -117,65 +127,50 @@ def _device(name: Optional[str]) -> torch.device:
 
 
 def _load_dit(path, dtype, device, show, args):
-    """Load a DiT and apply the speed options: compute dtype, local attention mode, block offload, compile."""
-    from .checkpoints import load_dit
-
+    """Load a DiT and apply the speed options: compute dtype, attention kernel and local attention mode, block
+    offload, compile."""
     offload = getattr(args, "blocks_on_device", None)
     model = load_dit(path, dtype=dtype, device="cpu" if offload else device, show_progress=show)
     model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
+    model.set_attention_backend(getattr(args, "attention", "sdpa"))
     model.set_local_attention(getattr(args, "local_attention", "window"))
     if offload:
-        from .offload import enable_block_offload
-
         enable_block_offload(model, device, offload)
     if getattr(args, "compile", False):
-        from .compile import compile_dit_blocks
-
         compile_dit_blocks(model)
     return model
 
 
 def _plan_and_check(args, preset, device, dtype, width, height, seconds) -> None:
     """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit."""
-    from .estimate import check_fits, device_memory, estimate
-
     sr_w = (args.sr_width or preset.sr_width) if preset.sr else None
     sr_h = (args.sr_height or preset.sr_height) if preset.sr else None
-    plan = estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=dtype,
+    plan = est.estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=dtype,
                     steps=args.steps or None, sr_steps=args.sr_steps or None)
     if not args.quiet:
         print(plan.format(), file=sys.stderr)
-    host = device_memory("cpu")
-    check_fits(plan, device_memory(device), host_memory_bytes=host if device.type != "cpu" else None)
+    host = est.device_memory("cpu")
+    est.check_fits(plan, est.device_memory(device), host_memory_bytes=host if device.type != "cpu" else None)
 
 
 def generate(args) -> int:
-    """Run one generation; torch's thread count and the attention backend are set for the run and restored."""
-    from .attention import get_attention_backend, set_attention_backend
-    from .presets import get_preset
-
+    """Run one generation; torch's thread count is set for the run and restored (the attention kernel is a
+    property of the loaded DiT, nothing process-wide)."""
     preset = get_preset(args.preset)
     threads = args.threads if args.threads is not None else (1 if preset.tiny else None)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     _check_generate_args(args, preset)
-    saved_threads, saved_backend = torch.get_num_threads(), get_attention_backend()
+    saved_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        set_attention_backend(args.attention)
         return _generate_run(args, preset)
     finally:
-        set_attention_backend(saved_backend)
         torch.set_num_threads(saved_threads)
 
 
 def _generate_run(args, preset) -> int:
-    from . import media
-    from . import pipeline as P
-    from .presets import resolve_model_files, required_roles
-    from .tiny import ensure_tiny_models
-
     timer = StageTimer()
     device = _device(args.device)
     dtype = DTYPES[args.dtype or preset.dtype]
@@ -214,8 +209,6 @@ def _generate_run(args, preset) -> int:
               "(multiples of 32)", file=sys.stderr)
 
     # ---- text
-    from .models.text_encoder import T5GemmaEncoder
-
     negative = args.negative_prompt if args.negative_prompt is not None else P.DEFAULT_NEGATIVE_PROMPT
     needs_negative = preset.cfg or preset.sr_cfg
     with timer("load text encoder"):
@@ -229,15 +222,11 @@ def _generate_run(args, preset) -> int:
     # ---- conditioning: image (TI2V), reference audio (A2V)
     video_vae = None
     if image is not None or decoder == "wan":
-        from .models.video_vae import load_wan_vae
-
         with timer("load video VAE"):
             video_vae = load_wan_vae(files["video_vae"], dtype=vae_dtype, device=device)
     if image is not None:
         with timer("image encode"):
             latent = P.encode_image(video_vae, image, latent)
-    from .models.audio_vae import load_audio_vae
-
     with timer("load audio VAE"):
         audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
     if ref_wave is not None:
@@ -270,8 +259,6 @@ def _generate_run(args, preset) -> int:
 
     # ---- decode
     if decoder == "turbo":
-        from .models.turbo_vae import load_turbo_vae
-
         with timer("load Turbo VAE"):
             video_decoder = load_turbo_vae(None, files["turbo_vae"], dtype=vae_dtype, device=device)
     else:
@@ -301,20 +288,14 @@ def convert(args) -> int:
     if dst.suffix != ".safetensors":
         raise UsageError(f"the output must be a .safetensors file, got {dst}")
     if src.suffix in (".ckpt", ".pt", ".pth"):
-        from .models.turbo_vae import convert_turbo_checkpoint
-
         convert_turbo_checkpoint(src, dst)
     else:
-        from .checkpoints import convert_dit
-
         convert_dit(src, dst, dtype=DTYPES[args.dtype])
     print(f"wrote {dst}", file=sys.stderr)
     return EXIT_OK
 
 
 def tiny_models(args) -> int:
-    from .tiny import describe_tiny_files, write_tiny_models
-
     folder = Path(args.dir)
     write_tiny_models(folder, force=args.force)
     print(f"tiny MagiHuman models in {folder}:")
@@ -323,8 +304,6 @@ def tiny_models(args) -> int:
 
 
 def presets(args) -> int:
-    from .presets import PRESETS, describe_files
-
     for p in PRESETS.values():
         sr = f" + {p.sr} {p.sr_width}x{p.sr_height} ({p.sr_steps} steps)" if p.sr else ""
         print(f"{p.name:13s} {p.dit} {p.sampler} {p.steps} steps{' CFG' if p.cfg else ''} "
@@ -336,8 +315,6 @@ def presets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
-
     parser = _ArgumentParser(prog="python -m magihuman", description="daVinci-MagiHuman audio+video generation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)

@@ -54,9 +54,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, PATCH_SIZE, SIZE_MULTIPLE,
+                       SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS, decoded_frames, frame_counts, snap_size)
 from .models.dit_config import DiTConfig
-from .pipeline import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, SIZE_MULTIPLE, SPATIAL_STRIDE, TEMPORAL_STRIDE,
-                       VIDEO_LATENT_CHANNELS, frame_counts, snap_size)
+from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
+from .presets import PRESETS
 from .sampling import DEFAULT_NEGATIVE_PROMPT
 
 __all__ = [
@@ -66,22 +68,13 @@ __all__ = [
     "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
 ]
 
-PATCH = 2
-MAX_TEXT_TOKENS = 640
+PATCH = PATCH_SIZE[1]
 DEFAULT_PROMPT_TOKENS = 100
 GIB = 1024 ** 3
 
 # google/t5gemma-9b-9b-ul2 encoder (the Gemma-2 9B shape), from its HF config.
 T5GEMMA_9B_ENCODER = dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
                           num_key_value_heads=8, head_dim=256, vocab_size=256000)
-
-# Turbo VAE decoder topology of the release (TurboV3-Wan22-TinyShallow_7_7.json), fields used here.
-_TURBO_RELEASE = dict(decoder_block_out_channels=[64, 128, 256, 512],
-                      decoder_spatio_temporal_scaling=[False, True, True, True],
-                      decoder_spatio_only=[False, True, False, False], latent_channels=48, patch_size=2,
-                      first_chunk_size=7, step_size=7)
-_TURBO_TINY = dict(_TURBO_RELEASE, decoder_block_out_channels=[8, 8, 16, 16], first_chunk_size=3, step_size=2)
-
 
 class MemoryEstimateError(ValueError):
     """The request does not fit the available memory; the message gives the estimate and a smaller request."""
@@ -314,7 +307,7 @@ def turbo_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, dtyp
     (4) tensors of that size at once: ``peak ≈ 4 · largest · dtype_bytes``, plus the fp32 chunk output.
     The whole decoded clip [3, F, 16h, 16w] in fp32 is reported separately (``video``).
     """
-    c = dict(_TURBO_RELEASE, **(config or {}))
+    c = dict(RELEASE_TURBO_CONFIG, **(config or {}))
     first, step = int(c["first_chunk_size"]), int(c["step_size"])
     chunk = first if latent_frames <= first else max(first + 1, min(step + 2, latent_frames + 1))
     widths = list(reversed(c["decoder_block_out_channels"]))
@@ -333,9 +326,9 @@ def turbo_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, dtyp
             largest = max(largest, width * t * hh * ww)
         prev = width
     p = int(c["patch_size"])
-    out_frames = TEMPORAL_STRIDE * (chunk - 1) + 1
+    out_frames = decoded_frames(chunk)
     chunk_out = 3 * out_frames * hh * p * ww * p * 4
-    frames = TEMPORAL_STRIDE * (latent_frames - 1) + 1
+    frames = decoded_frames(latent_frames)
     video = 3 * frames * latent_h * SPATIAL_STRIDE * latent_w * SPATIAL_STRIDE * 4
     return dict(chunk_latent_frames=chunk, largest_elements=largest,
                 peak=live_tensors * largest * dtype_bytes + chunk_out, video=video)
@@ -474,7 +467,6 @@ def _resolve(preset) -> dict:
                     seconds=4, sr=None, sr_steps=5, sr_cfg=False, tiny=False, sr_width=None,
                     sr_height=None)
     if isinstance(preset, str):
-        from .presets import PRESETS
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or pass a DiTConfig")
         p = PRESETS[preset]
@@ -583,7 +575,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              frf=frame_receptive_field, weight_dtype=weight_dtype,
                              local_attention=local_attention, block_frames=local_block_frames))
     out = sr_geo or geo
-    turbo_cfg = _TURBO_TINY if r["tiny"] else _TURBO_RELEASE
+    turbo_cfg = TINY_TURBO_CONFIG if r["tiny"] else RELEASE_TURBO_CONFIG
     dec = turbo_decode_bytes(out["latent_frames"], out["latent_h"], out["latent_w"],
                              dtype_bytes=_dtype_bytes(decode_dtype), config=turbo_cfg)
     text_bytes = 0 if r["tiny"] else 2 * t5gemma_encoder_param_count()
@@ -591,7 +583,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                 num_frames=geo["num_frames"], latent_frames=geo["latent_frames"],
                 sr_width=sr_geo["width"] if sr_geo else None, sr_height=sr_geo["height"] if sr_geo else None,
                 weight_dtype=weight_dtype, stages=tuple(stages), text_encoder_bytes=text_bytes,
-                decoder_weight_bytes=_turbo_weight_bytes(turbo_cfg, _dtype_bytes(decode_dtype)),
+                decoder_weight_bytes=_turbo_params(r["tiny"]) * _dtype_bytes(decode_dtype),
                 decode_bytes=dec["peak"], decoded_video_bytes=dec["video"],
                 request=dict(preset=preset, width=width, height=height, seconds=seconds, sr_width=sr_width,
                              sr_height=sr_height, cfg_batched=cfg_batched, weight_dtype=weight_dtype,
@@ -601,21 +593,11 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              local_block_frames=local_block_frames, decode_dtype=decode_dtype))
 
 
-def _turbo_weight_bytes(config: dict, dtype_bytes: int) -> int:
-    """Turbo decoder weights, counted from the built module on the meta device when available."""
-    return _turbo_params(config is _TURBO_TINY) * dtype_bytes
-
-
 @functools.lru_cache(maxsize=None)
 def _turbo_params(tiny: bool) -> int:
-    config = _TURBO_TINY if tiny else _TURBO_RELEASE
-    try:
-        from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
-        full = TINY_TURBO_CONFIG if config is _TURBO_TINY else RELEASE_TURBO_CONFIG
-        model = TurboVAEDecoder.from_config(full, device="meta")
-        return sum(p.numel() for p in model.parameters())
-    except Exception:  # pragma: no cover - module unavailable: ~ two 3x3x3 convs per width
-        return sum(2 * 27 * c * c for c in config["decoder_block_out_channels"])
+    """Parameters of the Turbo decoder (release or tiny config), counted on a meta-built module."""
+    model = TurboVAEDecoder.from_config(TINY_TURBO_CONFIG if tiny else RELEASE_TURBO_CONFIG, device="meta")
+    return sum(p.numel() for p in model.parameters())
 
 
 # ============================================================================ fitting

@@ -28,8 +28,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import av
 import numpy as np
+import soundfile as sf
 import torch
+from PIL import Image, ImageOps
+
+from .geometry import AUDIO_SAMPLE_RATE
 
 __all__ = [
     "REFERENCE_SAMPLE_RATE",
@@ -50,7 +55,7 @@ __all__ = [
     "read_mp4_info",
 ]
 
-REFERENCE_SAMPLE_RATE = 51200  # true rate of the Oobleck VAE as MagiHuman uses it
+REFERENCE_SAMPLE_RATE = AUDIO_SAMPLE_RATE  # true rate of the Oobleck VAE as MagiHuman uses it
 AUDIO_WINDOW_SECONDS = 29
 AUDIO_WINDOW_OVERLAP = 0.5
 # The sampling-frequency table of AAC (ISO 14496-3); FFmpeg's encoder accepts only these.
@@ -64,17 +69,8 @@ class MediaError(ValueError):
 # ============================================================================ images
 
 
-def _pil():
-    try:
-        from PIL import Image, ImageOps
-    except ImportError as e:  # pragma: no cover - ComfyUI always has Pillow
-        raise MediaError("reading images needs Pillow: pip install pillow") from e
-    return Image, ImageOps
-
-
 def _pil_to_float(img, alpha: str) -> np.ndarray:
     """A PIL image -> float32 [H, W, 3] in [0, 1]."""
-    Image, _ = _pil()
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -138,7 +134,6 @@ def load_image(image: Any, *, alpha: str = "drop") -> np.ndarray:
     composite onto that background instead. Arrays: uint8 / uint16 / bool / float in [0, 1], shape
     ``[H, W]``, ``[H, W, C]`` or ``[1, H, W, C]``.
     """
-    Image, ImageOps = _pil()
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
@@ -213,7 +208,6 @@ def prepare_image(image: Any, width: int, height: int, *, alpha: str = "drop") -
     are resized per channel in float. Width and height are used as given (the pipeline has already
     snapped them to multiples of 32, where the official multiple-of-16 snap is a no-op).
     """
-    Image, _ = _pil()
     width, height = int(width), int(height)
     if width < 1 or height < 1:
         raise MediaError(f"target size must be positive; got {width}x{height}")
@@ -264,8 +258,6 @@ def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         raise MediaError(f"{path}: no such audio file")
     errors = []
     try:
-        import soundfile as sf
-
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [S, C]
         wave = torch.from_numpy(np.ascontiguousarray(data.T))
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError on unknown formats
@@ -285,8 +277,6 @@ def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
 
 
 def _load_audio_av(path: Path) -> tuple[torch.Tensor, int]:
-    import av
-
     with av.open(str(path)) as container:
         streams = container.streams.audio
         if not streams:
@@ -529,8 +519,6 @@ def encode_audio_file(vae: Any, path: str | os.PathLike, *, seconds: float | Non
 
 def write_audio(path: str | os.PathLike, waveform: Any, sample_rate: int) -> Path:
     """Write ``[C, S]`` float audio with soundfile (format from the suffix: .wav, .flac, .ogg)."""
-    import soundfile as sf
-
     x = _as_2d_float(waveform).float()
     sf.write(str(path), x.clamp(-1, 1).T.numpy(), int(sample_rate))
     return Path(path)
@@ -553,8 +541,6 @@ def _frames_uint8(frames: Any) -> np.ndarray:
 
 
 def _video_encoder() -> str:
-    import av
-
     for name in ("libx264", "libopenh264", "h264"):
         if name in av.codecs_available:
             try:
@@ -576,8 +562,6 @@ def write_mp4(path: str | os.PathLike, frames: Any, fps: float = 25, audio: Any 
     ``audio``: ``[C, S]`` (C = 1 or 2) float in [-1, 1] at ``sample_rate``. AAC only allows its
     standard rates (51 200 Hz is not one): other rates are resampled to 48 kHz with :func:`resample`.
     """
-    import av
-
     rgb = _frames_uint8(frames)
     f, h, w, _ = rgb.shape
     pad_h, pad_w = h % 2, w % 2
@@ -638,8 +622,6 @@ def write_mp4(path: str | os.PathLike, frames: Any, fps: float = 25, audio: Any 
 
 def read_mp4_info(path: str | os.PathLike) -> dict:
     """Stream facts of a video file: codecs, size, frame count (decoded), fps, durations, audio rate."""
-    import av
-
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"{path}: no such file")

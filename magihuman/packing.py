@@ -12,8 +12,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from .geometry import PATCH_SIZE  # (t, h, w), official DataProxyConfig t_patch_size / patch_size
+
 VIDEO, AUDIO, TEXT = 0, 1, 2
-PATCH_SIZE = (1, 2, 2)  # (t, h, w), official DataProxyConfig t_patch_size / patch_size
 TEXT_OFFSET_V1 = 0  # official DataProxyConfig.text_offset
 
 

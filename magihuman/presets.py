@@ -1,12 +1,13 @@
-"""Generation presets mirroring the official example configs (example/*/config.json + run scripts),
-and where each preset's model files live.
+"""Generation presets mirroring the official example configs (example/*/config.json + run scripts), and THE
+table of model files: where each model goes in a ComfyUI models folder, where it sits in the official release,
+where it comes from, and the tiny preset's stand-in. README, workflows, node defaults and the CLI all read
+:data:`MODEL_FILES`.
 
 Two folder layouts are understood for a models folder:
-- ComfyUI (``ComfyUI/models``): ``diffusion_models/``, ``text_encoders/``, ``vae/`` with the names in
-  :data:`COMFY_FILES`;
-- official (the ``checkpoints`` folder of the daVinci-MagiHuman release): ``distill/``, ``base/``,
-  ``540p_sr/``, ``1080p_sr/``, ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/``, ``stable-audio-open-1.0/``,
-  ``turbo_vae/``.
+- ComfyUI (``ComfyUI/models``): ``diffusion_models/distill/``, ``text_encoders/t5gemma-9b-9b-ul2/``, ... (the
+  README's table); older or converted names listed in ``ModelFile.also`` are accepted too;
+- official (the ``checkpoints`` folder of the daVinci-MagiHuman release): ``distill/``, ``base/``, ``540p_sr/``,
+  ``1080p_sr/``, ``t5gemma-9b-9b-ul2/``, ``Wan2.2-TI2V-5B/``, ``stable-audio-open-1.0/``, ``turbo_vae/``.
 The ``tiny`` presets use random tiny checkpoints written on first use (see :mod:`magihuman.tiny`).
 """
 
@@ -17,53 +18,70 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .pipeline import PipelineError
+from .errors import PipelineError
 
-__all__ = ["Preset", "PRESETS", "ROLES", "COMFY_FILES", "OFFICIAL_FILES", "MissingModelFiles", "get_preset",
-           "required_roles", "resolve_model_files", "describe_files"]
+__all__ = ["ModelFile", "MODEL_FILES", "Preset", "PRESETS", "ROLES", "TINY_FILES", "MissingModelFiles",
+           "get_preset", "required_roles", "resolve_model_files", "describe_files", "comfy_name", "model_files_markdown"]
 
-# role -> what it is (for messages)
-ROLES = {
-    "distill": "distilled DiT (8 steps, no CFG)",
-    "base": "base DiT (32 UniPC steps, CFG)",
-    "sr_540p": "540p super-resolution DiT",
-    "sr_1080p": "1080p super-resolution DiT",
-    "text_encoder": "T5Gemma-9B text encoder (google/t5gemma-9b-9b-ul2)",
-    "turbo_vae": "Turbo VAE video decoder (TurboV3-Wan22-TinyShallow_7_7 config + checkpoint)",
-    "video_vae": "Wan2.2 VAE (image encode for TI2V, full-quality decode)",
-    "audio_vae": "Stable Audio Open 1.0 VAE (Oobleck)",
-}
 
-# ComfyUI layout: candidate paths relative to the models folder, first match wins.
-COMFY_FILES: dict[str, tuple[str, ...]] = {
-    "distill": ("diffusion_models/magihuman_distill", "diffusion_models/magihuman_distill.safetensors",
-                "diffusion_models/magihuman_distill_bf16.safetensors",
-                "diffusion_models/magihuman_distill_fp8.safetensors"),
-    "base": ("diffusion_models/magihuman_base", "diffusion_models/magihuman_base.safetensors",
-             "diffusion_models/magihuman_base_bf16.safetensors", "diffusion_models/magihuman_base_fp8.safetensors"),
-    "sr_540p": ("diffusion_models/magihuman_540p_sr", "diffusion_models/magihuman_540p_sr.safetensors",
-                "diffusion_models/magihuman_540p_sr_bf16.safetensors",
-                "diffusion_models/magihuman_540p_sr_fp8.safetensors"),
-    "sr_1080p": ("diffusion_models/magihuman_1080p_sr", "diffusion_models/magihuman_1080p_sr.safetensors",
-                 "diffusion_models/magihuman_1080p_sr_bf16.safetensors",
-                 "diffusion_models/magihuman_1080p_sr_fp8.safetensors"),
-    "text_encoder": ("text_encoders/t5gemma-9b-9b-ul2", "text_encoders/t5gemma_9b_encoder.safetensors"),
-    "turbo_vae": ("vae/turbo_vae",),
-    "video_vae": ("vae/wan2.2_vae.safetensors", "vae/Wan2.2_VAE.pth"),
-    "audio_vae": ("vae/stable-audio-open-1.0", "vae/stable_audio_open_vae.safetensors"),
-}
+@dataclass(frozen=True)
+class ModelFile:
+    """One model role and where its files live. Names ending in ``/`` are folders."""
 
-# Official release layout (checkpoints folder).
-OFFICIAL_FILES: dict[str, tuple[str, ...]] = {
-    "distill": ("distill",),
-    "base": ("base",),
-    "sr_540p": ("540p_sr",),
-    "sr_1080p": ("1080p_sr",),
-    "text_encoder": ("t5gemma-9b-9b-ul2",),
-    "turbo_vae": ("turbo_vae",),
-    "video_vae": ("Wan2.2-TI2V-5B/Wan2.2_VAE.pth",),
-    "audio_vae": ("stable-audio-open-1.0",),
-}
+    role: str
+    what: str
+    folder: str                    # ComfyUI models sub-folder
+    name: str                      # the name inside it (README, workflows, node defaults)
+    official: str                  # path in the official release checkpoints folder
+    source: str                    # where to download it
+    tiny: str                      # the tiny preset's stand-in inside the same folder
+    also: tuple[str, ...] = ()     # other accepted names in the same folder (older names, single-file repacks; * globs)
+
+    @property
+    def comfy_path(self) -> str:
+        """``folder/name`` without the trailing slash (relative to a ComfyUI models folder)."""
+        return f"{self.folder}/{self.name.rstrip('/')}"
+
+    @property
+    def tiny_path(self) -> str:
+        return f"{self.folder}/{self.tiny.rstrip('/')}"
+
+
+def _dit(role: str, what: str, release: str, tiny: str) -> ModelFile:
+    stem = f"magihuman_{release}"
+    return ModelFile(role, what, "diffusion_models", f"{release}/", release,
+                     f"GAIR/daVinci-MagiHuman `{release}/`", tiny,
+                     also=(f"{stem}/", f"{stem}*.safetensors", f"{stem}*.gguf"))
+
+
+MODEL_FILES: dict[str, ModelFile] = {m.role: m for m in (
+    _dit("distill", "distilled DiT (8 steps, no CFG)", "distill", "magihuman_tiny_distill/"),
+    _dit("base", "base DiT (32 UniPC steps, CFG)", "base", "magihuman_tiny_base.safetensors"),
+    _dit("sr_540p", "540p super-resolution DiT", "540p_sr", "magihuman_tiny_540p_sr/"),
+    _dit("sr_1080p", "1080p super-resolution DiT", "1080p_sr", "magihuman_tiny_1080p_sr/"),
+    ModelFile("text_encoder", "T5Gemma-9B text encoder (google/t5gemma-9b-9b-ul2)", "text_encoders",
+              "t5gemma-9b-9b-ul2/", "t5gemma-9b-9b-ul2", "google/t5gemma-9b-9b-ul2", "t5gemma_tiny/",
+              also=("t5gemma*.safetensors", "t5gemma*.gguf")),
+    ModelFile("turbo_vae", "Turbo VAE video decoder (TurboV3-Wan22-TinyShallow_7_7 config + checkpoint)", "vae",
+              "turbo_vae/", "turbo_vae", "GAIR/daVinci-MagiHuman `turbo_vae/`", "turbo_vae_tiny/"),
+    ModelFile("video_vae", "Wan2.2 VAE (image encode for TI2V, full-quality decode)", "vae",
+              "wan2.2_vae.safetensors", "Wan2.2-TI2V-5B/Wan2.2_VAE.pth",
+              "Comfy-Org/Wan_2.2_ComfyUI_Repackaged `split_files/vae/wan2.2_vae.safetensors` (or Wan-AI/Wan2.2-TI2V-5B "
+              "`Wan2.2_VAE.pth`)", "wan2.2_vae_tiny.safetensors", also=("Wan2.2_VAE.pth",)),
+    ModelFile("audio_vae", "Stable Audio Open 1.0 VAE (Oobleck)", "vae", "stable-audio-open-1.0/",
+              "stable-audio-open-1.0", "stabilityai/stable-audio-open-1.0", "stable_audio_open_tiny/",
+              also=("stable_audio_open_vae.safetensors",)),
+)}
+
+ROLES = {role: m.what for role, m in MODEL_FILES.items()}
+# role -> path of the tiny stand-in inside a models folder (ComfyUI layout)
+TINY_FILES: dict[str, str] = {role: m.tiny_path for role, m in MODEL_FILES.items()}
+
+
+def comfy_name(role: str, tiny: bool = False) -> str:
+    """The loader-list entry of a role (relative to its ComfyUI folder; folders end in ``/``)."""
+    m = MODEL_FILES[role]
+    return m.tiny if tiny else m.name
 
 
 @dataclass(frozen=True)
@@ -136,11 +154,17 @@ def required_roles(preset: Preset, *, image: bool = False, decoder: Optional[str
 
 
 def _candidates(role: str, models_dir: Path, tiny: bool) -> list[Path]:
+    m = MODEL_FILES[role]
     if tiny:
-        from .tiny import TINY_FILES
-
-        return [models_dir / TINY_FILES[role]]
-    return [models_dir / p for p in COMFY_FILES[role]] + [models_dir / p for p in OFFICIAL_FILES[role]]
+        return [models_dir / m.tiny_path]
+    also = []
+    for name in m.also:
+        if "*" in name:
+            folder = models_dir / m.folder
+            also += sorted(folder.glob(name)) if folder.is_dir() else []
+        else:
+            also.append(models_dir / m.folder / name.rstrip("/"))
+    return [models_dir / m.comfy_path] + also + [models_dir / m.official]
 
 
 def _exists(path: Path) -> bool:
@@ -169,22 +193,31 @@ def resolve_model_files(preset: Preset, models_dir: str | os.PathLike, roles: li
     if missing:
         lines = [f"preset '{preset.name}' is missing {len(missing)} model file(s) in {models_dir}:"]
         for role in missing:
+            m = MODEL_FILES[role]
             if preset.tiny:
-                lines.append(f"  - {ROLES[role]}: {_candidates(role, models_dir, True)[0]} (run "
+                lines.append(f"  - {m.what}: {models_dir / m.tiny_path} (run "
                              f"`python -m magihuman tiny-models {models_dir}`)")
                 continue
-            comfy, official = COMFY_FILES[role], OFFICIAL_FILES[role]
-            also = f"; also accepted: {', '.join(comfy[1:])}" if len(comfy) > 1 else ""
-            lines.append(f"  - {ROLES[role]}: put it at {comfy[0]} (ComfyUI layout{also}) or {official[0]} "
-                         "(official checkpoints layout)")
+            also = f"; also accepted: {', '.join(m.also)}" if m.also else ""
+            lines.append(f"  - {m.what}: put it at {m.folder}/{m.name} (ComfyUI layout{also}) or {m.official} "
+                         f"(official checkpoints layout); from {m.source}")
         raise MissingModelFiles("\n".join(lines))
     return found
+
+
+def model_files_markdown() -> str:
+    """The README's model table (one row per role), generated from :data:`MODEL_FILES`."""
+    rows = ["| model | ComfyUI location | where it comes from |", "|---|---|---|"]
+    for m in MODEL_FILES.values():
+        also = f" (also accepted: {', '.join(f'`{a}`' for a in m.also)})" if m.also else ""
+        rows.append(f"| {m.what} | `models/{m.folder}/{m.name}`{also} | {m.source} |")
+    return "\n".join(rows)
 
 
 def describe_files() -> str:
     """A table of the model files: role, ComfyUI location, official release location."""
     rows = [("role", "ComfyUI models folder", "official checkpoints folder")]
-    for role in ROLES:
-        rows.append((role, COMFY_FILES[role][0], OFFICIAL_FILES[role][0]))
+    for role, m in MODEL_FILES.items():
+        rows.append((role, f"{m.folder}/{m.name}", m.official))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

@@ -4,7 +4,7 @@ They make the whole pipeline runnable on a CPU in seconds (tests, CI, the README
 ComfyUI workflow). Values are random: the output is noise, but every file goes through the same
 loaders, key maps and formats as the released weights. Nothing is downloaded.
 
-:data:`TINY_FILES` is THE table of names (nodes and workflows use it).
+:data:`TINY_FILES` (from :data:`magihuman.presets.MODEL_FILES`, the one table of model names) says where each goes.
 """
 
 from __future__ import annotations
@@ -14,29 +14,29 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Mapping, Optional
 
 import torch
 
+from .checkpoints import write_tiny_dit
+from .models.audio_vae import PRETRANSFORM_PREFIX, OobleckVAE, Snake, tiny_model_config, to_released_state_dict
+from .models.dit_config import DiTConfig
+from .models.text_encoder import tiny_hf_config, tiny_state_dict
+from .models.turbo_vae import TINY_TURBO_CONFIG, TurboVAEDecoder
+from .models.video_vae import TINY_WAN_VAE_CONFIG, WanVAE, init_random_wan_vae
+from .presets import TINY_FILES
+from .tokenizer import write_tiny_tokenizer
+from .weights.safetensors_io import write_file
+
 log = logging.getLogger(__name__)
+PathLike = str | os.PathLike
 
 __all__ = ["TINY_FILES", "TINY_VERSION", "write_tiny_models", "default_cache_dir", "ensure_tiny_models",
-           "describe_tiny_files"]
+           "describe_tiny_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
+           "write_tiny_audio_vae"]
 
 TINY_VERSION = "1"
 STAMP_NAME = ".magihuman_tiny"
-
-# role -> path inside the models folder (ComfyUI layout)
-TINY_FILES: dict[str, str] = {
-    "distill": "diffusion_models/magihuman_tiny_distill",             # official folder: index + 2 fp32 shards
-    "base": "diffusion_models/magihuman_tiny_base.safetensors",       # single file, bf16 block linears
-    "sr_540p": "diffusion_models/magihuman_tiny_540p_sr",             # official folder, fp32
-    "sr_1080p": "diffusion_models/magihuman_tiny_1080p_sr",           # official folder, fp32, local attention
-    "text_encoder": "text_encoders/t5gemma_tiny",                     # HF folder: config, weights, tokenizer
-    "turbo_vae": "vae/turbo_vae_tiny",                                # JSON config + .ckpt (ema_state_dict)
-    "video_vae": "vae/wan2.2_vae_tiny.safetensors",                   # ComfyUI wan2.2_vae layout
-    "audio_vae": "vae/stable_audio_open_tiny",                        # model.safetensors + model_config.json
-}
-
 
 def default_cache_dir() -> Path:
     """``$MAGIHUMAN_CACHE/tiny`` if set, else ``~/.cache/magihuman/tiny``."""
@@ -60,14 +60,104 @@ def _is_complete(models_dir: Path) -> bool:
     return data == _stamp() and all((models_dir / p).exists() for p in TINY_FILES.values())
 
 
-def _write_one(role: str, target: Path, seed: int) -> None:
-    from .checkpoints import write_tiny_dit
-    from .models.audio_vae import write_tiny_audio_vae
-    from .models.dit_config import DiTConfig
-    from .models.text_encoder import write_tiny_t5gemma
-    from .models.turbo_vae import write_tiny_turbo_vae
-    from .models.video_vae import write_tiny_wan_vae
+# ------------------------------------------------------------------ one writer per model (the DiT's: checkpoints)
 
+
+def write_tiny_t5gemma(folder: str | os.PathLike, seed: int = 0, *, shards: int = 1) -> Path:
+    """Write a real HF-style T5Gemma folder: config.json, model.safetensors (or an index + ``shards`` files)
+    with ``model.encoder.*`` tensors plus a few ``model.decoder.*`` ones, and a tiny Gemma tokenizer."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = tiny_hf_config()
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tensors = {"model." + k: v for k, v in tiny_state_dict(config, seed).items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    h = config["decoder"]["hidden_size"]
+    tensors["model.decoder.embed_tokens.weight"] = torch.randn(config["vocab_size"], h, generator=g) * 0.1
+    tensors["model.decoder.layers.0.self_attn.q_proj.weight"] = torch.randn(96, h, generator=g) * 0.1
+    tensors["model.decoder.layers.0.cross_attn.k_proj.weight"] = torch.randn(48, h, generator=g) * 0.1
+    tensors["model.decoder.norm.weight"] = torch.zeros(h)
+    keys = sorted(tensors)
+    if shards <= 1:
+        write_file(folder / "model.safetensors", {k: tensors[k] for k in keys}, {"format": "pt"})
+    else:
+        weight_map = {}
+        for s in range(shards):
+            name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+            part = {k: tensors[k] for k in keys[s::shards]}
+            write_file(folder / name, part, {"format": "pt"})
+            weight_map.update({k: name for k in part})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_tiny_tokenizer(folder)
+    return folder
+
+
+def write_tiny_turbo_vae(folder: PathLike, seed: int = 0, *, config: Optional[Mapping[str, Any]] = None
+                         ) -> tuple[Path, Path]:
+    """Write a randomly initialised tiny Turbo VAE in the released formats: (config JSON, ``.ckpt``).
+
+    The checkpoint is ``{"ema_state_dict": {"module.decoder....": tensor}}`` saved with ``torch.save``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config if config is not None else TINY_TURBO_CONFIG)
+    torch.manual_seed(seed)
+    model = TurboVAEDecoder.from_config(cfg, dtype=torch.float32)
+    json_path = folder / "TurboV3-tiny.json"
+    json_path.write_text(json.dumps(cfg, indent=2))
+    ckpt_path = folder / "checkpoint-tiny.ckpt"
+    torch.save({"ema_state_dict": {"module." + k: v.clone() for k, v in model.state_dict().items()},
+                "step": 0}, ckpt_path)
+    return json_path, ckpt_path
+
+
+def write_tiny_wan_vae(path, seed: int = 0, fmt: str = "safetensors", config: Mapping | None = None) -> Path:
+    """Write a tiny random Wan2.2-shaped VAE in a real on-disk format.
+
+    ``fmt="safetensors"``: the ComfyUI ``wan2.2_vae.safetensors`` layout (same key names as the official);
+    ``fmt="pth"``: the official ``Wan2.2_VAE.pth`` layout (a plain ``torch.save`` of the state dict).
+    """
+    if fmt not in ("safetensors", "pth"):
+        raise ValueError(f"fmt must be 'safetensors' or 'pth', got {fmt!r}")
+    path = Path(path)
+    model = init_random_wan_vae(WanVAE.from_config(config or TINY_WAN_VAE_CONFIG, dtype=torch.float32), seed)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if fmt == "safetensors":
+        write_file(path, sd, metadata={"format": "pt"})
+    else:
+        torch.save(sd, path)
+    return path
+
+
+def write_tiny_audio_vae(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random Oobleck VAE in the real release format: ``model.safetensors`` with the
+    ``pretransform.model.`` prefix, weight-norm keys and a few unrelated DiT/conditioner tensors,
+    plus ``model_config.json``. Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_model_config()
+    torch.manual_seed(seed)
+    model = OobleckVAE.from_config(cfg)
+    with torch.no_grad():  # non-trivial snake parameters, as a trained model has
+        for m in model.modules():
+            if isinstance(m, Snake):
+                m.alpha.uniform_(-0.5, 0.5)
+                m.beta.uniform_(-0.5, 0.5)
+    tensors = {PRETRANSFORM_PREFIX + k: v.contiguous() for k, v in to_released_state_dict(model.state_dict()).items()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    tensors["model.model.preprocess_conv.weight"] = torch.randn(64, 64, 1, generator=gen)
+    tensors["conditioner.conditioners.seconds_total.embedder.embedding.1.weight"] = torch.randn(8, 9, generator=gen)
+    write_file(folder / "model.safetensors", tensors)
+    (folder / "model_config.json").write_text(json.dumps(cfg, indent=4), encoding="utf-8")
+    return folder
+
+
+# ------------------------------------------------------------------ the tiny models folder
+
+
+def _write_one(role: str, target: Path, seed: int) -> None:
     if role == "distill":
         write_tiny_dit(target, config=DiTConfig.preset("tiny"), variant="distill", layout="folder",
                        dtype=torch.float32, shards=2, seed=seed)

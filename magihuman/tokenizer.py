@@ -16,6 +16,9 @@ import json
 import os
 from pathlib import Path
 
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+from tokenizers.models import BPE
+
 GEMMA_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
 
 _TOKEN_FILES = ("tokenizer.json", "tokenizer.model")
@@ -52,8 +55,6 @@ class GemmaTokenizer:
             if flag and tid is None:
                 raise ValueError(f"tokenizer {source!r} must add {name!r} but its vocabulary has no such token")
         if kind == "tokenizers":
-            from tokenizers import processors
-
             backend.no_padding()
             backend.no_truncation()
             single = " ".join(([f"{bos_token}:0"] if self.add_bos_token else []) + ["$A:0"]
@@ -96,10 +97,6 @@ class GemmaTokenizer:
             source=str(file),
         )
         if file.suffix == ".json":
-            try:
-                from tokenizers import Tokenizer
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("reading tokenizer.json needs `tokenizers`: pip install tokenizers") from e
             return cls(backend=Tokenizer.from_file(str(file)), kind="tokenizers", **kwargs)
         if file.suffix == ".model":
             try:
@@ -144,9 +141,6 @@ _TINY_WORDS = (
 
 def build_tiny_gemma_tokenizer():
     """A real ``tokenizers`` BPE with byte fallback and Gemma's normaliser/decoder and special ids."""
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
-    from tokenizers.models import BPE
-
     vocab: dict[str, int] = {}
     for tok in GEMMA_SPECIAL_TOKENS:
         vocab[tok] = len(vocab)

@@ -16,14 +16,19 @@ from typing import Any, Callable
 
 import torch
 
+from ..magihuman.attention import register_attention_backend
+
 log = logging.getLogger("magihuman.nodes")
 
 try:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in the README)
+    import comfy.latent_formats as _latent_formats
     import comfy.model_management as _mm
     import comfy.model_patcher as _model_patcher
     import comfy.ops as _comfy_ops
     import comfy.utils as _comfy_utils
     import folder_paths as _folder_paths
+    import latent_preview as _latent_preview
+    from comfy.ldm.modules.attention import optimized_attention as _optimized_attention
     from comfy_api.latest import ComfyExtension, io, ui
 
     HAS_COMFY = True
@@ -134,6 +139,46 @@ if not HAS_COMFY:
 
     io = _IONamespace()
     ui = _UINamespace()
+
+
+# --------------------------------------------------------------------------------------------
+# The pack's node base and a stand-in for ComfyUI's own execution (defaults, combo validation)
+# --------------------------------------------------------------------------------------------
+class MagiNode(io.ComfyNode):
+    """Base of the pack's nodes: :meth:`name` is the schema's display name (what error messages say), so
+    messages never drift from what the artist sees on the node."""
+
+    @classmethod
+    def name(cls) -> str:
+        cached = cls.__dict__.get("_magi_name")
+        if cached is None:
+            cached = cls.define_schema().display_name or cls.__name__
+            setattr(cls, "_magi_name", cached)
+        return cached
+
+
+def run_node(node_cls, *, validate: bool = True, **inputs):
+    """Execute a node the way ComfyUI does, without ComfyUI (tests, scripts): inputs that are not given
+    take their schema default, combo values must be among the options (``validate=False`` skips that, as an
+    API prompt naming a file deleted since the list was made would), unconnected optional inputs are left
+    out. Returns the NodeOutput."""
+    schema = node_cls.define_schema()
+    args = {}
+    for inp in schema.inputs:
+        if inp.id in inputs:
+            value = inputs[inp.id]
+            options = getattr(inp, "options", None)
+            if validate and options is not None and value not in options:
+                raise ValueError(f"{schema.display_name}: {inp.id} must be one of {list(options)}, got {value!r}")
+            args[inp.id] = value
+        elif getattr(inp, "default", None) is not None:
+            args[inp.id] = inp.default
+        elif getattr(inp, "options", None) and not getattr(inp, "optional", False):
+            args[inp.id] = inp.options[0]
+    unknown = set(inputs) - {inp.id for inp in schema.inputs}
+    if unknown:
+        raise TypeError(f"{schema.display_name} has no input(s) {sorted(unknown)}")
+    return node_cls.execute(**args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,32 +307,30 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
             return weight
 
 
-def comfy_attention(q, k, v, mask=None):
+def comfy_attention(q, k, v, mask=None):  # pragma: no cover - inside ComfyUI only
     """Engine attention backend "comfy": ComfyUI's optimized_attention (follows --use-sage-attention,
     --use-flash-attention, ...). Its kernels have no native GQA, so key/value heads are repeated."""
-    from comfy.ldm.modules.attention import optimized_attention  # pragma: no cover - inside ComfyUI only
-
     if k.shape[1] != q.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     if mask is not None:  # boolean "may attend" -> additive bias, as ComfyUI's kernels expect
         mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-    return optimized_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
+    return _optimized_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
 
 
 def attention_choices() -> list[str]:
     return ["sdpa", "comfy", "flash", "sage"] if HAS_COMFY else ["sdpa", "flash", "sage"]
 
 
-def select_attention(name: str) -> None:
-    """Set the engine's (process-wide) attention backend; "comfy" registers ComfyUI's kernel first."""
-    from ..magihuman.attention import register_attention_backend, set_attention_backend
+if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
+    register_attention_backend("comfy", comfy_attention)
 
-    if name == "comfy":
-        if not HAS_COMFY:
-            raise ValueError("attention 'comfy' needs ComfyUI; use 'sdpa'")
-        register_attention_backend("comfy", comfy_attention)
-    set_attention_backend(name)
+
+def select_attention(model: torch.nn.Module, name: str) -> None:
+    """The attention kernel of ONE loaded model (DiT or text encoder): "comfy" is ComfyUI's own choice."""
+    if name == "comfy" and not HAS_COMFY:
+        raise ValueError("attention 'comfy' needs ComfyUI; use 'sdpa'")
+    model.set_attention_backend(name)
 
 
 def operations():
@@ -318,9 +361,11 @@ class ModelHandle:
     def model(self) -> torch.nn.Module:
         return self._model
 
-    def use(self) -> torch.nn.Module:
+    def use(self, memory_required: int = 0) -> torch.nn.Module:
+        """The module, loaded by ComfyUI onto its device; ``memory_required``: bytes of activations the coming
+        computation needs beside the weights (ComfyUI keeps them free, offloading more weights if needed)."""
         if self.patcher is not None:  # pragma: no cover
-            _mm.load_models_gpu([self.patcher])
+            _mm.load_models_gpu([self.patcher], memory_required=int(memory_required))
             return self.patcher.model
         return self._model
 
@@ -354,10 +399,7 @@ def _video_previewer():  # pragma: no cover - inside ComfyUI only
     """ComfyUI's cheap latent->RGB previewer with the public Wan2.2 factors (our latents are Wan2.2's,
     normalised the same way), or None when previews are off."""
     try:
-        import comfy.latent_formats
-        import latent_preview
-
-        return latent_preview.get_previewer(_mm.intermediate_device(), comfy.latent_formats.Wan22())
+        return _latent_preview.get_previewer(_mm.intermediate_device(), _latent_formats.Wan22())
     except Exception as e:  # noqa: BLE001 - previews are optional
         log.debug("MagiHuman: no latent previews (%s)", e)
         return None

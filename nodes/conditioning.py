@@ -11,18 +11,16 @@ from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
 from . import compat
 from .compat import io, ui
 from .latent_io import from_latent, to_conditioning, to_latent
-from .types import CATEGORY, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
+from .types import node_name, node_schema, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
 
 log = logging.getLogger("magihuman.nodes")
 
 
-class MagiHumanTextEncode(io.ComfyNode):
+class MagiHumanTextEncode(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanTextEncode",
-            display_name="MagiHuman Text Encode",
-            category=f"{CATEGORY}/conditioning",
+        return node_schema(
+            "MagiHumanTextEncode",
             description="Encodes the prompt (and the negative prompt for CFG) with T5Gemma into 640-token features.",
             inputs=[
                 MagiTextEncoder.Input("text_encoder"),
@@ -39,8 +37,8 @@ class MagiHumanTextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, text_encoder, prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, encode_negative=True):
-        where = "MagiHuman Text Encode"
+    def execute(cls, text_encoder, prompt, negative_prompt, encode_negative):
+        where = cls.name()
         if not isinstance(prompt, str) or not prompt.strip():
             raise pipeline.PipelineError(f"{where}: the prompt is empty: describe the video (and what is said)")
         if encode_negative and (not isinstance(negative_prompt, str) or not negative_prompt.strip()):
@@ -67,7 +65,7 @@ def check_latent_request(width, height, seconds, batch_size, where: str) -> None
     for name, v in (("width", width), ("height", height)):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > MAX_SIZE:
             raise ValueError(f"{where}: {name} {v} is above the maximum of {MAX_SIZE} pixels; generate at the base "
-                             "size (e.g. 448x256) and upscale with 'MagiHuman Latent Super-Resolution'")
+                             f"size (e.g. 448x256) and upscale with '{node_name('MagiHumanLatentSR')}'")
     if isinstance(seconds, (int, float)) and seconds > MAX_SECONDS:
         raise ValueError(f"{where}: {seconds} s is above the maximum of {MAX_SECONDS:g} s; generate shorter clips "
                          "(the model was trained on clips of a few seconds) and join them")
@@ -75,13 +73,11 @@ def check_latent_request(width, height, seconds, batch_size, where: str) -> None
         raise ValueError(f"{where}: batch_size {batch_size} is above the maximum of {MAX_BATCH}; queue several runs")
 
 
-class MagiHumanEmptyAVLatent(io.ComfyNode):
+class MagiHumanEmptyAVLatent(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanEmptyAVLatent",
-            display_name="MagiHuman Empty AV Latent",
-            category=f"{CATEGORY}/latent",
+        return node_schema(
+            "MagiHumanEmptyAVLatent",
             description="Empty joint video+audio latent. Sizes snap down to multiples of 32; 25 fps; the audio latent "
                         "has one step per video frame.",
             inputs=[
@@ -97,8 +93,8 @@ class MagiHumanEmptyAVLatent(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, width, height, seconds, batch_size=1):
-        where = "MagiHuman Empty AV Latent"
+    def execute(cls, width, height, seconds, batch_size):
+        where = cls.name()
         check_latent_request(width, height, seconds, batch_size, where)
         try:
             av = pipeline.empty_latents(width, height, seconds, batch=batch_size, device=compat.intermediate_device())
@@ -110,17 +106,15 @@ class MagiHumanEmptyAVLatent(io.ComfyNode):
         return io.NodeOutput(to_latent(av), ui=ui.PreviewText(text))
 
 
-class MagiHumanImageToVideo(io.ComfyNode):
+class MagiHumanImageToVideo(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanImageToVideo",
-            display_name="MagiHuman Image To Video (TI2V)",
-            category=f"{CATEGORY}/conditioning",
+        return node_schema(
+            "MagiHumanImageToVideo",
             description="Uses an image as the first frame: centre-cropped to the latent's aspect, resized and encoded "
                         "with the Wan2.2 VAE; the samplers keep latent frame 0 equal to it.",
             inputs=[
-                io.Latent.Input("latent", tooltip="From 'MagiHuman Empty AV Latent' (after reference audio, if any)."),
+                io.Latent.Input("latent", tooltip=f"From '{node_name('MagiHumanEmptyAVLatent')}' (after reference audio, if any)."),
                 MagiVideoVAE.Input("video_vae"),
                 io.Image.Input("image", tooltip="The first frame. With a batch of images, the first one is used."),
             ],
@@ -129,24 +123,22 @@ class MagiHumanImageToVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent, video_vae, image):
-        av = from_latent(latent, "MagiHuman Image To Video")
+        av = from_latent(latent, cls.name())
         out = pipeline.encode_image(video_vae.use(), image, av)
         device = compat.intermediate_device()
         out.image_latent = out.image_latent.to(device)
         return io.NodeOutput(to_latent(out))
 
 
-class MagiHumanReferenceAudio(io.ComfyNode):
+class MagiHumanReferenceAudio(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanReferenceAudio",
-            display_name="MagiHuman Reference Audio (A2V)",
-            category=f"{CATEGORY}/conditioning",
+        return node_schema(
+            "MagiHumanReferenceAudio",
             description="Audio-driven video: the reference audio (any rate/channels; mixed to mono, resampled to "
                         "51.2 kHz) becomes the fixed audio latent and sets the clip length.",
             inputs=[
-                io.Latent.Input("latent", tooltip="From 'MagiHuman Empty AV Latent'."),
+                io.Latent.Input("latent", tooltip=f"From '{node_name('MagiHumanEmptyAVLatent')}'."),
                 MagiAudioVAE.Input("audio_vae"),
                 io.Audio.Input("audio", tooltip="e.g. from Load Audio. Longer than the latent: trimmed to it."),
                 io.Boolean.Input("trim_to_latent", default=True,
@@ -156,16 +148,17 @@ class MagiHumanReferenceAudio(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, latent, audio_vae, audio, trim_to_latent=True):
-        av = from_latent(latent, "MagiHuman Reference Audio")
+    def execute(cls, latent, audio_vae, audio, trim_to_latent):
+        where = cls.name()
+        av = from_latent(latent, where)
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-            raise ValueError("MagiHuman Reference Audio: 'audio' must be a ComfyUI AUDIO (waveform + sample_rate)")
+            raise ValueError(f"{where}: 'audio' must be a ComfyUI AUDIO (waveform + sample_rate)")
         wave = audio["waveform"]
         if not isinstance(wave, torch.Tensor):
-            raise ValueError("MagiHuman Reference Audio: 'audio' waveform must be a tensor [batch, channels, samples]")
+            raise ValueError(f"{where}: 'audio' waveform must be a tensor [batch, channels, samples]")
         if wave.dim() == 3:
             if wave.shape[0] > 1:
-                log.warning("MagiHuman Reference Audio: %d audio clips given; using the first", wave.shape[0])
+                log.warning("%s: %d audio clips given; using the first", where, wave.shape[0])
             wave = wave[0]
         seconds = None if trim_to_latent else wave.shape[-1] / float(audio["sample_rate"])
         out = pipeline.encode_reference_audio(audio_vae.use(), wave.float(), int(audio["sample_rate"]), av,

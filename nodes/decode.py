@@ -8,7 +8,7 @@ from ..magihuman import pipeline
 from . import compat
 from .compat import io
 from .latent_io import TRUE_AUDIO_RATE, from_latent, join_latent, split_latent
-from .types import CATEGORY, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
+from .types import node_name, node_schema, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
 
 WAN_TILE_OVERLAP = 8  # WanVAE.decode's default overlap between tiles (latent cells)
 AUDIO_RATES = {"51200 (true rate)": TRUE_AUDIO_RATE, "48000": 48000, "44100 (official file rate)": 44100}
@@ -23,13 +23,11 @@ def _frames_all(decoder, av, **kw) -> torch.Tensor:
     return torch.cat(clips, 0).to(compat.intermediate_device())
 
 
-class MagiHumanTurboVAEDecode(io.ComfyNode):
+class MagiHumanTurboVAEDecode(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanTurboVAEDecode",
-            display_name="MagiHuman Turbo VAE Decode",
-            category=f"{CATEGORY}/decode",
+        return node_schema(
+            "MagiHumanTurboVAEDecode",
             description="Fast video decode (the official default): sliding-window chunks, bounded memory. "
                         "Gives 4(T-1)+1 frames at 25 fps.",
             inputs=[
@@ -42,18 +40,16 @@ class MagiHumanTurboVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, turbo_vae, latent, offload_frames=False):
-        av = from_latent(latent, "MagiHuman Turbo VAE Decode")
+    def execute(cls, turbo_vae, latent, offload_frames):
+        av = from_latent(latent, cls.name())
         return io.NodeOutput(_frames_all(turbo_vae.use(), av, output_offload=offload_frames))
 
 
-class MagiHumanVideoVAEDecode(io.ComfyNode):
+class MagiHumanVideoVAEDecode(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanVideoVAEDecode",
-            display_name="MagiHuman Wan2.2 VAE Decode (tiled)",
-            category=f"{CATEGORY}/decode",
+        return node_schema(
+            "MagiHumanVideoVAEDecode",
             description="Full-quality Wan2.2 decode, spatially tiled so high resolutions fit in memory.",
             inputs=[
                 MagiVideoVAE.Input("video_vae"),
@@ -65,27 +61,25 @@ class MagiHumanVideoVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video_vae, latent, tile_size=32):
-        av = from_latent(latent, "MagiHuman Wan2.2 VAE Decode")
+    def execute(cls, video_vae, latent, tile_size):
+        av = from_latent(latent, cls.name())
         if 0 < tile_size <= WAN_TILE_OVERLAP:
-            raise ValueError(f"MagiHuman Wan2.2 VAE Decode: tile_size {tile_size} is not larger than the "
+            raise ValueError(f"{cls.name()}: tile_size {tile_size} is not larger than the "
                              f"{WAN_TILE_OVERLAP}-cell overlap between tiles; use 0 (no tiling) or 16 and more")
         tile = None if tile_size <= 0 else (tile_size, tile_size)
         return io.NodeOutput(_frames_all(video_vae.use(), av, tile=tile))
 
 
-class MagiHumanAudioDecode(io.ComfyNode):
+class MagiHumanAudioDecode(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanAudioDecode",
-            display_name="MagiHuman Audio Decode",
-            category=f"{CATEGORY}/decode",
+        return node_schema(
+            "MagiHumanAudioDecode",
             description="Decodes the audio latent with the Oobleck VAE. The model's audio is really 51.2 kHz; "
                         "other rates are resampled properly.",
             inputs=[
                 MagiAudioVAE.Input("audio_vae"),
-                io.Latent.Input("latent", tooltip="An AV latent, or an audio latent from 'MagiHuman Split AV Latent'."),
+                io.Latent.Input("latent", tooltip=f"An AV latent, or an audio latent from '{node_name('MagiHumanSplitAVLatent')}'."),
                 io.Combo.Input("sample_rate", options=list(AUDIO_RATES), default="48000",
                                tooltip="Output rate. 48000 suits MP4/AAC; 51200 keeps the raw decoder output."),
             ],
@@ -93,10 +87,8 @@ class MagiHumanAudioDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, audio_vae, latent, sample_rate="48000"):
-        where = "MagiHuman Audio Decode"
-        if sample_rate not in AUDIO_RATES:
-            raise ValueError(f"{where}: sample_rate must be one of {list(AUDIO_RATES)}")
+    def execute(cls, audio_vae, latent, sample_rate):
+        where = cls.name()
         vae = audio_vae.use()
         if isinstance(latent, dict) and latent.get("type") == "audio":
             z = latent["samples"]  # [B, 64, N]
@@ -116,13 +108,11 @@ class MagiHumanAudioDecode(io.ComfyNode):
         return io.NodeOutput({"waveform": wave.contiguous(), "sample_rate": rate})
 
 
-class MagiHumanSplitAVLatent(io.ComfyNode):
+class MagiHumanSplitAVLatent(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanSplitAVLatent",
-            display_name="MagiHuman Split AV Latent",
-            category=f"{CATEGORY}/latent",
+        return node_schema(
+            "MagiHumanSplitAVLatent",
             description="Separates the video latent [B,48,T,h,w] and the audio latent [B,64,N] to route them apart.",
             inputs=[io.Latent.Input("latent")],
             outputs=[io.Latent.Output(display_name="video_latent"), io.Latent.Output(display_name="audio_latent")],
@@ -130,16 +120,14 @@ class MagiHumanSplitAVLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent):
-        return io.NodeOutput(*split_latent(latent))
+        return io.NodeOutput(*split_latent(latent, cls.name()))
 
 
-class MagiHumanJoinAVLatent(io.ComfyNode):
+class MagiHumanJoinAVLatent(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanJoinAVLatent",
-            display_name="MagiHuman Join AV Latent",
-            category=f"{CATEGORY}/latent",
+        return node_schema(
+            "MagiHumanJoinAVLatent",
             description="Joins a video latent and an audio latent (N audio steps need (N-1)//4+1 latent frames).",
             inputs=[io.Latent.Input("video_latent"), io.Latent.Input("audio_latent")],
             outputs=[io.Latent.Output(display_name="latent")],
@@ -147,7 +135,7 @@ class MagiHumanJoinAVLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, video_latent, audio_latent):
-        return io.NodeOutput(join_latent(video_latent, audio_latent))
+        return io.NodeOutput(join_latent(video_latent, audio_latent, cls.name()))
 
 
 DECODE_NODES = [MagiHumanTurboVAEDecode, MagiHumanVideoVAEDecode, MagiHumanAudioDecode, MagiHumanSplitAVLatent,

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import torch
 
-from ..magihuman.pipeline import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS, AVLatent, TextConditioning
+from ..magihuman.geometry import AUDIO_LATENT_CHANNELS, AUDIO_SAMPLE_RATE, VIDEO_LATENT_CHANNELS
+from ..magihuman.pipeline import AVLatent, TextConditioning
+from .types import node_name
+
+JOIN, SPLIT, EMPTY, TEXT = (node_name(n) for n in ("MagiHumanJoinAVLatent", "MagiHumanSplitAVLatent",
+                                                    "MagiHumanEmptyAVLatent", "MagiHumanTextEncode"))
 
 AUDIO_KEY = "magihuman_audio"
 META_KEY = "magihuman"
-TRUE_AUDIO_RATE = 51200
+TRUE_AUDIO_RATE = AUDIO_SAMPLE_RATE
 
 
 class LatentTypeError(ValueError):
@@ -38,15 +43,15 @@ def from_latent(latent: dict, where: str) -> AVLatent:
         raise LatentTypeError(f"{where}: expected a LATENT, got {type(latent).__name__}")
     if latent.get("type") == "audio":
         raise LatentTypeError(f"{where}: got an audio-only LATENT; join it with its video latent using "
-                              "'MagiHuman Join AV Latent'")
+                              f"'{JOIN}'")
     video = latent["samples"]
     if not isinstance(video, torch.Tensor) or video.dim() != 5 or video.shape[1] != VIDEO_LATENT_CHANNELS:
         shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
         raise LatentTypeError(f"{where}: this LATENT ({shape}) is not a MagiHuman audio+video latent "
-                              f"([B, {VIDEO_LATENT_CHANNELS}, T, h, w]); start from 'MagiHuman Empty AV Latent'")
+                              f"([B, {VIDEO_LATENT_CHANNELS}, T, h, w]); start from '{EMPTY}'")
     if AUDIO_KEY not in latent:
         raise LatentTypeError(f"{where}: this LATENT has no MagiHuman audio latent (was it split, or made by another "
-                              "model's nodes?); use 'MagiHuman Empty AV Latent' or 'MagiHuman Join AV Latent'")
+                              f"model's nodes?); use '{EMPTY}' or '{JOIN}'")
     meta = latent.get(META_KEY) or {}
     av = AVLatent(video=video, audio=latent[AUDIO_KEY], image_latent=meta.get("image_latent"),
                   image=meta.get("image"), audio_fixed=bool(meta.get("audio_fixed", False)),
@@ -56,8 +61,8 @@ def from_latent(latent: dict, where: str) -> AVLatent:
     return av
 
 
-def split_latent(latent: dict) -> tuple[dict, dict]:
-    av = from_latent(latent, "MagiHuman Split AV Latent")
+def split_latent(latent: dict, where: str) -> tuple[dict, dict]:
+    av = from_latent(latent, where)
     meta = to_latent(av)[META_KEY]
     video = {"samples": av.video, META_KEY: meta}
     audio = {"samples": av.audio.transpose(1, 2).contiguous(), "type": "audio", "sample_rate": TRUE_AUDIO_RATE,
@@ -65,18 +70,18 @@ def split_latent(latent: dict) -> tuple[dict, dict]:
     return video, audio
 
 
-def join_latent(video: dict, audio: dict) -> dict:
+def join_latent(video: dict, audio: dict, where: str) -> dict:
     v = video.get("samples") if isinstance(video, dict) else None
     a = audio.get("samples") if isinstance(audio, dict) else None
     if not isinstance(v, torch.Tensor) or v.dim() != 5 or v.shape[1] != VIDEO_LATENT_CHANNELS:
-        raise LatentTypeError(f"MagiHuman Join AV Latent: video_latent must be [B, {VIDEO_LATENT_CHANNELS}, T, h, w]")
+        raise LatentTypeError(f"{where}: video_latent must be [B, {VIDEO_LATENT_CHANNELS}, T, h, w]")
     if not isinstance(a, torch.Tensor) or a.dim() != 3 or a.shape[1] != AUDIO_LATENT_CHANNELS:
-        raise LatentTypeError(f"MagiHuman Join AV Latent: audio_latent must be a MagiHuman audio latent "
-                              f"[B, {AUDIO_LATENT_CHANNELS}, N] (from 'MagiHuman Split AV Latent')")
+        raise LatentTypeError(f"{where}: audio_latent must be a MagiHuman audio latent "
+                              f"[B, {AUDIO_LATENT_CHANNELS}, N] (from '{SPLIT}')")
     meta = dict(video.get(META_KEY) or {})
     meta["audio_fixed"] = bool((audio.get(META_KEY) or {}).get("audio_fixed", False))
     out = {"samples": v, AUDIO_KEY: a.transpose(1, 2).contiguous(), META_KEY: meta}
-    from_latent(out, "MagiHuman Join AV Latent")  # validates lengths: N steps need (N-1)//4+1 video frames
+    from_latent(out, where)  # validates lengths: N steps need (N-1)//4+1 video frames
     return out
 
 
@@ -90,11 +95,11 @@ def text_conditioning(positive, negative=None, *, where: str) -> TextConditionin
             raise LatentTypeError(f"{where}: {name} is not a CONDITIONING")
         embeds, extra = cond[0][0], cond[0][1] if len(cond[0]) > 1 else {}
         if "magihuman_len" not in extra:
-            raise LatentTypeError(f"{where}: {name} was not made by 'MagiHuman Text Encode' (T5Gemma); other text "
+            raise LatentTypeError(f"{where}: {name} was not made by '{TEXT}' (T5Gemma); other text "
                                   "encoders' conditioning does not fit this model")
         if int(extra["magihuman_len"]) <= 0:
             raise LatentTypeError(f"{where}: the {name} prompt was not encoded (empty); enable the negative prompt in "
-                                  "'MagiHuman Text Encode' or use a sampler without CFG")
+                                  f"'{TEXT}' or use a sampler without CFG")
         return embeds.float(), [int(extra["magihuman_len"])], extra.get("magihuman_prompt", "")
 
     e, lens, text = unpack(positive, "positive")

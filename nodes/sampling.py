@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..magihuman import pipeline
 from ..magihuman import sampling as S
+from ..magihuman.geometry import BASE_STEPS, DEFAULT_FRAME_RECEPTIVE_FIELD, DISTILLED_STEPS, SR_STEPS
 from . import compat
 from .compat import io
 from .latent_io import from_latent, text_conditioning, to_latent
-from .types import CATEGORY, MagiDiT, MagiSRDiT, MagiVideoVAE
+from .types import node_schema, MagiDiT, MagiSRDiT, MagiVideoVAE
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -22,10 +23,13 @@ def _shift_input():
                           tooltip="Flow-schedule shift (official 5).")
 
 
-def check_fits(model_handle, av, where: str, *, cfg: bool, batch_cfg: bool = True, size=None) -> None:
-    """pipeline.check_fits BEFORE the model is moved to the device (ComfyUI loads it in ``use()``)."""
+def prepare(model_handle, av, where: str, *, cfg: bool, batch_cfg: bool = True, size=None):
+    """Check the run fits BEFORE the model is moved to the device, then let ComfyUI load it with room for the
+    activations the engine estimates (``memory_required``: lowvram/offload decisions see the latent size)."""
     pipeline.check_fits(model_handle.model, av, where, cfg=cfg, batch_cfg=batch_cfg, size=size,
                         device=model_handle.device)
+    need = pipeline.dit_activation_bytes(model_handle.model.config, av, cfg=cfg, batch_cfg=batch_cfg, size=size)
+    return model_handle.use(memory_required=need)
 
 
 def _finish(out):
@@ -35,13 +39,11 @@ def _finish(out):
     return io.NodeOutput(to_latent(out))
 
 
-class MagiHumanDistilledSampler(io.ComfyNode):
+class MagiHumanDistilledSampler(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanDistilledSampler",
-            display_name="MagiHuman Distilled Sampler",
-            category=f"{CATEGORY}/sampling",
+        return node_schema(
+            "MagiHumanDistilledSampler",
             description="Joint audio+video denoising with the distilled DiT: 8 re-noising steps, one pass, no CFG. "
                         "Timestep-free: the model reads the noise level from the latents.",
             inputs=[
@@ -49,29 +51,27 @@ class MagiHumanDistilledSampler(io.ComfyNode):
                 io.Conditioning.Input("positive"),
                 io.Latent.Input("latent"),
                 _seed_input(),
-                io.Int.Input("steps", default=pipeline.DISTILLED_STEPS, min=1, max=100, tooltip="The distilled model was trained for 8."),
+                io.Int.Input("steps", default=DISTILLED_STEPS, min=1, max=100, tooltip="The distilled model was trained for 8."),
                 _shift_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
-    def execute(cls, model, positive, latent, seed, steps=8, shift=S.DEFAULT_SHIFT):
-        av = from_latent(latent, "MagiHuman Distilled Sampler")
-        cond = text_conditioning(positive, where="MagiHuman Distilled Sampler")
-        check_fits(model, av, "MagiHuman Distilled Sampler", cfg=False)
-        out = pipeline.denoise(model.use(), av, cond, sampler="distilled", steps=steps, seed=seed, shift=shift,
+    def execute(cls, model, positive, latent, seed, steps, shift):
+        av = from_latent(latent, cls.name())
+        cond = text_conditioning(positive, where=cls.name())
+        dit = prepare(model, av, cls.name(), cfg=False)
+        out = pipeline.denoise(dit, av, cond, sampler="distilled", steps=steps, seed=seed, shift=shift,
                                cfg=False, callback=compat.progress_callback(steps))
         return _finish(out)
 
 
-class MagiHumanBaseSampler(io.ComfyNode):
+class MagiHumanBaseSampler(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanBaseSampler",
-            display_name="MagiHuman Base Sampler (CFG)",
-            category=f"{CATEGORY}/sampling",
+        return node_schema(
+            "MagiHumanBaseSampler",
             description="Joint audio+video denoising with the base DiT: UniPC (bh2, order 2) with classifier-free "
                         "guidance on video and audio.",
             inputs=[
@@ -80,7 +80,7 @@ class MagiHumanBaseSampler(io.ComfyNode):
                 io.Conditioning.Input("negative"),
                 io.Latent.Input("latent"),
                 _seed_input(),
-                io.Int.Input("steps", default=pipeline.BASE_STEPS, min=1, max=200, tooltip="Official: 32."),
+                io.Int.Input("steps", default=BASE_STEPS, min=1, max=200, tooltip="Official: 32."),
                 io.Float.Input("video_guidance", default=S.VIDEO_GUIDANCE_HIGH, min=0.0, max=20.0, step=0.1,
                                tooltip="Video CFG scale while the timestep is above the switch (official 5)."),
                 io.Float.Input("video_guidance_low", default=S.VIDEO_GUIDANCE_LOW, min=0.0, max=20.0, step=0.1,
@@ -98,14 +98,12 @@ class MagiHumanBaseSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent, seed, steps=32, video_guidance=S.VIDEO_GUIDANCE_HIGH,
-                video_guidance_low=S.VIDEO_GUIDANCE_LOW, guidance_switch_t=S.VIDEO_GUIDANCE_SWITCH,
-                audio_guidance=S.AUDIO_GUIDANCE_SCALE, shift=S.DEFAULT_SHIFT, batch_cfg=True):
-        where = "MagiHuman Base Sampler"
-        av = from_latent(latent, where)
-        cond = text_conditioning(positive, negative, where=where)
-        check_fits(model, av, where, cfg=True, batch_cfg=batch_cfg)
-        out = pipeline.denoise(model.use(), av, cond, sampler="unipc", steps=steps, seed=seed, shift=shift,
+    def execute(cls, model, positive, negative, latent, seed, steps, video_guidance, video_guidance_low,
+                guidance_switch_t, audio_guidance, shift, batch_cfg):
+        av = from_latent(latent, cls.name())
+        cond = text_conditioning(positive, negative, where=cls.name())
+        dit = prepare(model, av, cls.name(), cfg=True, batch_cfg=batch_cfg)
+        out = pipeline.denoise(dit, av, cond, sampler="unipc", steps=steps, seed=seed, shift=shift,
                                video_guidance=video_guidance, video_guidance_low=video_guidance_low,
                                guidance_switch_t=guidance_switch_t, audio_guidance=audio_guidance, cfg=True,
                                batch_cfg=batch_cfg, callback=compat.progress_callback(steps))
@@ -115,13 +113,11 @@ class MagiHumanBaseSampler(io.ComfyNode):
 SR_SIZES = {"540p (896x512)": (896, 512), "1080p (1920x1088)": (1920, 1088), "custom": None}
 
 
-class MagiHumanLatentSR(io.ComfyNode):
+class MagiHumanLatentSR(compat.MagiNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="MagiHumanLatentSR",
-            display_name="MagiHuman Latent Super-Resolution",
-            category=f"{CATEGORY}/sampling",
+        return node_schema(
+            "MagiHumanLatentSR",
             description="Trilinear latent upscale + re-noise, then a few UniPC steps of the SR DiT; the base audio is "
                         "re-noised and fed at every step (never updated) and the clean base audio is kept.",
             inputs=[
@@ -133,7 +129,7 @@ class MagiHumanLatentSR(io.ComfyNode):
                 io.Int.Input("width", default=896, min=32, max=4096, step=32, tooltip="Used when resolution is custom."),
                 io.Int.Input("height", default=512, min=32, max=4096, step=32, tooltip="Used when resolution is custom."),
                 _seed_input(),
-                io.Int.Input("steps", default=pipeline.SR_STEPS, min=1, max=50, tooltip="Official: 5."),
+                io.Int.Input("steps", default=SR_STEPS, min=1, max=50, tooltip="Official: 5."),
                 io.Int.Input("noise_index", default=S.SR_NOISE_INDEX, min=0, max=999,
                              tooltip="Re-noise level: index into the ZeroSNR sigma table (official 220, sigma≈0.839; "
                                      "0 = no re-noise)."),
@@ -142,7 +138,7 @@ class MagiHumanLatentSR(io.ComfyNode):
                 io.Boolean.Input("cfg", default=False, tooltip="Official SR runs one pass; on: CFG with the negative."),
                 io.Float.Input("guidance", default=S.SR_GUIDANCE_SCALE, min=0.0, max=20.0, step=0.1,
                                tooltip="SR CFG scale (official 3.5); the first 13 latent frames are capped at 2."),
-                io.Int.Input("local_attention_frames", default=pipeline.DEFAULT_FRAME_RECEPTIVE_FIELD, min=-1, max=64,
+                io.Int.Input("local_attention_frames", default=DEFAULT_FRAME_RECEPTIVE_FIELD, min=-1, max=64,
                              tooltip="1080p model: video frames see ±this many latent frames (official 11; -1 = full "
                                      "attention). No effect on the 540p model."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Needed only with cfg on."),
@@ -153,13 +149,9 @@ class MagiHumanLatentSR(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, sr_model, positive, latent, resolution, width, height, seed, steps=5,
-                noise_index=S.SR_NOISE_INDEX, audio_noise_scale=S.SR_AUDIO_NOISE_SCALE, cfg=False,
-                guidance=S.SR_GUIDANCE_SCALE, local_attention_frames=pipeline.DEFAULT_FRAME_RECEPTIVE_FIELD,
-                negative=None, video_vae=None):
-        where = "MagiHuman Latent Super-Resolution"
-        if resolution not in SR_SIZES:
-            raise ValueError(f"{where}: resolution must be one of {list(SR_SIZES)}")
+    def execute(cls, sr_model, positive, latent, resolution, width, height, seed, steps, noise_index,
+                audio_noise_scale, cfg, guidance, local_attention_frames, negative=None, video_vae=None):
+        where = cls.name()
         w, h = SR_SIZES[resolution] or (width, height)
         av = from_latent(latent, where)
         if cfg and negative is None:
@@ -168,8 +160,8 @@ class MagiHumanLatentSR(io.ComfyNode):
             raise ValueError(f"{where}: this is an image-to-video latent: connect the Wan2.2 VAE to 'video_vae' so "
                              "the first frame is re-encoded at the SR size")
         cond = text_conditioning(positive, negative if cfg else None, where=where)
-        check_fits(sr_model, av, where, cfg=bool(cfg), size=pipeline.snap_size(w, h, what=f"{where}: "))
-        out = pipeline.super_resolve(sr_model.use(), av, cond, width=w, height=h, seed=seed, steps=steps,
+        dit = prepare(sr_model, av, where, cfg=bool(cfg), size=pipeline.snap_size(w, h, what=f"{where}: "))
+        out = pipeline.super_resolve(dit, av, cond, width=w, height=h, seed=seed, steps=steps,
                                      noise_index=noise_index, audio_noise_scale=audio_noise_scale, cfg=cfg,
                                      guidance=guidance, video_vae=video_vae.use() if video_vae is not None else None,
                                      local_attention=local_attention_frames,

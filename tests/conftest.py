@@ -72,8 +72,8 @@ class NodePack:
         self.nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
 
     def run(self, node_id: str, **inputs):
-        """Execute a node as ComfyUI would; returns its outputs tuple."""
-        return self.nodes[node_id].execute(**inputs).args
+        """Execute a node as ComfyUI would (schema defaults, combo checks); returns its outputs tuple."""
+        return self.compat.run_node(self.nodes[node_id], **inputs).args
 
     def load_tiny(self, *roles: str) -> dict:
         """role -> loaded model handle, for the roles of :data:`TINY_NODE_LOADS` (default: all)."""

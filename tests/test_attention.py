@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from magihuman import attention as attn_mod
-from magihuman.attention import attention, register_attention_backend, set_attention_backend
+from magihuman.attention import attention, register_attention_backend, resolve_attention_backend
 
 
 def _explicit(q, k, v, mask=None):
@@ -22,12 +21,6 @@ def _explicit(q, k, v, mask=None):
     return out
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    yield
-    set_attention_backend("sdpa")
-
-
 def test_gqa_matches_explicitly_repeated_heads():
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 6, 7, 8, generator=g)
@@ -40,16 +33,17 @@ def test_gqa_matches_explicitly_repeated_heads():
 
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 def test_boolean_mask_per_batch_and_query(backend):
-    set_attention_backend(backend)
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 4, 6, 8, generator=g)
     k = torch.randn(2, 1, 6, 8, generator=g)
     v = torch.randn(2, 1, 6, 8, generator=g)
     mask = torch.rand(2, 1, 6, 6, generator=g) > 0.4
     mask[..., 0] = True  # every query keeps at least one key
-    torch.testing.assert_close(attention(q, k, v, mask).double(), _explicit(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, mask, backend=backend).double(), _explicit(q, k, v, mask),
+                               atol=1e-5, rtol=1e-5)
     keys = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])[:, None, None, :]
-    torch.testing.assert_close(attention(q, k, v, keys).double(), _explicit(q, k, v, keys), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, keys, backend=backend).double(), _explicit(q, k, v, keys),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_registry_routes_calls_and_rejects_unknown_names():
@@ -60,12 +54,12 @@ def test_registry_routes_calls_and_rejects_unknown_names():
         return torch.zeros_like(q)
 
     register_attention_backend("test_fake", fake)
-    set_attention_backend("test_fake")
     q = torch.randn(1, 2, 3, 4)
-    assert torch.equal(attention(q, q[:, :1], q[:, :1]), torch.zeros_like(q)) and calls == [None]
-    assert attn_mod.get_attention_backend() == "test_fake"
+    assert torch.equal(attention(q, q[:, :1], q[:, :1], backend="test_fake"), torch.zeros_like(q)) and calls == [None]
+    assert resolve_attention_backend("test_fake") is fake
+    assert not torch.equal(attention(q, q[:, :1], q[:, :1]), torch.zeros_like(q)) and calls == [None]  # default: sdpa
     with pytest.raises(ValueError, match="unknown attention backend 'nope'.*sdpa"):
-        set_attention_backend("nope")
+        resolve_attention_backend("nope")
     with pytest.raises(TypeError, match="callable"):
         register_attention_backend("bad", 3)
 

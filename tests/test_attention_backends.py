@@ -15,7 +15,6 @@ from magihuman import attention as A
 def _restore():
     saved = dict(A._BACKENDS)
     yield
-    A.set_attention_backend("sdpa")
     A._BACKENDS.clear()
     A._BACKENDS.update(saved)
 
@@ -38,8 +37,7 @@ def _pretend_cuda(monkeypatch):
 def test_optional_backend_without_cuda_is_a_clear_error(name, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=f"'{name}' runs on CUDA only.*sdpa"):
-        A.set_attention_backend(name)
-    assert A.get_attention_backend() == "sdpa"
+        A.resolve_attention_backend(name)
     assert name not in A.available_attention_backends()
 
 
@@ -49,7 +47,7 @@ def test_optional_backend_missing_package_is_a_clear_error(name, package, monkey
     for mod in ("flash_attn_interface", "flash_attn", "sageattention"):
         monkeypatch.setitem(sys.modules, mod, None)  # import fails even where installed
     with pytest.raises(ValueError, match=f"'{name}' needs the .*{package}.*not installed"):
-        A.set_attention_backend(name)
+        A.resolve_attention_backend(name)
 
 
 @pytest.mark.parametrize("module_name,returns_tuple", [("flash_attn", False), ("flash_attn_interface", True)])
@@ -60,19 +58,17 @@ def test_flash_backend_layout_and_gqa(module_name, returns_tuple, monkeypatch):
         else _blhd_reference
     monkeypatch.setitem(sys.modules, "flash_attn_interface", fake if module_name == "flash_attn_interface" else None)
     monkeypatch.setitem(sys.modules, "flash_attn", fake)
-    A.set_attention_backend("flash")
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 6, 9, 16, generator=g), torch.randn(2, 2, 9, 16, generator=g), torch.randn(2, 2, 9, 16, generator=g)
     ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    torch.testing.assert_close(A.attention(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(A.attention(q, k, v, backend="flash"), ref, atol=1e-5, rtol=1e-5)
     # local-window attention runs on it (dense calls on gathered keys, no masks with 1-frame blocks)
     win = A.LocalWindow(6, 2, 1)
-    A.set_attention_backend("sdpa")
     ref_local = A.local_window_attention(q, k, v, win)
-    A.set_attention_backend("flash")
-    torch.testing.assert_close(A.local_window_attention(q, k, v, win), ref_local, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(A.local_window_attention(q, k, v, win, backend="flash"), ref_local, atol=1e-5,
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="takes no mask"):
-        A.attention(q, k, v, torch.ones(1, 1, 9, 9, dtype=torch.bool))
+        A.attention(q, k, v, torch.ones(1, 1, 9, 9, dtype=torch.bool), backend="flash")
 
 
 def test_sage_backend_passes_nhd_layout(monkeypatch):
@@ -84,9 +80,8 @@ def test_sage_backend_passes_nhd_layout(monkeypatch):
         return _blhd_reference(q, k, v)
 
     monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
-    A.set_attention_backend("sage")
     q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8)
-    out = A.attention(q, k, k)
+    out = A.attention(q, k, k, backend="sage")
     assert seen == {"layout": "NHD", "causal": False, "shapes": ((1, 5, 4, 8), (1, 5, 2, 8))}
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, k, enable_gqa=True), atol=1e-5, rtol=1e-5)
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import magihuman.models.dit as dit_mod
-from magihuman.attention import (LocalWindow, attention, local_window_attention, register_attention_backend,
-                                 set_attention_backend)
+from magihuman.attention import LocalWindow, attention, local_window_attention, register_attention_backend
 from magihuman.models.dit import DiTConfig, MagiHumanDiT
 
 
@@ -29,12 +28,6 @@ def qkv(b, hq, hkv, n, d, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, hq, n, d, generator=g), torch.randn(b, hkv, n, d, generator=g),
             torch.randn(b, hkv, n, d, generator=g))
-
-
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    yield
-    set_attention_backend("sdpa")
 
 
 @pytest.mark.parametrize("t,frf,block", [(5, 1, 1), (5, 1, 2), (5, 0, 3), (6, 2, 4), (7, 1, 7), (4, 3, 1), (4, 5, 2)])
@@ -68,11 +61,10 @@ def test_no_l_by_l_tensor_reaches_the_backend():
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
     register_attention_backend("test_recording", recording)
-    set_attention_backend("test_recording")
     q, k, v = qkv(1, hq, hkv, n, 8)
     for block in (1, 2, 3):
         calls.clear()
-        local_window_attention(q, k, v, LocalWindow(t * hw, hw, frf, block))
+        local_window_attention(q, k, v, LocalWindow(t * hw, hw, frf, block), backend="test_recording")
         video_calls = calls[:-1]
         assert calls[-1] == (n_other, n, None)  # audio/text queries: all keys, no mask
         assert len(video_calls) == math.ceil(t / block)
@@ -152,7 +144,7 @@ def test_dit_window_mode_calls_backend_without_any_mask():
         return torch.nn.functional.scaled_dot_product_attention(q, k, v_, enable_gqa=True)
 
     register_attention_backend("test_recording_dit", recording)
-    set_attention_backend("test_recording_dit")
+    m.set_attention_backend("test_recording_dit")
     with torch.no_grad():
         m(v, a, t, [4, 2], coords="v1", frame_receptive_field=1)
     assert seen and all(mask is None for *_, mask in seen)

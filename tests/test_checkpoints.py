@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 from magihuman import checkpoints as ck
-from magihuman import safetensors_io as sio
+from magihuman.weights import safetensors_io as sio
 from magihuman.checkpoints import CheckpointError, load_dit, official_key_shapes, write_tiny_dit
 from magihuman.models.dit import MagiHumanDiT
 from magihuman.models.dit_config import DiTConfig
@@ -191,7 +191,7 @@ def test_variant_from_file_name_and_metadata(tmp_path):
     m = load(p)
     assert m.variant == "sr_1080p" and "metadata" in m.load_info["reason"]
     assert m.config.local_attn_layers == [1, 2]  # the config stored in the metadata wins over the rule
-    assert ck.read_header(next(p.glob("*.safetensors"))).metadata["magihuman_variant"] == "sr_1080p"
+    assert sio.read_header(next(p.glob("*.safetensors"))).metadata["magihuman_variant"] == "sr_1080p"
 
 
 def test_variant_from_dtype_and_override(tmp_path):
@@ -475,7 +475,7 @@ def test_folder_errors_name_the_problem(tmp_path):
         ck.open_checkpoint(two)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CheckpointError, match=r"found: no \.safetensors files"):
+    with pytest.raises(CheckpointError, match=r"found: no weights files"):
         ck.open_checkpoint(empty)
     bad = write_tiny_dit(tmp_path / "bad_index")
     (bad / "model.safetensors.index.json").write_text('{"metadata": {}}')

@@ -96,7 +96,7 @@ def test_missing_model_files_are_listed(tmp_path, capsys):
                        "--output", str(tmp_path / "o.mp4"))
     assert code == 2 and "Traceback" not in err
     assert "error: preset 'sr_540p' is missing 5 model file(s)" in err
-    for where in ("diffusion_models/magihuman_base", "diffusion_models/magihuman_540p_sr",
+    for where in ("diffusion_models/base/", "diffusion_models/540p_sr/",
                   "text_encoders/t5gemma-9b-9b-ul2", "vae/turbo_vae", "vae/stable-audio-open-1.0",
                   "540p_sr", "turbo_vae"):
         assert where in err
@@ -120,11 +120,42 @@ def test_official_layout_is_found(tmp_path):
                      "audio_vae": root / "stable-audio-open-1.0"}
 
 
+def test_readme_comfyui_layout_is_found(tmp_path):
+    """A models folder laid out exactly as the README's table says (parsed from README.md) is what the CLI finds."""
+    import re
+
+    from magihuman.presets import MODEL_FILES, PRESETS, required_roles, resolve_model_files
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Install into ComfyUI", 1)[1].split("\n## ", 1)[0]
+    places = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and (m := re.match(r"`models/([^`]+)`", cells[1])):
+            places[cells[0]] = m.group(1)
+    root = tmp_path / "ComfyUI" / "models"
+    for rel in places.values():
+        target = root / rel
+        if rel.endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "model.safetensors").write_bytes(b"x")
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"x")
+    assert len(places) >= 8, places
+    for name in ("sr_1080p", "distill_540p"):
+        preset = PRESETS[name]
+        roles = required_roles(preset, image=True) + (["distill"] if preset.dit != "distill" else ["base"])
+        files = resolve_model_files(preset, root, roles)
+        for role, path in files.items():
+            assert path == root / MODEL_FILES[role].comfy_path, (role, path)
+
+
 def test_tiny_models_and_presets_commands(tmp_path, capsys, tiny_dir):
     code, out, _ = run(capsys, "tiny-models", str(tiny_dir))
     assert code == 0 and all(rel in out for rel in TINY_FILES.values())
     code, out, _ = run(capsys, "presets")
-    assert code == 0 and "sr_1080p" in out and "1920x1088" in out and "diffusion_models/magihuman_distill" in out
+    assert code == 0 and "sr_1080p" in out and "1920x1088" in out and "diffusion_models/distill/" in out
 
 
 def test_module_entry_point_exit_code(tmp_path):
@@ -144,3 +175,10 @@ def test_wan_decoder_option(tiny_dir, tmp_path, capsys):
     info = media.read_mp4_info(out)
     assert info["frames"] == 5 and info["video_codec"] == "h264"  # 0.2 s: 6 frames -> T = 2 -> 4*1+1 decoded
     assert "load video VAE" in err and "load Turbo VAE" not in err
+
+
+def test_readme_model_table_is_the_generated_one():
+    from magihuman.presets import model_files_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert model_files_markdown() in readme  # regenerate with magihuman.presets.model_files_markdown()

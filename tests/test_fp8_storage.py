@@ -11,7 +11,7 @@ from magihuman import cli, media
 from magihuman.checkpoints import load_dit, write_tiny_dit
 from magihuman.models.dit import MagiHumanDiT
 from magihuman.models.dit_config import DiTConfig
-from magihuman.safetensors_io import load_file
+from magihuman.weights.safetensors_io import load_file
 
 FP8 = torch.float8_e4m3fn
 
@@ -142,7 +142,7 @@ def test_e5m2_dtype_refused(fp32_file):
 
 def test_cli_dtype_fp8_runs_tiny_preset(tiny_dir, tmp_path, capsys, monkeypatch):
     seen = []
-    real = ck.load_dit
+    real = cli.load_dit
 
     def spy(*args, **kw):
         m = real(*args, **kw)
@@ -150,7 +150,7 @@ def test_cli_dtype_fp8_runs_tiny_preset(tiny_dir, tmp_path, capsys, monkeypatch)
                      m.block.layers[0].mlp.down_proj.weight_scale))
         return m
 
-    monkeypatch.setattr(ck, "load_dit", spy)
+    monkeypatch.setattr(cli, "load_dit", spy)
     out = tmp_path / "fp8.mp4"
     code = cli.main(["generate", "--preset", "tiny", "--prompt", "A man smiles.", "--seconds", "0.5", "--dtype",
                      "fp8", "--models", str(tiny_dir), "--output", str(out), "--quiet"])
@@ -171,7 +171,7 @@ def test_node_loader_fp8_runs_distilled_graph(node_pack, tiny_dir):
         assert "fp8" in inputs["weight_dtype"].options and inputs["weight_dtype"].default == "auto"
         te_inputs = {i.id: i for i in env.nodes["MagiHumanTextEncoderLoader"].define_schema().inputs}
         assert "fp8" not in te_inputs["weight_dtype"].options  # DiT-only option
-        with pytest.raises(ValueError, match=r"weight dtype 'fp8': choose auto, bf16, fp16, fp32 \(fp8 is a DiT"):
+        with pytest.raises(ValueError, match=r"weight_dtype must be one of \['auto', 'bf16', 'fp16', 'fp32'\], got 'fp8'"):
             env.run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny/", weight_dtype="fp8")
         (h8,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp8",
                         compute_dtype="fp32")

@@ -310,7 +310,8 @@ def test_short_audio_is_one_pass():
 
 
 def test_audio_file_to_latent_with_tiny_vae(tmp_path):
-    from magihuman.models.audio_vae import load_audio_vae, write_tiny_audio_vae
+    from magihuman.loaders import load_audio_vae
+    from magihuman.tiny import write_tiny_audio_vae
 
     vae = load_audio_vae(write_tiny_audio_vae(tmp_path / "sao"))
     sf.write(tmp_path / "voice.wav", _sines([220.0, 330.0], 44100, 1.3).T * 0.5, 44100)

@@ -20,8 +20,13 @@ def nodes(node_env):
     return node_env.nodes
 
 
+def run_node(node_cls, **kw):
+    compat = importlib.import_module(node_cls.__module__.rsplit(".", 1)[0] + ".compat")
+    return compat.run_node(node_cls, **kw)
+
+
 def run(node_cls, **kw):
-    return node_cls.execute(**kw).args
+    return run_node(node_cls, **kw).args
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def test_t2v_distilled_graph(nodes, models):
     pos, neg = run(nodes["MagiHumanTextEncode"], text_encoder=models["te"], prompt="A man smiles and says hello.",
                    negative_prompt="", encode_negative=False)
     assert pos[0][0].shape[1] == 640 and pos[0][1]["magihuman_len"] > 0 and neg[0][1]["magihuman_len"] == 0
-    out = nodes["MagiHumanEmptyAVLatent"].execute(width=70, height=64, seconds=1.0, batch_size=1)
+    out = run_node(nodes["MagiHumanEmptyAVLatent"], width=70, height=64, seconds=1.0, batch_size=1)
     latent = out.args[0]
     assert "snapped from 70x64" in out.ui.value and "26 frames" in out.ui.value
     assert latent["samples"].shape == (1, 48, 7, 4, 4) and latent["magihuman_audio"].shape == (1, 26, 64)

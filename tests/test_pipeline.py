@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -234,8 +235,9 @@ def test_guidance_schedule(batch_cfg, monkeypatch):
     model = StubDiT("base")
     previews = []
     used = []
-    real_combine = P.cfg_combine
-    monkeypatch.setattr(P, "cfg_combine", lambda c, u, s: used.append(s) or real_combine(c, u, s))
+    stages = importlib.import_module("magihuman.pipeline.denoising")
+    real_combine = stages.cfg_combine
+    monkeypatch.setattr(stages, "cfg_combine", lambda c, u, s: used.append(s) or real_combine(c, u, s))
     P.denoise(model, small_latent(), make_cond(True, cond_value=1.0), sampler="unipc", steps=8, seed=0,
               batch_cfg=batch_cfg, callback=lambda i, n, x0: previews.append(x0.clone()))
     timesteps, sigmas = flow_schedule(8, 5.0)

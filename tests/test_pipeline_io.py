@@ -12,9 +12,9 @@ import torch
 
 from magihuman import media
 from magihuman import pipeline as P
-from magihuman.models.audio_vae import load_audio_vae
-from magihuman.models.turbo_vae import load_turbo_vae
-from magihuman.models.video_vae import load_wan_vae
+from magihuman.loaders import load_audio_vae
+from magihuman.loaders import load_turbo_vae
+from magihuman.loaders import load_wan_vae
 from magihuman.tiny import TINY_FILES
 
 # helpers shared with test_pipeline.py (pytest runs with --import-mode=importlib: load it by path)

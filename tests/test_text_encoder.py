@@ -13,15 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from magihuman.models.text_encoder import (
-    T5GemmaEncoder,
-    encoder_state_dict,
-    save_encoder_file,
-    sliding_window_mask,
-    tiny_hf_config,
-    tiny_state_dict,
-    write_tiny_t5gemma,
-)
+from magihuman.loaders.text_encoder import encoder_state_dict, save_encoder_file
+from magihuman.tiny import write_tiny_t5gemma
+from magihuman.models.text_encoder import T5GemmaEncoder, sliding_window_mask, tiny_hf_config, tiny_state_dict
 from magihuman.tokenizer import GemmaTokenizer, write_tiny_tokenizer
 
 PROMPTS = {
@@ -240,57 +234,34 @@ def test_host_attention_backend_is_used_when_selected():
     calls = []
     attn.register_attention_backend(
         "t5gemma_test", lambda q, k, v, m: calls.append(1) or attn.math_attention(q, k, v, m))
-    previous = attn.get_attention_backend()
-    attn.set_attention_backend("t5gemma_test")
-    try:
-        out = model(ids)
-    finally:
-        attn.set_attention_backend(previous)
+    model.set_attention_backend("t5gemma_test")
+    out = model(ids)
     assert len(calls) == 4
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------- loading
-class _RecordingSafeOpen:
-    def __init__(self, real, log):
-        self.real, self.log = real, log
+def _record_reads(monkeypatch) -> list:
+    """Names of the tensors whose data the engine's one safetensors reader copies (headers are not reads)."""
+    from magihuman.weights import safetensors_io
 
-    def __call__(self, *a, **k):
-        handle = self.real(*a, **k)
-        log = self.log
+    log = []
+    real = safetensors_io.TensorReader.read_into
 
-        class Wrapped:
-            def __enter__(self_inner):
-                self_inner.f = handle.__enter__()
-                return self_inner
+    def spy(self, info, dest, *a, **k):
+        log.append(info.name)
+        return real(self, info, dest, *a, **k)
 
-            def __exit__(self_inner, *exc):
-                return handle.__exit__(*exc)
-
-            def keys(self_inner):
-                return self_inner.f.keys()
-
-            def metadata(self_inner):
-                return self_inner.f.metadata()
-
-            def get_slice(self_inner, key):  # header-only access (shapes): not logged as a read
-                return self_inner.f.get_slice(key)
-
-            def get_tensor(self_inner, key):
-                log.append(key)
-                return self_inner.f.get_tensor(key)
-
-        return Wrapped()
+    monkeypatch.setattr(safetensors_io.TensorReader, "read_into", spy)
+    return log
 
 
 @pytest.mark.parametrize("shards", [1, 3])
 def test_load_hf_folder_reads_only_encoder_tensors(tmp_path, shards, monkeypatch):
-    import safetensors
 
     folder = write_tiny_t5gemma(tmp_path / "m", seed=0, shards=shards)
     assert (folder / "model.safetensors.index.json").is_file() == (shards > 1)
-    read = []
-    monkeypatch.setattr(safetensors, "safe_open", _RecordingSafeOpen(safetensors.safe_open, read))
+    read = _record_reads(monkeypatch)
     model = T5GemmaEncoder.from_pretrained(folder, dtype=torch.bfloat16)
     assert read and all(k.startswith("model.encoder.") for k in read)
     ref = tiny_state_dict(seed=0)
@@ -353,7 +324,6 @@ def test_missing_files_are_explained(tmp_path):
 
 
 def test_wrong_tensors_are_listed_before_any_is_read(tmp_path, tiny_folder, monkeypatch):
-    import safetensors
     from safetensors.torch import save_file
 
     sd = tiny_state_dict()
@@ -362,8 +332,7 @@ def test_wrong_tensors_are_listed_before_any_is_read(tmp_path, tiny_folder, monk
     sd["encoder.norm.weight"] = torch.zeros(65)
     bad = tmp_path / "enc.safetensors"
     save_file(sd, str(bad), metadata={"config": json.dumps(tiny_hf_config())})
-    reads = []
-    monkeypatch.setattr(safetensors, "safe_open", _RecordingSafeOpen(safetensors.safe_open, reads))
+    reads = _record_reads(monkeypatch)
     with pytest.raises(ValueError) as e:
         T5GemmaEncoder.from_pretrained(bad, dtype=torch.float32, tokenizer=tiny_folder / "tokenizer.json")
     msg = str(e.value)

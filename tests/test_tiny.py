@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from magihuman.checkpoints import load_dit
-from magihuman.models.audio_vae import load_audio_vae
+from magihuman.loaders import load_audio_vae, load_turbo_vae, load_wan_vae
 from magihuman.models.dit_config import DiTConfig
 from magihuman.models.text_encoder import T5GemmaEncoder
-from magihuman.models.turbo_vae import load_turbo_vae
-from magihuman.models.video_vae import load_wan_vae
 from magihuman.presets import PRESETS, required_roles, resolve_model_files
 from magihuman.tiny import STAMP_NAME, TINY_FILES, default_cache_dir, describe_tiny_files, write_tiny_models
 

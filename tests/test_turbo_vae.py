@@ -18,12 +18,11 @@ from magihuman.models.turbo_vae import (
     TINY_TURBO_CONFIG,
     TurboVAEDecoder,
     TurboVAEError,
-    convert_turbo_checkpoint,
-    load_turbo_vae,
     plan_chunks,
     unpatchify,
-    write_tiny_turbo_vae,
 )
+from magihuman.loaders.turbo_vae import convert_turbo_checkpoint, load_turbo_vae
+from magihuman.tiny import write_tiny_turbo_vae
 
 OFFICIAL_MODULE = Path("/tmp/official/inference/model/turbo_vaed/turbo_vaed_module.py")
 
@@ -242,8 +241,8 @@ def test_wrong_keys_error_names_file_and_keys(tmp_path):
     with pytest.raises(TurboVAEError) as err:
         load_turbo_vae(TINY_TURBO_CONFIG, ckpt, dtype=torch.float32)
     msg = str(err.value)
-    assert "bad.ckpt" in msg and "missing 1 (decoder.conv_out.conv.bias)" in msg
-    assert "unexpected 1 (decoder.extra.weight)" in msg
+    assert "bad.ckpt" in msg and "1 missing key(s): decoder.conv_out.conv.bias" in msg
+    assert "1 unexpected key(s): decoder.extra.weight" in msg
 
 
 def test_config_of_other_size_is_a_clear_error(tmp_path):

@@ -23,18 +23,15 @@ to the reference latent; ``encode(..., sample=True, generator=g)`` reproduces th
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import AUDIO_SAMPLE_RATE
 from ..ops import tag_operations
-from ..safetensors_io import SafetensorsError, load_file, read_header, write_file
 
 __all__ = [
     "OobleckVAE",
@@ -43,14 +40,12 @@ __all__ = [
     "to_released_state_dict",
     "release_model_config",
     "tiny_model_config",
-    "write_tiny_audio_vae",
-    "load_audio_vae",
     "AudioVAELoadError",
     "PRETRANSFORM_PREFIX",
 ]
 
 PRETRANSFORM_PREFIX = "pretransform.model."
-TRUE_SAMPLE_RATE = 51200  # what MagiHuman feeds the VAE and what its decoder really produces
+TRUE_SAMPLE_RATE = AUDIO_SAMPLE_RATE  # what MagiHuman feeds the VAE and what its decoder really produces
 RESIDUAL_DILATIONS = (1, 3, 9)
 
 # Weight-norm key suffixes: old torch.nn.utils.weight_norm, and the newer parametrization form.
@@ -371,121 +366,3 @@ def _fold_on_load(module, state_dict, prefix, local_metadata, strict, missing_ke
     for k in [k for k in state_dict if k.startswith(prefix)]:
         del state_dict[k]
     state_dict.update(folded)
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _key_report(path, missing, unexpected, n=5) -> str:
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {sorted(missing)[:n]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:n]})")
-    return f"{path}: weights do not match the Oobleck audio VAE config: " + "; ".join(parts)
-
-
-def _resolve(path: Path) -> tuple[Path, dict | None]:
-    """(weights file, config dict or None) for a folder, a model.safetensors or a VAE-only file."""
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            cands = sorted(path.glob("*.safetensors"))
-            if len(cands) != 1:
-                raise AudioVAELoadError(f"{path}: expected model.safetensors (stable-audio-open-1.0 folder); found "
-                                        f"{[c.name for c in cands] or 'no .safetensors files'}")
-            weights = cands[0]
-        cfg_path = path / "model_config.json"
-    elif path.is_file():
-        if not path.name.endswith((".safetensors", ".sft", ".safetensors.zst")):
-            raise AudioVAELoadError(f"{path}: the audio VAE is read from safetensors only (stable-audio-open-1.0 "
-                                    "model.safetensors or a VAE-only .safetensors); pickled checkpoints "
-                                    "(.ckpt/.pt/.pth) are never opened. Pick the stable-audio-open-1.0 folder")
-        weights, cfg_path = path, path.parent / "model_config.json"
-    else:
-        raise AudioVAELoadError(f"{path}: no such file or folder (give the stable-audio-open-1.0 folder or its "
-                                "model.safetensors)")
-    config = None
-    if cfg_path.is_file():
-        try:
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise AudioVAELoadError(f"{cfg_path}: cannot read model_config.json: {e}") from e
-    return weights, config
-
-
-def load_audio_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device="cpu",
-                   operations=torch.nn) -> OobleckVAE:
-    """Load the Oobleck VAE from stable-audio-open-1.0 (folder, or its ``model.safetensors`` with
-    ``model_config.json`` beside it) or from a VAE-only safetensors (keys ``encoder.*``/``decoder.*``;
-    config from the metadata entry ``model_config`` or the release default).
-
-    Only the ``pretransform.model.`` tensors of the ~5 GB full file are read.
-    """
-    path = Path(path)
-    weights, config = _resolve(path)
-    try:
-        header = read_header(weights)
-    except SafetensorsError as e:
-        raise AudioVAELoadError(str(e)) from e
-    names = list(header.tensors)
-    vae_names = [n for n in names if n.startswith(PRETRANSFORM_PREFIX)]
-    if vae_names:
-        prefix = PRETRANSFORM_PREFIX
-    else:
-        vae_names = [n for n in names if n.startswith(("encoder.", "decoder."))]
-        prefix = ""
-        if not vae_names:
-            raise AudioVAELoadError(
-                f"{weights}: not a Stable Audio VAE file: no 'pretransform.model.*' or 'encoder.*'/'decoder.*' "
-                f"tensors ({len(names)} tensors, e.g. {names[:5]})")
-    if config is None and "model_config" in header.metadata:
-        try:
-            config = json.loads(header.metadata["model_config"])
-        except json.JSONDecodeError as e:
-            raise AudioVAELoadError(f"{weights}: metadata 'model_config' is not valid JSON: {e}") from e
-    if config is None:
-        config = release_model_config()
-    try:
-        model = OobleckVAE.from_config(config, operations=operations, dtype=dtype, device="meta")
-    except (KeyError, TypeError) as e:
-        raise AudioVAELoadError(f"{weights}: model config is incomplete ({e!r})") from e
-
-    sd = load_file(weights, vae_names)
-    sd = fold_weight_norm({k[len(prefix):]: v for k, v in sd.items()})
-    expected = model.state_dict()
-    missing = set(expected) - set(sd)
-    unexpected = set(sd) - set(expected)
-    if missing or unexpected:
-        raise AudioVAELoadError(_key_report(weights, missing, unexpected))
-    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in expected.items() if sd[k].shape != v.shape]
-    if bad:
-        raise AudioVAELoadError(f"{weights}: {len(bad)} tensors have shapes that do not match the config "
-                                f"(name, file, config), e.g. {bad[:3]}; is model_config.json the one for this file?")
-    target_dtype = dtype if dtype is not None else torch.float32
-    sd = {k: v.to(device=device, dtype=target_dtype) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def write_tiny_audio_vae(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random Oobleck VAE in the real release format: ``model.safetensors`` with the
-    ``pretransform.model.`` prefix, weight-norm keys and a few unrelated DiT/conditioner tensors,
-    plus ``model_config.json``. Returns the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_model_config()
-    torch.manual_seed(seed)
-    model = OobleckVAE.from_config(cfg)
-    with torch.no_grad():  # non-trivial snake parameters, as a trained model has
-        for m in model.modules():
-            if isinstance(m, Snake):
-                m.alpha.uniform_(-0.5, 0.5)
-                m.beta.uniform_(-0.5, 0.5)
-    tensors = {PRETRANSFORM_PREFIX + k: v.contiguous() for k, v in to_released_state_dict(model.state_dict()).items()}
-    gen = torch.Generator().manual_seed(seed + 1)
-    tensors["model.model.preprocess_conv.weight"] = torch.randn(64, 64, 1, generator=gen)
-    tensors["conditioner.conditioners.seconds_total.embedder.embedding.1.weight"] = torch.randn(8, 9, generator=gen)
-    write_file(folder / "model.safetensors", tensors)
-    (folder / "model_config.json").write_text(json.dumps(cfg, indent=4), encoding="utf-8")
-    return folder

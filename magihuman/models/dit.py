@@ -28,10 +28,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import LocalWindow, attention, local_window_attention
+from ..attention import (DEFAULT_BACKEND, AttentionFn, LocalWindow, attention, local_window_attention,
+                         resolve_attention_backend)
 from ..device import resolve_compute_dtype
+from ..geometry import PATCH_SIZE
 from ..ops import fetch_weight, tag_operations
-from ..packing import PATCH_SIZE, SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
+from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
+from ..quant.fp8 import FP8_DTYPE, FP8_MAX, quantize_fp8
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig
 
@@ -105,21 +108,6 @@ def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
     return torch.cat([F.linear(x[:, a:b], wi) for (a, b), wi in zip(segments, w.chunk(experts, dim=0))], dim=1)
 
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0  # largest finite float8_e4m3fn value
-
-
-def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor e4m3 quantisation: ``(w8, scale)`` with ``w ~= float(w8) * scale``, ``scale = amax / 448``
-    (an all-zero tensor gets scale 1). ``scale`` is a 0-dim fp32 tensor on ``w``'s device."""
-    amax = w.detach().abs().amax().to(torch.float32) if w.numel() else torch.zeros((), device=w.device)
-    if not torch.isfinite(amax):
-        raise ValueError("cannot quantise a weight holding inf/nan values to fp8; check the checkpoint")
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    w8 = (w.to(torch.float32) / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return w8, scale
-
-
 def set_fp8_weight(module: nn.Module, w8: torch.Tensor, scale: torch.Tensor) -> None:
     """Store ``w8`` (float8_e4m3fn) as ``module.weight`` with its per-tensor scale in the non-persistent
     buffer ``module.weight_scale`` (applied by :func:`block_linear`; absent from ``state_dict()``)."""
@@ -153,6 +141,7 @@ class _ForwardState:
     cos: torch.Tensor  # [B, L, 1, rot]
     sin: torch.Tensor
     compute_dtype: torch.dtype
+    attention: AttentionFn  # the model's kernel (MagiHumanDiT.set_attention_backend)
     use_masks: bool  # "mask" mode: dense calls with the boolean masks below (None: nothing masked)
     mask: Optional[torch.Tensor] = None  # global layers: key padding [B, 1, 1, L]
     local_mask: Optional[torch.Tensor] = None  # local layers: [B, 1, L, L]
@@ -166,15 +155,20 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: _Forwa
     Without masks, text padding is handled by slicing: it sits at the end of each row, so a sample's
     real keys are a prefix; padded query rows get zeros (they never reach a real token).
     """
+    fn = st.attention
     if st.use_masks:
-        return attention(q, k, v, st.local_mask if local else st.mask)
+        return attention(q, k, v, st.local_mask if local else st.mask, backend=fn)
     window = st.local_window if local else None
+
+    def run(qs, ks, vs):
+        return attention(qs, ks, vs, backend=fn) if window is None else \
+            local_window_attention(qs, ks, vs, window, backend=fn)
+
     if st.key_lens is None:
-        return attention(q, k, v) if window is None else local_window_attention(q, k, v, window)
+        return run(q, k, v)
     out = q.new_zeros(q.shape)
     for b, n in enumerate(st.key_lens):
-        qs, ks, vs = q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n]
-        out[b:b + 1, :, :n] = attention(qs, ks, vs) if window is None else local_window_attention(qs, ks, vs, window)
+        out[b:b + 1, :, :n] = run(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n])
     return out
 
 
@@ -281,6 +275,7 @@ class MagiHumanDiT(nn.Module):
         self.config = config
         block_dtype = torch.bfloat16 if dtype is None else dtype
         self.local_attention_mode, self.local_block_frames = "window", 1
+        self.attention_backend = DEFAULT_BACKEND
         self.adapter = Adapter(config, operations, device)
         self.set_compute_dtype(compute_dtype)  # after the adapter: "auto" looks at its device
         self.block = TransformerBlock(config, operations, block_dtype, device)
@@ -323,6 +318,13 @@ class MagiHumanDiT(nn.Module):
     def _weight_device(self) -> torch.device:
         dev = self.adapter.video_embedder.weight.device
         return torch.device("cpu") if dev.type == "meta" else dev
+
+    def set_attention_backend(self, name: str) -> None:
+        """The attention kernel of THIS model ("sdpa" by default; "flash", "sage", "math" or any name given to
+        :func:`magihuman.attention.register_attention_backend`). Checked now, so a missing package fails at
+        load time, not at the first step."""
+        resolve_attention_backend(name)
+        self.attention_backend = name
 
     def set_local_attention(self, mode: str = "window", block_frames: int = 1) -> None:
         """How attention is restricted. ``"window"`` (default, no masks in the common case): local
@@ -408,7 +410,9 @@ class MagiHumanDiT(nn.Module):
 
         cos, sin = rope_cos_sin(layout.coords(coords).to(device), adapter.rope.bands.to(device))
         st = _ForwardState(segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
-                           compute_dtype=self.compute_dtype, use_masks=self.local_attention_mode == "mask")
+                           compute_dtype=self.compute_dtype,
+                           attention=resolve_attention_backend(self.attention_backend),
+                           use_masks=self.local_attention_mode == "mask")
         frf = int(frame_receptive_field)
         local = bool(self.config.local_attn_layers) and frf >= 0
         if st.use_masks:

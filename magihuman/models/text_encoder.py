@@ -23,25 +23,23 @@ without the cap); the second never matters here (prompts are far shorter than th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention as shared_attention
-from ..checkpoints import key_mismatch_message
-from ..attention import get_attention_backend
+from ..attention import resolve_attention_backend
+from ..geometry import MAX_TEXT_TOKENS
 from ..ops import fetch_weight, tag_operations
 
 log = logging.getLogger(__name__)
 
-TEXT_TARGET_LENGTH = 640  # official t5_gemma_target_length
+TEXT_TARGET_LENGTH = MAX_TEXT_TOKENS  # official t5_gemma_target_length
 
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu_new", "gelu_tanh", "gelu_fast")
 _GELU_EXACT = ("gelu",)
@@ -147,15 +145,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def attention(q, k, v, mask, scale: float, softcap: float | None = None) -> torch.Tensor:
+def attention(q, k, v, mask, scale: float, softcap: float | None = None, backend: str = "sdpa") -> torch.Tensor:
     """q [B, Hq, L, D], k/v [B, Hkv, L, D], mask bool [B, 1, L, L] (True = visible) or None -> [B, Hq, L, D].
 
-    Without ``softcap``: SDPA (what the official run used), or the engine's selected attention backend
-    when a host picked one and the scale is the default 1/sqrt(D) (true for the 9B: scalar 256 = head_dim).
-    With ``softcap``: explicit scores, ``cap·tanh(s/cap)``, softmax in fp32 (transformers' eager path).
+    Without ``softcap``: SDPA (what the official run used), or the model's attention ``backend`` when one
+    other than "sdpa" was chosen and the scale is the default 1/sqrt(D) (true for the 9B: scalar 256 =
+    head_dim). With ``softcap``: explicit scores, ``cap·tanh(s/cap)``, softmax in fp32 (transformers' eager).
     """
-    if softcap is None and scale == q.shape[-1] ** -0.5 and get_attention_backend() != "sdpa":
-        return shared_attention(q, k, v, mask)  # a kernel the host selected (same math, default scale)
+    if softcap is None and scale == q.shape[-1] ** -0.5 and backend != "sdpa":
+        return shared_attention(q, k, v, mask, backend=backend)  # the model's kernel (same math, default scale)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:  # repeat each kv head for its query group
         b, h, n, d = k.shape
@@ -184,14 +182,14 @@ class SelfAttention(nn.Module):
         self.v_proj = operations.Linear(h, self.num_kv_heads * self.head_dim, **lin)
         self.o_proj = operations.Linear(self.num_heads * self.head_dim, h, **lin)
 
-    def forward(self, x, cos, sin, mask, softcap):
+    def forward(self, x, cos, sin, mask, softcap, backend: str = "sdpa"):
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Hq, L, D]
         k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
         v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        out = attention(q, k, v, mask, self.scale, softcap)
+        out = attention(q, k, v, mask, self.scale, softcap, backend)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
@@ -220,8 +218,9 @@ class EncoderLayer(nn.Module):
         self.mlp = GatedMLP(cfg, **kw)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
 
-    def forward(self, x, cos, sin, mask, softcap):
-        x = x + self.post_self_attn_layernorm(self.self_attn(self.pre_self_attn_layernorm(x), cos, sin, mask, softcap))
+    def forward(self, x, cos, sin, mask, softcap, backend: str = "sdpa"):
+        attn = self.self_attn(self.pre_self_attn_layernorm(x), cos, sin, mask, softcap, backend)
+        x = x + self.post_self_attn_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
@@ -276,6 +275,13 @@ class T5GemmaEncoder(nn.Module):
         self.compute_dtype = _compute_dtype(dtype)
         self.encoder = _EncoderStack(config, operations=operations, dtype=dtype, device=device)
         self.tokenizer = None
+        self.attention_backend = "sdpa"
+
+    def set_attention_backend(self, name: str) -> None:
+        """The attention kernel of THIS encoder (default "sdpa", the official numerics); see
+        :mod:`magihuman.attention`. Used only where it computes the same math (no soft-cap, default scale)."""
+        resolve_attention_backend(name)  # validates (and loads an optional kernel) now, not mid-prompt
+        self.attention_backend = name
 
     @classmethod
     def from_config(cls, hf_config_dict: dict, *, operations=nn, dtype=None, device=None,
@@ -327,7 +333,7 @@ class T5GemmaEncoder(nn.Module):
         masks = self._masks(attention_mask.to(x.device), n)
         softcap = self.config.attn_logit_softcapping if self.attn_softcap else None
         for layer in stack.layers:
-            x = layer(x, cos, sin, masks[layer.layer_type], softcap)
+            x = layer(x, cos, sin, masks[layer.layer_type], softcap, self.attention_backend)
         return stack.norm(x).float()
 
     # ------------------------------------------------------------------ text -> embeddings
@@ -382,148 +388,13 @@ class T5GemmaEncoder(nn.Module):
         Keys ``model.encoder.*`` (full T5GemmaForConditionalGeneration save) or ``encoder.*`` are accepted;
         decoder and head tensors are never read. Single file: config JSON in metadata key ``config`` (or a
         config.json beside it); tokenizer.json/tokenizer.model beside it or given as ``tokenizer=``.
+        The reading is :func:`magihuman.loaders.load_text_encoder` (the models hold no file code; this
+        SPEC entry point forwards to it).
         """
-        from ..tokenizer import GemmaTokenizer
+        from ..loaders.text_encoder import load_text_encoder  # noqa: PLC0415 - the file code, imported when used
 
-        path = Path(folder_or_file)
-        if path.is_dir():
-            config, shards = _read_folder(path)
-            tok_path = tokenizer or path
-        elif path.is_file():
-            config, shards = _read_single_file(path)
-            tok_path = tokenizer or _tokenizer_beside(path)
-        else:
-            raise FileNotFoundError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 "
-                                    f"folder or an encoder .safetensors file)")
-        model = cls.from_config(config, operations=operations, dtype=dtype, device="meta",
-                                attn_softcap=attn_softcap)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        state = _load_encoder_tensors(shards, dtype=dtype, device=device, expected=expected)
-        model.load_state_dict(state, strict=True, assign=True)
-        if tok_path is not None:
-            model.tokenizer = GemmaTokenizer.from_path(tok_path)
-        return model
-
-
-# ----------------------------------------------------------------------------------------- loading
-def _read_folder(folder: Path):
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face T5Gemma folder")
-    config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        shards: dict[Path, list[str]] = {}
-        for key, shard in weight_map.items():
-            shards.setdefault(folder / shard, []).append(key)
-        return config, shards
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder} has neither model.safetensors.index.json nor *.safetensors files")
-    return config, {f: None for f in files}
-
-
-def _read_single_file(file: Path):
-    from safetensors import safe_open
-
-    if file.suffix != ".safetensors":
-        raise ValueError(f"{file}: expected a .safetensors file")
-    with safe_open(str(file), framework="pt") as f:
-        meta = f.metadata() or {}
-        keys = list(f.keys())
-    if not any(_encoder_key(k) for k in keys):
-        raise ValueError(f"{file} holds no T5Gemma encoder tensors (no 'encoder.*' / 'model.encoder.*' keys; first: "
-                         f"{keys[:3]}): it is another model's file. Pick the google/t5gemma-9b-9b-ul2 folder or an "
-                         "encoder-only T5Gemma .safetensors")
-    if "config" in meta:
-        config = json.loads(meta["config"])
-    elif (file.parent / "config.json").is_file():
-        config = json.loads((file.parent / "config.json").read_text(encoding="utf-8"))
-    else:
-        raise ValueError(f"{file} carries no T5Gemma config (metadata key 'config') and there is no config.json "
-                         f"beside it; write one with save_encoder_file() or put the model's config.json next to it")
-    return config, {file: None}
-
-
-def _tokenizer_beside(file: Path):
-    for name in ("tokenizer.json", "tokenizer.model"):
-        if (file.parent / name).is_file():
-            return file.parent
-    stem_json = file.with_suffix(".tokenizer.json")
-    if stem_json.is_file():
-        return stem_json
-    raise FileNotFoundError(f"no tokenizer.json or tokenizer.model beside {file}; pass tokenizer=<path to the "
-                            f"T5Gemma tokenizer.json or its folder>")
-
-
-def _encoder_key(key: str) -> str | None:
-    """Checkpoint key -> our ``encoder.*`` key, or None for decoder/head tensors."""
-    for prefix in ("model.encoder.", "encoder."):
-        if key.startswith(prefix):
-            return "encoder." + key[len(prefix):]
-    return None
-
-
-def encoder_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The encoder part of a T5Gemma state dict (``model.encoder.*`` or ``encoder.*``) keyed ``encoder.*``;
-    decoder and head tensors are dropped. Feed the result to ``load_state_dict(strict=True)``."""
-    out = {}
-    for key, value in checkpoint.items():
-        ours = _encoder_key(key)
-        if ours is not None:
-            out[ours] = value
-    return out
-
-
-def _load_encoder_tensors(shards: dict, *, dtype, device,
-                          expected: dict[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
-    """The encoder tensors of the shards as ``encoder.*``; with ``expected`` (key -> shape), the keys
-    and shapes are checked from the headers before any tensor is read."""
-    from safetensors import safe_open
-
-    where: dict[str, tuple[Path, str]] = {}  # our key -> (file, key in the file)
-    found: dict[str, tuple[int, ...]] = {}
-    seen_keys: list[str] = []
-    for file, keys in shards.items():
-        if not Path(file).is_file():
-            raise FileNotFoundError(f"shard {file} listed by the index is missing")
-        with safe_open(str(file), framework="pt") as f:
-            for key in (keys if keys is not None else f.keys()):
-                seen_keys.append(key)
-                ours = _encoder_key(key)
-                if ours is None:
-                    continue
-                if ours in where:
-                    raise ValueError(f"encoder tensor {ours} appears twice (as {key}) in {file}")
-                where[ours] = (Path(file), key)
-                found[ours] = tuple(f.get_slice(key).get_shape())
-    if not where:
-        sample = ", ".join(seen_keys[:5])
-        raise ValueError(f"no T5Gemma encoder tensors found (expected keys 'model.encoder.*' or 'encoder.*'; "
-                         f"first keys: {sample})")
-    if expected is not None:
-        files = ", ".join(sorted({str(f) for f, _ in where.values()}))
-        problem = key_mismatch_message(files, found, expected, "the T5Gemma encoder its config.json describes")
-        if problem:
-            raise ValueError(problem)
-    state: dict[str, torch.Tensor] = {}
-    for file in dict.fromkeys(f for f, _ in where.values()):
-        with safe_open(str(file), framework="pt") as f:
-            for ours, (f_path, key) in where.items():
-                if f_path == file:
-                    t = f.get_tensor(key)
-                    state[ours] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    return state
-
-
-def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=torch.bfloat16) -> None:
-    """One-time conversion: HF T5Gemma folder -> a single encoder-only .safetensors (config in metadata)."""
-    from safetensors.torch import save_file
-
-    config, shards = _read_folder(Path(src))
-    state = _load_encoder_tensors(shards, dtype=dtype, device="cpu")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dst), metadata={"config": json.dumps(config)})
+        return load_text_encoder(cls, folder_or_file, dtype=dtype, device=device, operations=operations,
+                                 tokenizer=tokenizer, attn_softcap=attn_softcap)
 
 
 # ----------------------------------------------------------------------------------------- tiny model
@@ -588,38 +459,3 @@ def tiny_state_dict(config: dict | None = None, seed: int = 0) -> dict[str, torc
             t = torch.randn(shape, generator=g) / math.sqrt(shape[-1])
         state[key] = t
     return state
-
-
-def write_tiny_t5gemma(folder: str | os.PathLike, seed: int = 0, *, shards: int = 1) -> Path:
-    """Write a real HF-style T5Gemma folder: config.json, model.safetensors (or an index + ``shards`` files)
-    with ``model.encoder.*`` tensors plus a few ``model.decoder.*`` ones, and a tiny Gemma tokenizer."""
-    from safetensors.torch import save_file
-
-    from ..tokenizer import write_tiny_tokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = tiny_hf_config()
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tensors = {"model." + k: v for k, v in tiny_state_dict(config, seed).items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    h = config["decoder"]["hidden_size"]
-    tensors["model.decoder.embed_tokens.weight"] = torch.randn(config["vocab_size"], h, generator=g) * 0.1
-    tensors["model.decoder.layers.0.self_attn.q_proj.weight"] = torch.randn(96, h, generator=g) * 0.1
-    tensors["model.decoder.layers.0.cross_attn.k_proj.weight"] = torch.randn(48, h, generator=g) * 0.1
-    tensors["model.decoder.norm.weight"] = torch.zeros(h)
-    keys = sorted(tensors)
-    if shards <= 1:
-        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for s in range(shards):
-            name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-            part = {k: tensors[k] for k in keys[s::shards]}
-            save_file(part, str(folder / name), metadata={"format": "pt"})
-            weight_map.update({k: name for k in part})
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    write_tiny_tokenizer(folder)
-    return folder

@@ -8,11 +8,8 @@ Parameter names equal the official ``decoder.*`` keys so the released checkpoint
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +17,7 @@ from torch import nn
 
 from ..ops import tag_operations
 from .latent_stats import WAN22_LATENT_MEAN, latent_mean_std
-from .video_vae import Upsample2x, torch_load_weights_only
+from .video_vae import Upsample2x
 
 __all__ = [
     "TurboVAEConfig",
@@ -31,10 +28,6 @@ __all__ = [
     "CONFIG_METADATA_KEY",
     "Chunk",
     "plan_chunks",
-    "load_turbo_vae",
-    "read_turbo_state_dict",
-    "convert_turbo_checkpoint",
-    "write_tiny_turbo_vae",
     "unpatchify",
 ]
 
@@ -512,194 +505,3 @@ class TurboVAEDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.decode(latent)
-
-
-# ----------------------------------------------------------------------------- files
-
-PathLike = Union[str, os.PathLike]
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-def _refused(path: Path, reason: str) -> TurboVAEError:
-    return TurboVAEError(
-        f"{path}: refused to load this pickle for safety: the weights-only unpickler rejected it "
-        f"({reason}). Only plain tensors/containers are accepted; anything that would run code "
-        "while unpickling is never opened (and the file may also be damaged). Use a .safetensors copy of the "
-        "Turbo decoder instead: obtain one from a trusted source, or, on a machine where you trust the file, "
-        "save its 'ema_state_dict' decoder tensors with safetensors and load that file.")
-
-
-def _unreadable(path: Path, reason: str) -> TurboVAEError:
-    return TurboVAEError(f"{path}: cannot read this file as a torch checkpoint ({reason}); is it complete and "
-                         "really the Turbo VAE .ckpt?")
-
-
-def _decoder_keys(state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    """Strip ``module.``, keep ``decoder.*`` tensors; an unprefixed decoder-only dict gains ``decoder.``."""
-    stripped = {}
-    for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            continue
-        stripped[k[7:] if k.startswith("module.") else k] = v
-    dec = {k: v for k, v in stripped.items() if k.startswith("decoder.")}
-    if dec:
-        return dec
-    # Official fallback: a bare decoder state dict (no "decoder." / "encoder." prefix).
-    if stripped and not any(k.startswith("encoder.") for k in stripped):
-        return {"decoder." + k: v for k, v in stripped.items()}
-    raise TurboVAEError(f"{path}: no Turbo decoder weights found (no 'decoder.*' keys among {len(stripped)} tensors; "
-                        f"first keys: {list(stripped)[:5]})")
-
-
-def read_turbo_state_dict(ckpt_path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
-    """Read the decoder tensors of an official ``.ckpt`` (safely) or a ``.safetensors`` file.
-
-    Returns (``decoder.*`` state dict, config embedded in the file or None).
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise TurboVAEError(f"{path}: Turbo VAE checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        cfg = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
-        return _decoder_keys(state, path), cfg
-    obj = torch_load_weights_only(path, lambda r: _refused(path, r), lambda r: _unreadable(path, r))
-    if isinstance(obj, Mapping) and "ema_state_dict" in obj:
-        state = obj["ema_state_dict"]
-    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        state = obj["state_dict"]
-    elif isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values()):
-        state = obj
-    else:
-        raise TurboVAEError(f"{path}: expected a checkpoint dict with 'ema_state_dict' (as released), found "
-                            f"{type(obj).__name__} with keys {list(obj)[:5] if isinstance(obj, Mapping) else '-'}")
-    return _decoder_keys(state, path), None
-
-
-def _find_in_folder(folder: Path) -> Path:
-    """The checkpoint inside a turbo_vae folder; prefers a .safetensors file."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    weights = [p for p in files if p.suffix == ".safetensors"] or [p for p in files if p.suffix in _PICKLE_SUFFIXES]
-    if len(weights) != 1:
-        raise TurboVAEError(f"{folder}: expected exactly one Turbo VAE checkpoint (.safetensors or .ckpt), found "
-                            f"{[p.name for p in weights] or 'none'}")
-    return weights[0]
-
-
-def _json_beside(path: Path) -> Optional[Path]:
-    """The config JSON next to a checkpoint: the only one, or the only ``turbo*`` one among several."""
-    jsons = sorted(p for p in path.parent.iterdir() if p.is_file() and p.suffix == ".json")
-    if len(jsons) > 1:
-        jsons = [p for p in jsons if p.name.lower().startswith("turbo")] or jsons
-    if len(jsons) > 1:
-        raise TurboVAEError(f"{path.parent}: several JSON files {[p.name for p in jsons]}; pass the config path")
-    return jsons[0] if jsons else None
-
-
-def _open_checkpoint(ckpt_path: PathLike, config: Union[None, PathLike, Mapping[str, Any]]
-                     ) -> tuple[Path, dict[str, torch.Tensor], Optional[dict]]:
-    """(checkpoint file, ``decoder.*`` state, config dict or None). The config is ``config`` if given,
-    else the one embedded in a converted ``.safetensors``, else the JSON beside the checkpoint."""
-    path = Path(ckpt_path)
-    if path.is_dir():
-        path = _find_in_folder(path)
-    state, embedded = read_turbo_state_dict(path)
-    if any(k.startswith(("decoder.upsamples.", "decoder.middle.", "decoder.head.")) for k in state):
-        raise TurboVAEError(f"{path}: this is the Wan2.2 VAE (keys like 'decoder.upsamples.*'), not the Turbo "
-                            "decoder; load it with 'MagiHuman Wan2.2 VAE Loader' (load_wan_vae) and pick the "
-                            "turbo_vae folder (TurboV3 JSON + checkpoint-340000.ckpt) here")
-    cfg = _read_config(config)
-    if cfg is None:
-        cfg = embedded if embedded is not None else _read_config(_json_beside(path))
-    return path, state, cfg
-
-
-def _read_config(config: Union[None, PathLike, Mapping[str, Any]]) -> Optional[dict]:
-    if config is None or isinstance(config, Mapping):
-        return dict(config) if config is not None else None
-    path = Path(config)
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise TurboVAEError(f"{path}: Turbo VAE config JSON not found") from None
-    except json.JSONDecodeError as err:
-        raise TurboVAEError(f"{path}: not valid JSON ({err})") from None
-
-
-def _mismatch(path: Path, missing: Sequence[str], unexpected: Sequence[str], shapes: Sequence[str] = ()) -> str:
-    def head(keys):
-        keys = list(keys)
-        return f"{len(keys)} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
-
-    msg = f"{path}: Turbo VAE weights do not match the config: missing {head(missing)}; unexpected {head(unexpected)}"
-    if shapes:
-        msg += f"; wrong shape {head(shapes)}"
-    return msg + ". Check that the JSON config belongs to this checkpoint."
-
-
-def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: PathLike, *,
-                   dtype: torch.dtype = torch.bfloat16, device: Union[str, torch.device] = "cpu",
-                   operations=nn) -> TurboVAEDecoder:
-    """Build and strictly load the Turbo decoder.
-
-    ``config``: the JSON path or dict; None to use the config embedded in a converted ``.safetensors``
-    or the JSON beside the checkpoint. ``ckpt_path``: the official ``.ckpt`` (read with
-    ``weights_only=True``), a converted ``.safetensors``, or a folder holding one of them.
-    """
-    path, state, cfg = _open_checkpoint(ckpt_path, config)
-    if cfg is None:
-        raise TurboVAEError(f"{path}: no Turbo VAE config given and none embedded or beside the file; pass the "
-                            "TurboV3-Wan22-TinyShallow_7_7.json path")
-    with torch.device("meta"):
-        model = TurboVAEDecoder.from_config(cfg, operations=operations, dtype=dtype)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        raise TurboVAEError(_mismatch(path, missing, unexpected, shapes))
-    model = model.to_empty(device=device)
-    model.load_state_dict(state, strict=True)  # copies tensor by tensor, converting to the model's dtype
-    return model.eval().requires_grad_(False)
-
-
-def convert_turbo_checkpoint(ckpt_path: PathLike, out_path: PathLike, *,
-                             config: Union[None, PathLike, Mapping[str, Any]] = None) -> Path:
-    """One-time conversion of the official pickle to ``.safetensors``: decoder keys only (``decoder.``
-    prefix kept, dtype unchanged), the JSON config embedded in the metadata when known."""
-    src, state, cfg = _open_checkpoint(ckpt_path, config)
-    metadata = {"format": "pt", "source": src.name}
-    if cfg is not None:
-        TurboVAEConfig.from_dict(cfg, where=f"config for {src}")
-        metadata[CONFIG_METADATA_KEY] = json.dumps(cfg)
-    from safetensors.torch import save_file
-
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
-    return out
-
-
-def write_tiny_turbo_vae(folder: PathLike, seed: int = 0, *, config: Optional[Mapping[str, Any]] = None
-                         ) -> tuple[Path, Path]:
-    """Write a randomly initialised tiny Turbo VAE in the released formats: (config JSON, ``.ckpt``).
-
-    The checkpoint is ``{"ema_state_dict": {"module.decoder....": tensor}}`` saved with ``torch.save``.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = dict(config if config is not None else TINY_TURBO_CONFIG)
-    torch.manual_seed(seed)
-    model = TurboVAEDecoder.from_config(cfg, dtype=torch.float32)
-    json_path = folder / "TurboV3-tiny.json"
-    json_path.write_text(json.dumps(cfg, indent=2))
-    ckpt_path = folder / "checkpoint-tiny.ckpt"
-    torch.save({"ema_state_dict": {"module." + k: v.clone() for k, v in model.state_dict().items()},
-                "step": 0}, ckpt_path)
-    return json_path, ckpt_path

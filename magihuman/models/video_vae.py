@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import safetensors_io
 from .latent_stats import latent_mean_std
 
 log = logging.getLogger(__name__)
@@ -32,8 +28,6 @@ log = logging.getLogger(__name__)
 # Frames of input history kept per causal conv between chunks (kernel 3 in time -> 2 frames).
 CACHE_T = 2
 PATCH = 2  # pixel-space patchify (2x2 -> 12 channels) before the encoder, undone after the decoder
-SPATIAL_STRIDE = 16
-TEMPORAL_STRIDE = 4
 
 RELEASE_WAN_VAE_CONFIG: dict = {
     "dim": 160,
@@ -567,206 +561,6 @@ class WanVAE(nn.Module):
         return out.div_(weight)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-# Wrappers seen around the VAE subtree: full ComfyUI/LDM checkpoints, training wrappers.
-_ANCHOR = "decoder.conv1.weight"
-_DIFFUSERS_HINT = ("decoder.conv_in.weight", "decoder.up_blocks.0.resnets.0.norm1.gamma", "post_quant_conv.weight")
-
-
-@dataclass(frozen=True)
-class KeyMap:
-    """How a file's tensor names map to the official WanVAE keys: ``official -> file name``."""
-
-    prefix: str
-    names: dict[str, str]
-    ignored: int  # tensors outside the VAE subtree (e.g. a full checkpoint's diffusion model)
-
-
-def map_wan_vae_keys(keys: Iterable[str], *, source: str = "checkpoint") -> KeyMap:
-    """Map file keys to official keys.
-
-    Official ``Wan2.2_VAE.pth`` and ComfyUI's ``wan2.2_vae.safetensors`` use the same module names
-    (ComfyUI's ``comfy/ldm/wan/vae2_2.py`` mirrors the official module tree), so the map is the
-    identity for both; a wrapper prefix (``first_stage_model.``, ``vae.``, ``module.``, ...) is
-    stripped, and a bundle holding other tensors beside a prefixed VAE keeps only the VAE subtree.
-    """
-    keys = list(keys)
-    anchors = sorted((k[: -len(_ANCHOR)] for k in keys if k.endswith(_ANCHOR)
-                      and (k == _ANCHOR or k[: -len(_ANCHOR)].endswith("."))), key=len)
-    if not anchors:
-        if any(k.endswith(h) for k in keys for h in _DIFFUSERS_HINT):
-            raise WanVAELoadError(
-                f"{source}: this is a diffusers AutoencoderKLWan layout (e.g. 'decoder.conv_in.weight'), which this "
-                f"loader does not map; use the official Wan2.2_VAE.pth or ComfyUI's wan2.2_vae.safetensors")
-        raise WanVAELoadError(
-            f"{source}: no Wan2.2 VAE found (no key ending in '{_ANCHOR}'); {len(keys)} keys, first: {keys[:5]}")
-    prefix = anchors[0]
-    if prefix:
-        names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
-        ignored = len(keys) - len(names)
-    else:
-        names = {k: k for k in keys}
-        ignored = 0
-    return KeyMap(prefix, names, ignored)
-
-
-def _shape_of(shapes: Mapping[str, Sequence[int]], key: str):
-    return tuple(shapes[key]) if key in shapes else None
-
-
-def infer_wan_vae_config(shapes: Mapping[str, Sequence[int]]) -> dict:
-    """Config from tensor shapes (official key names); release values where the weights are silent."""
-    cfg = {k: (list(v) if isinstance(v, list) else v) for k, v in RELEASE_WAN_VAE_CONFIG.items()}
-    if (s := _shape_of(shapes, "conv2.weight")) is not None:
-        cfg["z_dim"] = s[0]
-    if (s := _shape_of(shapes, "encoder.conv1.weight")) is not None:
-        cfg["dim"] = s[0]
-    mults = []
-    i = 0
-    while (s := _shape_of(shapes, f"encoder.downsamples.{i}.downsamples.0.residual.2.weight")) is not None:
-        mults.append(s[0] // cfg["dim"])
-        i += 1
-    if mults:
-        cfg["dim_mult"] = mults
-    n = 0
-    while f"encoder.downsamples.0.downsamples.{n}.residual.0.gamma" in shapes:
-        n += 1
-    if n:
-        cfg["num_res_blocks"] = n
-    elif (m := sum(1 for j in range(64) if f"decoder.upsamples.0.upsamples.{j}.residual.0.gamma" in shapes)):
-        cfg["num_res_blocks"] = m - 1
-    if (s := _shape_of(shapes, "decoder.head.2.weight")) is not None:
-        cfg["dec_dim"] = s[1] // cfg["dim_mult"][0]
-    levels = len(cfg["dim_mult"]) - 1
-    nrb = cfg["num_res_blocks"]
-    if any(f"encoder.downsamples.{i}.downsamples.{nrb}.resample.1.weight" in shapes for i in range(levels)):
-        cfg["temperal_downsample"] = [f"encoder.downsamples.{i}.downsamples.{nrb}.time_conv.weight" in shapes
-                                      for i in range(levels)]
-    return cfg
-
-
-def _describe_mismatch(path, missing: list[str], unexpected: list[str], n: int = 5) -> str:
-    parts = [f"{path}: the tensors do not match the Wan2.2 VAE (official WanVAE keys expected)."]
-    if missing:
-        parts.append(f"{len(missing)} missing, first: {sorted(missing)[:n]}.")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected, first: {sorted(unexpected)[:n]}.")
-    parts.append("Use the official Wan2.2_VAE.pth (Wan2.2-TI2V-5B) or ComfyUI's wan2.2_vae.safetensors; "
-                 "the Wan2.1 VAE (16 channels) is a different model.")
-    return " ".join(parts)
-
-
-def _unpickler_reason(err: Exception) -> str:
-    """The informative part of a torch.load error, without torch's advice to load unsafely or to
-    allowlist the rejected global."""
-    marker, noise = "WeightsUnpickler error:", ("Weights only load failed", "Check the documentation")
-    parts = []
-    for part in str(err).split("\n\n"):
-        if marker in part:
-            part = part.split(marker, 1)[1]
-        elif part.strip().startswith(noise):
-            continue
-        parts.append(part.split("Please use `torch.serialization")[0])
-    return " ".join(" ".join(parts).split()) or type(err).__name__
-
-
-def torch_load_weights_only(path: Path, refused: Callable[[str], Exception],
-                            unreadable: Callable[[str], Exception]) -> Any:
-    """``torch.load(weights_only=True)``, memory-mapped when the format allows; never anything weaker.
-
-    A pickle the weights-only unpickler rejects raises ``refused(reason)``; any other parse failure
-    raises ``unreadable(reason)``. Shared by the Wan2.2 and Turbo VAE loaders.
-    """
-    for mmap in (True, False):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as err:
-            raise refused(_unpickler_reason(err)) from None
-        except Exception as err:  # noqa: BLE001 - any parse failure of a foreign file
-            if mmap and isinstance(err, RuntimeError) and "mmap" in str(err):
-                continue  # legacy (non-zip) torch files cannot be memory-mapped
-            raise unreadable(f"{type(err).__name__}: {_unpickler_reason(err)}") from None
-
-
-def _torch_load_state_dict(path: Path) -> dict:
-    """The state dict of an official ``.pth`` (weights-only unpickling, or a refusal)."""
-    obj = torch_load_weights_only(
-        path,
-        refused=lambda reason: WanVAELoadError(
-            f"{path}: refusing to load this pickle: torch.load(weights_only=True) rejected it ({reason}). "
-            f"Only plain tensor checkpoints are read and pickled code is never executed; use the official "
-            f"Wan2.2_VAE.pth or a .safetensors file"),
-        unreadable=lambda reason: WanVAELoadError(f"{path}: cannot read this file as a torch checkpoint ({reason})"))
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WanVAELoadError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
-    return obj
-
-
-def load_wan_vae(path, *, dtype: torch.dtype = torch.bfloat16, device="cpu", operations=torch.nn) -> WanVAE:
-    """Load ``Wan2.2_VAE.pth`` (official pickle, weights-only) or ``wan2.2_vae.safetensors`` (ComfyUI)."""
-    path = Path(path)
-    if path.is_dir():
-        raise WanVAELoadError(f"{path} is a folder; the Wan2.2 VAE is one file: wan2.2_vae.safetensors (ComfyUI) "
-                              "or Wan2.2_VAE.pth (official Wan2.2-TI2V-5B)")
-    if not path.is_file():
-        raise FileNotFoundError(f"Wan2.2 VAE checkpoint not found: {path}")
-    if path.name.endswith((".safetensors", ".safetensors.zst")):
-        header = safetensors_io.read_header(path)
-        keymap = map_wan_vae_keys(header.tensors, source=str(path))
-        shapes = {k: header.tensors[v].shape for k, v in keymap.names.items()}
-        tensors = None
-    else:
-        tensors = _torch_load_state_dict(path)
-        keymap = map_wan_vae_keys(tensors, source=str(path))
-        shapes = {k: tuple(tensors[v].shape) for k, v in keymap.names.items()}
-    # Built on meta (no random init of ~700M parameters, seconds on a CPU); every tensor is then read.
-    model = WanVAE.from_config(infer_wan_vae_config(shapes), operations=operations, dtype=dtype, device="meta")
-    params = model.state_dict(keep_vars=True)
-    missing = [k for k in params if k not in keymap.names]
-    unexpected = [k for k in keymap.names if k not in params]
-    if missing or unexpected:
-        raise WanVAELoadError(_describe_mismatch(path, missing, unexpected))
-    for k, p in params.items():
-        if tuple(p.shape) != tuple(shapes[k]):
-            raise WanVAELoadError(f"{path}: tensor {keymap.names[k]!r} has shape {tuple(shapes[k])}, the model "
-                                  f"(config {model.config}) expects {tuple(p.shape)}")
-    model = model.to_empty(device=device)
-    params = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        if tensors is None:
-            by_file_name = {v: params[k] for k, v in keymap.names.items()}
-            safetensors_io.stream_into(header, lambda info: by_file_name[info.name].data, by_file_name)
-        else:
-            for k, p in params.items():
-                p.copy_(tensors[keymap.names[k]])
-    if keymap.prefix or keymap.ignored:
-        log.info("WanVAE: loaded subtree %r of %s (%d other tensors ignored)", keymap.prefix, path, keymap.ignored)
-    return model.eval().requires_grad_(False)
-
-
-def convert_wan_vae_to_safetensors(src, dst) -> Path:
-    """One-time conversion of an official ``Wan2.2_VAE.pth`` (read weights-only) to ``.safetensors``.
-
-    Keys are written in the official layout (wrapper prefixes stripped); dtypes are kept.
-    """
-    src, dst = Path(src), Path(dst)
-    tensors = _torch_load_state_dict(src)
-    keymap = map_wan_vae_keys(tensors, source=str(src))
-    shapes = {k: tuple(tensors[v].shape) for k, v in keymap.names.items()}
-    expected = WanVAE.from_config(infer_wan_vae_config(shapes), device="meta").state_dict()
-    missing = [k for k in expected if k not in keymap.names]
-    unexpected = [k for k in keymap.names if k not in expected]
-    if missing or unexpected:
-        raise WanVAELoadError(_describe_mismatch(src, missing, unexpected))
-    safetensors_io.write_file(dst, {k: tensors[keymap.names[k]].contiguous() for k in expected},
-                              metadata={"format": "pt", "source": src.name})
-    return dst
-
-
 def init_random_wan_vae(model: WanVAE, seed: int = 0) -> WanVAE:
     """Deterministic, well-scaled random weights (fan-in normal convs, gammas near 1, small biases)."""
     g = torch.Generator().manual_seed(seed)
@@ -784,27 +578,7 @@ def init_random_wan_vae(model: WanVAE, seed: int = 0) -> WanVAE:
     return model
 
 
-def write_tiny_wan_vae(path, seed: int = 0, fmt: str = "safetensors", config: Mapping | None = None) -> Path:
-    """Write a tiny random Wan2.2-shaped VAE in a real on-disk format.
-
-    ``fmt="safetensors"``: the ComfyUI ``wan2.2_vae.safetensors`` layout (same key names as the official);
-    ``fmt="pth"``: the official ``Wan2.2_VAE.pth`` layout (a plain ``torch.save`` of the state dict).
-    """
-    if fmt not in ("safetensors", "pth"):
-        raise ValueError(f"fmt must be 'safetensors' or 'pth', got {fmt!r}")
-    path = Path(path)
-    model = init_random_wan_vae(WanVAE.from_config(config or TINY_WAN_VAE_CONFIG, dtype=torch.float32), seed)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if fmt == "safetensors":
-        safetensors_io.write_file(path, sd, metadata={"format": "pt"})
-    else:
-        torch.save(sd, path)
-    return path
-
-
 __all__ = [
-    "CACHE_T", "RELEASE_WAN_VAE_CONFIG", "TINY_WAN_VAE_CONFIG", "WanVAE", "WanVAELoadError", "KeyMap",
-    "map_wan_vae_keys", "infer_wan_vae_config", "load_wan_vae", "convert_wan_vae_to_safetensors",
-    "init_random_wan_vae", "write_tiny_wan_vae",
+    "CACHE_T", "RELEASE_WAN_VAE_CONFIG", "TINY_WAN_VAE_CONFIG", "WanVAE", "WanVAELoadError", "init_random_wan_vae",
     "patchify", "unpatchify",
 ]

@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..errors import CheckpointError
+
 # Bytes per chunk when copying a tensor; the only scratch memory the reader allocates.
 CHUNK_BYTES = 64 << 20
 # Refuse absurd headers before allocating for them (the format's own limit is 100 MB).
@@ -41,7 +43,7 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(CheckpointError):
     """A file is not valid safetensors (truncated, corrupt header, offsets outside the file, ...)."""
 
 

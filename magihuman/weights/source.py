@@ -1,0 +1,329 @@
+"""One checkpoint, whatever its files: a :class:`WeightSource` maps model keys to tensors on disk.
+
+Formats: safetensors (one file, ``.zst`` streams, an index + shards, a folder), torch pickles read with
+``torch.load(weights_only=True)`` (memory-mapped), and GGUF (:mod:`.gguf_file`). Opening reads headers
+only; :meth:`WeightSource.stream` then visits tensors in file order, one reader per file, so a 60 GB
+folder is copied tensor by tensor into its destination and never held twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional
+
+import torch
+
+from ..errors import CheckpointError
+from . import safetensors_io as sio
+from .entry import Entry, Reader
+from .fp8 import split_fp8_scales
+from .keymap import KeyMap
+from .report import listing
+from .torch_files import is_pickle, load_torch_weights
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Entry", "WeightSource", "open_source", "INDEX_NAME", "SINGLE_NAME", "SAFETENSORS_SUFFIXES"]
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.zst", ".sft")
+GGUF_SUFFIX = ".gguf"
+
+
+class _SafetensorsReader(Reader):
+    def __init__(self, header: sio.SafetensorsHeader, chunk_bytes: Optional[int]):
+        self.reader = sio.TensorReader(header, chunk_bytes=chunk_bytes)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def read_into(self, entry, dest, on_bytes=None, *, scale=None):
+        return self.reader.read_into(entry.ref, dest, on_bytes, scale=scale)
+
+
+@dataclass
+class WeightSource:
+    """The files of one checkpoint and, per model key, where its tensor lives (headers only)."""
+
+    path: Path                                   # what was opened (file or folder)
+    files: list[Path]
+    format: str                                  # "safetensors" | "torch" | "gguf"
+    entries: dict[str, Entry]                    # model key -> entry
+    metadata: dict[str, str] = field(default_factory=dict)
+    index_path: Optional[Path] = None
+    prefix: str = ""                             # wrapper / subtree prefix the key map stripped
+    ignored: list[str] = field(default_factory=list)  # file names deliberately not loaded
+    notes: list[str] = field(default_factory=list)    # what the key map and the format passes did
+    # fp8 checkpoints: model key -> entry of its per-tensor dequantisation scale (see .fp8)
+    scale_of: dict[str, Entry] = field(default_factory=dict)
+    quantization: Optional[str] = None
+    _readers: dict[Path, Callable[[Optional[int]], Reader]] = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- description
+    def describe(self) -> str:
+        if self.index_path is not None:
+            return f"{self.index_path} ({len(self.files)} shard(s))"
+        return str(self.files[0]) if len(self.files) == 1 else f"{self.path} ({len(self.files)} files)"
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: e.shape for k, e in self.entries.items()}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values())
+
+    def dominant_dtype(self, keys: Optional[Iterable[str]] = None) -> torch.dtype:
+        """The stored dtype holding most bytes among ``keys`` (default all): what the release was saved in."""
+        by: dict[torch.dtype, int] = {}
+        for k in (self.entries if keys is None else keys):
+            e = self.entries[k]
+            by[e.dtype] = by.get(e.dtype, 0) + e.nbytes
+        return max(by, key=by.get) if by else torch.float32
+
+    # ---------------------------------------------------------------- reading
+    def reader(self, file: Path, chunk_bytes: Optional[int] = None) -> Reader:
+        return self._readers[file](chunk_bytes)
+
+    def stream(self, keys: Iterable[str], handler: Callable[[Entry, Reader], None], *,
+               chunk_bytes: Optional[int] = None) -> None:
+        """Call ``handler(entry, reader)`` for each key, file by file in on-disk order (``.zst`` streams and
+        network disks read forward only)."""
+        by_file: dict[Path, list[Entry]] = {}
+        for k in keys:
+            e = self.entries[k]
+            by_file.setdefault(e.file, []).append(e)
+        for f in self.files:
+            if f not in by_file:
+                continue
+            with self.reader(f, chunk_bytes) as reader:
+                for e in sorted(by_file[f], key=lambda e: e.offset):
+                    handler(e, reader)
+
+    def read(self, keys: Optional[Iterable[str]] = None, *, dtype: Optional[torch.dtype] = None,
+             device="cpu") -> dict[str, torch.Tensor]:
+        """Whole tensors as a state dict (small models and tools; float tensors converted to ``dtype``)."""
+        out: dict[str, torch.Tensor] = {}
+
+        def take(e: Entry, reader: Reader) -> None:
+            if e.quantized:
+                raise CheckpointError(f"{self.describe()}: {e.key} is GGUF-quantised; this loader needs plain tensors")
+            scale = self.scale_of.get(e.key)
+            want = dtype if (dtype is not None and (e.dtype.is_floating_point or scale is not None)) else e.dtype
+            if scale is not None and want in (torch.float8_e4m3fn, torch.float8_e5m2):
+                want = torch.float32
+            out[e.key] = reader.read_into(e, torch.empty(e.shape, dtype=want, device=device),
+                                          scale=None if scale is None else self.scale_value(e.key))
+
+        self.stream(list(self.entries if keys is None else keys), take)
+        return out
+
+    def scale_value(self, key: str) -> float:
+        values = getattr(self, "_scale_values", None)
+        if values is None:
+            values = self._scale_values = self._load_scales()
+        return values[key]
+
+    def _load_scales(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+
+        def take(e: Entry, reader: Reader) -> None:
+            if e.nbytes // max(e.dtype.itemsize, 1) != 1:
+                raise CheckpointError(f"{e.file}: scale {e.name!r} has shape {list(e.shape)}; only per-tensor "
+                                      "(one value) fp8 scales are supported")
+            values[e.key] = float(reader.read_into(e, torch.empty(1, dtype=torch.float32)).item())
+
+        scales = {f"{k}\0scale": e for k, e in self.scale_of.items()}
+        by_key = {f"{k}\0scale": k for k in self.scale_of}
+        tmp = WeightSource(self.path, self.files, self.format,
+                           {sk: Entry(sk, e.name, e.file, e.dtype, e.shape, e.nbytes, e.offset, e.qtype, e.ref)
+                            for sk, e in scales.items()}, _readers=self._readers)
+        tmp.stream(list(tmp.entries), take)
+        return {by_key[sk]: v for sk, v in values.items()}
+
+
+# -------------------------------------------------------------------- finding the files
+
+
+def _resolve_shard(folder: Path, name: str, index_path: Path) -> Path:
+    plain, zst = folder / name, folder / (name + ".zst")
+    if plain.is_file():  # prefer the seekable copy when both exist (same content)
+        return plain
+    if zst.is_file():
+        return zst
+    raise CheckpointError(f"shard {name!r} listed in {index_path} is missing: neither {plain} nor {zst} exists; "
+                          "download the complete folder")
+
+
+def _is_weights_file(p: Path) -> bool:
+    n = p.name.lower()
+    return n.endswith(SAFETENSORS_SUFFIXES) or is_pickle(n)
+
+
+def _folder_files(path: Path, what: str, many: bool) -> list[Path]:
+    for name in (SINGLE_NAME, SINGLE_NAME + ".zst"):
+        if (path / name).is_file():
+            return [path / name]
+    files = sorted(p for p in path.iterdir() if p.is_file() and _is_weights_file(p))
+    safetensors = [p for p in files if p.name.lower().endswith(SAFETENSORS_SUFFIXES)]
+    if many and len(safetensors) > 1:
+        return safetensors
+    if len(safetensors) == 1:
+        return safetensors
+    if len(files) == 1:
+        return files
+    found = ", ".join(p.name for p in files) or "no weights files"
+    raise CheckpointError(f"{path} has no {INDEX_NAME} and no single {SINGLE_NAME} (found: {found}); pass the "
+                          f"folder of one checkpoint or the weights file of {what} itself")
+
+
+def _index(path: Path) -> tuple[dict[str, Path], list[Path]]:
+    index_path = path / INDEX_NAME
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        assert isinstance(weight_map, dict)
+    except Exception as e:
+        raise CheckpointError(f"{index_path} is not a valid safetensors index (needs a 'weight_map' object): {e}") \
+            from e
+    shard_paths: dict[str, Path] = {}
+    name_file: dict[str, Path] = {}
+    for name, shard in weight_map.items():
+        if shard not in shard_paths:
+            shard_paths[shard] = _resolve_shard(path, shard, index_path)
+        name_file[name] = shard_paths[shard]
+    return name_file, list(dict.fromkeys(shard_paths.values()))
+
+
+def _locate(path: Path, what: str, many: bool) -> tuple[Path, list[Path], Optional[Path]]:
+    """(path to report, files, index path) of a file, a folder, an index file or one listed shard."""
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give the checkpoint folder of {what} (with {INDEX_NAME} "
+                              f"and shards, or one {SINGLE_NAME}) or its weights file")
+    if path.is_file() and path.name == INDEX_NAME:
+        path = path.parent
+    elif path.is_file() and (path.parent / INDEX_NAME).is_file():
+        # One shard of an indexed folder: load the whole folder (a shard alone is not a model).
+        try:
+            listed = set(json.loads((path.parent / INDEX_NAME).read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):
+            listed = set()
+        if path.name in listed or path.name.removesuffix(".zst") in listed:
+            log.info("%s is a shard listed in %s: loading the whole folder", path.name, INDEX_NAME)
+            path = path.parent
+    if path.is_dir():
+        if (path / INDEX_NAME).is_file():
+            return path, [], path / INDEX_NAME
+        return path, _folder_files(path, what, many), None
+    if not _is_weights_file(path):
+        raise CheckpointError(f"{path} is not a weights file (.safetensors, .safetensors.zst, or a torch "
+                              f"{'/'.join(s[1:] for s in ('.ckpt', '.pth', '.pt'))} pickle); {what} is expected")
+    return path, [path], None
+
+
+# -------------------------------------------------------------------- opening
+
+
+def _safetensors_entries(files: list[Path], name_file: Optional[dict[str, Path]], index_path: Optional[Path]
+                         ) -> tuple[dict[str, tuple[Path, sio.TensorInfo]], dict[str, str], dict]:
+    headers = {f: sio.read_header(f) for f in files}
+    metadata: dict[str, str] = {}
+    for h in headers.values():
+        for k, v in h.metadata.items():
+            metadata.setdefault(k, v)
+    found: dict[str, tuple[Path, sio.TensorInfo]] = {}
+    if name_file is None:
+        for f, h in headers.items():
+            for name, info in h.tensors.items():
+                found[name] = (f, info)
+    else:
+        for f, h in headers.items():
+            listed = [n for n, nf in name_file.items() if nf == f]
+            absent = [n for n in listed if n not in h.tensors]
+            if absent:
+                raise CheckpointError(f"{index_path} says {len(absent)} tensor(s) are in {f.name} but that shard does "
+                                      f"not contain them (first: {absent[:3]}); the folder is inconsistent")
+            extra = set(h.tensors) - set(listed)
+            if extra:
+                log.warning("%s: %d tensor(s) not listed in the index are ignored (first: %s)",
+                            f, len(extra), sorted(extra)[:3])
+            for n in listed:
+                found[n] = (f, h.tensors[n])
+    return found, metadata, headers
+
+
+def _torch_state(path: Path, what: str, hint: str, containers: tuple[str, ...], error) -> dict[str, torch.Tensor]:
+    obj = load_torch_weights(path, what=what, hint=hint, error=error)
+    if isinstance(obj, Mapping):
+        for c in containers:
+            if isinstance(obj.get(c), Mapping):
+                obj = obj[c]
+                break
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = list(obj)[:5] if isinstance(obj, Mapping) else "-"
+        raise error(f"{path}: expected a state dict of tensors"
+                    + (f" (or a checkpoint holding one under {', '.join(map(repr, containers))})" if containers else "")
+                    + f"; found {type(obj).__name__} with keys {keys}")
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_files: bool = False,
+                containers: tuple[str, ...] = ("state_dict",), pickle_hint: str = "",
+                error: type[Exception] = CheckpointError) -> WeightSource:
+    """Open a checkpoint's files and map their names to model keys (headers only; nothing loaded).
+
+    ``what`` names the expected model in messages. ``many_files``: a folder without an index may hold
+    several safetensors shards (HF folders); otherwise it must hold one weights file. ``containers``: keys
+    under which a torch pickle keeps its state dict (``ema_state_dict``, ``state_dict``). fp8 scale tensors
+    are split off into :attr:`WeightSource.scale_of` (see :mod:`.fp8`).
+    """
+    try:
+        where, files, index_path = _locate(Path(path).expanduser(), what, many_files)
+        name_file = None
+        if index_path is not None:
+            name_file, files = _index(where)
+        readers: dict[Path, Callable[[Optional[int]], Reader]] = {}
+        metadata: dict[str, str] = {}
+        raw: dict[str, Entry] = {}  # file name -> entry (key filled in below)
+        fmt = "safetensors"
+        if is_pickle(files[0]):
+            fmt = "torch"
+            state = _torch_state(files[0], what, pickle_hint, containers, error)
+            raw = {n: Entry(n, n, files[0], t.dtype, tuple(t.shape), t.numel() * t.element_size(), i, None, t)
+                   for i, (n, t) in enumerate(state.items())}
+            readers[files[0]] = lambda chunk, state=state: Reader(state)
+        else:
+            found, metadata, headers = _safetensors_entries(files, name_file, index_path)
+            raw = {n: Entry(n, n, f, info.dtype, info.shape, info.nbytes, info.begin, None, info)
+                   for n, (f, info) in found.items()}
+            for f, h in headers.items():
+                readers[f] = lambda chunk, h=h: _SafetensorsReader(h, chunk)
+    except CheckpointError as e:
+        if isinstance(e, error):
+            raise
+        raise error(str(e)) from None
+    mapped = keymap.apply(raw)
+    if mapped.duplicates:
+        key, a, b = mapped.duplicates[0]
+        raise error(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file mixes two "
+                    "layouts")
+    entries = {}
+    for key, name in mapped.names.items():
+        e = raw[name]
+        entries[key] = Entry(key, e.name, e.file, e.dtype, e.shape, e.nbytes, e.offset, e.qtype, e.ref)
+    src = WeightSource(where, files, fmt, entries, metadata, index_path, mapped.prefix, list(mapped.ignored),
+                       list(mapped.notes), _readers=readers)
+    split_fp8_scales(src, error)
+    return src
+
+
+def no_model_keys(src: WeightSource, what: str, expected_like: str, hint: str = "",
+                  error: type[Exception] = CheckpointError):
+    """The error for a file in which the key map found nothing of the model."""
+    names = [n for n in src.ignored][:5]
+    return error(f"{src.describe()} holds no {what} tensors (expected keys like {expected_like}; its "
+                 f"{len(src.ignored)} tensors start with: {listing(names)}): it is another model's file"
+                 + (f". {hint}" if hint else ""))
