@@ -144,17 +144,20 @@ if not HAS_COMFY:
 # --------------------------------------------------------------------------------------------
 # The pack's node base and a stand-in for ComfyUI's own execution (defaults, combo validation)
 # --------------------------------------------------------------------------------------------
+_NODE_NAMES: dict[type, str] = {}
+
+
 class MagiNode(io.ComfyNode):
     """Base of the pack's nodes: :meth:`name` is the schema's display name (what error messages say), so
-    messages never drift from what the artist sees on the node."""
+    messages never drift from what the artist sees on the node. (ComfyUI runs locked clones of node classes
+    and caches schema facts on each registered class, so nothing is stored on the class here, and a node
+    never subclasses another registered node.)"""
 
     @classmethod
     def name(cls) -> str:
-        cached = cls.__dict__.get("_magi_name")
-        if cached is None:
-            cached = cls.define_schema().display_name or cls.__name__
-            setattr(cls, "_magi_name", cached)
-        return cached
+        if cls not in _NODE_NAMES:
+            _NODE_NAMES[cls] = cls.define_schema().display_name or cls.__name__
+        return _NODE_NAMES[cls]
 
 
 def run_node(node_cls, *, validate: bool = True, **inputs):

@@ -53,12 +53,16 @@ def _handle(kind: str, path: str, load, weight_dtype: str, **info) -> compat.Mod
     return compat.ModelHandle(model, kind, path=path, **info)
 
 
-class MagiHumanDiTLoader(compat.MagiNode):
-    """Base or distilled DiT. The SR loader below is the same node with another output type."""
+class _DiTLoader(compat.MagiNode):
+    """The DiT and SR DiT loaders: one schema and one code path, two output types (never registered itself:
+    ComfyUI caches schema facts per class, so the two nodes are siblings, not parent and child)."""
 
-    NODE_ID, OUTPUT, WANT_SR = "MagiHumanDiTLoader", MagiDiT, False
-    DESCRIPTION = "Loads the base or distilled MagiHuman joint audio+video denoiser (variant inferred from the files)."
-    ROLE, OUTPUT_NAME = "distill", "model"
+    NODE_ID: str
+    OUTPUT: object
+    WANT_SR: bool
+    DESCRIPTION: str
+    ROLE: str
+    OUTPUT_NAME: str
 
     @classmethod
     def define_schema(cls):
@@ -107,7 +111,13 @@ class MagiHumanDiTLoader(compat.MagiNode):
         return io.NodeOutput(compat.ModelHandle(model, "diffusion", variant=model.variant, path=path))
 
 
-class MagiHumanSRDiTLoader(MagiHumanDiTLoader):
+class MagiHumanDiTLoader(_DiTLoader):
+    NODE_ID, OUTPUT, WANT_SR = "MagiHumanDiTLoader", MagiDiT, False
+    DESCRIPTION = "Loads the base or distilled MagiHuman joint audio+video denoiser (variant inferred from the files)."
+    ROLE, OUTPUT_NAME = "distill", "model"
+
+
+class MagiHumanSRDiTLoader(_DiTLoader):
     NODE_ID, OUTPUT, WANT_SR = "MagiHumanSRDiTLoader", MagiSRDiT, True
     DESCRIPTION = "Loads a MagiHuman super-resolution DiT (540p or 1080p; 1080p uses local attention)."
     ROLE, OUTPUT_NAME = "sr_540p", "sr_model"

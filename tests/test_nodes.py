@@ -146,3 +146,17 @@ def test_interrupt_stops_sampling_and_next_run_works(pack, nodes, models):
     assert all(torch.equal(latent[k], v) for k, v in before.items())
     (den,) = run(nodes["MagiHumanDistilledSampler"], model=models["dit"], positive=pos, latent=latent, seed=0, steps=3)
     assert torch.isfinite(den["samples"]).all()
+
+
+def test_node_classes_are_siblings_and_names_come_from_the_table(nodes):
+    """ComfyUI caches schema facts (return types, ...) on each registered class and runs locked clones: no
+    registered node may inherit another one, and MagiNode.name() stores nothing on the class."""
+    classes = list(nodes.values())
+    assert not [(a.__name__, b.__name__) for a in classes for b in classes if a is not b and issubclass(a, b)]
+    types = importlib.import_module(classes[0].__module__.rsplit(".", 1)[0] + ".types")
+    for nid, cls in nodes.items():
+        before = dict(vars(cls))
+        assert cls.name() == types.NODES[nid][0] == cls.define_schema().display_name
+        assert dict(vars(cls)) == before
+    assert nodes["MagiHumanSRDiTLoader"].define_schema().outputs[0].io_type == "MAGIHUMAN_SR_DIT"
+    assert nodes["MagiHumanDiTLoader"].define_schema().outputs[0].io_type == "MAGIHUMAN_DIT"
