@@ -28,14 +28,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError
-from .models.dit import MagiHumanDiT, set_fp8_weight
+from .models.dit import MagiHumanDiT
+from .ops import set_fp8_weight, set_gguf_weight
 from .models.dit_config import DiTConfig, sr_1080p_local_attn_layers, swiglu_intermediate_size
+from .quant import gguf as gguf_types
 from .quant.fp8 import FP8_DTYPE, quantize_fp8
 from .rope import default_rope_bands
 from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, load_into, mismatch_report,
                       open_source)
 from .weights.entry import Entry, OnBytes, Reader
 from .weights.fp8 import COMFY_FP8_MARKER
+from .weights.gguf_file import GGUF_SUFFIX, GGUFSpec, write_gguf
 from .weights.safetensors_io import TensorSpec, write_file
 from .weights.stream import Slot
 
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 VARIANTS = ("distill", "base", "sr_540p", "sr_1080p")
 META_VARIANT = "magihuman_variant"
 META_CONFIG = "magihuman_config"
+GGUF_ARCH = "magihuman"  # general.architecture of DiT GGUF files
+GGUF_META = {META_VARIANT: "magihuman.variant", META_CONFIG: "magihuman.config"}  # GGUF key/values
 ROPE_KEY = "adapter.rope.bands"
 KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "module.")
 # Official fused key names inside a file: one wrapper prefix (ComfyUI / training) stripped when every key has it.
@@ -102,15 +107,32 @@ def open_checkpoint(path: str | Path) -> WeightSource:
     """Locate the files of a DiT checkpoint and read their headers (validated; no tensor data read).
 
     Accepts an official folder (index + shards, ``.zst`` shards too), a folder with one weights file, or a
-    single file; keys may carry one wrapper prefix (:data:`KEY_PREFIXES`); fp8 scale tensors are set apart.
+    single file (``.safetensors``, ``.safetensors.zst``, ``.gguf``); keys may carry one wrapper prefix
+    (:data:`KEY_PREFIXES`); fp8 scale tensors are set apart. A GGUF's ``magihuman.variant`` /
+    ``magihuman.config`` values count as the safetensors metadata of the same meaning.
     """
-    return open_source(path, what=WHAT, keymap=DIT_KEYMAP)
+    src = open_source(path, what=WHAT, keymap=DIT_KEYMAP)
+    if src.format == "gguf":
+        for ours, key in GGUF_META.items():
+            if key in src.metadata:
+                src.metadata.setdefault(ours, src.metadata[key])
+    return src
 
 
 def block_linear_dtype(src: WeightSource) -> torch.dtype:
     """The stored dtype holding most bytes of the block linears (what the release was saved in)."""
     keys = [k for k in src.entries if is_block_linear(k)]
     return src.dominant_dtype(keys or None)
+
+
+def storage_name(src: WeightSource) -> str:
+    """How the block linears are stored in the file: a dtype name, or ``gguf Q8_0`` (the main GGUF type)."""
+    by: dict[str, int] = {}
+    for k, e in src.entries.items():
+        if is_block_linear(k):
+            name = f"gguf {gguf_types.GGMLType(e.qtype).name}" if e.quantized else _dtype_name(e.dtype)
+            by[name] = by.get(name, 0) + e.nbytes
+    return max(by, key=by.get) if by else _dtype_name(src.dominant_dtype())
 
 
 # ------------------------------------------------------------------ key checks and inference
@@ -232,7 +254,7 @@ def infer_variant(src: WeightSource, override: Optional[str] = None) -> tuple[st
     if meta:
         v = meta if meta in VARIANTS else normalize_variant(meta)
         if v is not None:
-            return v, f"safetensors metadata {META_VARIANT}={meta!r}"
+            return v, f"{src.format} metadata {META_VARIANT}={meta!r}"
         log.warning("%s: ignoring unknown %s=%r", src.describe(), META_VARIANT, meta)
     for name in _name_candidates(src):
         v = normalize_variant(name)
@@ -285,6 +307,15 @@ def _open_checked(path: str | Path, variant: Optional[str], config: Optional[DiT
 
     Returns ``(source, variant, variant_reason, config, config_reason)``."""
     src = open_checkpoint(path)
+    arch = src.metadata.get("general.architecture") if src.format == "gguf" else None
+    if arch is not None and arch != GGUF_ARCH:
+        try:
+            infer_config(src.shapes, src.describe())
+        except CheckpointError as e:
+            raise CheckpointError(f"{src.describe()} is a GGUF of architecture {arch!r}, not a daVinci-MagiHuman DiT "
+                                  f"({GGUF_ARCH!r}); pick the MagiHuman DiT file.\n{e}") from None
+        log.warning("%s: GGUF architecture %r (not %r), but its tensors are a MagiHuman DiT's: loading it",
+                    src.describe(), arch, GGUF_ARCH)
     v, reason = infer_variant(src, variant)
     cfg, config_reason = resolve_config(src, v, config)
     check_keys(src.describe(), src.shapes, official_key_shapes(cfg),
@@ -301,7 +332,7 @@ def inspect_dit(path: str | Path, *, variant: Optional[str] = None) -> dict:
     """What :func:`load_dit` would build, from the headers alone (no tensor data is read)."""
     src, v, reason, cfg, config_reason = _open_checked(path, variant)
     return {"variant": v, "reason": reason, "config_reason": config_reason, "source": src.describe(),
-            "source_dtype": _dtype_name(block_linear_dtype(src)), "quantization": src.quantization,
+            "source_dtype": storage_name(src), "quantization": src.quantization,
             "coords": _coords(v), "config": cfg.to_dict(), "bytes": src.total_bytes,
             "files": [str(f) for f in src.files]}
 
@@ -329,7 +360,7 @@ def _read_fp8(reader: Reader, e: Entry, scale: Optional[float], device: torch.de
     if e.dtype == FP8_DTYPE:
         w8 = reader.read_into(e, torch.empty(e.shape, dtype=FP8_DTYPE), on_bytes)
         return w8.to(device), torch.tensor(1.0 if scale is None else scale, dtype=torch.float32, device=device), True
-    raw = reader.read_into(e, torch.empty(e.shape, dtype=e.dtype), on_bytes)
+    raw = reader.read_into(e, torch.empty(e.shape, dtype=torch.float32 if e.quantized else e.dtype), on_bytes)
     if scale is not None:  # e5m2 with a scale: the stored values times the scale are the weights
         raw = raw.to(torch.float32).mul_(scale)
     try:
@@ -351,6 +382,7 @@ def load_dit(
     progress: Optional[Callable[[int, int], None]] = None,
     show_progress: bool = True,
     chunk_bytes: Optional[int] = None,
+    gguf: str = "keep",
 ):
     """Build a :class:`MagiHumanDiT` from a checkpoint, streaming and converting tensor by tensor.
 
@@ -358,7 +390,10 @@ def load_dit(
     final heads and RoPE bands stay fp32 as the model defines them. ``torch.float8_e4m3fn`` keeps
     each block linear in fp8 with a per-tensor fp32 scale (``module.weight_scale``, non-persistent):
     e4m3 files keep their bytes and scales, other files are quantised per tensor (amax / 448); fp8
-    files loaded with any other dtype are dequantised while streaming. The variant (distill / base /
+    files loaded with any other dtype are dequantised while streaming. GGUF-quantised block linears
+    (a ``.gguf`` file) stay quantised in memory and are dequantised per layer on the compute device
+    (``gguf="keep"``, the default); ``gguf="dequantize"`` turns them into ``dtype`` while loading (and fp8
+    re-quantises them). The variant (distill / base /
     sr_540p / sr_1080p) and config are inferred (override with ``variant=`` / ``config=``); the
     returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why.
     ``progress(done_bytes, total_bytes)`` is called as data arrives. A file without
@@ -370,7 +405,10 @@ def load_dit(
     if block_dtype == torch.float8_e5m2:
         raise CheckpointError(f"dtype {block_dtype}: fp8 storage is float8_e4m3fn (pass torch.float8_e4m3fn or bf16)")
     fp8 = block_dtype == FP8_DTYPE
-    counts = {"kept": 0, "quantised": 0}
+    if gguf not in ("keep", "dequantize"):
+        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
+    keep_gguf = gguf == "keep" and not fp8
+    counts = {"kept": 0, "quantised": 0, "gguf": 0, "gguf_dequantised": 0}
     model = MagiHumanDiT(cfg, operations=operations, dtype=dtype, device="meta")
     device = torch.device(device)
     total = src.total_bytes
@@ -384,9 +422,17 @@ def load_dit(
         if progress is not None:
             progress(done, total)
 
-    def keep_fp8(e: Entry, reader: Reader, slot: Slot, count: OnBytes) -> bool:
-        """Block linears of an fp8 model keep (or get) their fp8 bytes and per-tensor scale."""
+    def keep_compact(e: Entry, reader: Reader, slot: Slot, count: OnBytes) -> bool:
+        """Block linears keep their GGUF blocks (``gguf="keep"``); those of an fp8 model keep (or get) their fp8
+        bytes and per-tensor scale. Everything else takes the default path (dequantised to its dtype)."""
         mod, attr, _ = slot
+        if e.quantized and is_block_linear(e.key):
+            if keep_gguf:
+                raw = torch.empty(gguf_types.byte_shape(e.shape, e.qtype), dtype=torch.uint8, device=device)
+                set_gguf_weight(mod, reader.read_into(e, raw, count), e.qtype, e.shape)
+                counts["gguf"] += 1
+                return True
+            counts["gguf_dequantised"] += 1
         if not (fp8 and getattr(mod, attr).dtype == FP8_DTYPE):
             return False
         scale = src.scale_value(e.key) if e.key in src.scale_of else None
@@ -396,7 +442,7 @@ def load_dit(
         return True
 
     try:
-        load_into(model, src, device=device, handler=keep_fp8, on_bytes=on_bytes, chunk_bytes=chunk_bytes)
+        load_into(model, src, device=device, handler=keep_compact, on_bytes=on_bytes, chunk_bytes=chunk_bytes)
     finally:
         bar.close()
 
@@ -410,21 +456,28 @@ def load_dit(
     elif src.quantization:
         notes.append(f"{src.quantization}: {len(src.scale_of)} weight(s) dequantised to "
                      f"{_dtype_name(block_dtype)} while loading")
+    if counts["gguf"]:
+        notes.append(f"{counts['gguf']} block weight(s) kept GGUF-quantised ({storage_name(src)}), dequantised per "
+                     "layer on the compute device")
+    if counts["gguf_dequantised"]:
+        notes.append(f"{counts['gguf_dequantised']} GGUF block weight(s) dequantised to "
+                     f"{_dtype_name(block_dtype)} while loading")
     if ROPE_KEY not in src.entries:
         model.reset_rope_bands_(device)
         notes.append(f"{ROPE_KEY} absent from the file: filled with 1/10000**(i/{cfg.head_dim // 8})")
     check_materialized(model, where)
     model.eval()
 
-    source_dtype = block_linear_dtype(src)
+    source = storage_name(src)
+    stored = f"gguf ({source.split()[1]} in the file)" if counts["gguf"] else _dtype_name(block_dtype)
     model.variant = variant
     model.load_info = {
         "variant": variant,
         "reason": variant_reason,
         "config_reason": config_reason,
         "source": where,
-        "source_dtype": _dtype_name(source_dtype),
-        "dtype": _dtype_name(block_dtype),
+        "source_dtype": source,
+        "dtype": stored,
         "coords": _coords(variant),
         "quantization": src.quantization,
         "config": cfg.to_dict(),
@@ -432,8 +485,8 @@ def load_dit(
         "notes": notes,
     }
     log.info("Loaded MagiHuman DiT from %s: variant %s (%s); %s on disk -> %s block linears; %d layers, "
-             "hidden %d; %s%s", where, variant, variant_reason, _dtype_name(source_dtype),
-             _dtype_name(block_dtype), cfg.num_layers, cfg.hidden_size, config_reason,
+             "hidden %d; %s%s", where, variant, variant_reason, source,
+             stored, cfg.num_layers, cfg.hidden_size, config_reason,
              ("; " + "; ".join(notes)) if notes else "")
     return model
 
@@ -515,14 +568,40 @@ def write_tiny_dit(
     return path
 
 
+GGUF_QUANTS = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16", "F16")
+
+
+def gguf_tensor_type(key: str, shape: tuple[int, ...], quant: str) -> gguf_types.GGMLType:
+    """What a DiT tensor is written as in a GGUF file: block linears in ``quant`` when their rows are whole
+    blocks (else BF16: e.g. the swiglu ``down_proj`` of the release has 13652-wide rows, not a multiple of 32);
+    everything else F32 (norms, biases, the fp32 adapter embedders and output heads, RoPE bands: < 0.5 % of
+    the parameters and fp32 in the model itself, so they stay exact)."""
+    if not is_block_linear(key):
+        return gguf_types.GGMLType.F32
+    qt = gguf_types.GGMLType[quant]
+    block = gguf_types.BLOCK_SIZES[qt][0]
+    return qt if shape[-1] % block == 0 else gguf_types.GGMLType.BF16
+
+
 def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                variant: Optional[str] = None, show_progress: bool = True) -> Path:
-    """Re-save a DiT checkpoint as ONE ``.safetensors`` file, block linears in ``dtype`` (rest fp32),
-    with ``magihuman_variant`` / ``magihuman_config`` metadata. Streams: one tensor in memory at a time."""
+                variant: Optional[str] = None, show_progress: bool = True, quant: Optional[str] = None) -> Path:
+    """Re-save a DiT checkpoint as ONE file, streamed (one tensor in memory at a time), with the variant and
+    config in its metadata:
+
+    - ``.safetensors``: block linears in ``dtype`` (rest fp32);
+    - ``.gguf``: block linears quantised to ``quant`` (``Q8_0`` default; see :data:`GGUF_QUANTS` and
+      :func:`gguf_tensor_type` for what stays BF16/F32), ``general.architecture = "magihuman"``.
+    """
     src, v, reason, cfg, _ = _open_checked(src_path, variant)
     dst = Path(dst)
-    if not dst.name.endswith(".safetensors"):
-        raise CheckpointError(f"convert_dit writes a .safetensors file; got {dst}")
+    to_gguf = dst.name.endswith(GGUF_SUFFIX)
+    if not (to_gguf or dst.name.endswith(".safetensors")):
+        raise CheckpointError(f"convert_dit writes a .safetensors or .gguf file; got {dst}")
+    if quant is not None and not to_gguf:
+        raise CheckpointError(f"quant={quant!r} needs a .gguf output, got {dst}")
+    quant = (quant or "Q8_0").upper() if to_gguf else None
+    if to_gguf and quant not in GGUF_QUANTS:
+        raise CheckpointError(f"unknown GGUF quantisation {quant!r}; choose one of {', '.join(GGUF_QUANTS)}")
     order = sorted(src.entries, key=lambda k: (src.files.index(src.entries[k].file), src.entries[k].offset))
     readers: dict[Path, Reader] = {}
 
@@ -538,25 +617,36 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
             return reader.read_into(e, torch.empty(e.shape, dtype=dt), scale=scale)
         return run
 
-    specs = [TensorSpec(k, dtype if is_block_linear(k) else torch.float32, src.entries[k].shape,
-                        produce(k, dtype if is_block_linear(k) else torch.float32)) for k in order]
-    if ROPE_KEY not in src.entries:
-        specs.insert(0, TensorSpec(ROPE_KEY, torch.float32, (cfg.head_dim // 8,),
-                                   lambda: default_rope_bands(cfg.head_dim)))
+    rope = lambda: default_rope_bands(cfg.head_dim)  # noqa: E731
+    if to_gguf:
+        specs = [GGUFSpec(k, src.entries[k].shape, int(gguf_tensor_type(k, src.entries[k].shape, quant)),
+                          produce(k, torch.float32)) for k in order]
+        if ROPE_KEY not in src.entries:
+            specs.insert(0, GGUFSpec(ROPE_KEY, (cfg.head_dim // 8,), int(gguf_types.GGMLType.F32), rope))
+    else:
+        specs = [TensorSpec(k, dtype if is_block_linear(k) else torch.float32, src.entries[k].shape,
+                            produce(k, dtype if is_block_linear(k) else torch.float32)) for k in order]
+        if ROPE_KEY not in src.entries:
+            specs.insert(0, TensorSpec(ROPE_KEY, torch.float32, (cfg.head_dim // 8,), rope))
     bar = progress_bar(sum(s.nbytes for s in specs), show_progress, "Converting DiT")
     try:
-        write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update)
+        if to_gguf:
+            meta = {GGUF_META[k]: value for k, value in _file_metadata(v, cfg).items() if k in GGUF_META}
+            write_gguf(dst, specs, arch=GGUF_ARCH, metadata=meta, on_bytes=bar.update)
+        else:
+            write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update)
     finally:
         for r in readers.values():
             r.close()
         bar.close()
-    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, _dtype_name(dtype), v, reason)
+    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, quant or _dtype_name(dtype), v, reason)
     return dst
 
 
 __all__ = [
     "CheckpointError",
     "VARIANTS",
+    "GGUF_QUANTS",
     "convert_dit",
     "infer_config",
     "infer_variant",

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .checkpoints import write_tiny_dit
+from .checkpoints import convert_dit, write_tiny_dit
+from .loaders.text_encoder import save_encoder_file
 from .models.audio_vae import PRETRANSFORM_PREFIX, OobleckVAE, Snake, tiny_model_config, to_released_state_dict
 from .models.dit_config import DiTConfig
 from .models.text_encoder import tiny_hf_config, tiny_state_dict
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 __all__ = ["TINY_FILES", "TINY_VERSION", "write_tiny_models", "default_cache_dir", "ensure_tiny_models",
-           "describe_tiny_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
+           "describe_tiny_files", "write_tiny_gguf", "tiny_gguf_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
            "write_tiny_audio_vae"]
 
 TINY_VERSION = "1"
@@ -208,6 +209,32 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
     (models_dir / STAMP_NAME).write_text(json.dumps(_stamp(), indent=2), encoding="utf-8")
     log.info("MagiHuman: wrote tiny models to %s", models_dir)
     return paths
+
+
+TINY_GGUF_QUANTS = ("Q8_0", "Q4_0")
+
+
+def tiny_gguf_files(quant: str) -> dict[str, str]:
+    """role -> path (in a models folder) of the tiny GGUF stand-ins written by :func:`write_tiny_gguf`."""
+    return {"distill": f"diffusion_models/magihuman_tiny_distill_{quant}.gguf",
+            "text_encoder": f"text_encoders/t5gemma_tiny_{quant}.gguf"}
+
+
+def write_tiny_gguf(models_dir: str | os.PathLike, quants=TINY_GGUF_QUANTS) -> dict[str, Path]:
+    """GGUF variants of the tiny distill DiT and text encoder (written from the tiny models with the real
+    converters, as ``python -m magihuman convert`` does). Returns name -> path."""
+    models_dir = Path(models_dir).expanduser()
+    write_tiny_models(models_dir)
+    out = {}
+    for quant in quants:
+        files = tiny_gguf_files(quant)
+        dit, te = models_dir / files["distill"], models_dir / files["text_encoder"]
+        if not dit.is_file():
+            convert_dit(models_dir / TINY_FILES["distill"], dit, quant=quant, show_progress=False)
+        if not te.is_file():
+            save_encoder_file(models_dir / TINY_FILES["text_encoder"], te, quant=quant)
+        out[f"distill_{quant}"], out[f"text_encoder_{quant}"] = dit, te
+    return out
 
 
 def ensure_tiny_models(models_dir: str | os.PathLike | None = None) -> Path:

@@ -33,6 +33,24 @@ def _token_text(value) -> str | None:
     return str(value)
 
 
+def read_tokenizer_config(folder: Path) -> dict:
+    """special_tokens_map.json then tokenizer_config.json of a folder (the latter wins), as one dict."""
+    config: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            config.update(json.loads((folder / name).read_text(encoding="utf-8")))
+    return config
+
+
+def _special_tokens(config: dict, source: str) -> dict:
+    return dict(bos_token=_token_text(config.get("bos_token")) or "<bos>",
+                eos_token=_token_text(config.get("eos_token")) or "<eos>",
+                pad_token=_token_text(config.get("pad_token")) or "<pad>",
+                add_bos_token=config.get("add_bos_token", True),
+                add_eos_token=config.get("add_eos_token", False),
+                source=source)
+
+
 class GemmaTokenizer:
     """Text -> token ids with Gemma's special-token conventions.
 
@@ -84,18 +102,8 @@ class GemmaTokenizer:
         else:
             raise FileNotFoundError(f"tokenizer path {path} does not exist")
         if config is None:
-            config = {}
-            for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
-                if (folder / name).is_file():
-                    config.update(json.loads((folder / name).read_text(encoding="utf-8")))
-        kwargs = dict(
-            bos_token=_token_text(config.get("bos_token")) or "<bos>",
-            eos_token=_token_text(config.get("eos_token")) or "<eos>",
-            pad_token=_token_text(config.get("pad_token")) or "<pad>",
-            add_bos_token=config.get("add_bos_token", True),
-            add_eos_token=config.get("add_eos_token", False),
-            source=str(file),
-        )
+            config = read_tokenizer_config(folder)
+        kwargs = _special_tokens(config, str(file))
         if file.suffix == ".json":
             return cls(backend=Tokenizer.from_file(str(file)), kind="tokenizers", **kwargs)
         if file.suffix == ".model":
@@ -105,6 +113,12 @@ class GemmaTokenizer:
                 raise ImportError("reading tokenizer.model needs `sentencepiece`: pip install sentencepiece") from e
             return cls(backend=spm.SentencePieceProcessor(model_file=str(file)), kind="sentencepiece", **kwargs)
         raise ValueError(f"unsupported tokenizer file {file}: expected tokenizer.json or tokenizer.model")
+
+    @classmethod
+    def from_json(cls, tokenizer_json: str, config: dict | None = None, *, source: str = "") -> "GemmaTokenizer":
+        """From the text of a ``tokenizer.json`` (e.g. embedded in a GGUF file) and tokenizer_config values."""
+        return cls(backend=Tokenizer.from_str(tokenizer_json), kind="tokenizers",
+                   **_special_tokens(config or {}, source))
 
     # ---------------------------------------------------------------- use
     def token_to_id(self, token: str) -> int | None:

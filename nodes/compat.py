@@ -187,7 +187,7 @@ def run_node(node_cls, *, validate: bool = True, **inputs):
 # --------------------------------------------------------------------------------------------
 # Model folders
 # --------------------------------------------------------------------------------------------
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth")
 _models_dir_override: str | None = None
 
 
@@ -304,6 +304,8 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
 
         @staticmethod
         def fetch_weight(module, dtype, device):
+            """The stored weight on ``device`` through ComfyUI's cast path (offload streams, lowvram); dtype None
+            keeps the storage dtype (fp8 / GGUF blocks are decoded by the engine afterwards)."""
             if not isinstance(module, _comfy_ops.CastWeightBiasOp):  # the engine's own small fp32 norms
                 return module.weight.to(device=device, dtype=dtype)
             weight, _bias = _comfy_ops.cast_bias_weight(module, dtype=dtype, device=device)

@@ -22,7 +22,9 @@ VAE_FOLDERS = ("vae",)
 AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
 DTYPES = ["auto", "bf16", "fp16", "fp32"]
 COMPUTE = DTYPES
-DIT_DTYPES = DTYPES + ["fp8"]  # fp8 (e4m3 + per-tensor scale) is a DiT block-weight storage option only
+GGUF_FILE = "gguf (file)"  # keep a .gguf file's quantised blocks (what "auto" does for .gguf files too)
+# fp8 = e4m3 + per-tensor scale storage of the DiT's block linears / the text encoder's projections
+COMPACT_DTYPES = DTYPES + ["fp8", GGUF_FILE]
 
 
 def choose_compute_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -53,6 +55,18 @@ def _handle(kind: str, path: str, load, weight_dtype: str, **info) -> compat.Mod
     return compat.ModelHandle(model, kind, path=path, **info)
 
 
+def _storage(weight_dtype: str, path: str, where: str, load_device) -> tuple[torch.dtype, str]:
+    """(dtype, gguf mode) of a compact-capable loader: a .gguf file keeps its blocks with "auto" / "gguf (file)";
+    a dtype dequantises it while loading."""
+    is_gguf = path.lower().endswith(".gguf")
+    if weight_dtype == GGUF_FILE:
+        if not is_gguf:
+            raise ValueError(f"{where}: weight_dtype '{GGUF_FILE}' keeps a GGUF file's quantisation, but "
+                             f"{os.path.basename(path)} is not a .gguf file; pick a .gguf file or another dtype")
+        return compat.pick_weight_dtype("auto", load_device), "keep"
+    return compat.pick_weight_dtype(weight_dtype, load_device), "keep" if weight_dtype == "auto" else "dequantize"
+
+
 class _DiTLoader(compat.MagiNode):
     """The DiT and SR DiT loaders: one schema and one code path, two output types (never registered itself:
     ComfyUI caches schema facts per class, so the two nodes are siblings, not parent and child)."""
@@ -73,10 +87,11 @@ class _DiTLoader(compat.MagiNode):
                 _model_input("model_name", DIT_FOLDERS, cls.ROLE,
                              "A MagiHuman DiT from models/diffusion_models: an official folder (model.safetensors."
                              "index.json + shards, also .zst) or a single .safetensors file."),
-                _weight_dtype_input(options=DIT_DTYPES, tooltip=(
-                    "Storage dtype of the block linears. auto = bf16 (the official layout) where supported. fp32 "
+                _weight_dtype_input(options=COMPACT_DTYPES, tooltip=(
+                    "Storage of the block linears. auto = bf16 (the official layout) where supported, and a .gguf "
+                    "file keeps its quantised blocks (= 'gguf (file)'; dequantised per layer on the GPU). fp32 "
                     "files (distill, SR) are converted while streaming. fp8 = float8_e4m3fn with a per-tensor scale "
-                    "(half the memory of bf16; fp8 files keep their bytes).")),
+                    "(half the memory of bf16; fp8 files keep their bytes). bf16/fp16/fp32 dequantise a GGUF.")),
                 io.Combo.Input("attention", options=compat.attention_choices(), default="sdpa",
                                tooltip="Attention kernel of this DiT: sdpa (PyTorch), comfy (ComfyUI's choice, e.g. "
                                        "with --use-sage-attention), flash (FlashAttention 3/2) or sage (CUDA, if "
@@ -95,8 +110,8 @@ class _DiTLoader(compat.MagiNode):
     def execute(cls, model_name, weight_dtype, attention, compile, compute_dtype):
         path = compat.resolve_model(DIT_FOLDERS, model_name)
         load_device, offload_device = compat.devices("diffusion")
-        model = load_dit(path, dtype=compat.pick_weight_dtype(weight_dtype, load_device), device=offload_device,
-                         operations=compat.operations())
+        dtype, gguf = _storage(weight_dtype, path, cls.name(), load_device)
+        model = load_dit(path, dtype=dtype, device=offload_device, operations=compat.operations(), gguf=gguf)
         is_sr = model.variant.startswith("sr_")
         if is_sr != cls.WANT_SR:
             if is_sr:
@@ -131,9 +146,12 @@ class MagiHumanTextEncoderLoader(compat.MagiNode):
             description="Loads the T5Gemma-9B encoder (only the encoder tensors are read) with its tokenizer.",
             inputs=[
                 _model_input("text_encoder", TEXT_FOLDERS, "text_encoder",
-                             "models/text_encoders: the google/t5gemma-9b-9b-ul2 folder, or an encoder-only "
-                             ".safetensors with tokenizer.json beside it."),
-                _weight_dtype_input(tooltip="auto = bf16 (official) where supported."),
+                             "models/text_encoders: the google/t5gemma-9b-9b-ul2 folder, an encoder-only .safetensors "
+                             "with tokenizer.json beside it, or a .gguf written by `python -m magihuman convert` "
+                             "(config and tokenizer inside)."),
+                _weight_dtype_input(options=COMPACT_DTYPES, tooltip=(
+                    "auto = bf16 (official) where supported; a .gguf keeps its quantised blocks. fp8 = projections "
+                    "as float8_e4m3fn + per-tensor scale (~9.7 GB instead of 17 GB for the 9B encoder).")),
             ],
             outputs=[MagiTextEncoder.Output(display_name="text_encoder")],
         )
@@ -141,7 +159,11 @@ class MagiHumanTextEncoderLoader(compat.MagiNode):
     @classmethod
     def execute(cls, text_encoder, weight_dtype):
         path = compat.resolve_model(TEXT_FOLDERS, text_encoder)
-        return io.NodeOutput(_handle("text_encoder", path, T5GemmaEncoder.from_pretrained, weight_dtype))
+        load_device, offload_device = compat.devices("text_encoder")
+        dtype, gguf = _storage(weight_dtype, path, cls.name(), load_device)
+        model = T5GemmaEncoder.from_pretrained(path, dtype=dtype, device=offload_device, operations=compat.operations(),
+                                               gguf=gguf)
+        return io.NodeOutput(compat.ModelHandle(model, "text_encoder", path=path))
 
 
 class MagiHumanTurboVAELoader(compat.MagiNode):

@@ -170,9 +170,11 @@ def test_node_loader_fp8_runs_distilled_graph(node_pack, tiny_dir):
         inputs = {i.id: i for i in env.nodes["MagiHumanDiTLoader"].define_schema().inputs}
         assert "fp8" in inputs["weight_dtype"].options and inputs["weight_dtype"].default == "auto"
         te_inputs = {i.id: i for i in env.nodes["MagiHumanTextEncoderLoader"].define_schema().inputs}
-        assert "fp8" not in te_inputs["weight_dtype"].options  # DiT-only option
+        assert "fp8" in te_inputs["weight_dtype"].options  # the DiT and the text encoder have compact storage
+        vae_inputs = {i.id: i for i in env.nodes["MagiHumanTurboVAELoader"].define_schema().inputs}
+        assert "fp8" not in vae_inputs["weight_dtype"].options  # the VAEs do not
         with pytest.raises(ValueError, match=r"weight_dtype must be one of \['auto', 'bf16', 'fp16', 'fp32'\], got 'fp8'"):
-            env.run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny/", weight_dtype="fp8")
+            env.run("MagiHumanTurboVAELoader", vae_name="turbo_vae_tiny/", weight_dtype="fp8")
         (h8,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp8",
                         compute_dtype="fp32")
         (h32,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="fp32",

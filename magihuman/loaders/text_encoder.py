@@ -17,10 +17,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..tokenizer import GemmaTokenizer
+from ..errors import CheckpointError
+from ..ops import set_fp8_weight, set_gguf_weight
+from ..quant import gguf as gguf_types
+from ..quant.fp8 import FP8_DTYPE, quantize_fp8
+from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
+from ..weights.entry import Entry, OnBytes, Reader
+from ..weights.gguf_file import GGUF_SUFFIX, GGUFSpec, write_gguf
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
+from ..weights.stream import Slot
 
 __all__ = ["TEXT_ENCODER_KEYMAP", "encoder_state_dict", "load_text_encoder", "open_text_encoder",
            "save_encoder_file"]
@@ -28,6 +35,13 @@ __all__ = ["TEXT_ENCODER_KEYMAP", "encoder_state_dict", "load_text_encoder", "op
 TEXT_ENCODER_KEYMAP = KeyMap(rename=(("model.encoder.", "encoder."),), keep=("encoder.",))
 WHAT = "a T5Gemma encoder"
 CONFIG_METADATA_KEY = "config"
+GGUF_ARCH = "t5gemma_encoder"
+# GGUF key/values: the HF config (JSON), and the tokenizer, so that one .gguf file is the whole encoder.
+GGUF_CONFIG, GGUF_TOKENIZER, GGUF_TOKENIZER_CONFIG = ("magihuman.hf_config", "magihuman.tokenizer_json",
+                                                     "magihuman.tokenizer_config")
+GGUF_QUANTS = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16", "F16")
+_PROJECTIONS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight",
+                "up_proj.weight", "down_proj.weight")
 
 
 def encoder_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,12 +73,18 @@ def open_text_encoder(path: str | os.PathLike) -> tuple[WeightSource, dict]:
         config = json.loads(cfg_file.read_text(encoding="utf-8"))
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP, many_files=True)
     elif path.is_file():
-        if not path.name.endswith((".safetensors", ".safetensors.zst")):
-            raise ValueError(f"{path}: expected a .safetensors file (or the google/t5gemma-9b-9b-ul2 folder)")
+        if not path.name.endswith((".safetensors", ".safetensors.zst", GGUF_SUFFIX)):
+            raise ValueError(f"{path}: expected a .safetensors or .gguf file (or the google/t5gemma-9b-9b-ul2 folder)")
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP)
+        arch = src.metadata.get("general.architecture") if src.format == "gguf" else None
+        if arch is not None and arch != GGUF_ARCH and not src.entries:
+            raise ValueError(f"{path} is a GGUF of architecture {arch!r}, not a T5Gemma encoder ({GGUF_ARCH!r}); its "
+                             f"tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder or an "
+                             "encoder file written by `python -m magihuman convert`")
+        key = next((k for k in (CONFIG_METADATA_KEY, GGUF_CONFIG) if k in src.metadata), None)
         config = None
-        if CONFIG_METADATA_KEY in src.metadata:
-            config = json.loads(src.metadata[CONFIG_METADATA_KEY])
+        if key is not None:
+            config = json.loads(src.metadata[key])
         elif (path.parent / "config.json").is_file():
             config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
         if src.entries and config is None:
@@ -79,31 +99,101 @@ def open_text_encoder(path: str | os.PathLike) -> tuple[WeightSource, dict]:
     return src, config
 
 
+def _tokenizer_for(path: Path, src: WeightSource, tokenizer) -> GemmaTokenizer:
+    """``tokenizer=`` if given, else the one embedded in a GGUF written by this project, else the files beside."""
+    if tokenizer is None and GGUF_TOKENIZER in src.metadata:
+        config = json.loads(src.metadata.get(GGUF_TOKENIZER_CONFIG) or "{}")
+        return GemmaTokenizer.from_json(src.metadata[GGUF_TOKENIZER], config, source=f"{path} (embedded)")
+    return GemmaTokenizer.from_path(tokenizer or (path if path.is_dir() else _tokenizer_beside(path)))
+
+
+def _is_projection(key: str) -> bool:
+    return key.endswith(_PROJECTIONS)
+
+
 def load_text_encoder(cls, path: str | os.PathLike, *, dtype=torch.bfloat16, device="cpu", operations=nn,
-                      tokenizer: Optional[str | os.PathLike] = None, attn_softcap: bool = False):
+                      tokenizer: Optional[str | os.PathLike] = None, attn_softcap: bool = False, gguf: str = "keep"):
     """Build the encoder class ``cls`` (``T5GemmaEncoder``) on ``meta``, check keys and shapes from the
-    headers, stream the tensors in (``dtype`` on ``device``) and attach the tokenizer (beside the weights, or
-    ``tokenizer=``)."""
+    headers, stream the tensors in (``dtype`` on ``device``) and attach the tokenizer (``tokenizer=``, the one
+    a GGUF file carries, or the files beside the weights).
+
+    ``dtype=torch.float8_e4m3fn``: the projections are stored as e4m3 with a per-tensor scale (computed in
+    bf16), embedding and norms in bf16. GGUF files: quantised projections and embedding stay quantised and are
+    dequantised on the compute device per use (``gguf="keep"``), or turned into ``dtype`` (``"dequantize"``).
+    """
+    if gguf not in ("keep", "dequantize"):
+        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
     path = Path(path)
     src, config = open_text_encoder(path)
-    tok_path = tokenizer or (path if path.is_dir() else _tokenizer_beside(path))
-    model = cls.from_config(config, operations=operations, dtype=dtype, device="meta", attn_softcap=attn_softcap)
+    fp8 = dtype == FP8_DTYPE
+    build_dtype = torch.bfloat16 if fp8 else dtype
+    model = cls.from_config(config, operations=operations, dtype=build_dtype, device="meta",
+                            attn_softcap=attn_softcap)
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the T5Gemma encoder its config.json describes",
                error=ValueError)
-    load_into(model, src, device=device)
+    device = torch.device(device)
+
+    def keep_compact(e: Entry, reader: Reader, slot: Slot, count: OnBytes) -> bool:
+        mod, attr, _ = slot
+        if e.quantized and gguf == "keep" and not fp8 and attr == "weight" and (
+                _is_projection(e.key) or e.key.endswith("embed_tokens.weight")):
+            raw = torch.empty(gguf_types.byte_shape(e.shape, e.qtype), dtype=torch.uint8, device=device)
+            set_gguf_weight(mod, reader.read_into(e, raw, count), e.qtype, e.shape)
+            return True
+        if fp8 and _is_projection(e.key):
+            w = reader.read_into(e, torch.empty(e.shape, dtype=torch.float32), count)
+            try:
+                set_fp8_weight(mod, *(t.to(device) for t in quantize_fp8(w)))
+            except ValueError as err:
+                raise CheckpointError(f"{e.file}: tensor {e.name!r}: {err}") from err
+            return True
+        return False
+
+    load_into(model, src, device=device, handler=keep_compact)
     check_materialized(model, src.describe())
-    model.tokenizer = GemmaTokenizer.from_path(tok_path)
+    model.tokenizer = _tokenizer_for(path, src, tokenizer)
     return model.eval()
 
 
-def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=torch.bfloat16) -> Path:
-    """One-time conversion: HF T5Gemma folder -> a single encoder-only .safetensors (config in metadata),
-    streamed tensor by tensor."""
-    source, config = open_text_encoder(src)
+def gguf_tensor_type(key: str, shape: tuple[int, ...], quant: str) -> gguf_types.GGMLType:
+    """Projections and the token embedding in ``quant`` (rows of whole blocks; else BF16); norms F32."""
+    if not (_is_projection(key) or key.endswith("embed_tokens.weight")):
+        return gguf_types.GGMLType.F32
+    qt = gguf_types.GGMLType[quant]
+    return qt if shape[-1] % gguf_types.BLOCK_SIZES[qt][0] == 0 else gguf_types.GGMLType.BF16
+
+
+def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=torch.bfloat16,
+                      quant: Optional[str] = None) -> Path:
+    """One-time conversion: HF T5Gemma folder (or an encoder file) -> one encoder-only file, streamed tensor by
+    tensor. ``.safetensors``: tensors in ``dtype``, the config in metadata. ``.gguf``: projections and embedding
+    in ``quant`` (default Q8_0), norms F32, ``general.architecture = "t5gemma_encoder"``, the HF config and the
+    tokenizer (tokenizer.json + tokenizer_config) embedded, so the one file is the whole encoder."""
+    src_path = Path(src)
+    source, config = open_text_encoder(src_path)
+    dst = Path(dst)
+
+    def produce(key: str, dt: torch.dtype):
+        return lambda: source.read([key], dtype=dt)[key]
+
+    if dst.name.endswith(GGUF_SUFFIX):
+        quant = (quant or "Q8_0").upper()
+        if quant not in GGUF_QUANTS:
+            raise ValueError(f"unknown GGUF quantisation {quant!r}; choose one of {', '.join(GGUF_QUANTS)}")
+        folder = src_path if src_path.is_dir() else src_path.parent
+        meta = {GGUF_CONFIG: json.dumps(config)}
+        if (folder / "tokenizer.json").is_file():
+            meta[GGUF_TOKENIZER] = (folder / "tokenizer.json").read_text(encoding="utf-8")
+            meta[GGUF_TOKENIZER_CONFIG] = json.dumps(read_tokenizer_config(folder))
+        specs = [GGUFSpec(k, e.shape, int(gguf_tensor_type(k, e.shape, quant)), produce(k, torch.float32))
+                 for k, e in source.entries.items()]
+        write_gguf(dst, specs, arch=GGUF_ARCH, metadata=meta)
+        return dst
+    if quant is not None:
+        raise ValueError(f"quant={quant!r} needs a .gguf output, got {dst}")
     specs = []
     for key, e in source.entries.items():
-        dt = dtype if e.dtype.is_floating_point else e.dtype
-        specs.append(TensorSpec(key, dt, e.shape, lambda k=key, dt=dt: source.read([k], dtype=dt)[k]))
-    dst = Path(dst)
+        dt = dtype if (e.dtype.is_floating_point or e.quantized) else e.dtype
+        specs.append(TensorSpec(key, dt, e.shape, produce(key, dt)))
     write_file(dst, specs, {CONFIG_METADATA_KEY: json.dumps(config), "format": "pt"})
     return dst

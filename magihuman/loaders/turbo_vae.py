@@ -89,7 +89,7 @@ def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: 
     model = TurboVAEDecoder.from_config(cfg, operations=operations, dtype=dtype, device="meta")
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the Turbo VAE decoder its JSON config describes",
                hint="Check that the JSON config belongs to this checkpoint.", error=TurboVAEError)
-    load_into(model, src, device=device, error=TurboVAEError)
+    load_into(model, src, device=device)
     check_materialized(model, src.describe(), TurboVAEError)
     return model.eval().requires_grad_(False)
 

@@ -100,7 +100,7 @@ def load_wan_vae(path, *, dtype: torch.dtype = torch.bfloat16, device="cpu", ope
     src, meta = _open(path)
     # Built on meta (no random init of ~700M parameters, seconds on a CPU); every tensor is then read.
     model = WanVAE.from_config(meta.config, operations=operations, dtype=dtype, device="meta")
-    load_into(model, src, device=device, error=WanVAELoadError)
+    load_into(model, src, device=device)
     check_materialized(model, src.describe(), WanVAELoadError)
     if src.prefix or src.ignored:
         log.info("WanVAE: loaded subtree %r of %s (%d other tensors ignored)", src.prefix, src.describe(),

@@ -32,7 +32,7 @@ from ..attention import (DEFAULT_BACKEND, AttentionFn, LocalWindow, attention, l
                          resolve_attention_backend)
 from ..device import resolve_compute_dtype
 from ..geometry import PATCH_SIZE
-from ..ops import fetch_weight, tag_operations
+from ..ops import linear_weight, set_fp8_weight, storage_kind, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..quant.fp8 import FP8_DTYPE, FP8_MAX, quantize_fp8
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
@@ -94,13 +94,11 @@ def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
                  segments: Optional[Segments] = None) -> torch.Tensor:
     """Bias-free block linear in ``compute_dtype`` (input cast, result rounded to it).
 
-    With experts (``module.num_experts > 1``) each modality segment of ``x [B, L, in]`` is
-    multiplied by its own slice of the fused weight ``[experts * out, in]``.
+    The weight comes through :func:`magihuman.ops.linear_weight` (any storage: plain, fp8 + scale, GGUF; whole
+    fused tensors, decoded on the compute device). With experts (``module.num_experts > 1``) each modality
+    segment of ``x [B, L, in]`` is multiplied by its own slice of the fused weight ``[experts * out, in]``.
     """
-    w = fetch_weight(module, compute_dtype, x.device)
-    scale = getattr(module, "weight_scale", None)
-    if scale is not None:  # fp8 storage: stored = weight / scale (one fp32 scale per fused tensor)
-        w = w * scale.to(device=w.device)
+    w = linear_weight(module, compute_dtype, x.device)
     x = x.to(compute_dtype)
     experts = getattr(module, "num_experts", 1)
     if experts == 1:
@@ -108,22 +106,13 @@ def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
     return torch.cat([F.linear(x[:, a:b], wi) for (a, b), wi in zip(segments, w.chunk(experts, dim=0))], dim=1)
 
 
-def set_fp8_weight(module: nn.Module, w8: torch.Tensor, scale: torch.Tensor) -> None:
-    """Store ``w8`` (float8_e4m3fn) as ``module.weight`` with its per-tensor scale in the non-persistent
-    buffer ``module.weight_scale`` (applied by :func:`block_linear`; absent from ``state_dict()``)."""
-    if w8.dtype != FP8_DTYPE:
-        raise ValueError(f"fp8 block weights must be {FP8_DTYPE}, got {w8.dtype}")
-    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(()).to(w8.device)
-    module._parameters["weight"] = nn.Parameter(w8, requires_grad=False)
-    module.register_buffer("weight_scale", scale, persistent=False)
-
-
 def _make_block_linear(operations, in_features: int, out_features: int, experts: int, dtype, device) -> nn.Module:
     fp8_direct = dtype == FP8_DTYPE and str(device) != "meta"  # fp8 cannot be randomly initialised: build fp32
     layer = operations.Linear(in_features, out_features * experts, bias=False,
                               dtype=torch.float32 if fp8_direct else dtype, device=device)
     layer.num_experts = experts
-    layer.register_buffer("weight_scale", None, persistent=False)  # set with fp8 weights (set_fp8_weight)
+    layer.register_buffer("weight_scale", None, persistent=False)  # set with fp8 weights (ops.set_fp8_weight)
+    layer.weight_qtype = layer.weight_shape = None  # set with GGUF weights (ops.set_gguf_weight)
     return tag_operations(layer, operations)
 
 
@@ -354,11 +343,11 @@ class MagiHumanDiT(nn.Module):
     @torch.no_grad()
     def quantize_block_linears_fp8_(self) -> "MagiHumanDiT":
         """Store every block linear weight as float8_e4m3fn with a per-tensor fp32 scale (quantised
-        from its current values; fp8 weights that already have a scale are left as they are)."""
+        from its current values; weights already stored compactly are left as they are)."""
         for layer in self.block.layers:
             for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
                         layer.mlp.down_proj):
-                if mod.weight.dtype == FP8_DTYPE and getattr(mod, "weight_scale", None) is not None:
+                if storage_kind(mod) != "plain":
                     continue
                 set_fp8_weight(mod, *quantize_fp8(mod.weight))
         return self

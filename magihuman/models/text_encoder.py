@@ -35,7 +35,8 @@ from torch import nn
 from ..attention import attention as shared_attention
 from ..attention import resolve_attention_backend
 from ..geometry import MAX_TEXT_TOKENS
-from ..ops import fetch_weight, tag_operations
+from ..ops import embedding_rows, fetch_weight, linear, set_fp8_weight, storage_kind, tag_operations
+from ..quant.fp8 import quantize_fp8
 
 log = logging.getLogger(__name__)
 
@@ -177,33 +178,36 @@ class SelfAttention(nn.Module):
         self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
         h, bias = cfg.hidden_size, cfg.attention_bias
         lin = dict(bias=bias, dtype=dtype, device=device)
-        self.q_proj = operations.Linear(h, self.num_heads * self.head_dim, **lin)
-        self.k_proj = operations.Linear(h, self.num_kv_heads * self.head_dim, **lin)
-        self.v_proj = operations.Linear(h, self.num_kv_heads * self.head_dim, **lin)
-        self.o_proj = operations.Linear(self.num_heads * self.head_dim, h, **lin)
+        self.q_proj = _linear(operations, h, self.num_heads * self.head_dim, **lin)
+        self.k_proj = _linear(operations, h, self.num_kv_heads * self.head_dim, **lin)
+        self.v_proj = _linear(operations, h, self.num_kv_heads * self.head_dim, **lin)
+        self.o_proj = _linear(operations, self.num_heads * self.head_dim, h, **lin)
 
     def forward(self, x, cos, sin, mask, softcap, backend: str = "sdpa"):
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Hq, L, D]
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
-        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        dt = x.dtype
+        q = linear(self.q_proj, x, dt).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Hq, L, D]
+        k = linear(self.k_proj, x, dt).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
+        v = linear(self.v_proj, x, dt).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         out = attention(q, k, v, mask, self.scale, softcap, backend)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return linear(self.o_proj, out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim), dt)
 
 
 class GatedMLP(nn.Module):
     def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = operations.Linear(h, i, bias=False, dtype=dtype, device=device)
-        self.up_proj = operations.Linear(h, i, bias=False, dtype=dtype, device=device)
-        self.down_proj = operations.Linear(i, h, bias=False, dtype=dtype, device=device)
+        self.gate_proj = _linear(operations, h, i, bias=False, dtype=dtype, device=device)
+        self.up_proj = _linear(operations, h, i, bias=False, dtype=dtype, device=device)
+        self.down_proj = _linear(operations, i, h, bias=False, dtype=dtype, device=device)
         self.approximate = "tanh" if cfg.hidden_activation in _GELU_TANH else "none"
 
     def forward(self, x):
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate=self.approximate) * self.up_proj(x))
+        dt = x.dtype
+        gate = F.gelu(linear(self.gate_proj, x, dt), approximate=self.approximate)
+        return linear(self.down_proj, gate * linear(self.up_proj, x, dt), dt)
 
 
 class EncoderLayer(nn.Module):
@@ -224,6 +228,14 @@ class EncoderLayer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
+def _linear(operations, in_features: int, out_features: int, *, bias: bool, dtype, device) -> nn.Module:
+    """``operations.Linear`` used through :func:`magihuman.ops.linear` (any storage: plain, fp8, GGUF)."""
+    layer = operations.Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
+    layer.register_buffer("weight_scale", None, persistent=False)
+    layer.weight_qtype = layer.weight_shape = None
+    return tag_operations(layer, operations)
+
+
 def _embedding(operations, num: int, dim: int, padding_idx: int, *, dtype, device) -> nn.Module:
     """``operations.Embedding``. torch's own init (``normal_``) on the meta device imports torch._dynamo
     (1-10 s), so a meta build with that init starts from an empty weight (the loader fills it anyway)."""
@@ -231,7 +243,10 @@ def _embedding(operations, num: int, dim: int, padding_idx: int, *, dtype, devic
     kw = dict(padding_idx=padding_idx, dtype=dtype, device=device)
     if cls.reset_parameters is nn.Embedding.reset_parameters and torch.empty(0, device=device).is_meta:
         kw["_weight"] = torch.empty(num, dim, dtype=dtype, device="meta")
-    return cls(num, dim, **kw)
+    layer = cls(num, dim, **kw)
+    layer.register_buffer("weight_scale", None, persistent=False)
+    layer.weight_qtype = layer.weight_shape = None
+    return tag_operations(layer, operations)
 
 
 class _EncoderStack(nn.Module):
@@ -276,6 +291,21 @@ class T5GemmaEncoder(nn.Module):
         self.encoder = _EncoderStack(config, operations=operations, dtype=dtype, device=device)
         self.tokenizer = None
         self.attention_backend = "sdpa"
+
+    def linear_layers(self) -> list[nn.Module]:
+        """The attention and MLP projections (what compact storage compacts; the embedding separately)."""
+        return [m for layer in self.encoder.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
+                layer.mlp.down_proj)]
+
+    @torch.no_grad()
+    def quantize_linears_fp8_(self) -> "T5GemmaEncoder":
+        """Store every projection as float8_e4m3fn with a per-tensor fp32 scale (as the DiT's fp8 storage;
+        the embedding and norms keep their dtype); compact weights already stored so are left as they are."""
+        for mod in self.linear_layers():
+            if storage_kind(mod) == "plain":
+                set_fp8_weight(mod, *quantize_fp8(mod.weight))
+        return self
 
     def set_attention_backend(self, name: str) -> None:
         """The attention kernel of THIS encoder (default "sdpa", the official numerics); see
@@ -327,7 +357,7 @@ class T5GemmaEncoder(nn.Module):
                              f"[{int(input_ids.min())}, {int(input_ids.max())}] (tokenizer/model mismatch?)")
         dt = self.compute_dtype
         stack = self.encoder
-        x = stack.embed_tokens(input_ids).to(dt)  # [B, L, H]
+        x = embedding_rows(stack.embed_tokens, input_ids, dt)  # [B, L, H]
         x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=dt)  # normaliser rounded to dt, as HF
         cos, sin = rope_tables(torch.arange(n, device=x.device), self.config.head_dim, self.config.rope_theta, dt)
         masks = self._masks(attention_mask.to(x.device), n)
@@ -381,20 +411,22 @@ class T5GemmaEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder_or_file: str | os.PathLike, *, dtype=torch.bfloat16, device="cpu",
                         operations=nn, tokenizer: str | os.PathLike | None = None,
-                        attn_softcap: bool = False) -> "T5GemmaEncoder":
+                        attn_softcap: bool = False, gguf: str = "keep") -> "T5GemmaEncoder":
         """Load the encoder (only its tensors) from an HF folder or an encoder-only .safetensors file.
 
         Folder: config.json + model.safetensors or model.safetensors.index.json shards (+ tokenizer files).
         Keys ``model.encoder.*`` (full T5GemmaForConditionalGeneration save) or ``encoder.*`` are accepted;
         decoder and head tensors are never read. Single file: config JSON in metadata key ``config`` (or a
-        config.json beside it); tokenizer.json/tokenizer.model beside it or given as ``tokenizer=``.
+        config.json beside it); tokenizer.json/tokenizer.model beside it or given as ``tokenizer=``. A ``.gguf``
+        written by ``python -m magihuman convert`` carries config and tokenizer; its quantised weights stay
+        quantised (``gguf="keep"``). ``dtype=torch.float8_e4m3fn`` stores the projections as fp8 + scale.
         The reading is :func:`magihuman.loaders.load_text_encoder` (the models hold no file code; this
         SPEC entry point forwards to it).
         """
         from ..loaders.text_encoder import load_text_encoder  # noqa: PLC0415 - the file code, imported when used
 
         return load_text_encoder(cls, folder_or_file, dtype=dtype, device=device, operations=operations,
-                                 tokenizer=tokenizer, attn_softcap=attn_softcap)
+                                 tokenizer=tokenizer, attn_softcap=attn_softcap, gguf=gguf)
 
 
 # ----------------------------------------------------------------------------------------- tiny model

@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from . import safetensors_io as sio
 from .entry import Entry, Reader
 from .fp8 import split_fp8_scales
+from .gguf_file import GGUF_SUFFIX, open_gguf
 from .keymap import KeyMap
 from .report import listing
 from .torch_files import is_pickle, load_torch_weights
@@ -31,7 +32,6 @@ __all__ = ["Entry", "WeightSource", "open_source", "INDEX_NAME", "SINGLE_NAME", 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.zst", ".sft")
-GGUF_SUFFIX = ".gguf"
 
 
 class _SafetensorsReader(Reader):
@@ -106,15 +106,15 @@ class WeightSource:
 
     def read(self, keys: Optional[Iterable[str]] = None, *, dtype: Optional[torch.dtype] = None,
              device="cpu") -> dict[str, torch.Tensor]:
-        """Whole tensors as a state dict (small models and tools; float tensors converted to ``dtype``)."""
+        """Whole tensors as a state dict (small models and tools; float tensors converted to ``dtype``; fp8 with
+        scales and GGUF blocks decoded)."""
         out: dict[str, torch.Tensor] = {}
 
         def take(e: Entry, reader: Reader) -> None:
-            if e.quantized:
-                raise CheckpointError(f"{self.describe()}: {e.key} is GGUF-quantised; this loader needs plain tensors")
             scale = self.scale_of.get(e.key)
-            want = dtype if (dtype is not None and (e.dtype.is_floating_point or scale is not None)) else e.dtype
-            if scale is not None and want in (torch.float8_e4m3fn, torch.float8_e5m2):
+            compact = scale is not None or e.quantized  # decoded to float while reading
+            want = dtype if (dtype is not None and (e.dtype.is_floating_point or compact)) else e.dtype
+            if compact and not (want.is_floating_point and want.itemsize >= 2):
                 want = torch.float32
             out[e.key] = reader.read_into(e, torch.empty(e.shape, dtype=want, device=device),
                                           scale=None if scale is None else self.scale_value(e.key))
@@ -161,7 +161,7 @@ def _resolve_shard(folder: Path, name: str, index_path: Path) -> Path:
 
 def _is_weights_file(p: Path) -> bool:
     n = p.name.lower()
-    return n.endswith(SAFETENSORS_SUFFIXES) or is_pickle(n)
+    return n.endswith(SAFETENSORS_SUFFIXES) or n.endswith(GGUF_SUFFIX) or is_pickle(n)
 
 
 def _folder_files(path: Path, what: str, many: bool) -> list[Path]:
@@ -219,7 +219,7 @@ def _locate(path: Path, what: str, many: bool) -> tuple[Path, list[Path], Option
             return path, [], path / INDEX_NAME
         return path, _folder_files(path, what, many), None
     if not _is_weights_file(path):
-        raise CheckpointError(f"{path} is not a weights file (.safetensors, .safetensors.zst, or a torch "
+        raise CheckpointError(f"{path} is not a weights file (.safetensors, .safetensors.zst, .gguf, or a torch "
                               f"{'/'.join(s[1:] for s in ('.ckpt', '.pth', '.pt'))} pickle); {what} is expected")
     return path, [path], None
 
@@ -289,7 +289,10 @@ def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_
         metadata: dict[str, str] = {}
         raw: dict[str, Entry] = {}  # file name -> entry (key filled in below)
         fmt = "safetensors"
-        if is_pickle(files[0]):
+        if files[0].name.lower().endswith(GGUF_SUFFIX):
+            fmt = "gguf"
+            raw, metadata, readers = open_gguf(files[0])
+        elif is_pickle(files[0]):
             fmt = "torch"
             state = _torch_state(files[0], what, pickle_hint, containers, error)
             raw = {n: Entry(n, n, files[0], t.dtype, tuple(t.shape), t.numel() * t.element_size(), i, None, t)

@@ -49,11 +49,11 @@ def install(mod: torch.nn.Module, attr: str, is_param: bool, tensor: torch.Tenso
 
 
 def load_into(model: torch.nn.Module, src: WeightSource, *, device="cpu", keys: Optional[Iterable[str]] = None,
-              handler: Optional[Handler] = None, on_bytes: OnBytes = None, chunk_bytes: Optional[int] = None,
-              error: type[Exception] = CheckpointError) -> None:
+              handler: Optional[Handler] = None, on_bytes: OnBytes = None,
+              chunk_bytes: Optional[int] = None) -> None:
     """Read every key of ``src`` (or ``keys``) into ``model``: each tensor in the dtype its meta placeholder
-    has, on ``device``; fp8 tensors that come with a scale are dequantised while reading. Keys and shapes
-    must have been checked (:func:`~.report.check_keys`) before."""
+    has, on ``device``; fp8 tensors with a scale and GGUF blocks are dequantised while reading (unless
+    ``handler`` keeps them compact). Keys and shapes must have been checked (:func:`~.report.check_keys`)."""
     slots = state_slots(model)
     device = torch.device(device)
 
@@ -63,9 +63,6 @@ def load_into(model: torch.nn.Module, src: WeightSource, *, device="cpu", keys: 
             return
         mod, attr, is_param = slot
         meta = getattr(mod, attr)
-        if e.quantized:
-            raise error(f"{e.file}: {e.key} is GGUF-quantised and this model cannot keep it so; use a "
-                        "plain (safetensors) file for it")
         dest = torch.empty(meta.shape, dtype=meta.dtype, device=device)
         scale = src.scale_value(e.key) if e.key in src.scale_of else None
         reader.read_into(e, dest, on_bytes, scale=scale)
