@@ -4,9 +4,12 @@
     python -m magihuman generate --preset sr_540p --models ~/ComfyUI/models --prompt "..." --image ref.png --output out.mp4
     python -m magihuman tiny-models ./tiny_models
     python -m magihuman presets
+    python -m magihuman prompt build --body "..." --dialogue "young man in grey hoodie | English | Hi!"
+    python -m magihuman prompt check answer.txt      # or - for stdin
+    python -m magihuman prompt llm "a chef welcomes the guests"
 
 Exit codes: 0 success, 2 bad usage or input (one-line message, no traceback; ``--debug`` shows it),
-1 unexpected failure, 130 interrupted.
+1 unexpected failure (``prompt check``: the prompt does not follow the format), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import logging
 import sys
 import time
@@ -25,14 +29,16 @@ from tqdm import tqdm
 
 from . import media
 from . import pipeline as P
-from .checkpoints import convert_dit, load_dit
+from . import prompts
+from .checkpoints import GGUF_QUANTS, convert_dit, load_dit
 from .compile import compile_dit_blocks
 from . import estimate as est
-from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae
+from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
+from .loaders.text_encoder import open_text_encoder
 from .models.text_encoder import T5GemmaEncoder
 from .offload import enable_block_offload
 from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
-from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_models
+from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
 
 log = logging.getLogger("magihuman.cli")
 
@@ -161,6 +167,7 @@ def generate(args) -> int:
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     _check_generate_args(args, preset)
+    args.prompt = _generate_prompt(args)
     saved_threads = torch.get_num_threads()
     try:
         if threads is not None:
@@ -188,8 +195,18 @@ def _generate_run(args, preset) -> int:
                 raise UsageError(f"preset '{preset.name}' needs --models: a ComfyUI models folder or the official "
                                  "checkpoints folder (see `python -m magihuman presets`)")
             models_dir = Path(args.models)
-        files = resolve_model_files(preset, models_dir,
-                                    required_roles(preset, image=args.image is not None, decoder=decoder))
+        roles = required_roles(preset, image=args.image is not None, decoder=decoder)
+        overrides = {}
+        for flag, role, given in (("--dit", preset.dit, args.dit), ("--sr-dit", preset.sr, args.sr_dit),
+                                  ("--text-encoder", "text_encoder", args.text_encoder)):
+            if given and not role:
+                raise UsageError(f"{flag}: preset '{preset.name}' has no such stage")
+            if given and not Path(given).exists():
+                raise UsageError(f"{flag} {given}: no such file or folder")
+            if given:
+                overrides[role] = Path(given)
+        files = resolve_model_files(preset, models_dir, [r for r in roles if r not in overrides])
+        files.update(overrides)
 
     # ---- inputs that need no model: fail early on bad files
     image = ref_wave = None
@@ -215,7 +232,8 @@ def _generate_run(args, preset) -> int:
         text_encoder = T5GemmaEncoder.from_pretrained(files["text_encoder"], dtype=vae_dtype if preset.tiny
                                                       else torch.bfloat16, device=device)
     with timer("text encode"):
-        cond = P.encode_prompt(text_encoder, args.prompt, negative if needs_negative else None)
+        cond = P.encode_prompt(text_encoder, args.prompt, negative if needs_negative else None,
+                               cjk_spacing=not getattr(args, "no_cjk_spacing", False))
     del text_encoder
     _free()
 
@@ -279,19 +297,132 @@ def _generate_run(args, preset) -> int:
     return EXIT_OK
 
 
+# ============================================================================ prompts
+
+
+def _build_prompt(body: str, args, dialogue: list[str]) -> str:
+    """An Enhanced Prompt from the command line's fields (warnings to stderr; malformed input: exit 2)."""
+    try:
+        prompt, warnings = prompts.build_enhanced_prompt(
+            body, character=getattr(args, "character", None) or "", appearance=getattr(args, "appearance", None) or "",
+            performance=getattr(args, "performance", None) or "", camera=getattr(args, "camera", None) or "",
+            dialogue="\n".join(dialogue), background_sound=args.background_sound or "",
+            cjk_spacing=not args.no_cjk_spacing)
+    except ValueError as e:
+        raise UsageError(str(e).replace("dialogue line ", "--dialogue #").replace("main_body", "--body")) from None
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return prompt
+
+
+def _generate_prompt(args) -> str:
+    """``generate``'s prompt: with --dialogue / --background-sound, --prompt is the main body of an Enhanced
+    Prompt built around it; otherwise --prompt as given."""
+    if not args.dialogue and args.background_sound is None:
+        return args.prompt
+    prompt = _build_prompt(args.prompt, args, args.dialogue or [])
+    if not args.quiet:
+        print(f"prompt (Enhanced Prompt format):\n{prompt}\n", file=sys.stderr)
+    return prompt
+
+
+def prompt_build(args) -> int:
+    print(_build_prompt(args.body or "", args, args.dialogue or []))
+    return EXIT_OK
+
+
+def prompt_check(args) -> int:
+    """Exit 0 when the text follows the Enhanced Prompt format, 1 with the problems listed."""
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    problems = prompts.check_enhanced_prompt(text)
+    print(prompts.describe_problems(problems))
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+def prompt_llm(args) -> int:
+    system, user = prompts.llm_messages(args.request, first_frame=args.first_frame or "")
+    if args.json:
+        print(json.dumps([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                         ensure_ascii=False, indent=2))
+    else:
+        print(f"=== system ===\n{system}\n=== user ===\n{user}")
+    return EXIT_OK
+
+
+def _add_prompt_parser(sub) -> None:
+    p = sub.add_parser("prompt", help="Enhanced Prompts (the format the model was trained on): build, check, ask an "
+                       "LLM")
+    ps = p.add_subparsers(dest="prompt_command", required=True, parser_class=_ArgumentParser)
+
+    b = ps.add_parser("build", help="print a prompt in the official three-part layout (warnings on stderr)")
+    b.add_argument("--body", default=None, help="the main body: one English paragraph of 150-200 words that "
+                   "quotes every spoken line (or give --character/--appearance/--performance/--camera)")
+    for name, what in (("character", "who, where, overall mood"), ("appearance", "hair, face, clothing"),
+                       ("performance", "the face in time order, spoken lines quoted with their delivery"),
+                       ("camera", "static camera, light, focus, composition")):
+        b.add_argument(f"--{name}", default=None, help=f"without --body: {what}")
+    _add_prompt_fields(b)
+    b.set_defaults(func=prompt_build)
+
+    c = ps.add_parser("check", help="check a prompt (e.g. an LLM's answer): exit 0 if it follows the format, "
+                      "1 with the problems listed")
+    c.add_argument("file", help="text file with the prompt, or - for stdin")
+    c.set_defaults(func=prompt_check)
+
+    m = ps.add_parser("llm", help="print the system prompt (the format's rules) and the user message for any LLM")
+    m.add_argument("request", help="your idea: who, where, the mood, what is said")
+    m.add_argument("--first-frame", default=None, help="image to video: a description of the first frame")
+    m.add_argument("--json", action="store_true", help="print the two chat messages as JSON "
+                   "([{role, content}, ...])")
+    m.set_defaults(func=prompt_llm)
+
+
+def _add_prompt_fields(parser) -> None:
+    """The Enhanced Prompt options shared by ``generate`` and ``prompt build``."""
+    parser.add_argument("--dialogue", action="append", default=None, metavar='"SPEAKER | LANGUAGE | TEXT"',
+                        help="a spoken line (repeat for more), e.g. \"young man in grey hoodie | English | Hi!\"; "
+                        "the text should also be quoted in the main body")
+    parser.add_argument("--background-sound", default=None, metavar="TEXT",
+                        help="the most prominent background sound (default: none)")
+    parser.add_argument("--no-cjk-spacing", action="store_true",
+                        help="keep Chinese/Japanese/Korean text as typed (default: one space between CJK "
+                        "characters, as the model was trained)")
+
+
 # ============================================================================ other commands
 
 
+def _is_text_encoder(src: Path) -> bool:
+    """A T5Gemma folder (its config.json says so) or a file holding T5Gemma encoder tensors (headers only)."""
+    if src.is_dir():
+        cfg = src / "config.json"
+        return cfg.is_file() and "t5gemma" in cfg.read_text(encoding="utf-8", errors="replace").lower()
+    try:
+        return bool(open_text_encoder(src)[0].entries)
+    except (ValueError, OSError):
+        return False
+
+
 def convert(args) -> int:
-    """One-time conversions; both stream and never unpickle unsafely."""
+    """One-time conversions, streamed (one tensor in memory at a time); pickles are read weights-only.
+
+    DiT (official folder or file) -> one .safetensors (``--dtype``) or .gguf (``--quant``); T5Gemma folder -> one
+    encoder .safetensors / .gguf (config and tokenizer inside the .gguf); Turbo VAE .ckpt -> .safetensors."""
     src, dst = Path(args.src), Path(args.dst)
-    if dst.suffix != ".safetensors":
-        raise UsageError(f"the output must be a .safetensors file, got {dst}")
+    if dst.suffix not in (".safetensors", ".gguf"):
+        raise UsageError(f"the output must be a .safetensors or .gguf file, got {dst}")
+    if args.quant and dst.suffix != ".gguf":
+        raise UsageError(f"--quant writes GGUF: give an output ending in .gguf, got {dst}")
     if src.suffix in (".ckpt", ".pt", ".pth"):
+        if dst.suffix != ".safetensors":
+            raise UsageError("a Turbo VAE checkpoint converts to .safetensors only")
         convert_turbo_checkpoint(src, dst)
+    elif _is_text_encoder(src):
+        save_encoder_file(src, dst, dtype=DTYPES[args.dtype], quant=args.quant)
     else:
-        convert_dit(src, dst, dtype=DTYPES[args.dtype])
-    print(f"wrote {dst}", file=sys.stderr)
+        convert_dit(src, dst, dtype=DTYPES[args.dtype], quant=args.quant, show_progress=True)
+    size = dst.stat().st_size
+    print(f"wrote {dst} ({size / 2**20:.1f} MiB)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -300,6 +431,9 @@ def tiny_models(args) -> int:
     write_tiny_models(folder, force=args.force)
     print(f"tiny MagiHuman models in {folder}:")
     print(describe_tiny_files(folder))
+    if args.gguf:
+        for name, path in write_tiny_gguf(folder).items():
+            print(f"{name:<22} {path.relative_to(folder)}  {path.stat().st_size / 1e6:.2f} MB")
     return EXIT_OK
 
 
@@ -333,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None, help="base sampler steps (default: the preset's)")
     g.add_argument("--sr-steps", type=int, default=None, help="SR sampler steps (default 5)")
     g.add_argument("--seed", type=int, default=42, help="random seed (official default 42)")
+    g.add_argument("--dit", default=None, metavar="PATH",
+                   help="the base-stage DiT file/folder to use instead of the one found in --models (e.g. a .gguf)")
+    g.add_argument("--sr-dit", default=None, metavar="PATH", help="the SR DiT to use instead of --models' one")
+    g.add_argument("--text-encoder", default=None, metavar="PATH",
+                   help="the T5Gemma folder or file (.safetensors / .gguf) to use instead of --models' one")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
                    "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models")
     g.add_argument("--dtype", choices=list(DTYPES), default=None,
@@ -355,22 +494,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 for "
                    "the tiny presets, whose tensors are too small to gain from more and lose a lot on a busy CPU)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_prompt_fields(g)  # with --dialogue/--background-sound, --prompt is the main body of an Enhanced Prompt
     g.set_defaults(func=generate)
 
     t = sub.add_parser("tiny-models", help="write tiny random checkpoints (ComfyUI layout) and list them")
     t.add_argument("dir", help="models folder to write into")
     t.add_argument("--force", action="store_true", help="rewrite even if present")
+    t.add_argument("--gguf", action="store_true", help="also write Q8_0 and Q4_0 GGUF files of the tiny distill DiT "
+                   "and text encoder (with the real converters)")
     t.set_defaults(func=tiny_models)
 
-    c = sub.add_parser("convert", help="convert checkpoints: a DiT folder -> one bf16 .safetensors (streamed); "
-                       "a Turbo VAE .ckpt -> .safetensors")
-    c.add_argument("src", help="official DiT folder / DiT file, or a Turbo VAE checkpoint .ckpt")
-    c.add_argument("dst", help="output .safetensors")
-    c.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="DiT output dtype")
+    c = sub.add_parser("convert", help="convert checkpoints, streamed: a DiT folder/file or the T5Gemma folder -> one "
+                       ".safetensors or a quantised .gguf; a Turbo VAE .ckpt -> .safetensors")
+    c.add_argument("src", help="official DiT folder / DiT file, the t5gemma-9b-9b-ul2 folder, or a Turbo VAE .ckpt")
+    c.add_argument("dst", help="output .safetensors or .gguf")
+    c.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help=".safetensors output dtype")
+    c.add_argument("--quant", choices=list(GGUF_QUANTS), default=None,
+                   help="GGUF quantisation of the block linears / encoder projections (default Q8_0 for .gguf); "
+                        "rows that are not whole blocks and the small fp32 tensors stay BF16/F32")
     c.set_defaults(func=convert)
 
     p = sub.add_parser("presets", help="list presets and where their model files go")
     p.set_defaults(func=presets)
+
+    _add_prompt_parser(sub)
     return parser
 
 

@@ -43,7 +43,8 @@ it does *not* apply CJK spacing, so the prompt writer must -- that is what :func
 The wording here is our own.
 
 API: :func:`space_cjk`, :class:`DialogueLine`, :func:`parse_dialogue`, :func:`build_enhanced_prompt`,
-:func:`check_enhanced_prompt`, :data:`LLM_SYSTEM_PROMPT`, :func:`llm_messages`.
+:func:`check_enhanced_prompt`, :func:`describe_problems`, :data:`LLM_SYSTEM_PROMPT`, :func:`llm_messages`,
+:data:`EXAMPLE_PROMPTS`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from dataclasses import dataclass
 __all__ = [
     "BODY_MIN_WORDS", "BODY_MAX_WORDS", "DIALOGUE_HEADER", "BACKGROUND_HEADER", "NO_BACKGROUND_SOUND",
     "space_cjk", "count_words", "DialogueLine", "parse_dialogue", "format_dialogue_line",
-    "build_enhanced_prompt", "check_enhanced_prompt", "LLM_SYSTEM_PROMPT", "llm_messages",
+    "build_enhanced_prompt", "check_enhanced_prompt", "describe_problems", "LLM_SYSTEM_PROMPT", "llm_messages",
+    "EXAMPLE_PROMPTS",
 ]
 
 BODY_MIN_WORDS = 150
@@ -540,6 +542,13 @@ def check_enhanced_prompt(text: str) -> list[str]:
     return problems
 
 
+def describe_problems(problems: list[str]) -> str:
+    """The checker's answer for people: one "OK" line, or the count and one ``- problem`` line each."""
+    if not problems:
+        return "OK: the prompt follows the Enhanced Prompt format."
+    return "\n".join([f"{len(problems)} problem(s) with the Enhanced Prompt format:", *(f"- {p}" for p in problems)])
+
+
 # ----------------------------------------------------------------------------------------------
 # LLM prompt
 # ----------------------------------------------------------------------------------------------
@@ -629,3 +638,93 @@ def llm_messages(request: str, *, first_frame: str = "") -> tuple[str, str]:
         parts.append(f"First frame:\n{first_frame.strip()}")
     parts.append("Write the prompt now.")
     return LLM_SYSTEM_PROMPT, "\n\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples
+# ----------------------------------------------------------------------------------------------
+
+# (main body, dialogue in parse_dialogue form, background sound) per workflow kind; written for this
+# pack (none is an official example). Each body is 150-200 words, quotes its line word for word and
+# keeps the camera static; CJK text is written plainly here and spaced by the builder.
+_EXAMPLES = {
+    "t2v": (
+        "A woman in her late twenties with a short black bob and a cream sweater sits at a wooden table by a café "
+        "window. Her overall state is warm and relaxed. She faces the camera, her shoulders loose and her torso "
+        "still. Her brows lift a little and her lip corners draw up into an easy smile that creases the skin beside "
+        "her eyes. She takes a short breath and says, \"Good morning! Let me show you my favourite corner of the "
+        "city.\" Her voice is bright and clear, at a relaxed pace, a medium pitch and a conversational volume; her "
+        "jaw drops wide on \"morning\" and her lips round on \"show\". Afterwards her smile settles and her head "
+        "tilts a few degrees to her left. A low murmur of conversation sits under her voice. The camera is static at "
+        "eye level in a medium close-up. Soft daylight from the window on her right leaves a gentle shadow on the "
+        "left of her face. A shallow depth of field keeps her eyes and mouth sharp while the café behind her stays "
+        "blurred and still. She is framed slightly right of centre.",
+        "Young woman in cream sweater | English | Good morning! Let me show you my favourite corner of the city.",
+        "Low murmur of café conversation",
+    ),
+    "ti2v": (
+        "A man in his fifties with grey stubble, short salt-and-pepper hair and a navy crew-neck sweater sits behind "
+        "a wooden desk in a home study lined with bookshelves. He appears calm and quietly content, and his torso "
+        "stays upright and still throughout. He begins with a neutral face; then his eyebrows rise briefly and the "
+        "outer corners of his eyes crinkle as a small closed-mouth smile forms. He inhales and speaks in Mandarin, "
+        "\"今天我们聊聊怎么泡一杯好茶。\" His tone is gentle and unhurried, low in pitch and soft in volume; his jaw "
+        "opens in short, regular movements and his lips press together briefly on the closing syllables. Then he "
+        "nods once and his smile widens to show his upper teeth. A wall clock ticks softly in the room. The camera "
+        "holds a static, eye-level medium shot. Warm lamplight falls from the left, with a dim fill on his right "
+        "cheek. The depth of field is shallow: his face is in crisp focus and the shelves behind him are soft and "
+        "motionless. He sits in the centre of the frame.",
+        "Middle-aged man in navy sweater | Mandarin | 今天我们聊聊怎么泡一杯好茶。",
+        "Soft ticking of a wall clock",
+    ),
+    "a2v": (
+        "A woman in her thirties with shoulder-length auburn hair and black headphones sits at a studio microphone "
+        "in a small radio booth lined with grey foam. She is focused and friendly, and her torso and position stay "
+        "fixed. Her gaze is level with the lens, her brows relaxed and her lips closed in a faint smile. She draws a "
+        "quick breath and says, \"Welcome back, everyone. Tonight we answer the question you sent in most.\" Her "
+        "delivery is warm and steady, at a medium pace, a mid-low pitch and a close, intimate volume; her lips shape "
+        "each word crisply, her jaw opening wider on \"welcome\" and \"tonight\". Between the two sentences her "
+        "eyebrows lift briefly and her lip corners pull up. After the last word she presses her lips together and "
+        "holds an expectant look. A faint electrical hum from the equipment runs throughout. The camera is static, "
+        "slightly below eye level, in a medium close-up. A soft key light from the front left lights her face. The "
+        "depth of field is shallow, her eyes in sharp focus and the foam panels softly blurred and still. She is "
+        "framed on the left third.",
+        "Radio host with auburn hair | English | Welcome back, everyone. Tonight we answer the question you sent in "
+        "most.",
+        "Faint electrical hum of studio equipment",
+    ),
+    "base": (
+        "An elderly man with a full white beard and a faded red flannel shirt sits on a wooden bench on a covered "
+        "porch at dusk. His mood is reflective and gently amused. His body stays still on the bench; only his head "
+        "and face move. He looks past the camera with half-lowered eyelids. Rain drums steadily on the roof. He "
+        "exhales slowly, turns his eyes to the lens and says, \"I have watched storms roll in for seventy years, and "
+        "they still surprise me.\" His voice is deep, hoarse and slow, low in pitch and soft in volume; his jaw moves "
+        "in small, deliberate openings. On \"surprise\" his eyebrows lift and a lopsided half smile appears, the "
+        "left lip corner rising higher than the right. He ends with a short, quiet chuckle, his shoulders rising a "
+        "little. The camera is static at eye level in a medium shot. Cool evening light comes from the right, while "
+        "a warm porch lamp lights the left side of his face. The depth of field is moderate, his face in sharp "
+        "focus, the wet yard behind him soft and still. He is centred in the frame.",
+        "Elderly man with white beard | English | I have watched storms roll in for seventy years, and they still "
+        "surprise me.",
+        "Steady rain drumming on a roof",
+    ),
+    "sr": (
+        "A young woman with black hair tied back and a white chef's jacket stands behind a steel counter in a "
+        "restaurant kitchen. She is composed and welcoming, and her torso and position stay fixed. She looks into "
+        "the lens with a neutral face; then her cheeks lift, her lip corners pull up into a polite smile and she "
+        "dips her head in a shallow bow. She says in Japanese, \"いらっしゃいませ。今日のおすすめは鯛の塩焼きです。\" "
+        "Her voice is clear and lively, brisk but even, fairly high in pitch and moderate in volume; her lips open "
+        "and close quickly on each syllable. Then her eyebrows rise and her smile widens to show her upper teeth. A "
+        "gentle sizzle from a grill is heard behind her. The camera is static at eye level in a close-up of her head "
+        "and shoulders. Soft, diffused overhead light falls evenly on her face. A shallow depth of field keeps her "
+        "eyes and lips crisp and the shelves behind her blurred and still. She is framed in the centre.",
+        "Young chef in white jacket | Japanese | いらっしゃいませ。今日のおすすめは鯛の塩焼きです。",
+        "Gentle sizzle from a grill",
+    ),
+}
+
+EXAMPLE_PROMPTS: dict[str, str] = {
+    kind: build_enhanced_prompt(body, dialogue=dialogue, background_sound=sound)[0]
+    for kind, (body, dialogue, sound) in _EXAMPLES.items()
+}
+"""Ready prompts in the official format for the workflows: ``t2v``, ``ti2v`` (Mandarin line), ``a2v``
+(replace the quoted line with the words of your reference audio), ``base`` and ``sr`` (Japanese line)."""

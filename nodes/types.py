@@ -31,6 +31,9 @@ NODES: dict[str, tuple[str, str]] = {
     "MagiHumanAudioDecode": ("MagiHuman Audio Decode", "decode"),
     "MagiHumanSplitAVLatent": ("MagiHuman Split AV Latent", "latent"),
     "MagiHumanJoinAVLatent": ("MagiHuman Join AV Latent", "latent"),
+    "MagiHumanEnhancedPrompt": ("MagiHuman Enhanced Prompt", "prompt"),
+    "MagiHumanLLMPromptRequest": ("MagiHuman LLM Prompt Request", "prompt"),
+    "MagiHumanCheckEnhancedPrompt": ("MagiHuman Check Enhanced Prompt", "prompt"),
 }
 
 

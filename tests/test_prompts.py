@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magihuman.prompts import (
+    BODY_MAX_WORDS,
+    BODY_MIN_WORDS,
+    EXAMPLE_PROMPTS,
     LLM_SYSTEM_PROMPT,
     DialogueLine,
     build_enhanced_prompt,
     check_enhanced_prompt,
     count_words,
+    describe_problems,
     llm_messages,
     parse_dialogue,
     space_cjk,
@@ -419,3 +425,39 @@ def test_system_prompt_states_the_format():
     for needed in ("Dialogue:", "Background Sound:", "<No prominent background sound>", "150 to 200 words",
                    "你 好", "static", "tone", "pace", "pitch", "volume"):
         assert needed in LLM_SYSTEM_PROMPT
+
+
+# ------------------------------------------------------------------------------------------------
+# Examples and the checker's report
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["t2v", "ti2v", "a2v", "base", "sr"])
+def test_every_example_prompt_follows_the_format(kind):
+    text = EXAMPLE_PROMPTS[kind]
+    assert check_enhanced_prompt(text) == []
+    body, dialogue, background = text.split("\n\n")
+    assert BODY_MIN_WORDS <= count_words(body) <= BODY_MAX_WORDS
+    assert dialogue.startswith("Dialogue:\n<") and background.startswith("Background Sound:\n<")
+    assert space_cjk(text) == text
+    # the builder, given the example's own parts back, returns it unchanged and without warnings
+    assert build_enhanced_prompt(body, dialogue=dialogue, background_sound=background.split("\n", 1)[1]) == (text, [])
+
+
+def test_examples_cover_the_workflows_and_a_cjk_line():
+    assert sorted(EXAMPLE_PROMPTS) == ["a2v", "base", "sr", "t2v", "ti2v"]
+    assert '<Middle-aged man in navy sweater, Mandarin>: "今 天 我 们 聊 聊 怎 么 泡 一 杯 好 茶。"' in EXAMPLE_PROMPTS["ti2v"]
+    assert ", Japanese>: \"い ら っ し ゃ い ま せ。" in EXAMPLE_PROMPTS["sr"]
+
+
+def test_describe_problems():
+    assert describe_problems([]) == "OK: the prompt follows the Enhanced Prompt format."
+    assert describe_problems(["First.", "Second."]) == (
+        "2 problem(s) with the Enhanced Prompt format:\n- First.\n- Second.")
+
+
+def test_readme_example_follows_the_format():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Prompts\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```text\n", 1)[1].split("\n```", 1)[0]
+    assert check_enhanced_prompt(example) == []
+    assert "Dialogue:\n<" in example and not any(example == e for e in EXAMPLE_PROMPTS.values())
