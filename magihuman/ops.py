@@ -9,8 +9,9 @@ embedding) ask for it through :func:`linear_weight` / :func:`embedding_rows`, wh
    device)`` hook when it has one (ComfyUI: its cast/offload path), else ``.to``;
 2. decode the storage: plain (cast to the compute dtype), fp8 e4m3 with a per-tensor scale
    (``weight_scale``), or GGUF blocks (``weight_qtype`` + ``weight_shape``; dequantised on the device);
-3. add on-the-fly weight patches (``weight_patches``: LoRA deltas applied after decoding, the way GGUF
-   weights must take them).
+3. add on-the-fly weight patches: the engine's own (``weight_patches``: :func:`magihuman.apply_lora`) and,
+   for compact storage, the host's (the namespace's ``decoded_patches(module)``: ComfyUI's LoRA patches,
+   which cannot be merged into fp8 / GGUF bytes), in that order, on the decoded weight.
 
 So compact storage and patches work the same for every model, host and offload scheme.
 """
@@ -116,6 +117,10 @@ def linear_weight(module: torch.nn.Module, dtype: torch.dtype, device: torch.dev
         w = gguf.dequantize(raw, module.weight_qtype, module.weight_shape, dtype=dtype)
     for patch in getattr(module, "weight_patches", None) or ():
         w = patch(w)
+    if kind != "plain":
+        hook = getattr(getattr(module, "_magi_ops", None), "decoded_patches", None)
+        for patch in hook(module) if hook is not None else ():
+            w = patch(w)
     return w
 
 

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 
 from ..magihuman.attention import register_attention_backend
+from ..magihuman.lora import LoraFile, apply_lora, remove_lora
+from ..magihuman.ops import storage_kind
 
 log = logging.getLogger("magihuman.nodes")
 
@@ -29,6 +31,7 @@ try:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in
     import folder_paths as _folder_paths
     import latent_preview as _latent_preview
     from comfy.ldm.modules.attention import optimized_attention as _optimized_attention
+    from comfy.weight_adapter import LoRAAdapter as _LoRAAdapter
     from comfy_api.latest import ComfyExtension, io, ui
 
     HAS_COMFY = True
@@ -304,12 +307,58 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
 
         @staticmethod
         def fetch_weight(module, dtype, device):
-            """The stored weight on ``device`` through ComfyUI's cast path (offload streams, lowvram); dtype None
-            keeps the storage dtype (fp8 / GGUF blocks are decoded by the engine afterwards)."""
+            """The stored weight on ``device`` through ComfyUI's cast path (offload streams, lowvram, LoRA patches);
+            dtype None (fp8 / GGUF storage): the bytes only, patched after the engine decodes them."""
             if not isinstance(module, _comfy_ops.CastWeightBiasOp):  # the engine's own small fp32 norms
                 return module.weight.to(device=device, dtype=dtype)
+            if dtype is None:
+                return _mm.cast_to(module.weight, None, device,
+                                   non_blocking=_mm.device_supports_non_blocking(device))
             weight, _bias = _comfy_ops.cast_bias_weight(module, dtype=dtype, device=device)
             return weight
+
+        @staticmethod
+        def decoded_patches(module):
+            """ComfyUI's weight patches for a compact-storage weight, applied by the engine after decoding:
+            lowvram ones (``weight_function``) and those MagiPatcher keeps instead of merging."""
+            return list(getattr(module, "weight_function", ())) + list(getattr(module, "magi_decoded_patches", ()))
+
+    class MagiPatcher(_model_patcher.ModelPatcher):
+        """ModelPatcher for engine models. LoRA patches on fp8- or GGUF-stored weights cannot be merged into those
+        bytes: they are kept on the module and added after each decode (what ComfyUI-GGUF does); plain weights
+        take ComfyUI's normal path (merged on load with a backup, or per use in lowvram)."""
+
+        def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+            if key not in self.patches:
+                return
+            mod_name, _, attr = key.rpartition(".")
+            module = _comfy_utils.get_attr(self.model, mod_name) if mod_name else self.model
+            if attr == "weight" and storage_kind(module) != "plain":
+                module.magi_decoded_patches = [_model_patcher.LowVramPatch(key, self.patches)]
+                return
+            super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update)
+
+        def unpatch_model(self, device_to=None, unpatch_weights=True):
+            super().unpatch_model(device_to=device_to, unpatch_weights=unpatch_weights)
+            if unpatch_weights:
+                for module in self.model.modules():
+                    if hasattr(module, "magi_decoded_patches"):
+                        del module.magi_decoded_patches
+
+    def comfy_lora_patches(lora: LoraFile) -> dict:
+        """The engine's parsed LoRA as ModelPatcher patches: LoRAAdapter / diff per target, fused row ranges as
+        ``(key, (0, offset, length))`` keys."""
+        out: dict = {}
+        for p in lora.patches:
+            value = (_LoRAAdapter(set(), (p.up, p.down, p.alpha, None, None, None)) if p.kind == "lora"
+                     else ("diff", (p.diff,)))
+            for rows in p.rows or (None,):
+                key = p.param if rows is None else (p.param, (0, rows[0], rows[1]))
+                if key in out:
+                    raise ValueError(f"{lora.path.name}: two LoRA entries patch {key} (e.g. {p.source}); merge them "
+                                     "into one before loading")
+                out[key] = value
+        return out
 
 
 def comfy_attention(q, k, v, mask=None):  # pragma: no cover - inside ComfyUI only
@@ -354,10 +403,10 @@ class ModelHandle:
         self.info = info
         load_device, offload_device = devices(kind)
         self.device = load_device  # where use() puts the model: memory checks look here before loading
+        self.loras: tuple[tuple[LoraFile, float], ...] = ()
         if HAS_COMFY:  # pragma: no cover
             size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-            self.patcher = _model_patcher.ModelPatcher(model, load_device=load_device,
-                                                       offload_device=offload_device, size=size)
+            self.patcher = MagiPatcher(model, load_device=load_device, offload_device=offload_device, size=size)
         else:
             self.patcher = None
         self._model = model
@@ -366,12 +415,29 @@ class ModelHandle:
     def model(self) -> torch.nn.Module:
         return self._model
 
+    def with_lora(self, lora: LoraFile, strength: float) -> "ModelHandle":
+        """A new handle on the same weights with one more LoRA (this handle is unchanged, as ComfyUI expects of
+        a node's input): in ComfyUI a patcher clone with the LoRA's weight patches."""
+        new = object.__new__(ModelHandle)
+        new.__dict__.update(self.__dict__)
+        new.info = dict(self.info)
+        new.loras = self.loras + ((lora, float(strength)),)
+        if self.patcher is not None:  # pragma: no cover
+            new.patcher = self.patcher.clone()
+            new.patcher.add_patches(comfy_lora_patches(lora), float(strength))
+        return new
+
     def use(self, memory_required: int = 0) -> torch.nn.Module:
-        """The module, loaded by ComfyUI onto its device; ``memory_required``: bytes of activations the coming
-        computation needs beside the weights (ComfyUI keeps them free, offloading more weights if needed)."""
+        """The module, loaded by ComfyUI onto its device (with this handle's LoRA patches); ``memory_required``:
+        bytes of activations the coming computation needs beside the weights (ComfyUI keeps them free,
+        offloading more weights if needed). Without ComfyUI the engine applies this handle's LoRAs itself."""
         if self.patcher is not None:  # pragma: no cover
             _mm.load_models_gpu([self.patcher], memory_required=int(memory_required))
             return self.patcher.model
+        if getattr(self._model, "loras", None) or self.loras:
+            remove_lora(self._model)
+            for lora, strength in self.loras:
+                apply_lora(self._model, lora, strength)
         return self._model
 
 

@@ -19,6 +19,8 @@ NODES: dict[str, tuple[str, str]] = {
     "MagiHumanTurboVAELoader": ("MagiHuman Turbo VAE Loader", "loaders"),
     "MagiHumanVideoVAELoader": ("MagiHuman Wan2.2 VAE Loader", "loaders"),
     "MagiHumanAudioVAELoader": ("MagiHuman Audio VAE Loader", "loaders"),
+    "MagiHumanLoraLoader": ("MagiHuman LoRA Loader", "loaders"),
+    "MagiHumanSRLoraLoader": ("MagiHuman SR LoRA Loader", "loaders"),
     "MagiHumanTextEncode": ("MagiHuman Text Encode", "conditioning"),
     "MagiHumanEmptyAVLatent": ("MagiHuman Empty AV Latent", "latent"),
     "MagiHumanImageToVideo": ("MagiHuman Image To Video (TI2V)", "conditioning"),
