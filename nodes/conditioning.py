@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import numbers
+from collections.abc import Mapping
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..magihuman import pipeline
 from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
@@ -32,12 +36,16 @@ class MagiHumanTextEncode(compat.MagiNode):
                                         "official negative prompt."),
                 io.Boolean.Input("encode_negative", default=True,
                                  tooltip="Off for the distilled model (no CFG): skips encoding the negative prompt."),
+                io.Boolean.Input("cjk_spacing", default=True, optional=True,
+                                 tooltip="On (as the model was trained): one space between Chinese, Japanese and "
+                                         "Korean characters ('你好' -> '你 好'), in both prompts. Already spaced "
+                                         "text and Latin text are unchanged. Off: the text is encoded as typed."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
         )
 
     @classmethod
-    def execute(cls, text_encoder, prompt, negative_prompt, encode_negative):
+    def execute(cls, text_encoder, prompt, negative_prompt, encode_negative, cjk_spacing=None):
         where = cls.name()
         if not isinstance(prompt, str) or not prompt.strip():
             raise pipeline.PipelineError(f"{where}: the prompt is empty: describe the video (and what is said)")
@@ -47,7 +55,8 @@ class MagiHumanTextEncode(compat.MagiNode):
                                          "sampler, no CFG)")
         model = text_encoder.use()
         neg = negative_prompt if encode_negative else None
-        cond = pipeline.encode_prompt(model, prompt, neg)
+        # an API prompt written before this input existed leaves it out: the schema default (on) applies
+        cond = pipeline.encode_prompt(model, prompt, neg, cjk_spacing=cjk_spacing is not False)
         device = compat.intermediate_device()
         positive = to_conditioning(cond.embeds.to(device), cond.lens[0], cond.prompt)
         if cond.has_negative:
@@ -124,10 +133,63 @@ class MagiHumanImageToVideo(compat.MagiNode):
     @classmethod
     def execute(cls, latent, video_vae, image):
         av = from_latent(latent, cls.name())
+        image = image_input(image, cls.name())
         out = pipeline.encode_image(video_vae.use(), image, av)
         device = compat.intermediate_device()
         out.image_latent = out.image_latent.to(device)
         return io.NodeOutput(to_latent(out))
+
+
+# ComfyUI passes whatever the upstream node returned; core nodes only index AUDIO (audio["waveform"],
+# audio["sample_rate"]) and compute on IMAGE tensors, so other packs return other containers: e.g.
+# VideoHelperSuite's Load Video gives AUDIO as a lazy collections.abc.Mapping that reads the file on first
+# access. These accept what core nodes accept and name the node when the input really is something else.
+AUDIO_HELP = "a ComfyUI AUDIO (waveform [batch, channels, samples] + sample_rate), e.g. from Load Audio"
+
+
+def audio_input(audio, where: str) -> tuple[torch.Tensor, int]:
+    """A ComfyUI AUDIO (a dict, any Mapping such as VideoHelperSuite's lazy one, or another object that core
+    nodes can index by ``"waveform"``/``"sample_rate"``) -> (waveform tensor, whole sample rate in Hz)."""
+    if audio is None or isinstance(audio, (str, bytes, torch.Tensor, np.ndarray, list, tuple)):
+        raise ValueError(f"{where}: 'audio' must be {AUDIO_HELP}; got {type(audio).__name__}")
+    try:
+        wave, rate = audio["waveform"], audio["sample_rate"]
+    except Exception as e:  # noqa: BLE001 - whatever the object (or its lazy loader) raises
+        if not isinstance(audio, Mapping):
+            if isinstance(e, (KeyError, TypeError, IndexError, ValueError)):
+                raise ValueError(f"{where}: 'audio' must be {AUDIO_HELP}; got {type(audio).__name__}") from None
+        elif isinstance(e, KeyError) and e.args and e.args[0] in ("waveform", "sample_rate"):
+            try:
+                keys = ", ".join(repr(k) for k in list(audio)[:8]) or "none"
+            except Exception:  # noqa: BLE001 - only for the message
+                keys = "unreadable"
+            raise ValueError(f"{where}: 'audio' must be {AUDIO_HELP}; this {type(audio).__name__} has no "
+                             f"{e.args[0]!r} (its keys: {keys})") from None
+        # a lazy AUDIO that fails to load, e.g. VideoHelperSuite's for a video without a sound track
+        raise ValueError(f"{where}: could not read the 'audio' input ({type(e).__name__}: {e}); if it comes from "
+                         "a video, does the file have a sound track?") from e
+    if not isinstance(wave, torch.Tensor):
+        raise ValueError(f"{where}: 'audio' waveform must be a tensor [batch, channels, samples]; "
+                         f"got {type(wave).__name__}")
+    try:
+        r = rate.item() if isinstance(rate, (torch.Tensor, np.ndarray, np.generic)) else rate
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or r != int(r):
+            raise TypeError
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        raise ValueError(f"{where}: 'audio' sample_rate must be a whole number of Hz; got {rate!r}") from None
+    return wave, int(r)
+
+
+IMAGE_HELP = "a ComfyUI IMAGE (a [batch, height, width, channels] tensor), e.g. from Load Image"
+
+
+def image_input(image, where: str):
+    """A ComfyUI IMAGE: a tensor (what core nodes and other packs pass; [B, H, W, C] or [H, W, C]); numpy arrays
+    and PIL images are also taken (the engine reads them). Anything else, a file path string included (a graph
+    input is not a path on the server), gets an error naming the node."""
+    if isinstance(image, (torch.Tensor, np.ndarray, Image.Image)):
+        return image
+    raise ValueError(f"{where}: 'image' must be {IMAGE_HELP}; got {type(image).__name__}")
 
 
 class MagiHumanReferenceAudio(compat.MagiNode):
@@ -151,18 +213,15 @@ class MagiHumanReferenceAudio(compat.MagiNode):
     def execute(cls, latent, audio_vae, audio, trim_to_latent):
         where = cls.name()
         av = from_latent(latent, where)
-        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-            raise ValueError(f"{where}: 'audio' must be a ComfyUI AUDIO (waveform + sample_rate)")
-        wave = audio["waveform"]
-        if not isinstance(wave, torch.Tensor):
-            raise ValueError(f"{where}: 'audio' waveform must be a tensor [batch, channels, samples]")
+        wave, rate = audio_input(audio, where)
         if wave.dim() == 3:
+            if wave.shape[0] == 0:
+                raise ValueError(f"{where}: 'audio' holds no clip (its waveform is {tuple(wave.shape)})")
             if wave.shape[0] > 1:
                 log.warning("%s: %d audio clips given; using the first", where, wave.shape[0])
             wave = wave[0]
-        seconds = None if trim_to_latent else wave.shape[-1] / float(audio["sample_rate"])
-        out = pipeline.encode_reference_audio(audio_vae.use(), wave.float(), int(audio["sample_rate"]), av,
-                                              seconds=seconds)
+        seconds = None if trim_to_latent or rate <= 0 else wave.shape[-1] / float(rate)
+        out = pipeline.encode_reference_audio(audio_vae.use(), wave.float(), rate, av, seconds=seconds)
         out.audio = out.audio.to(compat.intermediate_device())
         return io.NodeOutput(to_latent(out))
 
