@@ -33,6 +33,8 @@ from . import prompts
 from .checkpoints import GGUF_QUANTS, convert_dit, load_dit
 from .compile import compile_dit_blocks
 from . import estimate as est
+from .lora import apply_lora
+from .lora_extract import extract_lora
 from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
 from .loaders.text_encoder import open_text_encoder
 from .models.text_encoder import T5GemmaEncoder
@@ -132,11 +134,27 @@ def _device(name: Optional[str]) -> torch.device:
         raise UsageError(f"--device {name!r}: {e}") from None
 
 
-def _load_dit(path, dtype, device, show, args):
-    """Load a DiT and apply the speed options: compute dtype, attention kernel and local attention mode, block
-    offload, compile."""
+def _lora_arg(text: str) -> tuple[Path, float]:
+    """``PATH[:STRENGTH]`` (strength 1 when absent; a path may itself contain ':')."""
+    path, sep, strength = text.rpartition(":")
+    if sep:
+        try:
+            return Path(path), float(strength)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def _load_dit(path, dtype, device, show, args, loras=()):
+    """Load a DiT and apply the speed options (compute dtype, attention kernel and local attention mode, block
+    offload, compile) and the LoRAs (``PATH[:STRENGTH]`` strings)."""
     offload = getattr(args, "blocks_on_device", None)
     model = load_dit(path, dtype=dtype, device="cpu" if offload else device, show_progress=show)
+    for text in loras or ():
+        lora_path, strength = _lora_arg(text)
+        if not lora_path.is_file():
+            raise UsageError(f"--lora {text}: no such file")
+        apply_lora(model, lora_path, strength)
     model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
     model.set_attention_backend(getattr(args, "attention", "sdpa"))
     model.set_local_attention(getattr(args, "local_attention", "window"))
@@ -254,7 +272,7 @@ def _generate_run(args, preset) -> int:
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args)
+        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args, args.lora)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -265,7 +283,7 @@ def _generate_run(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args)
+            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args, args.sr_lora)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -426,6 +444,18 @@ def convert(args) -> int:
     return EXIT_OK
 
 
+def extract_lora_cmd(args) -> int:
+    """LoRA = target - base, factored per block linear (and per modality expert), other tensors as diffs."""
+    if (args.rank is None) == (args.energy is None):
+        raise UsageError("give --rank R or --energy E (e.g. --rank 64, or --energy 0.99)")
+    report = extract_lora(args.base, args.target, args.out, rank=args.rank, energy=args.energy,
+                          max_rank=args.max_rank, dtype=DTYPES[args.dtype], device=_device(args.device),
+                          show_progress=not args.quiet)
+    print(report.format() if args.verbose else report.format().split("\n")[0])
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+    return EXIT_OK
+
+
 def tiny_models(args) -> int:
     folder = Path(args.dir)
     write_tiny_models(folder, force=args.force)
@@ -470,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dit", default=None, metavar="PATH",
                    help="the base-stage DiT file/folder to use instead of the one found in --models (e.g. a .gguf)")
     g.add_argument("--sr-dit", default=None, metavar="PATH", help="the SR DiT to use instead of --models' one")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="a LoRA for the base-stage DiT (strength 1 by default); repeat to stack several")
+    g.add_argument("--sr-lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="a LoRA for the SR DiT (repeatable)")
     g.add_argument("--text-encoder", default=None, metavar="PATH",
                    help="the T5Gemma folder or file (.safetensors / .gguf) to use instead of --models' one")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
@@ -513,6 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GGUF quantisation of the block linears / encoder projections (default Q8_0 for .gguf); "
                         "rows that are not whole blocks and the small fp32 tensors stay BF16/F32")
     c.set_defaults(func=convert)
+
+    x = sub.add_parser("extract-lora", help="the LoRA turning one DiT checkpoint into another (e.g. distill as a "
+                       "LoRA on base), streamed layer by layer")
+    x.add_argument("base", help="the base DiT (folder or file)")
+    x.add_argument("target", help="the DiT to reach (same architecture)")
+    x.add_argument("out", help="output LoRA .safetensors")
+    x.add_argument("--rank", type=int, default=None, help="rank of every low-rank delta")
+    x.add_argument("--energy", type=float, default=None,
+                   help="per delta, the smallest rank keeping this fraction of its squared Frobenius norm (e.g. 0.99)")
+    x.add_argument("--max-rank", type=int, default=None, help="cap for --energy")
+    x.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="dtype of the LoRA matrices")
+    x.add_argument("--device", default="cpu", help="where the SVDs run (cuda is much faster)")
+    x.add_argument("--verbose", action="store_true", help="print every layer's rank and kept energy")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=extract_lora_cmd)
 
     p = sub.add_parser("presets", help="list presets and where their model files go")
     p.set_defaults(func=presets)
