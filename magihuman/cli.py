@@ -157,6 +157,7 @@ def _load_dit(path, dtype, device, show, args, loras=()):
         apply_lora(model, lora_path, strength)
     model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
     model.set_attention_backend(getattr(args, "attention", "sdpa"))
+    model.set_fp8_compute(getattr(args, "fp8_compute", "off"), device=device)
     model.set_local_attention(getattr(args, "local_attention", "window"))
     if offload:
         enable_block_offload(model, device, offload)
@@ -514,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
                    "faster of bf16/fp32 on CPUs (measured)")
+    g.add_argument("--fp8-compute", choices=["off", "auto", "tensor", "token"], default="off",
+                   help="fp8 matmuls (torch._scaled_mm) for --dtype fp8 weights: activations scaled per tensor or per "
+                   "token; auto = token on GPUs with fp8 units, off elsewhere (default off)")
     g.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa",
                    help="attention kernel: sdpa (default), flash (FlashAttention 3/2) or sage (SageAttention), CUDA")
     g.add_argument("--local-attention", choices=["window", "mask"], default="window",

@@ -32,9 +32,9 @@ from ..attention import (DEFAULT_BACKEND, AttentionFn, LocalWindow, attention, l
                          resolve_attention_backend)
 from ..device import resolve_compute_dtype
 from ..geometry import PATCH_SIZE
-from ..ops import linear_weight, set_fp8_weight, storage_kind, tag_operations
+from ..ops import fetch_weight, linear_weight, set_fp8_weight, storage_kind, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
-from ..quant.fp8 import FP8_DTYPE, FP8_MAX, quantize_fp8
+from ..quant.fp8 import FP8_COMPUTE_MODES, FP8_DTYPE, FP8_MAX, fp8_linear, fp8_mm_supported, quantize_fp8
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig
 
@@ -91,19 +91,35 @@ class RMSNorm(nn.Module):
 
 
 def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
-                 segments: Optional[Segments] = None) -> torch.Tensor:
+                 segments: Optional[Segments] = None, fp8_compute: str = "off") -> torch.Tensor:
     """Bias-free block linear in ``compute_dtype`` (input cast, result rounded to it).
 
     The weight comes through :func:`magihuman.ops.linear_weight` (any storage: plain, fp8 + scale, GGUF; whole
     fused tensors, decoded on the compute device). With experts (``module.num_experts > 1``) each modality
     segment of ``x [B, L, in]`` is multiplied by its own slice of the fused weight ``[experts * out, in]``.
+    ``fp8_compute`` ("tensor" / "token"): fp8-stored weights without patches multiply in fp8 instead
+    (:func:`magihuman.quant.fp8.fp8_linear`; activations quantised per tensor or per token).
     """
+    experts = getattr(module, "num_experts", 1)
+    if fp8_compute != "off" and storage_kind(module) == "fp8" and not getattr(module, "weight_patches", None):
+        out = _fp8_block_linear(module, x, compute_dtype, segments, fp8_compute, experts)
+        if out is not None:
+            return out
     w = linear_weight(module, compute_dtype, x.device)
     x = x.to(compute_dtype)
-    experts = getattr(module, "num_experts", 1)
     if experts == 1:
         return F.linear(x, w)
     return torch.cat([F.linear(x[:, a:b], wi) for (a, b), wi in zip(segments, w.chunk(experts, dim=0))], dim=1)
+
+
+def _fp8_block_linear(module, x, compute_dtype, segments, mode, experts) -> Optional[torch.Tensor]:
+    w8 = fetch_weight(module, None, x.device)  # the e4m3 bytes (ComfyUI: through its cast/offload path)
+    scale = module.weight_scale
+    if experts == 1:
+        return fp8_linear(x, w8, scale, compute_dtype, mode)
+    parts = [fp8_linear(x[:, a:b], wi, scale, compute_dtype, mode)
+             for (a, b), wi in zip(segments, w8.chunk(experts, dim=0))]
+    return None if any(p is None for p in parts) else torch.cat(parts, dim=1)
 
 
 def _make_block_linear(operations, in_features: int, out_features: int, experts: int, dtype, device) -> nn.Module:
@@ -131,6 +147,7 @@ class _ForwardState:
     sin: torch.Tensor
     compute_dtype: torch.dtype
     attention: AttentionFn  # the model's kernel (MagiHumanDiT.set_attention_backend)
+    fp8_compute: str  # "off" | "tensor" | "token" (MagiHumanDiT.set_fp8_compute)
     use_masks: bool  # "mask" mode: dense calls with the boolean masks below (None: nothing masked)
     mask: Optional[torch.Tensor] = None  # global layers: key padding [B, 1, 1, L]
     local_mask: Optional[torch.Tensor] = None  # local layers: [B, 1, L, L]
@@ -177,7 +194,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
         b, n, _ = x.shape
         hq, hkv, d, cd = self.num_heads_q, self.num_heads_kv, self.head_dim, st.compute_dtype
-        qkv = block_linear(self.linear_qkv, self.pre_norm(x, st.segments), cd, st.segments).float()
+        qkv = block_linear(self.linear_qkv, self.pre_norm(x, st.segments), cd, st.segments, st.fp8_compute).float()
         q, k, v, g = qkv.split([hq * d, hkv * d, hkv * d, hq if self.gating else 0], dim=-1)
         q = self.q_norm(q.reshape(b, n, hq, d), st.segments)  # [B, L, Hq, D] fp32
         k = self.k_norm(k.reshape(b, n, hkv, d), st.segments)
@@ -188,7 +205,7 @@ class Attention(nn.Module):
         out = self_attention(q, k, v, st, self.local).transpose(1, 2)  # [B, L, Hq, D]
         if self.gating:
             out = out.float() * torch.sigmoid(g).unsqueeze(-1)
-        return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments)
+        return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments, st.fp8_compute)
 
 
 class MLP(nn.Module):
@@ -203,8 +220,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
         cd = st.compute_dtype
-        up = block_linear(self.up_gate_proj, self.pre_norm(x, st.segments), cd, st.segments).float()
-        return block_linear(self.down_proj, self.activation(up), cd, st.segments).float()
+        up = block_linear(self.up_gate_proj, self.pre_norm(x, st.segments), cd, st.segments, st.fp8_compute).float()
+        return block_linear(self.down_proj, self.activation(up), cd, st.segments, st.fp8_compute).float()
 
 
 class TransformerLayer(nn.Module):
@@ -265,6 +282,7 @@ class MagiHumanDiT(nn.Module):
         block_dtype = torch.bfloat16 if dtype is None else dtype
         self.local_attention_mode, self.local_block_frames = "window", 1
         self.attention_backend = DEFAULT_BACKEND
+        self.fp8_compute = "off"
         self.adapter = Adapter(config, operations, device)
         self.set_compute_dtype(compute_dtype)  # after the adapter: "auto" looks at its device
         self.block = TransformerBlock(config, operations, block_dtype, device)
@@ -314,6 +332,22 @@ class MagiHumanDiT(nn.Module):
         load time, not at the first step."""
         resolve_attention_backend(name)
         self.attention_backend = name
+
+    def set_fp8_compute(self, mode: str = "off", device=None) -> str:
+        """fp8 matmuls for fp8-stored block linears (``torch._scaled_mm``): ``"tensor"`` / ``"token"`` scale the
+        activations per tensor / per token; ``"auto"`` = "token" where the device has fp8 matmuls (CUDA Ada /
+        Hopper and newer; ``device`` defaults to where the weights are), else off. Off by default: it trades
+        accuracy (measured: ``tests/test_fp8_compute.py``) for speed on GPUs with fp8 units. Returns the mode."""
+        if mode == "auto":
+            dev = torch.device(device) if device is not None else self._weight_device()
+            mode = "token" if dev.type == "cuda" and fp8_mm_supported(dev) else "off"
+        if mode not in FP8_COMPUTE_MODES:
+            raise ValueError(f"fp8 compute must be one of {FP8_COMPUTE_MODES} or 'auto', got {mode!r}")
+        if mode != "off" and not fp8_mm_supported(device or self._weight_device()):
+            raise ValueError(f"fp8 compute: torch._scaled_mm does not run fp8 matmuls on {device or self._weight_device()}"
+                             " with this torch build; use 'off'")
+        self.fp8_compute = mode
+        return mode
 
     def set_local_attention(self, mode: str = "window", block_frames: int = 1) -> None:
         """How attention is restricted. ``"window"`` (default, no masks in the common case): local
@@ -400,7 +434,7 @@ class MagiHumanDiT(nn.Module):
         cos, sin = rope_cos_sin(layout.coords(coords).to(device), adapter.rope.bands.to(device))
         st = _ForwardState(segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
                            compute_dtype=self.compute_dtype,
-                           attention=resolve_attention_backend(self.attention_backend),
+                           attention=resolve_attention_backend(self.attention_backend), fp8_compute=self.fp8_compute,
                            use_masks=self.local_attention_mode == "mask")
         frf = int(frame_receptive_field)
         local = bool(self.config.local_attn_layers) and frf >= 0
