@@ -496,3 +496,15 @@ def progress_callback(total: int) -> Callable[..., None]:
 def free_memory() -> None:
     if HAS_COMFY:  # pragma: no cover
         _mm.soft_empty_cache()
+
+
+# ============================================================================================
+# NestedTensor access (AV latents, see nodes/latent_io.py) -- appended block, owned by latent I/O.
+# ComfyUI carries its own audio+video latent (LTX-AV) as comfy.nested_tensor.NestedTensor([video, audio]) in
+# ``samples``; MagiHuman latents use the same container inside ComfyUI. None outside ComfyUI (engine, tests).
+# ============================================================================================
+try:  # pragma: no cover - inside ComfyUI only
+    from comfy.nested_tensor import NestedTensor as ComfyNestedTensor
+except ImportError:
+    ComfyNestedTensor = None
+# ============================================================================================

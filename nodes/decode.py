@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from ..magihuman import pipeline
 from . import compat
 from .compat import io
-from .latent_io import TRUE_AUDIO_RATE, from_latent, join_latent, split_latent
+from .latent_io import TRUE_AUDIO_RATE, audio_latent, from_latent, join_latent, split_latent
 from .types import node_name, node_schema, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
 
 WAN_TILE_OVERLAP = 8  # WanVAE.decode's default overlap between tiles (latent cells)
@@ -76,36 +78,77 @@ class MagiHumanAudioDecode(compat.MagiNode):
         return node_schema(
             "MagiHumanAudioDecode",
             description="Decodes the audio latent with the Oobleck VAE. The model's audio is really 51.2 kHz; "
-                        "other rates are resampled properly.",
+                        "48000 (default) and 44100 are resampled properly. Connect its AUDIO to Create Video "
+                        "(then Save Video) or to Save Audio.",
             inputs=[
                 MagiAudioVAE.Input("audio_vae"),
                 io.Latent.Input("latent", tooltip=f"An AV latent, or an audio latent from '{node_name('MagiHumanSplitAVLatent')}'."),
                 io.Combo.Input("sample_rate", options=list(AUDIO_RATES), default="48000",
-                               tooltip="Output rate. 48000 suits MP4/AAC; 51200 keeps the raw decoder output."),
+                               tooltip="Output rate. 48000 for video (Save Video writes AAC, which takes 48000 or "
+                                       "44100 Hz); 51200 is the raw decoder output, for Save Audio (FLAC) only: "
+                                       "MP4 and MP3 cannot store it, and this node says so before decoding."),
             ],
             outputs=[io.Audio.Output(display_name="audio")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id] if compat.HAS_COMFY else [],
         )
 
     @classmethod
     def execute(cls, audio_vae, latent, sample_rate):
         where = cls.name()
+        rate = AUDIO_RATES[sample_rate]
+        check_rate_fits_consumers(rate, sample_rate, _hidden(cls, "prompt"), _hidden(cls, "unique_id"), where)
+        z = audio_latent(latent, where)  # [B, 64, N]
         vae = audio_vae.use()
-        if isinstance(latent, dict) and latent.get("type") == "audio":
-            z = latent["samples"]  # [B, 64, N]
-            if z.dim() != 3 or z.shape[1] != 64:
-                raise ValueError(f"{where}: audio latent must be [B, 64, N], got {tuple(z.shape)}")
-        else:
-            z = from_latent(latent, where).audio.transpose(1, 2)
         waves = []
         with torch.no_grad():
             for b in range(z.shape[0]):
                 compat.check_interrupt()
                 waves.append(vae.decode(z[b:b + 1])[0].float().cpu())  # the VAE moves/casts to its weights
         wave = torch.stack(waves)  # [B, 2, S]
-        rate = AUDIO_RATES[sample_rate]
         if rate != TRUE_AUDIO_RATE:
             wave = torch.stack([pipeline.resample_audio(w, TRUE_AUDIO_RATE, rate) for w in wave])
         return io.NodeOutput({"waveform": wave.contiguous(), "sample_rate": rate})
+
+
+# Core nodes that encode AUDIO at its own rate (no resampling): SaveVideo's MP4 path (AAC), Save Audio (MP3).
+# Rates their FFmpeg encoders accept (PyAV 18: av.codec.Codec("aac", "w").audio_rates, libmp3lame).
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+MP3_RATES = (48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+PASS_THROUGH = {"CreateVideo"}  # core nodes that hand the AUDIO on unchanged (VIDEO = images + this audio)
+RATE_LIMITED = {"SaveVideo": ("an MP4 (Save Video writes AAC audio)", AAC_RATES),
+                "SaveAudioMP3": ("an MP3", MP3_RATES)}
+
+
+def _hidden(cls, name):
+    holder = getattr(cls, "hidden", None)
+    return getattr(holder, name, None) if holder is not None else None
+
+
+def check_rate_fits_consumers(rate: int, label: str, prompt, node_id, where: str) -> None:
+    """Fail before decoding, naming the node, when this AUDIO (directly or through Create Video) reaches a
+    core encoder that cannot store ``rate``: FFmpeg's AAC/MP3 encoders reject 51200 Hz with a bare
+    "Invalid argument" deep inside Save Video. ``prompt`` is the queued API prompt (ComfyUI's hidden input)."""
+    if not isinstance(prompt, Mapping) or node_id is None:
+        return
+    frontier, seen = [str(node_id)], set()
+    while frontier:
+        src = frontier.pop()
+        for nid, entry in prompt.items():
+            if nid in seen or not isinstance(entry, Mapping):
+                continue
+            inputs = entry.get("inputs") or {}
+            if not any(isinstance(v, (list, tuple)) and len(v) == 2 and str(v[0]) == src for v in inputs.values()):
+                continue
+            seen.add(nid)
+            ctype = entry.get("class_type")
+            if ctype in PASS_THROUGH:
+                frontier.append(nid)
+            elif ctype in RATE_LIMITED and rate not in RATE_LIMITED[ctype][1]:
+                what, _ = RATE_LIMITED[ctype]
+                title = (entry.get("_meta") or {}).get("title") or ctype
+                raise ValueError(f"{where}: sample_rate '{label}' cannot be stored in {what}: '{title}' (node {nid}) "
+                                 f"is downstream. Choose sample_rate 48000 here (the same sound, resampled), or save "
+                                 f"the 51.2 kHz audio with Save Audio (FLAC).")
 
 
 class MagiHumanSplitAVLatent(compat.MagiNode):
@@ -113,7 +156,9 @@ class MagiHumanSplitAVLatent(compat.MagiNode):
     def define_schema(cls):
         return node_schema(
             "MagiHumanSplitAVLatent",
-            description="Separates the video latent [B,48,T,h,w] and the audio latent [B,64,N] to route them apart.",
+            description="Separates the video latent [B,48,T,h,w] and the audio latent [B,64,N] to route them apart "
+                        "(e.g. decode only the audio, or process the video latent with other latent nodes); "
+                        "join them again before a MagiHuman sampler.",
             inputs=[io.Latent.Input("latent")],
             outputs=[io.Latent.Output(display_name="video_latent"), io.Latent.Output(display_name="audio_latent")],
         )
@@ -128,7 +173,8 @@ class MagiHumanJoinAVLatent(compat.MagiNode):
     def define_schema(cls):
         return node_schema(
             "MagiHumanJoinAVLatent",
-            description="Joins a video latent and an audio latent (N audio steps need (N-1)//4+1 latent frames).",
+            description="Joins a video latent and an audio latent from the split node back into one AV latent "
+                        "(N audio steps need (N-1)//4+1 latent frames).",
             inputs=[io.Latent.Input("video_latent"), io.Latent.Input("audio_latent")],
             outputs=[io.Latent.Output(display_name="latent")],
         )

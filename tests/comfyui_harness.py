@@ -214,11 +214,13 @@ class RealServer:
             return json.loads(out_file.read_text())
 
 
-def comfyui_server(models: Path | str | None = None, *, inputs=(), pack: Path = ROOT, startup_timeout: float = 300):
+def comfyui_server(models: Path | str | None = None, *, inputs=(), pack: Path = ROOT, startup_timeout: float = 300,
+                   server_args=()):
     """Context manager: start one real ComfyUI (the harness's server: ``--cpu``, a fresh base directory under
     ``$COMFYUI_DIR/runs`` with only this pack in ``custom_nodes/``, ``models`` as its models folder, ``inputs``
-    copied into ``input/``), yield a :class:`RealServer`, stop it (by its pid) at the end. Fails with the log
-    tail when the server does not start or the pack does not import."""
+    copied into ``input/``, ``server_args`` added to ``main.py``, e.g. ``--front-end-root DIR``), yield a
+    :class:`RealServer`, stop it (by its pid) at the end. Fails with the log tail when the server does not
+    start or the pack does not import."""
     import contextlib
     import shutil
 
@@ -236,7 +238,7 @@ def comfyui_server(models: Path | str | None = None, *, inputs=(), pack: Path = 
             (base / "models").symlink_to(Path(models).resolve(), target_is_directory=True)
         for item in inputs:
             shutil.copy2(str(item), str(base / "input"))
-        srv = rw.Server(str(PYTHON), str(base), rw.free_port(), [])
+        srv = rw.Server(str(PYTHON), str(base), rw.free_port(), list(server_args))
         srv.start()
         try:
             if not srv.wait_ready(startup_timeout):

@@ -1,25 +1,45 @@
-"""Every shipped workflow: node types exist, links type-check, widget values fit the schemas, the API twin
-matches, the files are what the builder writes; the tiny ones run through the nodes' execute methods."""
+"""Every shipped workflow: node types exist, links type-check, widget values fit the schemas, the API twin is
+what an independent flattening of the UI graph (subgraph included) gives, the files are what the builder
+writes; the tiny ones run through the nodes' execute methods. (tests/test_templates.py checks the template
+format; tests/test_comfyui_real_workflows.py loads and runs them in a real ComfyUI.)"""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from magihuman import media
 
 ROOT = Path(__file__).resolve().parents[1]
 WF_DIR = ROOT / "workflows"
-UI_FILES = sorted(p for p in WF_DIR.glob("magihuman_*.json") if not p.name.endswith("_api.json"))
+TEMPLATE_DIR = ROOT / "example_workflows"
+API_DIR = WF_DIR / "api"
+UI_FILES = sorted(TEMPLATE_DIR.glob("*.json")) + sorted((WF_DIR / "tiny").glob("*.json"))
+TEMPLATES = ("magihuman_t2v_distill_256p", "magihuman_ti2v_distill_256p", "magihuman_a2v_distill_256p",
+             "magihuman_t2v_base_cfg_256p", "magihuman_sr_540p", "magihuman_sr_1080p")
+TINY = ("magihuman_tiny_t2v", "magihuman_tiny_ti2v", "magihuman_tiny_a2v", "magihuman_tiny_sr")
+FRONTEND_ONLY = {"MarkdownNote", "Note"}
 
 
 @pytest.fixture(scope="module")
 def builder(pack):
-    spec = importlib.util.spec_from_file_location("build_workflows", WF_DIR / "build_workflows.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_builder()
+
+
+def load_builder():
+    """workflows/build_workflows.py as a module (registered: its dataclasses look their module up)."""
+    import sys
+
+    if "build_workflows" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("build_workflows", WF_DIR / "build_workflows.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["build_workflows"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["build_workflows"]
 
 
 @pytest.fixture(scope="module")
@@ -28,77 +48,161 @@ def specs(builder):
 
 
 def test_every_mode_is_shipped():
-    names = {p.stem for p in UI_FILES}
-    for want in ("magihuman_t2v_distill_256p", "magihuman_ti2v_distill_256p", "magihuman_a2v_distill_256p",
-                 "magihuman_t2v_base_cfg_256p", "magihuman_sr_540p", "magihuman_sr_1080p", "magihuman_tiny_t2v",
-                 "magihuman_tiny_sr"):
-        assert want in names
-        assert (WF_DIR / f"{want}_api.json").exists()
+    assert sorted(p.stem for p in TEMPLATE_DIR.glob("*.json")) == sorted(TEMPLATES)
+    assert sorted(p.stem for p in (WF_DIR / "tiny").glob("*.json")) == sorted(TINY)
+    assert sorted(p.name for p in API_DIR.glob("*.json")) == sorted(f"{n}_api.json" for n in TEMPLATES + TINY)
+    assert not list(WF_DIR.glob("*.json")), "workflows/*.json would be listed as templates too"
 
 
 def test_files_are_up_to_date(builder, tmp_path):
-    for p in builder.write_all(tmp_path):
-        assert p.read_text() == (WF_DIR / p.name).read_text(), f"{p.name} is stale: run workflows/build_workflows.py"
+    for p in builder.write_all(tmp_path, thumbnails=False):
+        rel = p.relative_to(tmp_path)
+        assert p.read_text() == (ROOT / rel).read_text(), f"{rel} is stale: run workflows/build_workflows.py"
+    docs = {p.name for p in (tmp_path / "web" / "docs").glob("*.md")} | {f"{n}.md" for n in builder.handwritten_docs()}
+    assert docs == {p.name for p in (ROOT / "web" / "docs").glob("*.md")}, "web/docs has files the builder no longer writes"
 
 
-@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
-def test_ui_workflow_is_consistent(path, specs):
-    wf = json.loads(path.read_text())
-    nodes = {n["id"]: n for n in wf["nodes"]}
-    for n in nodes.values():
-        assert n["type"] in specs, f"unknown node type {n['type']}"
-    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
-        out = specs[nodes[src]["type"]]["outputs"][src_slot]
-        inp = nodes[dst]["inputs"][dst_slot]
-        assert out[1] == typ == inp["type"], f"link {link_id}: {out[1]} -> {inp['type']} ({typ})"
-        assert inp["link"] == link_id and link_id in nodes[src]["outputs"][src_slot]["links"]
-    for n in nodes.values():
-        spec = specs[n["type"]]
-        widgets = [(name, t, kind) for name, t, kind, _ in spec["inputs"] if kind.endswith("widget")]
-        vals = list(n["widgets_values"])
-        for name, t, kind in widgets:
-            v = vals.pop(0)
-            if t == "INT":
-                assert isinstance(v, int) and not isinstance(v, bool), (n["type"], name, v)
-            elif t == "FLOAT":
-                assert isinstance(v, (int, float)) and not isinstance(v, bool), (n["type"], name, v)
-            elif t == "BOOLEAN":
-                assert isinstance(v, bool), (n["type"], name, v)
-            elif t == "STRING":
-                assert isinstance(v, str)
-            elif t == "COMBO":
-                opts = spec.get("options", {}).get(name)
-                is_file_list = name in ("model_name", "text_encoder", "vae_name", "image", "audio")
-                if opts and not is_file_list:
-                    assert v in opts, f"{n['type']}.{name}: {v!r} not in {opts}"
-            if kind == "seed_widget":
-                assert vals.pop(0) in ("fixed", "increment", "decrement", "randomize")
-            if kind == "upload_widget":
+# ------------------------------------------------------------------------------------------ an independent flattening
+def widget_map(spec: dict, values: list) -> dict:
+    """Widget name -> value from a node's widgets_values (frontend-only entries skipped)."""
+    vals, out = list(values), {}
+    for name, _, kind, _ in spec["inputs"]:
+        if not kind.endswith("widget"):
+            continue
+        out[name] = vals.pop(0)
+        if kind == "seed_widget":
+            assert vals.pop(0) in ("fixed", "increment", "decrement", "randomize")
+        if kind == "upload_widget":
+            vals.pop(0)
+            if spec.get("title") == "Load Audio":
                 vals.pop(0)
-        assert vals == [], f"{n['type']}: extra widget values {vals}"
-        required = [name for name, _, kind, _ in spec["inputs"] if kind == "socket"]
-        linked = {i["name"] for i in n.get("inputs", []) if i["link"] is not None}
-        assert set(required) <= linked, f"{n['type']}: unconnected {set(required) - linked}"
+    assert vals == [], f"extra widget values {vals}"
+    return out
+
+
+def flatten(ui: dict, specs: dict) -> dict:
+    """The API prompt of a UI workflow whose top graph holds one subgraph node: interior nodes become
+    "<subgraph node id>:<inner id>", subgraph inputs take the subgraph node's widget values or its links."""
+    subgraphs = {s["id"]: s for s in ui.get("definitions", {}).get("subgraphs", [])}
+    root_links = {l[0]: l for l in ui["links"]}
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    prompt = {}
+
+    def root_source(link_id):
+        _, origin, slot, *_ = root_links[link_id]
+        if nodes[origin]["type"] in subgraphs:  # an output of the subgraph node -> the inner node behind it
+            sg = subgraphs[nodes[origin]["type"]]
+            inner = next(l for l in sg["links"] if l["target_id"] == -20 and l["target_slot"] == slot)
+            return [f"{origin}:{inner['origin_id']}", inner["origin_slot"]]
+        return [str(origin), slot]
+
+    for n in ui["nodes"]:
+        if n["type"] in FRONTEND_ONLY:
+            continue
+        if n["type"] not in subgraphs:
+            inputs = widget_map(specs[n["type"]], n.get("widgets_values") or [])
+            for inp in n.get("inputs", []):
+                if inp.get("link") is not None:
+                    inputs[inp["name"]] = root_source(inp["link"])
+            prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
+            continue
+        sg = subgraphs[n["type"]]
+        proxied = [name for owner, name in n["properties"]["proxyWidgets"] if owner == "-1"]
+        values = dict(zip(proxied, n["widgets_values"]))
+        inner_links = {l["id"]: l for l in sg["links"]}
+        for inner in sg["nodes"]:
+            if inner["type"] in FRONTEND_ONLY:
+                continue
+            inputs = widget_map(specs[inner["type"]], inner.get("widgets_values") or [])
+            for inp in inner.get("inputs", []):
+                link = inner_links.get(inp.get("link"))
+                if link is None:
+                    continue
+                if link["origin_id"] == -10:
+                    sg_in = sg["inputs"][link["origin_slot"]]
+                    outer = n["inputs"][link["origin_slot"]]
+                    assert outer["name"] == sg_in["name"]
+                    inputs[inp["name"]] = (root_source(outer["link"]) if outer.get("link") is not None
+                                           else values[sg_in["name"]])
+                else:
+                    inputs[inp["name"]] = [f"{n['id']}:{link['origin_id']}", link["origin_slot"]]
+            prompt[f"{n['id']}:{inner['id']}"] = {"class_type": inner["type"], "inputs": inputs}
+    return prompt
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
-def test_api_twin_matches(path, specs):
+def test_api_twin_is_the_flattened_graph(path, specs):
     ui = json.loads(path.read_text())
-    api = json.loads(path.with_name(path.stem + "_api.json").read_text())
-    real = [n for n in ui["nodes"] if n["type"] != "MarkdownNote"]
-    assert {str(n["id"]) for n in real} == set(api)
-    for n in real:
-        entry = api[str(n["id"])]
-        assert entry["class_type"] == n["type"]
-        for inp in n["inputs"]:
-            if inp["link"] is not None:
-                link = next(l for l in ui["links"] if l[0] == inp["link"])
-                assert entry["inputs"][inp["name"]] == [str(link[1]), link[2]]
+    api = json.loads((API_DIR / f"{path.stem}_api.json").read_text())
+    flat = flatten(ui, specs)
+    assert set(flat) == set(api)
+    for nid, entry in api.items():
+        assert flat[nid] == {"class_type": entry["class_type"], "inputs": entry["inputs"]}, nid
 
 
-def _run_api(prompt: dict, nodes: dict, out_dir: Path) -> list[Path]:
-    """Execute an API prompt in dependency order: pack nodes via execute(); the two core video nodes by
-    equivalent plain calls (CreateVideo bundles, SaveVideo writes H.264 + AAC)."""
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_links_and_widgets_fit_the_schemas(path, specs):
+    ui = json.loads(path.read_text())
+    graphs = [(ui["nodes"], [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), l))
+                             for l in ui["links"]])]
+    graphs += [(sg["nodes"], sg["links"]) for sg in ui["definitions"]["subgraphs"]]
+    sub_ids = {sg["id"] for sg in ui["definitions"]["subgraphs"]}
+    for nodes, links in graphs:
+        by_id = {n["id"]: n for n in nodes}
+        for n in nodes:
+            assert n["type"] in specs or n["type"] in sub_ids, f"unknown node type {n['type']}"
+        for link in links:
+            src, dst = by_id.get(link["origin_id"]), by_id.get(link["target_id"])
+            if src is not None and src["type"] in specs:
+                assert specs[src["type"]]["outputs"][link["origin_slot"]][1] == link["type"], link
+                assert link["id"] in src["outputs"][link["origin_slot"]]["links"]
+            if dst is not None:
+                inp = dst["inputs"][link["target_slot"]]
+                assert inp["link"] == link["id"] and inp["type"] == link["type"], (link, inp)
+        for n in nodes:
+            if n["type"] not in specs or n["type"] in FRONTEND_ONLY:
+                continue
+            spec = specs[n["type"]]
+            values = widget_map(spec, n.get("widgets_values") or [])
+            for name, t, kind, _ in spec["inputs"]:
+                if kind == "socket":
+                    assert any(i["name"] == name and i["link"] is not None for i in n.get("inputs", [])), \
+                        f"{n['type']}: {name} is not connected"
+                if not kind.endswith("widget"):
+                    continue
+                v = values[name]
+                if t == "INT":
+                    assert isinstance(v, int) and not isinstance(v, bool), (n["type"], name, v)
+                elif t == "FLOAT":
+                    assert isinstance(v, (int, float)) and not isinstance(v, bool), (n["type"], name, v)
+                elif t == "BOOLEAN":
+                    assert isinstance(v, bool), (n["type"], name, v)
+                elif t == "STRING":
+                    assert isinstance(v, str)
+                elif t == "COMBO":
+                    opts = spec["options"].get(name)
+                    is_file_list = name in ("model_name", "text_encoder", "vae_name", "image", "audio")
+                    if opts and not is_file_list:
+                        assert v in opts, f"{n['type']}.{name}: {v!r} not in {opts}"
+
+
+def test_loader_defaults_come_from_the_model_table(builder):
+    from magihuman.presets import comfy_name
+
+    for name in TEMPLATES:
+        api = json.loads((API_DIR / f"{name}_api.json").read_text())
+        te = next(e for e in api.values() if e["class_type"] == "MagiHumanTextEncoderLoader")
+        assert te["inputs"]["text_encoder"] == comfy_name("text_encoder")
+    for name in TINY:
+        api = json.loads((API_DIR / f"{name}_api.json").read_text())
+        te = next(e for e in api.values() if e["class_type"] == "MagiHumanTextEncoderLoader")
+        assert te["inputs"]["text_encoder"] == comfy_name("text_encoder", tiny=True)
+
+
+# ------------------------------------------------------------------------------------------ run the tiny ones
+def _run_api(prompt: dict, nodes: dict, out_dir: Path, inputs: dict) -> list[Path]:
+    """Execute an API prompt in dependency order: pack nodes via execute(); the core nodes by equivalent plain
+    calls (Load Image / Load Audio read ``inputs``, Create Video bundles, Save Video writes H.264 + AAC)."""
     results, written = {}, []
 
     def value(v):
@@ -113,7 +217,9 @@ def _run_api(prompt: dict, nodes: dict, out_dir: Path) -> list[Path]:
                 continue
             kw = {k: value(v) for k, v in entry["inputs"].items()}
             ct = entry["class_type"]
-            if ct == "CreateVideo":
+            if ct in ("LoadImage", "LoadAudio"):
+                results[nid] = inputs[ct]
+            elif ct == "CreateVideo":
                 results[nid] = ({"images": kw["images"], "audio": kw.get("audio"), "fps": kw["fps"]},)
             elif ct == "SaveVideo":
                 v = kw["video"]
@@ -129,12 +235,15 @@ def _run_api(prompt: dict, nodes: dict, out_dir: Path) -> list[Path]:
     return written
 
 
-@pytest.mark.parametrize("name", ["magihuman_tiny_t2v", "magihuman_tiny_sr"])
+@pytest.mark.parametrize("name", TINY)
 def test_tiny_workflow_runs(name, node_pack, tmp_path, tiny_dir):
+    image = torch.from_numpy(np.linspace(0, 1, 64 * 96 * 3, dtype=np.float32).reshape(1, 64, 96, 3))
+    t = torch.arange(16000 * 3) / 16000
+    audio = {"waveform": (0.3 * torch.sin(2 * math.pi * 220 * t)).reshape(1, 1, -1), "sample_rate": 16000}
     env = node_pack(tiny_dir)
     try:
-        prompt = json.loads((WF_DIR / f"{name}_api.json").read_text())
-        out = _run_api(prompt, env.nodes, tmp_path)
+        prompt = json.loads((API_DIR / f"{name}_api.json").read_text())
+        out = _run_api(prompt, env.nodes, tmp_path, {"LoadImage": (image, None), "LoadAudio": (audio,)})
     finally:
         env.close()
     assert len(out) == 1

@@ -1,10 +1,22 @@
-"""Writes the shareable workflows (UI format + API-format twin) from the graph specs below.
+"""Writes everything derived from the node schemas: templates, tiny workflows, API twins, thumbnails, node help.
 
-    python workflows/build_workflows.py          # rewrites workflows/*.json
+    python workflows/build_workflows.py
 
-Widget values are laid out from the nodes' own schemas (this pack's nodes, plus ``CORE_NODES``: the
-ComfyUI core nodes the workflows use), so the JSONs always match the code. tests/test_workflows.py
-checks the result and runs the tiny ones.
+- ``example_workflows/<name>.json`` + ``<name>.jpg``: the templates ComfyUI's template browser lists (every
+  JSON in that folder, the JPG beside it as the thumbnail). Template style of core ComfyUI: UUID ids, a top
+  graph with only what an artist touches (Load Image / Load Audio, the MagiHuman subgraph node with the
+  prompt, size, length, seed, steps and model names, Save Video, a note), and one subgraph per mode whose
+  groups (Models, Prompt, Sampling, Super-resolution, Decode) run left to right.
+- ``workflows/tiny/<name>.json``: the same graphs on the tiny random models (CPU checks; not templates).
+- ``workflows/api/<name>_api.json``: the API-format twin of every workflow (``POST /prompt``); node ids are the
+  ones the frontend gives a subgraph's nodes (``"<subgraph node id>:<inner node id>"``), so the twin is exactly
+  the prompt the frontend queues.
+- ``web/docs/<NodeId>.md``: the help the frontend shows for each node.
+
+Widget values are laid out from the nodes' own schemas (this pack's nodes, plus ``CORE_NODES``: the ComfyUI
+core nodes the workflows use), so the files always match the code. tests/test_templates.py and
+tests/test_workflows.py check the result; tests/test_comfyui_real_workflows.py loads every workflow in the
+real frontend and runs the tiny ones in a real ComfyUI.
 """
 
 from __future__ import annotations
@@ -13,41 +25,51 @@ import importlib
 import importlib.util
 import json
 import sys
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PACK_NAME = "comfyui_magihuman"
+TEMPLATE_DIR = ROOT / "example_workflows"   # ComfyUI serves <pack>/example_workflows/*.json as templates
+TINY_DIR = HERE / "tiny"
+API_DIR = HERE / "api"
+DOCS_DIR = ROOT / "web" / "docs"            # /extensions/<pack>/docs/<NodeId>.md (WEB_DIRECTORY = "./web")
+FRONTEND_VERSION = "1.35.9"                 # what ComfyUI 0.8.0 pins; the templates follow its schema
+UUID_NAMESPACE = uuid.UUID("6f1f3c2e-6a43-4a55-9c1d-7d0f8a1e5b21")  # ids are uuid5(name): files are reproducible
 
 # ComfyUI core nodes used by the workflows: inputs in schema order as (name, type, kind, default),
-# kind "socket" | "widget" | "optional_socket"; outputs as (name, type).
+# kind "socket" | "widget" | "optional_socket" | "upload_widget"; outputs as (name, type).
 CORE_NODES: dict[str, dict] = {
     "LoadImage": {"inputs": [("image", "COMBO", "upload_widget", "example.png")],
-                  "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
-    "LoadAudio": {"inputs": [("audio", "COMBO", "upload_widget", "speech.wav")], "outputs": [("AUDIO", "AUDIO")]},
+                  "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "title": "Load Image"},
+    "LoadAudio": {"inputs": [("audio", "COMBO", "upload_widget", "speech.wav")], "outputs": [("AUDIO", "AUDIO")],
+                  "title": "Load Audio"},
     "CreateVideo": {"inputs": [("images", "IMAGE", "socket", None), ("fps", "FLOAT", "widget", 30.0),
                                ("audio", "AUDIO", "optional_socket", None)],
-                    "outputs": [("VIDEO", "VIDEO")]},
+                    "outputs": [("VIDEO", "VIDEO")], "title": "Create Video"},
     "SaveVideo": {"inputs": [("video", "VIDEO", "socket", None), ("filename_prefix", "STRING", "widget", "video/ComfyUI"),
                              ("format", "COMBO", "widget", "auto"), ("codec", "COMBO", "widget", "auto")],
-                  "outputs": []},
+                  "outputs": [], "title": "Save Video"},
     "MarkdownNote": {"inputs": [("text", "STRING", "widget", "")], "outputs": []},
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+GROUP_ORDER = ("Models", "Prompt", "Sampling", "Super-resolution", "Decode")
+GROUP_COLOR = "#3f789e"
 
-WAN_VAE_URL = ("https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/"
-               "wan2.2_vae.safetensors")
+# The example prompts, in the format the model was trained on (main body with the spoken line quoted,
+# Dialogue, Background Sound). magihuman.prompts.EXAMPLE_PROMPTS is used when it exists; this is the fallback.
+WORKFLOW_PROMPTS_FALLBACK = {
+    "t2v": ("A young woman with short black hair and a cream sweater sits by a sunlit cafe window, facing the "
+            "camera. She smiles warmly and says, \"Good morning! Let me show you my favourite corner of the city.\" "
+            "Her voice is bright and clear, at a relaxed pace. The camera is static at eye level in a medium "
+            "close-up; soft daylight, shallow depth of field, the cafe behind her blurred and still.\n\n"
+            "Dialogue:\n<Young woman in cream sweater, English>: \"Good morning! Let me show you my favourite "
+            "corner of the city.\"\n\nBackground Sound:\n<Low murmur of cafe conversation>"),
+}
+TINY_PROMPT = "A man smiles and says hello."
 
-REAL_MODELS_NOTE = """## Model files (ComfyUI/models/...)
-| what | where | from |
-|---|---|---|
-| DiT (distill / base / 540p_sr / 1080p_sr) | `diffusion_models/<name>/` — the whole official folder (index + shards, `.zst` ok) or a single converted `.safetensors` | GAIR/daVinci-MagiHuman |
-| T5Gemma encoder | `text_encoders/t5gemma-9b-9b-ul2/` (HF folder with tokenizer) | google/t5gemma-9b-9b-ul2 |
-| Turbo VAE | `vae/turbo_vae/` (TurboV3-Wan22-TinyShallow_7_7.json + checkpoint-340000.ckpt) | GAIR/daVinci-MagiHuman `turbo_vae/` |
-| Wan2.2 VAE | `vae/wan2.2_vae.safetensors` (or the official Wan2.2_VAE.pth) | Wan-AI/Wan2.2-TI2V-5B (ComfyUI repack) |
-| Audio VAE | `vae/stable-audio-open-1.0/` (model.safetensors + model_config.json) | stabilityai/stable-audio-open-1.0 |
-Folders cannot be offered as one-click downloads; only the Wan2.2 VAE is listed for the model downloader.
-"""
 
 
 def import_pack():
@@ -60,11 +82,21 @@ def import_pack():
     return mod
 
 
+def engine(module: str):
+    return importlib.import_module(f"{import_pack().__name__}.magihuman.{module}")
+
+
+def example_prompt(kind: str) -> str:
+    prompts = getattr(engine("prompts"), "EXAMPLE_PROMPTS", None) or {}
+    return prompts.get(kind) or prompts.get("t2v") or WORKFLOW_PROMPTS_FALLBACK["t2v"]
+
+
 def node_specs() -> dict[str, dict]:
-    """Every node type the workflows may use -> {inputs: [(name, type, kind, default)], outputs: [(name, type)]}."""
+    """Every node type the workflows may use -> {inputs: [(name, type, kind, default)], outputs: [(name, type)],
+    options, multiline, title, schema}."""
     pack = import_pack()
     nodes = importlib.import_module(f"{pack.__name__}.nodes")
-    specs = dict(CORE_NODES)
+    specs = {k: dict(v, options={}, multiline=set()) for k, v in CORE_NODES.items()}
     for cls in nodes.NODE_CLASSES:
         s = cls.define_schema()
         ins = []
@@ -75,202 +107,725 @@ def node_specs() -> dict[str, dict]:
                 kind = "optional_socket" if i.optional else "socket"
             ins.append((i.id, i.io_type, kind, i.default))
         outs = [(o.display_name or o.io_type, o.io_type) for o in s.outputs]
-        specs[s.node_id] = {"inputs": ins, "outputs": outs, "options": {i.id: i.options for i in s.inputs
-                                                                         if i.io_type == "COMBO"}}
+        specs[s.node_id] = {"inputs": ins, "outputs": outs, "title": s.display_name, "schema": s,
+                            "options": {i.id: i.options for i in s.inputs if i.io_type == "COMBO"},
+                            "multiline": {i.id for i in s.inputs if getattr(i, "multiline", False)}}
     return specs
 
 
-# ------------------------------------------------------------------------------------------ graphs
-def _loaders(tiny: bool, *, sr: str | None = None, wan: bool = False, base: bool = False, distill: bool = True):
-    if tiny:  # loader list entries of magihuman.tiny.TINY_FILES: relative to the type folder, folders end in "/"
-        files = importlib.import_module(f"{import_pack().__name__}.magihuman.tiny").TINY_FILES
-        names = {role: rel.split("/", 1)[1] + ("" if rel.endswith(".safetensors") else "/")
-                 for role, rel in files.items()}
-    else:
-        names = {"distill": "distill/", "base": "base/", "sr_540p": "540p_sr/", "sr_1080p": "1080p_sr/",
-                 "text_encoder": "t5gemma-9b-9b-ul2/", "turbo_vae": "turbo_vae/", "video_vae": "wan2.2_vae.safetensors",
-                 "audio_vae": "stable-audio-open-1.0/"}
+# ------------------------------------------------------------------------------------------ graph specs
+@dataclass
+class Node:
+    """One node of a mode's subgraph: widget values, links from other nodes (input -> (key, output slot)),
+    its group and column inside the group."""
+
+    key: str
+    type: str
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)
+    group: str = "Sampling"
+    col: int = 0
+
+
+@dataclass
+class Exposed:
+    """A subgraph input: ``targets`` are (node key, input name) inside; widget-typed ones get their value here."""
+
+    name: str
+    type: str
+    targets: list
+    label: str | None = None
+    value: object = None
+
+
+@dataclass
+class Mode:
+    name: str                  # file stem
+    title: str                 # subgraph name (shown on the node)
+    summary: str               # one line for the note and the thumbnail
+    kind: str                  # example prompt kind
+    nodes: list
+    exposed: list
+    output: tuple              # (node key, slot) of the VIDEO
+    top_inputs: list           # [(exposed name, core loader type)]
+    tiny: bool
+    preset: str                # magihuman.presets name (memory/speed numbers)
+    card: tuple                # thumbnail lines (headline, detail)
+
+
+def model_names(tiny: bool) -> dict[str, str]:
+    presets = engine("presets")
+    return {role: presets.comfy_name(role, tiny) for role in presets.MODEL_FILES}
+
+
+def build_mode(mode: str, tiny: bool = False) -> Mode:
+    """The subgraph of one mode: t2v / ti2v / a2v (distilled), base (CFG), sr_540p / sr_1080p (base + SR)."""
+    names = model_names(tiny)
     dt = "fp32" if tiny else "auto"
-    g = []
+    distill = mode in ("t2v", "ti2v", "a2v")
+    sr = mode if mode.startswith("sr_") else None
+    w, h, secs = (64, 64, 2.0 if distill else 1.0) if tiny else (448, 256, 4.0)
+    steps = (2 if sr else 4) if tiny and not distill else (8 if distill else 32)
+    kind = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "base": "base"}.get(mode, "sr")
+    prompt = TINY_PROMPT if tiny else example_prompt(kind)
+    dit_role = "distill" if distill else "base"
+    nodes = [
+        Node("dit", "MagiHumanDiTLoader", {"model_name": names[dit_role], "weight_dtype": dt}, group="Models"),
+        Node("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt},
+             group="Models"),
+        Node("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo_vae"], "weight_dtype": dt}, group="Models"),
+        Node("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"},
+             group="Models"),
+    ]
+    if mode == "ti2v":
+        nodes.append(Node("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt},
+                          group="Models"))
+    if sr:
+        nodes.insert(1, Node("sr_dit", "MagiHumanSRDiTLoader", {"model_name": names[sr], "weight_dtype": dt},
+                             group="Models"))
+    nodes += [
+        Node("enc", "MagiHumanTextEncode", {"prompt": prompt, "encode_negative": not distill},
+             {"text_encoder": ("te", 0)}, group="Prompt"),
+        Node("latent", "MagiHumanEmptyAVLatent", {"width": w, "height": h, "seconds": secs}, group="Sampling"),
+    ]
+    last = "latent"
+    if mode == "ti2v":
+        nodes.append(Node("i2v", "MagiHumanImageToVideo", {}, {"latent": ("latent", 0), "video_vae": ("wan", 0)},
+                          group="Sampling"))
+        last = "i2v"
+    if mode == "a2v":
+        nodes.append(Node("a2v", "MagiHumanReferenceAudio", {"trim_to_latent": True},
+                          {"latent": ("latent", 0), "audio_vae": ("audio_vae", 0)}, group="Sampling"))
+        last = "a2v"
     if distill:
-        g.append(("dit", "MagiHumanDiTLoader", {"model_name": names["distill"], "weight_dtype": dt}, {}))
-    if base:
-        g.append(("dit", "MagiHumanDiTLoader", {"model_name": names["base"], "weight_dtype": dt}, {}))
+        nodes.append(Node("sample", "MagiHumanDistilledSampler", {"seed": 42, "steps": steps},
+                          {"model": ("dit", 0), "positive": ("enc", 0), "latent": (last, 0)}, group="Sampling"))
+    else:
+        nodes.append(Node("sample", "MagiHumanBaseSampler", {"seed": 42, "steps": steps},
+                          {"model": ("dit", 0), "positive": ("enc", 0), "negative": ("enc", 1), "latent": (last, 0)},
+                          group="Sampling"))
+    out = "sample"
     if sr:
-        g.append(("sr_dit", "MagiHumanSRDiTLoader", {"model_name": names[sr], "weight_dtype": dt}, {}))
-    g += [("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt}, {}),
-          ("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo_vae"], "weight_dtype": dt}, {}),
-          ("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"}, {})]
-    if wan:
-        g.append(("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt}, {}))
-    return g
-
-
-def _outputs(prefix: str, latent_src: str):
-    return [
-        ("decode", "MagiHumanTurboVAEDecode", {}, {"turbo_vae": ("turbo", 0), "latent": (latent_src, 0)}),
-        ("adecode", "MagiHumanAudioDecode", {"sample_rate": "48000"}, {"audio_vae": ("audio_vae", 0),
-                                                                       "latent": (latent_src, 0)}),
-        ("video", "CreateVideo", {"fps": 25.0}, {"images": ("decode", 0), "audio": ("adecode", 0)}),
-        ("save", "SaveVideo", {"filename_prefix": f"magihuman/{prefix}", "format": "mp4", "codec": "h264"},
-         {"video": ("video", 0)}),
-    ]
-
-
-PROMPT = ("A young woman with short black hair sits by a sunlit window in a cozy cafe, looks into the camera, smiles "
-          "warmly and says: \"Good morning! Today I want to tell you about my favourite place in the city.\" Her "
-          "voice is clear and cheerful; soft cafe ambience in the background.")
-
-
-def t2v_distill(tiny=False, *, width=448, height=256, seconds=4.0, seed=42):
-    enc = {"prompt": PROMPT if not tiny else "A man smiles and says hello.", "encode_negative": False}
-    g = _loaders(tiny) + [
-        ("enc", "MagiHumanTextEncode", enc, {"text_encoder": ("te", 0)}),
-        ("latent", "MagiHumanEmptyAVLatent", {"width": width, "height": height, "seconds": seconds}, {}),
-        ("sample", "MagiHumanDistilledSampler", {"seed": seed, "steps": 8},
-         {"model": ("dit", 0), "positive": ("enc", 0), "latent": ("latent", 0)}),
-    ]
-    return g + _outputs("t2v_distill" if not tiny else "tiny_t2v", "sample")
-
-
-def ti2v_distill():
-    g = _loaders(False, wan=True) + [
-        ("enc", "MagiHumanTextEncode", {"prompt": PROMPT, "encode_negative": False}, {"text_encoder": ("te", 0)}),
-        ("img", "LoadImage", {"image": "example.png"}, {}),
-        ("latent", "MagiHumanEmptyAVLatent", {"width": 448, "height": 256, "seconds": 4.0}, {}),
-        ("i2v", "MagiHumanImageToVideo", {}, {"latent": ("latent", 0), "video_vae": ("wan", 0), "image": ("img", 0)}),
-        ("sample", "MagiHumanDistilledSampler", {"seed": 42, "steps": 8},
-         {"model": ("dit", 0), "positive": ("enc", 0), "latent": ("i2v", 0)}),
-    ]
-    return g + _outputs("ti2v_distill", "sample")
-
-
-def a2v_distill():
-    g = _loaders(False) + [
-        ("enc", "MagiHumanTextEncode", {"prompt": PROMPT, "encode_negative": False}, {"text_encoder": ("te", 0)}),
-        ("aud", "LoadAudio", {"audio": "speech.wav"}, {}),
-        ("latent", "MagiHumanEmptyAVLatent", {"width": 448, "height": 256, "seconds": 4.0}, {}),
-        ("a2v", "MagiHumanReferenceAudio", {"trim_to_latent": True},
-         {"latent": ("latent", 0), "audio_vae": ("audio_vae", 0), "audio": ("aud", 0)}),
-        ("sample", "MagiHumanDistilledSampler", {"seed": 42, "steps": 8},
-         {"model": ("dit", 0), "positive": ("enc", 0), "latent": ("a2v", 0)}),
-    ]
-    return g + _outputs("a2v_distill", "sample")
-
-
-def t2v_base_cfg(tiny=False, *, sr=None, width=448, height=256, seconds=4.0, steps=32, sr_steps=5):
-    g = _loaders(tiny, base=True, distill=False, sr=sr) + [
-        ("enc", "MagiHumanTextEncode", {"prompt": PROMPT if not tiny else "A man smiles and says hello.",
-                                        "encode_negative": True}, {"text_encoder": ("te", 0)}),
-        ("latent", "MagiHumanEmptyAVLatent", {"width": width, "height": height, "seconds": seconds}, {}),
-        ("sample", "MagiHumanBaseSampler", {"seed": 42, "steps": steps},
-         {"model": ("dit", 0), "positive": ("enc", 0), "negative": ("enc", 1), "latent": ("latent", 0)}),
-    ]
-    last = "sample"
-    if sr:
-        res = "540p (896x512)" if sr == "sr_540p" else "1080p (1920x1088)"
-        w = {"resolution": res, "seed": 7, "steps": sr_steps}
+        res = {"sr_540p": "540p (896x512)", "sr_1080p": "1080p (1920x1088)"}[sr]
+        sw = {"resolution": res, "seed": 7, "steps": 2 if tiny else 5}
         if tiny:
-            w.update(resolution="custom", width=width * 2, height=height * 2)
-        g.append(("sr", "MagiHumanLatentSR", w, {"sr_model": ("sr_dit", 0), "positive": ("enc", 0),
-                                                  "latent": ("sample", 0)}))
-        last = "sr"
-    name = {None: "t2v_base_cfg", "sr_540p": "sr_540p", "sr_1080p": "sr_1080p"}[sr]
-    return g + _outputs(("tiny_" if tiny else "") + name, last)
+            sw.update(resolution="custom", width=w * 2, height=h * 2)
+        nodes.append(Node("sr", "MagiHumanLatentSR", sw, {"sr_model": ("sr_dit", 0), "positive": ("enc", 0),
+                                                          "latent": ("sample", 0)}, group="Super-resolution"))
+        out = "sr"
+    nodes += [
+        Node("decode", "MagiHumanTurboVAEDecode", {}, {"turbo_vae": ("turbo", 0), "latent": (out, 0)}, group="Decode"),
+        Node("adecode", "MagiHumanAudioDecode", {"sample_rate": "48000"},
+             {"audio_vae": ("audio_vae", 0), "latent": (out, 0)}, group="Decode"),
+        Node("video", "CreateVideo", {"fps": 25.0}, {"images": ("decode", 0), "audio": ("adecode", 0)}, group="Decode"),
+    ]
+    exposed = []
+    top = []
+    if mode == "ti2v":
+        exposed.append(Exposed("image", "IMAGE", [("i2v", "image")]))
+        top.append(("image", "LoadImage"))
+    if mode == "a2v":
+        exposed.append(Exposed("audio", "AUDIO", [("a2v", "audio")]))
+        top.append(("audio", "LoadAudio"))
+    exposed += [Exposed("prompt", "STRING", [("enc", "prompt")], value=prompt)]
+    if not distill:
+        exposed.append(Exposed("negative_prompt", "STRING", [("enc", "negative_prompt")], label="negative prompt",
+                               value=None))  # None: the schema default (the official negative prompt)
+    exposed += [
+        Exposed("width", "INT", [("latent", "width")], value=w),
+        Exposed("height", "INT", [("latent", "height")], value=h),
+        Exposed("seconds", "FLOAT", [("latent", "seconds")], value=secs),
+        Exposed("seed", "INT", [("sample", "seed")], value=42),
+        Exposed("steps", "INT", [("sample", "steps")], value=steps),
+        Exposed("dit_model", "COMBO", [("dit", "model_name")], label=f"{'distilled' if distill else 'base'} DiT",
+                value=names[dit_role]),
+    ]
+    if sr:
+        exposed.append(Exposed("sr_model", "COMBO", [("sr_dit", "model_name")], label=f"{sr[3:]} SR DiT",
+                               value=names[sr]))
+    exposed += [
+        Exposed("text_encoder", "COMBO", [("te", "text_encoder")], label="text encoder", value=names["text_encoder"]),
+        Exposed("turbo_vae", "COMBO", [("turbo", "vae_name")], label="turbo VAE", value=names["turbo_vae"]),
+        Exposed("audio_vae", "COMBO", [("audio_vae", "vae_name")], label="audio VAE", value=names["audio_vae"]),
+    ]
+    if mode == "ti2v":
+        exposed.append(Exposed("video_vae", "COMBO", [("wan", "vae_name")], label="Wan2.2 VAE",
+                               value=names["video_vae"]))
+    for e in exposed:  # the interior widget shows the same value as the subgraph input
+        for key, inp in e.targets:
+            node = next(n for n in nodes if n.key == key)
+            if e.type in WIDGET_TYPES:
+                node.widgets[inp] = e.value
+    info = MODES[mode]
+    name = f"magihuman_tiny_{TINY_STEMS[mode]}" if tiny else f"magihuman_{info['stem']}"
+    return Mode(name=name, title=("MagiHuman tiny " if tiny else "MagiHuman ") + info["title"],
+                summary=info["summary"], kind=kind, nodes=nodes, exposed=exposed, output=("video", 0), top_inputs=top,
+                tiny=tiny, preset=info["preset"], card=info["card"])
 
 
-WORKFLOWS = {
-    "magihuman_t2v_distill_256p": (t2v_distill, {}, "Text to video+audio with the distilled model: 8 steps, no CFG, "
-                                   "448x256, 4 s (official distill example)."),
-    "magihuman_ti2v_distill_256p": (ti2v_distill, {}, "Text+image to video+audio: the image is the first frame "
-                                    "(put example.png in ComfyUI/input)."),
-    "magihuman_a2v_distill_256p": (a2v_distill, {}, "Audio-driven video: the reference speech sets the audio track "
-                                   "and the length (put speech.wav in ComfyUI/input)."),
-    "magihuman_t2v_base_cfg_256p": (t2v_base_cfg, {}, "Base model, 32 UniPC steps with CFG (video 5 -> 2 below "
-                                    "t=500, audio 5), 448x256, 4 s."),
-    "magihuman_sr_540p": (t2v_base_cfg, {"sr": "sr_540p"}, "Base 448x256 then latent super-resolution to 896x512 "
-                          "(540p SR model, 5 steps, audio kept in the loop)."),
-    "magihuman_sr_1080p": (t2v_base_cfg, {"sr": "sr_1080p"}, "Base 448x256 then latent super-resolution to "
-                           "1920x1088 (1080p SR model with local attention, 5 steps)."),
-    "magihuman_tiny_t2v": (t2v_distill, {"tiny": True, "width": 64, "height": 64, "seconds": 2.0},
-                           "Tiny random models (python -m magihuman tiny-models DIR): checks the graph runs on CPU "
-                           "in seconds. The output is noise-like, by design."),
-    "magihuman_tiny_sr": (t2v_base_cfg, {"tiny": True, "sr": "sr_540p", "width": 64, "height": 64, "seconds": 1.0,
-                                         "steps": 4, "sr_steps": 2},
-                          "Tiny random models: base with CFG + latent SR (64x64 -> 128x128) on CPU in seconds."),
+MODES = {
+    "t2v": {"stem": "t2v_distill_256p", "title": "T2V 256p", "preset": "distill_256p",
+            "summary": "Text to video+audio with the distilled model: 8 steps, no CFG, 448x256, 4 s.",
+            "card": ("Text to video + speech", "distilled model, 8 steps, 448x256")},
+    "ti2v": {"stem": "ti2v_distill_256p", "title": "TI2V 256p", "preset": "distill_256p",
+             "summary": "Text + first-frame image to video+audio with the distilled model (8 steps, 448x256, 4 s).",
+             "card": ("Image + text to video + speech", "distilled model, 8 steps, first frame kept")},
+    "a2v": {"stem": "a2v_distill_256p", "title": "A2V 256p", "preset": "distill_256p",
+            "summary": "Speech-driven video: your audio is kept as the sound track and sets the length "
+                       "(distilled model, 8 steps, 448x256).",
+            "card": ("Speech to talking video", "distilled model, your audio kept")},
+    "base": {"stem": "t2v_base_cfg_256p", "title": "T2V 256p (base, CFG)", "preset": "base_256p",
+             "summary": "Text to video+audio with the base model: 32 UniPC steps with CFG (video 5 -> 2 below "
+                        "t=500, audio 5), 448x256, 4 s.",
+             "card": ("Text to video + speech", "base model, 32 steps, CFG")},
+    "sr_540p": {"stem": "sr_540p", "title": "T2V 540p (base + SR)", "preset": "sr_540p",
+                "summary": "Base 448x256 (32 steps, CFG), then latent super-resolution to 896x512 (540p SR model, "
+                           "5 steps, audio kept in the loop).",
+                "card": ("Text to video + speech, 540p", "base 448x256, then SR to 896x512")},
+    "sr_1080p": {"stem": "sr_1080p", "title": "T2V 1080p (base + SR)", "preset": "sr_1080p",
+                 "summary": "Base 448x256 (32 steps, CFG), then latent super-resolution to 1920x1088 (1080p SR "
+                            "model with local attention, 5 steps).",
+                 "card": ("Text to video + speech, 1080p", "base 448x256, then SR to 1920x1088")},
 }
+TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "base", "sr_540p", "sr_1080p"]
+TINY_MODES = ["t2v", "ti2v", "a2v", "sr_540p"]
+TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "sr_540p": "sr"}
+
+
+# ------------------------------------------------------------------------------------------ layout
+NODE_WIDTH = {"MagiHumanTextEncode": 420, "MagiHumanLatentSR": 320}
+ROW, WIDGET, TITLE, MULTILINE = 22, 26, 30, 150
+GAP, PAD, GROUP_TITLE, GROUP_GAP = 40, 20, 44, 40
+IN_NODE_X, IN_NODE_W, OUT_NODE_GAP, OUT_NODE_W = -170, 130, 40, 100   # the subgraph's input/output nodes
+
+
+def node_size(spec: dict, node_type: str, n_sockets: int) -> list:
+    """[w, h] of the node body (the title bar sits above pos), a little above what the frontend computes."""
+    widgets = [i for i in spec["inputs"] if i[2].endswith("widget")]
+    extra = sum(1 for i in widgets if i[2] in ("seed_widget", "upload_widget"))
+    multi = sum(1 for i in widgets if i[0] in spec["multiline"])
+    rows = max(n_sockets, len(spec["outputs"]))
+    h = rows * ROW + (len(widgets) + extra) * WIDGET + multi * MULTILINE + 16
+    return [NODE_WIDTH.get(node_type, 300), h]
+
+
+def layout(nodes: list, specs: dict) -> tuple[dict, list]:
+    """Positions (node key -> (pos, size)) and groups [(title, [x, y, w, h])]: groups left to right in
+    GROUP_ORDER, each group's columns left to right, nodes stacked in a column below the group title;
+    nothing overlaps (a node's title bar is TITLE above its pos)."""
+    placed, groups = {}, []
+    x = 0
+    for gname in GROUP_ORDER:
+        members = [n for n in nodes if n.group == gname]
+        if not members:
+            continue
+        gx, col_x, bottom = x, x + PAD, 0
+        for col in sorted({n.col for n in members}):
+            y = GROUP_TITLE + PAD + TITLE
+            width = 0
+            for n in (m for m in members if m.col == col):
+                sockets = sum(1 for i in specs[n.type]["inputs"] if i[2] in ("socket", "optional_socket"))
+                size = node_size(specs[n.type], n.type, sockets)
+                placed[n.key] = ([col_x, y], size)
+                y += size[1] + GAP + TITLE
+                width = max(width, size[0])
+            bottom = max(bottom, y - GAP - TITLE)
+            col_x += width + GAP
+        gw = col_x - GAP + PAD - gx
+        groups.append((gname, [gx, 0, gw, bottom + PAD]))
+        x = gx + gw + GROUP_GAP
+    return placed, groups
 
 
 # ------------------------------------------------------------------------------------------ writers
-def build(graph, specs, *, title: str, description: str, tiny: bool) -> tuple[dict, dict]:
-    keys = [k for k, *_ in graph]
-    ids = {k: i + 1 for i, k in enumerate(keys)}
-    links, ui_nodes, api = [], [], {}
-    out_links: dict[tuple[str, int], list[int]] = {}
-    for key, ntype, widgets, inputs in graph:
-        for name, (src, slot) in inputs.items():
-            spec = specs[ntype]
-            in_type = next(t for n, t, *_ in spec["inputs"] if n == name)
-            links.append([len(links) + 1, ids[src], slot, ids[key], None, in_type, name])
-            out_links.setdefault((src, slot), []).append(len(links))
-    columns = {}
-    for order, (key, ntype, widgets, inputs) in enumerate(graph):
-        spec = specs[ntype]
-        unknown = set(widgets) - {n for n, *_ in spec["inputs"]}
+def uid(*parts) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+def widget_values(spec: dict, widgets: dict, node_type: str) -> tuple[list, dict]:
+    """(UI widgets_values, API inputs) of a node's widgets, in schema order."""
+    values, api = [], {}
+    for name, typ, kind, default in spec["inputs"]:
+        if not kind.endswith("widget"):
+            continue
+        value = widgets.get(name, default)
+        values.append(value)
+        api[name] = value
+        if kind == "seed_widget":
+            values.append("fixed")
+        if kind == "upload_widget":
+            values.append("image" if node_type == "LoadImage" else None)
+            if node_type == "LoadAudio":
+                values.append(None)
+    return values, api
+
+
+def build(mode: Mode, specs: dict) -> tuple[dict, dict]:
+    """UI workflow (top graph + one subgraph definition) and its API twin."""
+    for n in mode.nodes:
+        unknown = set(n.widgets) - {i[0] for i in specs[n.type]["inputs"]}
         if unknown:
-            raise ValueError(f"{key} ({ntype}): unknown widgets {sorted(unknown)}")
-        ui_inputs, values, api_inputs = [], [], {}
-        for name, typ, kind, default in spec["inputs"]:
-            if kind in ("socket", "optional_socket"):
-                link = next((l for l in links if l[3] == ids[key] and l[6] == name), None)
-                if link is not None:
-                    link[4] = len(ui_inputs)
-                    api_inputs[name] = [str(link[1]), link[2]]
-                elif kind == "socket":
-                    raise ValueError(f"{key} ({ntype}): required input {name!r} is not connected")
-                ui_inputs.append({"name": name, "type": typ, "link": link[0] if link else None})
+            raise ValueError(f"{n.key} ({n.type}): unknown widgets {sorted(unknown)}")
+    for e in mode.exposed:  # values left None take the schema default (the official negative prompt)
+        if e.value is None and e.type in WIDGET_TYPES:
+            key, inp = e.targets[0]
+            node = next(n for n in mode.nodes if n.key == key)
+            e.value = next(d for name, _, _, d in specs[node.type]["inputs"] if name == inp)
+            node.widgets[inp] = e.value
+
+    # ---- ids: top graph 1..9, inside 10.. (unique in the file); links likewise
+    top_ids = {"note": 1, "sub": 2, "save": 3}
+    for i, (name, _) in enumerate(mode.top_inputs):
+        top_ids[name] = 4 + i
+    inner_ids = {n.key: 10 + i for i, n in enumerate(mode.nodes)}
+    sub_id = uid(mode.name, "subgraph")
+
+    # ---- inner links (objects) and subgraph inputs
+    inner_links, link_id = [], 100
+    in_links: dict[tuple[str, str], int] = {}      # (node key, input) -> link id
+    out_links: dict[tuple[str, int], list] = {}    # (node key, slot) -> link ids
+    for n in mode.nodes:
+        for inp, (src, slot) in n.links.items():
+            link_id += 1
+            typ = next(t for name, t, *_ in specs[n.type]["inputs"] if name == inp)
+            inner_links.append({"id": link_id, "origin_id": inner_ids[src], "origin_slot": slot,
+                                "target_id": inner_ids[n.key], "target_slot": None, "type": typ, "_input": inp})
+            in_links[(n.key, inp)] = link_id
+            out_links.setdefault((src, slot), []).append(link_id)
+    sg_inputs = []
+    for idx, e in enumerate(mode.exposed):
+        ids = []
+        for key, inp in e.targets:
+            link_id += 1
+            inner_links.append({"id": link_id, "origin_id": -10, "origin_slot": idx, "target_id": inner_ids[key],
+                                "target_slot": None, "type": e.type, "_input": inp})
+            in_links[(key, inp)] = link_id
+            ids.append(link_id)
+        sg_inputs.append({"id": uid(mode.name, "in", e.name), "name": e.name, "type": e.type, "linkIds": ids,
+                          **({"label": e.label} if e.label else {}), "localized_name": e.name})
+    link_id += 1
+    out_key, out_slot = mode.output
+    inner_links.append({"id": link_id, "origin_id": inner_ids[out_key], "origin_slot": out_slot, "target_id": -20,
+                        "target_slot": 0, "type": "VIDEO"})
+    out_links.setdefault(mode.output, []).append(link_id)
+    sg_outputs = [{"id": uid(mode.name, "out", "VIDEO"), "name": "VIDEO", "type": "VIDEO", "linkIds": [link_id],
+                   "localized_name": "VIDEO"}]
+
+    # ---- inner nodes
+    placed, groups = layout(mode.nodes, specs)
+    inner_nodes, api = [], {}
+    for order, n in enumerate(mode.nodes):
+        spec = specs[n.type]
+        ui_inputs, api_inputs = [], {}
+        for name, typ, kind, _ in spec["inputs"]:
+            lid = in_links.get((n.key, name))
+            is_widget = kind.endswith("widget")
+            if lid is None:
+                if kind == "socket":
+                    raise ValueError(f"{mode.name}: {n.key} ({n.type}) input {name!r} is not connected")
+                if is_widget or kind == "optional_socket":
+                    continue
+            entry = {"localized_name": name, "name": name, "type": typ, "link": lid}
+            if is_widget:
+                entry["widget"] = {"name": name}
+            link = next(link for link in inner_links if link["id"] == lid)
+            link["target_slot"] = len(ui_inputs)
+            ui_inputs.append(entry)
+        values, api_widgets = widget_values(spec, n.widgets, n.type)
+        api_inputs.update(api_widgets)
+        for (key, inp), lid in in_links.items():
+            if key != n.key:
                 continue
-            value = widgets.get(name, default)
-            values.append(value)
-            api_inputs[name] = value
-            if kind == "seed_widget":
-                values.append("fixed")
-            if kind == "upload_widget":
-                values.append("image" if ntype == "LoadImage" else None)
-        outputs = [{"name": n, "type": t, "links": out_links.get((key, i), []), "slot_index": i}
-                   for i, (n, t) in enumerate(spec["outputs"])]
-        depth = 0 if not inputs else 1 + max(columns[src][0] for src, _ in inputs.values())
-        row = sum(1 for d, _ in columns.values() if d == depth)
-        columns[key] = (depth, row)
-        props = {"Node name for S&R": ntype}
-        if ntype == "MagiHumanVideoVAELoader" and not tiny:
-            props["models"] = [{"name": "wan2.2_vae.safetensors", "url": WAN_VAE_URL, "directory": "vae"}]
-        ui_nodes.append({"id": ids[key], "type": ntype, "pos": [40 + 380 * depth, 40 + 220 * row],
-                         "size": [340, 160], "flags": {}, "order": order, "mode": 0, "inputs": ui_inputs,
-                         "outputs": outputs, "properties": props, "widgets_values": values})
-        api[str(ids[key])] = {"class_type": ntype, "inputs": api_inputs, "_meta": {"title": key}}
-    note_id = len(graph) + 1
-    note = f"# {title}\n{description}\n\n" + ("Run `python -m magihuman tiny-models DIR` and start ComfyUI with DIR "
-                                               "as its models folder (or copy DIR/* into ComfyUI/models)."
-                                               if tiny else REAL_MODELS_NOTE)
-    ui_nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [40, -260], "size": [760, 240], "flags": {},
-                     "order": len(graph), "mode": 0, "inputs": [], "outputs": [],
-                     "properties": {}, "widgets_values": [note]})
-    ui = {"id": f"magihuman-{title}", "revision": 0, "last_node_id": note_id, "last_link_id": len(links),
-          "nodes": ui_nodes, "links": [l[:6] for l in links], "groups": [], "config": {},
-          "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
-    return ui, api
+            link = next(link for link in inner_links if link["id"] == lid)
+            if link["origin_id"] == -10:
+                e = mode.exposed[link["origin_slot"]]
+                if e.type in WIDGET_TYPES:
+                    api_inputs[inp] = e.value
+                else:  # IMAGE / AUDIO from the top graph's loader
+                    api_inputs[inp] = [str(top_ids[e.name]), 0]
+            else:
+                api_inputs[inp] = [f"{top_ids['sub']}:{link['origin_id']}", link["origin_slot"]]
+        outputs = [{"localized_name": oname, "name": oname, "type": otype,
+                    "links": out_links.get((n.key, slot), [])}
+                   for slot, (oname, otype) in enumerate(spec["outputs"])]
+        pos, size = placed[n.key]
+        props = {"Node name for S&R": n.type}
+        models = model_downloads(n, mode.tiny)
+        if models:
+            props["models"] = models
+        inner_nodes.append({"id": inner_ids[n.key], "type": n.type, "pos": pos, "size": size, "flags": {},
+                            "order": order, "mode": 0, "inputs": ui_inputs, "outputs": outputs,
+                            "properties": props, "widgets_values": values})
+        api[f"{top_ids['sub']}:{inner_ids[n.key]}"] = {"class_type": n.type, "inputs": api_inputs,
+                                                        "_meta": {"title": spec.get("title") or n.type}}
+    for link in inner_links:
+        link.pop("_input", None)
+    right = max(g[1][0] + g[1][2] for g in groups)
+    sub_groups = [{"id": i + 1, "title": t, "bounding": b, "color": GROUP_COLOR, "font_size": 24, "flags": {}}
+                  for i, (t, b) in enumerate(groups)]
+    n_in = len(sg_inputs)
+    subgraph = {
+        "id": sub_id, "version": 1,
+        "state": {"lastGroupId": len(sub_groups), "lastNodeId": max(inner_ids.values()), "lastLinkId": link_id,
+                  "lastRerouteId": 0},
+        "revision": 0, "config": {}, "name": mode.title,
+        "inputNode": {"id": -10, "bounding": [IN_NODE_X, GROUP_TITLE, IN_NODE_W, 40 + 20 * n_in]},
+        "outputNode": {"id": -20, "bounding": [right + OUT_NODE_GAP, GROUP_TITLE, OUT_NODE_W, 60]},
+        "inputs": sg_inputs, "outputs": sg_outputs, "widgets": [],
+        "nodes": inner_nodes, "groups": sub_groups, "links": inner_links,
+        "extra": {"workflowRendererVersion": "LG"},
+    }
+
+    # ---- top graph: [Load Image / Load Audio] -> MagiHuman subgraph -> Save Video, and the note
+    top_links, top_nodes = [], []
+    tl = 0
+    sub_inputs, proxy, sub_values = [], [], []
+    loader_links = {}
+    for name, loader in mode.top_inputs:
+        tl += 1
+        loader_links[name] = tl
+    for e in mode.exposed:
+        if e.type in WIDGET_TYPES:
+            sub_inputs.append({**({"label": e.label} if e.label else {}), "localized_name": e.name, "name": e.name,
+                               "type": e.type, "widget": {"name": e.name}, "link": None})
+            proxy.append(["-1", e.name])
+            sub_values.append(e.value)
+        else:
+            sub_inputs.append({"localized_name": e.name, "name": e.name, "type": e.type, "link": loader_links[e.name]})
+    proxy.append([str(inner_ids["sample"]), "control_after_generate"])
+    sub_values.append("fixed")
+    tl += 1
+    video_link = tl
+    # the frontend fits the top graph into the window and opens the subgraph at that same view: the top graph
+    # spans at least the subgraph's width, so both are on screen without zooming (and big enough to read)
+    note_w, save_w, sub_w, loader_w = 560, 640, 440, 320
+    natural = note_w + save_w + sub_w + loader_w * len(mode.top_inputs) + 60 * (len(mode.top_inputs) + 2)
+    left = IN_NODE_X
+    right_edge = max(right + OUT_NODE_GAP + OUT_NODE_W, left + natural)
+    sub_h = TITLE + len(sub_inputs) * ROW + sum(WIDGET + (MULTILINE if e.type == "STRING" else 0)
+                                                 for e in mode.exposed if e.type in WIDGET_TYPES) + WIDGET + 20
+    middle = [loader_w] * len(mode.top_inputs) + [sub_w]
+    gap = (right_edge - left - note_w - save_w - sum(middle)) / (len(middle) + 1)
+    x = left + note_w + gap
+    top_nodes.append({"id": top_ids["note"], "type": "MarkdownNote", "pos": [left, 0], "size": [note_w, 960],
+                      "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
+                      "title": "Read me: models, prompts, speed", "properties": {},
+                      "widgets_values": [note_text(mode)], "color": "#222", "bgcolor": "#000"})
+    for i, (name, loader) in enumerate(mode.top_inputs):
+        spec = specs[loader]
+        values, api_widgets = widget_values(spec, {}, loader)
+        outputs = [{"localized_name": o, "name": o, "type": t, "links": [loader_links[name]] if s == 0 else None}
+                   for s, (o, t) in enumerate(spec["outputs"])]
+        top_nodes.append({"id": top_ids[name], "type": loader, "pos": [round(x), 0],
+                          "size": [loader_w, 380 if loader == "LoadImage" else 160],
+                          "flags": {}, "order": 1 + i, "mode": 0, "inputs": [], "outputs": outputs,
+                          "properties": {"Node name for S&R": loader}, "widgets_values": values})
+        top_links.append([loader_links[name], top_ids[name], 0, top_ids["sub"], mode.exposed.index(
+            next(e for e in mode.exposed if e.name == name)), spec["outputs"][0][1]])
+        api[str(top_ids[name])] = {"class_type": loader, "inputs": api_widgets, "_meta": {"title": spec["title"]}}
+        x += loader_w + gap
+    top_nodes.append({"id": top_ids["sub"], "type": sub_id, "pos": [round(x), 0], "size": [sub_w, sub_h],
+                      "flags": {}, "order": len(mode.top_inputs) + 1, "mode": 0, "title": mode.title,
+                      "inputs": sub_inputs,
+                      "outputs": [{"localized_name": "VIDEO", "name": "VIDEO", "type": "VIDEO", "links": [video_link]}],
+                      "properties": {"proxyWidgets": proxy}, "widgets_values": sub_values})
+    x = right_edge - save_w
+    save_widgets = {"filename_prefix": f"magihuman/{mode.name.removeprefix('magihuman_')}", "format": "mp4",
+                    "codec": "h264"}
+    values, api_widgets = widget_values(specs["SaveVideo"], save_widgets, "SaveVideo")
+    top_nodes.append({"id": top_ids["save"], "type": "SaveVideo", "pos": [round(x), 0], "size": [save_w, 700],
+                      "flags": {},
+                      "order": len(mode.top_inputs) + 2, "mode": 0,
+                      "inputs": [{"localized_name": "video", "name": "video", "type": "VIDEO", "link": video_link}],
+                      "outputs": [], "properties": {"Node name for S&R": "SaveVideo"}, "widgets_values": values})
+    top_links.append([video_link, top_ids["sub"], 0, top_ids["save"], 0, "VIDEO"])
+    api[str(top_ids["save"])] = {"class_type": "SaveVideo",
+                                 "inputs": {"video": [f"{top_ids['sub']}:{inner_ids[out_key]}", out_slot], **api_widgets},
+                                 "_meta": {"title": "Save Video"}}
+    ui = {"id": uid(mode.name, "workflow"), "revision": 0, "last_node_id": max(inner_ids.values()),
+          "last_link_id": link_id, "nodes": top_nodes, "links": top_links, "groups": [],
+          "definitions": {"subgraphs": [subgraph]}, "config": {},
+          # no "ds" (view offset/zoom): the frontend then fits the whole graph into the window
+          "extra": {"frontendVersion": FRONTEND_VERSION, "workflowRendererVersion": "LG"}, "version": 0.4}
+    return ui, dict(sorted(api.items(), key=lambda kv: [int(p) for p in kv[0].split(":")]))
 
 
-def write_all(out_dir: Path = HERE) -> list[Path]:
+# ------------------------------------------------------------------------------------------ model notes
+HF = "https://huggingface.co"
+WAN_VAE_URL = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors"
+MODEL_LINKS = {  # role -> (what to download, page)
+    "distill": ("the folder `distill/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/distill"),
+    "base": ("the folder `base/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/base"),
+    "sr_540p": ("the folder `540p_sr/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/540p_sr"),
+    "sr_1080p": ("the folder `1080p_sr/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/1080p_sr"),
+    "text_encoder": ("the whole repository (weights + tokenizer)", f"{HF}/google/t5gemma-9b-9b-ul2"),
+    "turbo_vae": ("the folder `turbo_vae/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/turbo_vae"),
+    "video_vae": ("the file `split_files/vae/wan2.2_vae.safetensors`", WAN_VAE_URL),
+    "audio_vae": ("`model_config.json` + the `*.safetensors` (gated: accept the license first)",
+                  f"{HF}/stabilityai/stable-audio-open-1.0"),
+}
+
+
+def model_downloads(n: Node, tiny: bool) -> list:
+    """properties.models of a loader whose model is ONE file (the frontend offers it for download)."""
+    if tiny or n.type != "MagiHumanVideoVAELoader":
+        return []
+    return [{"name": n.widgets["vae_name"], "url": WAN_VAE_URL, "directory": "vae"}]
+
+
+def roles_of(mode: Mode) -> list[str]:
+    types = {n.type: n for n in mode.nodes}
+    roles = ["distill" if "MagiHumanDistilledSampler" in types else "base"]
+    if "MagiHumanSRDiTLoader" in types:
+        roles.append("sr_540p" if "540" in mode.preset else "sr_1080p")
+    roles += ["text_encoder", "turbo_vae", "audio_vae"]
+    if "MagiHumanVideoVAELoader" in types:
+        roles.append("video_vae")
+    return roles
+
+
+def memory_lines(mode: Mode) -> list[str]:
+    est = engine("estimate")
+    plan = est.estimate(mode.preset)
+    gib = 2 ** 30
+    peak = plan.peak_device_bytes / gib
+    dit = plan.stages[0].weight_bytes / gib
+    fp8 = est.estimate(mode.preset, weight_dtype="fp8") if _has_fp8(est) else None
+    h100 = plan.total_flops / 475e12  # the rate the official H100 timings imply (benchmarks/bench_estimate_vs_official.py)
+    lines = [f"- Peak GPU memory ~{peak:.0f} GiB with bf16 weights (the DiT alone is {dit:.1f} GiB; ComfyUI loads "
+             "one model at a time and offloads the rest).",
+             f"- Work: {plan.total_flops / 1e15:.1f} PFLOP for a {plan.seconds:g} s clip: about {h100:.0f} s of DiT "
+             "time on an H100 (the official timings); expect 3-6x that on a 4090-class GPU, more when the DiT "
+             "streams from RAM."]
+    if fp8 is not None:
+        lines.append(f"- 24 GB GPUs: set `weight_dtype` to fp8 in the DiT loader (DiT {fp8.stages[0].weight_bytes / gib:.1f} "
+                     "GiB); smaller GPUs still work, ComfyUI streams the weights (slower).")
+    lines.append("- The T5Gemma encoder (17 GiB in bf16) runs once per prompt, before the DiT; on CPU-only "
+                 "machines everything works but takes minutes per step (48 GB+ RAM).")
+    return lines
+
+
+def _has_fp8(est) -> bool:
+    try:
+        est.estimate("distill_256p", weight_dtype="fp8")
+        return True
+    except Exception:  # noqa: BLE001 - older estimate() without fp8
+        return False
+
+
+def note_text(mode: Mode) -> str:
+    presets = engine("presets")
+    if mode.tiny:
+        return (f"# {mode.title}\n{mode.summary}\n\nTiny random models for checking the graph on a CPU in seconds: "
+                "`python -m magihuman tiny-models DIR`, then start ComfyUI with DIR as its models folder. The output "
+                "is noise-like by design.")
+    rows = []
+    for role in roles_of(mode):
+        m = presets.MODEL_FILES[role]
+        what, url = MODEL_LINKS[role]
+        rows.append(f"| {m.what} | `models/{m.folder}/{m.name}` | [{m.source.split(' ')[0]}]({url}): {what} |")
+    a2v = ("\n- **Audio-driven (this graph):** Load Audio gives the speech; put its exact words in quotes in the "
+           "prompt. The audio is kept unchanged and sets the length (`seconds` trims it).") if mode.kind == "a2v" else ""
+    ti2v = ("\n- **First frame (this graph):** Load Image gives the first frame (centre-cropped to the size); "
+            "describe the same person and scene in the prompt.") if mode.kind == "ti2v" else ""
+    cfg = ("\n- `negative prompt` is the official one (video + audio faults); CFG uses it." if mode.kind in
+           ("base", "sr") else "\n- The distilled model needs no negative prompt (no CFG).")
+    return "\n".join([
+        f"# {mode.title}",
+        mode.summary,
+        "",
+        "**On load** you see this note, the MagiHuman node with the prompt, size, length (seconds), seed, "
+        "steps and model names, and Save Video. Click the icon at the top right of the MagiHuman node to "
+        "open its subgraph: Models → Prompt → Sampling → " + ("Super-resolution → " if "sr" in mode.kind else "")
+        + "Decode, left to right.",
+        "",
+        "## Models (put them in ComfyUI/models)",
+        "| model | where | download |",
+        "|---|---|---|",
+        *rows,
+        "",
+        "Folder models: download the whole folder and keep its name (the loaders list folders ending in `/`). "
+        "Stable Audio Open is gated on Hugging Face: accept its license, then download `model_config.json` and "
+        "the `*.safetensors` into `models/vae/stable-audio-open-1.0/`. Press **R** (refresh) after copying files.",
+        "",
+        "## Prompts (the format the model was trained on)",
+        "- One paragraph of 150-200 words: who is speaking, how they look, where they are; then, in time order, "
+        "their face and small head movements, each spoken line **word for word in double quotes** with how it "
+        "is said (tone, pace, pitch, volume); then a static camera, lighting and focus.",
+        "- Then `Dialogue:` with one line per utterance: `<five-word voice/speaker description, Language>: "
+        "\"the line\"`, and `Background Sound:` with `<the main background sound>` (or `<No prominent background "
+        "sound>`). The example prompt shows the layout; the MagiHuman Enhanced Prompt node builds and checks it.",
+        "- Chinese/Japanese/Korean text is spaced character by character automatically (cjk_spacing)." + a2v + ti2v
+        + cfg,
+        "",
+        "## Memory and speed (estimates)",
+        *memory_lines(mode),
+        "",
+        "Sizes snap to multiples of 32; 25 fps; the clip has 25·seconds+1 frames.",
+    ])
+
+
+# ------------------------------------------------------------------------------------------ thumbnails
+THUMB_SIZE = (512, 384)
+
+
+def write_thumbnail(mode: Mode, path: Path) -> None:
+    """A title card (no fake result frame): mode, inputs, model, size. 512x384 JPEG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w, h = THUMB_SIZE
+    img = Image.new("RGB", (w, h))
+    px = img.load()
+    top, bottom = (28, 38, 62), (74, 34, 82)
+    for y in range(h):
+        t = y / (h - 1)
+        row = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom))
+        for x in range(w):
+            px[x, y] = row
+    d = ImageDraw.Draw(img)
+    font = lambda size: ImageFont.load_default(size=size)  # noqa: E731 - Pillow's built-in scalable font
+    d.text((32, 28), "MagiHuman", font=font(30), fill=(255, 196, 92))
+    d.text((32, 66), "daVinci-MagiHuman: audio + video", font=font(18), fill=(200, 205, 220))
+    headline, detail = mode.card
+    y = 150
+    for line in _wrap(headline, 22):
+        d.text((32, y), line, font=font(36), fill=(255, 255, 255))
+        y += 44
+    d.text((32, y + 8), detail, font=font(20), fill=(215, 220, 235))
+    # a small waveform + film strip motif
+    mid = h - 60
+    for i in range(48):
+        amp = 6 + (17 * i * i + 11 * i) % 22
+        d.line([(32 + i * 9, mid - amp), (32 + i * 9, mid + amp)], fill=(255, 196, 92), width=4)
+    d.rectangle([w - 150, 28, w - 32, 112], outline=(200, 205, 220), width=3)
+    for i in range(5):
+        d.rectangle([w - 144 + i * 23, 34, w - 132 + i * 23, 42], fill=(200, 205, 220))
+        d.rectangle([w - 144 + i * 23, 98, w - 132 + i * 23, 106], fill=(200, 205, 220))
+    img.save(path, "JPEG", quality=88, optimize=True)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, cur = [], ""
+    for word in text.split():
+        if cur and len(cur) + 1 + len(word) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}".strip()
+    return lines + [cur] if cur else lines
+
+
+# ------------------------------------------------------------------------------------------ node help
+CONNECT = {  # node id -> what to connect (the help panel's "Connect" section)
+    "MagiHumanDiTLoader": "`model` → MagiHuman Distilled Sampler (distill model) or Base Sampler (base model).",
+    "MagiHumanSRDiTLoader": "`sr_model` → MagiHuman Latent Super-Resolution.",
+    "MagiHumanTextEncoderLoader": "`text_encoder` → MagiHuman Text Encode.",
+    "MagiHumanTurboVAELoader": "`turbo_vae` → MagiHuman Turbo VAE Decode.",
+    "MagiHumanVideoVAELoader": "`video_vae` → MagiHuman Image To Video (TI2V), Wan2.2 VAE Decode, or the "
+                               "`video_vae` input of Latent Super-Resolution (TI2V + SR).",
+    "MagiHumanAudioVAELoader": "`audio_vae` → MagiHuman Audio Decode and MagiHuman Reference Audio (A2V).",
+    "MagiHumanTextEncode": "In: `text_encoder` from the T5Gemma Loader. Out: `positive` → sampler / SR; "
+                           "`negative` → Base Sampler (CFG) or SR with CFG.",
+    "MagiHumanEmptyAVLatent": "`latent` → a sampler, or first through Image To Video (TI2V) / Reference Audio (A2V).",
+    "MagiHumanImageToVideo": "In: the empty AV latent, `video_vae` (Wan2.2 VAE Loader), an IMAGE (Load Image). "
+                             "Out: `latent` → a sampler.",
+    "MagiHumanReferenceAudio": "In: the empty AV latent, `audio_vae`, an AUDIO (Load Audio). Out: `latent` → a sampler.",
+    "MagiHumanDistilledSampler": "In: `model` (distilled DiT), `positive`, `latent`. Out: `latent` → Turbo VAE "
+                                 "Decode + Audio Decode, or Latent Super-Resolution.",
+    "MagiHumanBaseSampler": "In: `model` (base DiT), `positive` and `negative` from Text Encode, `latent`. Out: "
+                            "`latent` → decoders or Latent Super-Resolution.",
+    "MagiHumanLatentSR": "In: `sr_model`, `positive` (+ `negative` with CFG), the sampler's `latent`. Out: `latent` "
+                         "→ Turbo VAE Decode + Audio Decode.",
+    "MagiHumanTurboVAEDecode": "`images` → Create Video (fps 25) → Save Video.",
+    "MagiHumanVideoVAEDecode": "`images` → Create Video (fps 25) → Save Video.",
+    "MagiHumanAudioDecode": "`audio` → the `audio` input of Create Video (48000 or 44100 Hz), or Save Audio "
+                            "(any rate, FLAC).",
+    "MagiHumanSplitAVLatent": "`video_latent` → other latent nodes or a video decoder; `audio_latent` → Audio "
+                              "Decode. Join them again before a MagiHuman sampler.",
+    "MagiHumanJoinAVLatent": "In: the two outputs of Split AV Latent. Out: `latent` → any MagiHuman node.",
+}
+GENERATED_MARK = "<!-- written by workflows/build_workflows.py from the node schema; a page without this line is kept -->"
+LATENT_NOTE = ("The MagiHuman LATENT holds the video and the audio latent of each clip together (like core "
+               "ComfyUI's LTX-AV latent). Core Latent From Batch, Repeat Latent Batch, Latent Batch and Save / Load "
+               "Latent keep them together; nodes that crop, upscale or cut frames stop with a message: split the "
+               "latent first.")
+
+
+MODEL_TYPES = {  # custom socket type -> (what it is, the node it comes from)
+    "MAGIHUMAN_DIT": ("DiT model", "MagiHuman DiT Loader"),
+    "MAGIHUMAN_SR_DIT": ("SR DiT model", "MagiHuman SR DiT Loader"),
+    "MAGIHUMAN_TEXT_ENCODER": ("text encoder", "MagiHuman T5Gemma Loader"),
+    "MAGIHUMAN_TURBO_VAE": ("Turbo VAE", "MagiHuman Turbo VAE Loader"),
+    "MAGIHUMAN_VIDEO_VAE": ("Wan2.2 VAE", "MagiHuman Wan2.2 VAE Loader"),
+    "MAGIHUMAN_AUDIO_VAE": ("audio VAE", "MagiHuman Audio VAE Loader"),
+}
+
+
+def _type_name(t: str) -> str:
+    return MODEL_TYPES[t][0] if t in MODEL_TYPES else t
+
+
+def node_doc(node_id: str, spec: dict) -> str:
+    """The help panel's markdown (a narrow side panel: lists, no wide tables)."""
+    s = spec["schema"]
+    lines = [f"# {s.display_name}", "", s.description or "", "", "## Inputs", ""]
+    for i in s.inputs:
+        default = getattr(i, "default", None)
+        if i.io_type == "STRING" and isinstance(default, str) and len(default) > 40:
+            default = default[:37] + "..."
+        facts = [_type_name(i.io_type)] + (["optional"] if getattr(i, "optional", False) else [])
+        if default not in (None, ""):
+            facts.append(f"default `{default}`")
+        tip = (i.tooltip or (f"from {MODEL_TYPES[i.io_type][1]}" if i.io_type in MODEL_TYPES else "")).replace("\n", " ")
+        lines.append(f"- **`{i.id}`** ({', '.join(facts)})" + (f": {tip}" if tip else ""))
+    lines += ["", "## Outputs", ""]
+    for o in s.outputs:
+        lines.append(f"- **`{o.display_name or o.io_type}`** ({_type_name(o.io_type)})"
+                     + (f": {o.tooltip}" if getattr(o, "tooltip", None) else ""))
+    if node_id in CONNECT:
+        lines += ["", "## Connect", "", CONNECT[node_id]]
+    if any(o.io_type == "LATENT" for o in s.outputs) or any(i.io_type == "LATENT" for i in s.inputs):
+        lines += ["", "## The AV latent", "", LATENT_NOTE]
+    lines += ["", "Templates: Workflow → Browse Templates → Extensions → ComfyUI-MagiHuman.", "", GENERATED_MARK]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def handwritten_docs() -> set[str]:
+    """Node ids whose web/docs page was written by hand (no GENERATED_MARK): the builder leaves those alone."""
+    return {p.stem for p in DOCS_DIR.glob("*.md") if GENERATED_MARK not in p.read_text()}
+
+
+# ------------------------------------------------------------------------------------------ all files
+def all_modes() -> list[Mode]:
+    return [build_mode(m) for m in TEMPLATE_MODES] + [build_mode(m, tiny=True) for m in TINY_MODES]
+
+
+def write_all(root: Path = ROOT, *, thumbnails: bool = True) -> list[Path]:
+    """Writes every generated file under ``root`` (the repository, or a temp dir for the up-to-date test)."""
     specs = node_specs()
     written = []
-    for name, (fn, kwargs, description) in WORKFLOWS.items():
-        ui, api = build(fn(**kwargs), specs, title=name, description=description, tiny=kwargs.get("tiny", False))
-        for suffix, data in (("", ui), ("_api", api)):
-            p = out_dir / f"{name}{suffix}.json"
-            p.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-            written.append(p)
+
+    def put(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+
+    for mode in all_modes():
+        ui, api = build(mode, specs)
+        folder = (root / TINY_DIR.relative_to(ROOT)) if mode.tiny else (root / TEMPLATE_DIR.relative_to(ROOT))
+        put(folder / f"{mode.name}.json", json.dumps(ui, indent=1, ensure_ascii=False) + "\n")
+        put(root / API_DIR.relative_to(ROOT) / f"{mode.name}_api.json", json.dumps(api, indent=1, ensure_ascii=False)
+            + "\n")
+        if thumbnails and not mode.tiny:
+            thumb = folder / f"{mode.name}.jpg"
+            write_thumbnail(mode, thumb)
+            written.append(thumb)
+    nodes = importlib.import_module(f"{import_pack().__name__}.nodes")
+    keep = handwritten_docs()
+    for cls in nodes.NODE_CLASSES:
+        node_id = cls.define_schema().node_id
+        if node_id not in keep:
+            put(root / DOCS_DIR.relative_to(ROOT) / f"{node_id}.md", node_doc(node_id, specs[node_id]))
     return written
 
 

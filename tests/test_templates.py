@@ -1,0 +1,192 @@
+"""The template format, checked on the files (the real frontend loads them in tests/test_comfyui_real_workflows.py).
+
+Rules from ComfyUI 0.8.0 / frontend 1.35.9 (its zod schema and template browser): the template folder holds
+only templates and their thumbnails; UUID workflow and subgraph ids; subgraph definitions of version 1 with a
+state block and object links; flags/order/mode/properties on every node; proxyWidgets matching the subgraph
+node's widget values; downloadable models only as single files with a known folder. Plus what an artist needs:
+the subgraph exposes prompt, size, length, seed, steps and the model names; groups run left to right; the note
+says where every model comes from, how to write prompts and what memory to expect."""
+
+import json
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from magihuman.presets import MODEL_FILES
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "example_workflows"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
+UI_FILES = TEMPLATES + sorted((ROOT / "workflows" / "tiny").glob("*.json"))
+GROUP_ORDER = ["Models", "Prompt", "Sampling", "Super-resolution", "Decode"]
+NODE_KEYS = ("id", "type", "pos", "size", "flags", "order", "mode", "properties")
+MODEL_FOLDERS = {"checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "unet", "clip"}
+SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def is_uuid(s) -> bool:
+    try:
+        return str(uuid.UUID(s)) == s
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def load(path):
+    ui = json.loads(path.read_text())
+    return ui, ui["definitions"]["subgraphs"][0]
+
+
+def test_template_folder_holds_only_templates_and_thumbnails():
+    from PIL import Image
+
+    names = {p.name for p in TEMPLATE_DIR.iterdir()}
+    stems = {p.stem for p in TEMPLATES}
+    assert names == {f"{s}.json" for s in stems} | {f"{s}.jpg" for s in stems}, names
+    assert not any(s.endswith("_api") for s in stems)
+    for s in stems:
+        with Image.open(TEMPLATE_DIR / f"{s}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (512, 384)
+
+
+def test_web_folder_has_no_javascript():
+    assert not list((ROOT / "web").rglob("*.js")), "ComfyUI loads every .js under WEB_DIRECTORY as an extension"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_frontend_schema_rules(path):
+    ui, sg = load(path)
+    assert is_uuid(ui["id"]) and ui["version"] == 0.4 and ui["revision"] == 0
+    assert ui["extra"].get("workflowRendererVersion") in ("LG", "Vue") and "ds" not in ui["extra"]  # fitted on load
+    assert all(isinstance(link, list) and len(link) == 6 for link in ui["links"])
+    all_nodes = ui["nodes"] + sg["nodes"]
+    for n in all_nodes:
+        assert all(k in n for k in NODE_KEYS) and isinstance(n["flags"], dict) and isinstance(n["properties"], dict), n
+        ver = n["properties"].get("ver")
+        assert ver is None or SEMVER.match(ver)
+    assert ui["last_node_id"] >= max(n["id"] for n in all_nodes)
+    assert ui["last_link_id"] >= max([link[0] for link in ui["links"]] + [link["id"] for link in sg["links"]])
+    ids = [n["id"] for n in all_nodes]
+    assert len(ids) == len(set(ids)), "node ids must be unique in the file"
+    # the subgraph definition
+    assert is_uuid(sg["id"]) and sg["version"] == 1 and sg["revision"] == 0 and sg["name"].startswith("MagiHuman")
+    st = sg["state"]
+    assert set(st) == {"lastGroupId", "lastNodeId", "lastLinkId", "lastRerouteId"}
+    assert st["lastNodeId"] >= max(n["id"] for n in sg["nodes"]) and st["lastLinkId"] >= max(l["id"] for l in sg["links"])
+    assert st["lastGroupId"] >= len(sg["groups"])
+    for io_node in (sg["inputNode"], sg["outputNode"]):
+        assert len(io_node["bounding"]) == 4
+    links = {l["id"]: l for l in sg["links"]}
+    assert all(set(l) >= {"id", "origin_id", "origin_slot", "target_id", "target_slot", "type"} for l in links.values())
+    for slot, inp in enumerate(sg["inputs"]):
+        assert is_uuid(inp["id"]) and inp["linkIds"]
+        for lid in inp["linkIds"]:
+            assert links[lid]["origin_id"] == -10 and links[lid]["origin_slot"] == slot and links[lid]["type"] == inp["type"]
+    for slot, out in enumerate(sg["outputs"]):
+        assert is_uuid(out["id"]) and all(links[lid]["target_id"] == -20 and links[lid]["target_slot"] == slot
+                                          for lid in out["linkIds"])
+    assert all("title" in g and len(g["bounding"]) == 4 for g in sg["groups"])
+    # the subgraph node in the top graph
+    inst = [n for n in ui["nodes"] if n["type"] == sg["id"]]
+    assert len(inst) == 1
+    inst = inst[0]
+    assert [i["name"] for i in inst["inputs"]] == [i["name"] for i in sg["inputs"]]
+    proxy = inst["properties"]["proxyWidgets"]
+    assert all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in proxy)
+    widget_inputs = [i["name"] for i in inst["inputs"] if "widget" in i]
+    assert [name for owner, name in proxy if owner == "-1"] == widget_inputs
+    assert len(inst["widgets_values"]) == len(proxy)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_the_subgraph_exposes_what_an_artist_changes(path):
+    ui, sg = load(path)
+    names = [i["name"] for i in sg["inputs"]]
+    for want in ("prompt", "width", "height", "seconds", "seed", "steps", "dit_model", "text_encoder", "turbo_vae",
+                 "audio_vae"):
+        assert want in names, want
+    types = {n["type"] for n in sg["nodes"]}
+    if "MagiHumanBaseSampler" in types:
+        assert "negative_prompt" in names
+    if "MagiHumanSRDiTLoader" in types:
+        assert "sr_model" in names
+    if "MagiHumanImageToVideo" in types:
+        assert "image" in names and "video_vae" in names
+    if "MagiHumanReferenceAudio" in types:
+        assert "audio" in names
+    top = {n["type"] for n in ui["nodes"]} - {sg["id"]}
+    assert top <= {"LoadImage", "LoadAudio", "SaveVideo", "MarkdownNote"} and "SaveVideo" in top
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_groups_run_left_to_right_without_overlaps(path):
+    _, sg = load(path)
+    groups = sg["groups"]
+    assert [g["title"] for g in groups] == [t for t in GROUP_ORDER if t in {g["title"] for g in groups}]
+    xs = [g["bounding"] for g in groups]
+    assert all(a[0] + a[2] < b[0] for a, b in zip(xs, xs[1:]))
+    title = 30  # the node title bar sits above pos
+    for n in sg["nodes"]:
+        x, y, w, h = n["pos"][0], n["pos"][1] - title, n["size"][0], n["size"][1] + title
+        homes = [g["title"] for g in groups if g["bounding"][0] <= x and x + w <= g["bounding"][0] + g["bounding"][2]
+                 and g["bounding"][1] + 30 <= y and y + h <= g["bounding"][1] + g["bounding"][3]]
+        assert len(homes) == 1, (n["type"], homes)
+    rects = [(n["pos"][0], n["pos"][1] - title, n["size"][0], n["size"][1] + title) for n in sg["nodes"]]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3])
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_downloadable_models_are_single_files(path):
+    ui, sg = load(path)
+    for n in ui["nodes"] + sg["nodes"]:
+        for m in n["properties"].get("models", []):
+            assert m["name"] in n["widgets_values"], "the frontend only counts a model that is the widget's value"
+            assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith("/" + m["name"])
+            assert m["name"].endswith((".safetensors", ".sft")) and m["directory"] in MODEL_FOLDERS
+    tiny = "tiny" in path.stem
+    loaders = {n["type"]: n for n in sg["nodes"]}
+    if "MagiHumanVideoVAELoader" in loaders and not tiny:
+        assert loaders["MagiHumanVideoVAELoader"]["properties"]["models"]
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
+def test_the_note_says_where_models_come_from_how_to_prompt_and_what_memory(path):
+    ui, sg = load(path)
+    note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    loaders = [n for n in sg["nodes"] if n["type"].endswith("Loader")]
+    for n in loaders:
+        model = n["widgets_values"][0]
+        m = next(m for m in MODEL_FILES.values() if m.name == model)
+        assert f"models/{m.folder}/{m.name}" in note, m.name   # the exact folder (or file) to put
+        assert "https://huggingface.co/" in note
+    for phrase in ("double quotes", "Dialogue:", "Background Sound:", "GiB", "fp8", "open its subgraph"):
+        assert phrase in note, phrase
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
+def test_example_prompt_follows_the_trained_format(path):
+    from magihuman.prompts import check_enhanced_prompt
+
+    ui, sg = load(path)
+    inst = next(n for n in ui["nodes"] if n["type"] == sg["id"])
+    prompt = dict(zip([name for _, name in inst["properties"]["proxyWidgets"]], inst["widgets_values"]))["prompt"]
+    assert check_enhanced_prompt(prompt) == []
+
+
+def test_every_node_has_help(pack):
+    """web/docs/<NodeId>.md for every node: generated from the schema (description, every input, what to
+    connect) unless someone wrote the page by hand (then it is kept, and must still name every input)."""
+    import importlib
+
+    nodes = importlib.import_module(f"{pack.__name__}.nodes")
+    for cls in nodes.NODE_CLASSES:
+        s = cls.define_schema()
+        doc = (ROOT / "web" / "docs" / f"{s.node_id}.md").read_text()
+        assert doc.startswith(f"# {s.display_name}\n") and s.description
+        if "written by workflows/build_workflows.py" in doc:
+            assert s.description in doc
+        for i in s.inputs:
+            assert f"`{i.id}`" in doc, (s.node_id, i.id)
