@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 __all__ = ["TINY_FILES", "TINY_VERSION", "write_tiny_models", "default_cache_dir", "ensure_tiny_models",
-           "describe_tiny_files", "write_tiny_gguf", "tiny_gguf_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
+           "describe_tiny_files", "write_tiny_lora", "TINY_LORA", "write_tiny_gguf", "tiny_gguf_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
            "write_tiny_audio_vae"]
 
 TINY_VERSION = "1"
@@ -192,6 +192,8 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
     models_dir = Path(models_dir).expanduser()
     paths = {role: models_dir / rel for role, rel in TINY_FILES.items()}
     if not force and _is_complete(models_dir):
+        if not (models_dir / TINY_LORA).is_file():
+            write_tiny_lora(models_dir / TINY_LORA, seed=seed)
         return paths
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / STAMP_NAME).unlink(missing_ok=True)
@@ -204,11 +206,46 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
                 target.unlink()
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_one(role, target, seed)
+        write_tiny_lora(models_dir / TINY_LORA, seed=seed)
     finally:
         torch.random.set_rng_state(rng)
     (models_dir / STAMP_NAME).write_text(json.dumps(_stamp(), indent=2), encoding="utf-8")
     log.info("MagiHuman: wrote tiny models to %s", models_dir)
     return paths
+
+
+TINY_LORA = "loras/magihuman_tiny_lora.safetensors"  # written with the tiny models (the tiny LoRA workflow uses it)
+
+
+def write_tiny_lora(path: PathLike, *, seed: int = 0, rank: int = 4) -> Path:
+    """A random rank-``rank`` LoRA for the tiny distilled DiT, in the PEFT format ComfyUI trainers write
+    (``diffusion_model.`` prefix, ``lora_A`` / ``lora_B`` / ``alpha``): on every layer the q rows of the fused
+    qkv (all experts) and the whole ``down_proj``. Like the tiny models it is random, but it goes through the
+    same parser, key map and patching as a real LoRA, and changes the output visibly at strength 1."""
+    from .checkpoints import official_key_shapes
+    from .lora import META_BASE
+
+    config = DiTConfig.preset("tiny")
+    shapes = official_key_shapes(config)
+    g = torch.Generator().manual_seed(1000 + seed)
+    tensors: dict[str, torch.Tensor] = {}
+    q_rows = config.num_heads_q * config.head_dim
+    for i in range(config.num_layers):
+        for name, rows in ((f"block.layers.{i}.attention.linear_q", q_rows),
+                           (f"block.layers.{i}.mlp.down_proj", None)):
+            full = name if rows is None else f"block.layers.{i}.attention.linear_qkv"
+            out_rows, cols = shapes[full + ".weight"]
+            if rows is not None:
+                out_rows = rows
+            down = torch.randn(rank, cols, generator=g) / cols ** 0.5
+            up = torch.randn(out_rows, rank, generator=g) * 0.1
+            tensors[f"diffusion_model.{name}.lora_A.weight"] = down
+            tensors[f"diffusion_model.{name}.lora_B.weight"] = up
+            tensors[f"diffusion_model.{name}.alpha"] = torch.tensor(float(rank))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, tensors, metadata={META_BASE: "distill"})
+    return path
 
 
 TINY_GGUF_QUANTS = ("Q8_0", "Q4_0")
@@ -256,5 +293,7 @@ def describe_tiny_files(models_dir: str | os.PathLike) -> str:
     rows = [("role", "path", "size")]
     for role, rel in TINY_FILES.items():
         rows.append((role, rel, f"{_size(models_dir / rel) / 1e6:.2f} MB"))
+    if (models_dir / TINY_LORA).exists():
+        rows.append(("lora", TINY_LORA, f"{_size(models_dir / TINY_LORA) / 1e6:.2f} MB"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

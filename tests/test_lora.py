@@ -229,7 +229,7 @@ def test_lora_loader_nodes_chain_and_leave_the_input_alone(node_pack, tiny_dir, 
 
     shutil.copytree(tiny_dir, loras)
     tensors, deltas = hand_made_lora()
-    (loras / "loras").mkdir()
+    (loras / "loras").mkdir(exist_ok=True)
     write_file(loras / "loras" / "hand_made.safetensors", tensors)
     env = node_pack(loras)
     try:
@@ -253,3 +253,36 @@ def test_lora_loader_nodes_chain_and_leave_the_input_alone(node_pack, tiny_dir, 
         assert len(sr_l.loras) == 1
     finally:
         env.close()
+
+
+def test_tiny_lora_file_targets_every_layer_and_equals_its_merge(tmp_path):
+    """The tiny LoRA written with the tiny models (tiny LoRA workflow): PEFT with alpha, q rows of the fused qkv
+    of every expert + the whole down_proj of every layer; the patched model equals a hand merge of the file."""
+    from magihuman.tiny import write_tiny_lora
+    from safetensors.torch import load_file
+
+    path = write_tiny_lora(tmp_path / "tiny_lora.safetensors")
+    t = load_file(str(path))
+    m = MagiHumanDiT(CFG, dtype=torch.float32)
+    m.init_random_(5, std=0.05)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    per = QKV
+    for i in range(CFG.num_layers):
+        experts = 3 if i in CFG.mm_layers else 1
+        pre = f"diffusion_model.block.layers.{i}."
+        q = t[pre + "attention.linear_q.lora_B.weight"] @ t[pre + "attention.linear_q.lora_A.weight"]
+        assert q.shape == (HQ * D, H) and float(t[pre + "attention.linear_q.alpha"]) == 4.0
+        for e in range(experts):  # a LoRA for linear_q of a multi-expert layer moves every expert's q rows
+            sd[f"block.layers.{i}.attention.linear_qkv.weight"][e * per:e * per + HQ * D] += q
+        down = t[pre + "mlp.down_proj.lora_B.weight"] @ t[pre + "mlp.down_proj.lora_A.weight"]
+        sd[f"block.layers.{i}.mlp.down_proj.weight"] += down
+    merged = MagiHumanDiT(CFG, dtype=torch.float32)
+    merged.load_state_dict(sd, strict=True)
+    expected = _run(merged)
+    plain = _run(m)
+    handle = apply_lora(m, path, 1.0)
+    assert handle.file.matched == 2 * CFG.num_layers
+    out = _run(m)
+    for a, b, p in zip(out, expected, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert (a - p).abs().max() > 1e-3  # visibly changes the output at strength 1

@@ -156,7 +156,9 @@ def test_downloadable_models_are_single_files(path):
 def test_the_note_says_where_models_come_from_how_to_prompt_and_what_memory(path):
     ui, sg = load(path)
     note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
-    loaders = [n for n in sg["nodes"] if n["type"].endswith("Loader")]
+    loaders = [n for n in sg["nodes"] if n["type"].endswith("Loader") and "Lora" not in n["type"]]
+    if any("Lora" in n["type"] for n in sg["nodes"]):  # the user's own LoRA: where it goes
+        assert "models/loras/" in note and "LoRA strength" in note
     for n in loaders:
         model = n["widgets_values"][0]
         m = next(m for m in MODEL_FILES.values() if m.name == model)

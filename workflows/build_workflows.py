@@ -158,15 +158,21 @@ def model_names(tiny: bool) -> dict[str, str]:
     return {role: presets.comfy_name(role, tiny) for role in presets.MODEL_FILES}
 
 
+def lora_name(tiny: bool) -> str:
+    """The LoRA a LoRA workflow names: the tiny one written with the tiny models, else a placeholder the note
+    explains (there is no published MagiHuman LoRA to link)."""
+    return Path(engine("tiny").TINY_LORA).name if tiny else "your_magihuman_lora.safetensors"
+
+
 def build_mode(mode: str, tiny: bool = False) -> Mode:
     """The subgraph of one mode: t2v / ti2v / a2v (distilled), base (CFG), sr_540p / sr_1080p (base + SR)."""
     names = model_names(tiny)
     dt = "fp32" if tiny else "auto"
-    distill = mode in ("t2v", "ti2v", "a2v")
+    distill = mode in ("t2v", "ti2v", "a2v", "lora")
     sr = mode if mode.startswith("sr_") else None
     w, h, secs = (64, 64, 2.0 if distill else 1.0) if tiny else (448, 256, 4.0)
     steps = (2 if sr else 4) if tiny and not distill else (8 if distill else 32)
-    kind = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "base": "base"}.get(mode, "sr")
+    kind = {"t2v": "t2v", "lora": "t2v", "ti2v": "ti2v", "a2v": "a2v", "base": "base"}.get(mode, "sr")
     prompt = TINY_PROMPT if tiny else example_prompt(kind)
     dit_role = "distill" if distill else "base"
     nodes = [
@@ -177,6 +183,9 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         Node("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"},
              group="Models"),
     ]
+    if mode == "lora":  # the LoRA patches the DiT the sampler gets (ComfyUI's ModelPatcher; the file is untouched)
+        nodes.insert(1, Node("lora", "MagiHumanLoraLoader", {"lora_name": lora_name(tiny), "strength": 1.0},
+                             {"model": ("dit", 0)}, group="Models"))
     if mode == "ti2v":
         nodes.append(Node("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt},
                           group="Models"))
@@ -199,7 +208,7 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         last = "a2v"
     if distill:
         nodes.append(Node("sample", "MagiHumanDistilledSampler", {"seed": 42, "steps": steps},
-                          {"model": ("dit", 0), "positive": ("enc", 0), "latent": (last, 0)}, group="Sampling"))
+                          {"model": ("lora" if mode == "lora" else "dit", 0), "positive": ("enc", 0), "latent": (last, 0)}, group="Sampling"))
     else:
         nodes.append(Node("sample", "MagiHumanBaseSampler", {"seed": 42, "steps": steps},
                           {"model": ("dit", 0), "positive": ("enc", 0), "negative": ("enc", 1), "latent": (last, 0)},
@@ -240,6 +249,9 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         Exposed("dit_model", "COMBO", [("dit", "model_name")], label=f"{'distilled' if distill else 'base'} DiT",
                 value=names[dit_role]),
     ]
+    if mode == "lora":
+        exposed += [Exposed("lora_name", "COMBO", [("lora", "lora_name")], label="LoRA", value=lora_name(tiny)),
+                    Exposed("lora_strength", "FLOAT", [("lora", "strength")], label="LoRA strength", value=1.0)]
     if sr:
         exposed.append(Exposed("sr_model", "COMBO", [("sr_dit", "model_name")], label=f"{sr[3:]} SR DiT",
                                value=names[sr]))
@@ -274,6 +286,10 @@ MODES = {
             "summary": "Speech-driven video: your audio is kept as the sound track and sets the length "
                        "(distilled model, 8 steps, 448x256).",
             "card": ("Speech to talking video", "distilled model, your audio kept")},
+    "lora": {"stem": "t2v_distill_256p_lora", "title": "T2V 256p + LoRA", "preset": "distill_256p",
+             "summary": "Text to video+audio with the distilled model and a LoRA (strength adjustable): 8 steps, "
+                        "448x256, 4 s.",
+             "card": ("Text to video + speech, with a LoRA", "distilled model, 8 steps, LoRA strength")},
     "base": {"stem": "t2v_base_cfg_256p", "title": "T2V 256p (base, CFG)", "preset": "base_256p",
              "summary": "Text to video+audio with the base model: 32 UniPC steps with CFG (video 5 -> 2 below "
                         "t=500, audio 5), 448x256, 4 s.",
@@ -287,9 +303,9 @@ MODES = {
                             "model with local attention, 5 steps).",
                  "card": ("Text to video + speech, 1080p", "base 448x256, then SR to 1920x1088")},
 }
-TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "base", "sr_540p", "sr_1080p"]
-TINY_MODES = ["t2v", "ti2v", "a2v", "sr_540p"]
-TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "sr_540p": "sr"}
+TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "lora", "base", "sr_540p", "sr_1080p"]
+TINY_MODES = ["t2v", "ti2v", "a2v", "lora", "sr_540p"]
+TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "sr_540p": "sr"}
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -628,6 +644,10 @@ def note_text(mode: Mode) -> str:
            "prompt. The audio is kept unchanged and sets the length (`seconds` trims it).") if mode.kind == "a2v" else ""
     ti2v = ("\n- **First frame (this graph):** Load Image gives the first frame (centre-cropped to the size); "
             "describe the same person and scene in the prompt.") if mode.kind == "ti2v" else ""
+    lora = ("\n- **LoRA (this graph):** put the file in `models/loras/` and pick it in `LoRA`; `LoRA strength` "
+            "scales it (0 = off, negative inverts). PEFT, kohya and ComfyUI-style MagiHuman LoRAs load, also on "
+            "fp8 or GGUF weights; `python -m magihuman extract-lora` makes one from two checkpoints. Chain "
+            "more MagiHuman LoRA Loader nodes inside the subgraph to stack LoRAs.") if mode.name.endswith("lora") else ""
     cfg = ("\n- `negative prompt` is the official one (video + audio faults); CFG uses it." if mode.kind in
            ("base", "sr") else "\n- The distilled model needs no negative prompt (no CFG).")
     return "\n".join([
@@ -656,7 +676,7 @@ def note_text(mode: Mode) -> str:
         "\"the line\"`, and `Background Sound:` with `<the main background sound>` (or `<No prominent background "
         "sound>`). The example prompt shows the layout; the MagiHuman Enhanced Prompt node builds and checks it.",
         "- Chinese/Japanese/Korean text is spaced character by character automatically (cjk_spacing)." + a2v + ti2v
-        + cfg,
+        + lora + cfg,
         "",
         "## Memory and speed (estimates)",
         *memory_lines(mode),
