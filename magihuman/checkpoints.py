@@ -135,6 +135,17 @@ def storage_name(src: WeightSource) -> str:
     return max(by, key=by.get) if by else _dtype_name(src.dominant_dtype())
 
 
+def _main_gguf_type(src: WeightSource) -> str:
+    """The GGML type holding most bytes of the quantised block linears (a file whose rows are mostly not whole
+    blocks, e.g. Q4_K of a small model, keeps most of them BF16, so this is not always :func:`storage_name`)."""
+    by: dict[str, int] = {}
+    for k, e in src.entries.items():
+        if is_block_linear(k) and e.quantized:
+            name = gguf_types.GGMLType(e.qtype).name
+            by[name] = by.get(name, 0) + e.nbytes
+    return max(by, key=by.get)
+
+
 # ------------------------------------------------------------------ key checks and inference
 
 
@@ -457,7 +468,7 @@ def load_dit(
         notes.append(f"{src.quantization}: {len(src.scale_of)} weight(s) dequantised to "
                      f"{_dtype_name(block_dtype)} while loading")
     if counts["gguf"]:
-        notes.append(f"{counts['gguf']} block weight(s) kept GGUF-quantised ({storage_name(src)}), dequantised per "
+        notes.append(f"{counts['gguf']} block weight(s) kept GGUF-quantised ({_main_gguf_type(src)}), dequantised per "
                      "layer on the compute device")
     if counts["gguf_dequantised"]:
         notes.append(f"{counts['gguf_dequantised']} GGUF block weight(s) dequantised to "
@@ -469,7 +480,7 @@ def load_dit(
     model.eval()
 
     source = storage_name(src)
-    stored = f"gguf ({source.split()[1]} in the file)" if counts["gguf"] else _dtype_name(block_dtype)
+    stored = f"gguf ({_main_gguf_type(src)} in the file)" if counts["gguf"] else _dtype_name(block_dtype)
     model.variant = variant
     model.load_info = {
         "variant": variant,
@@ -568,7 +579,9 @@ def write_tiny_dit(
     return path
 
 
-GGUF_QUANTS = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16", "F16")
+# Q4_K is written by the simple encoder quant.gguf.encode_q4_k (llama.cpp searches better scales); the others
+# byte-exactly as the gguf package quantises them.
+GGUF_QUANTS = ("Q8_0", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "BF16", "F16")
 
 
 def gguf_tensor_type(key: str, shape: tuple[int, ...], quant: str) -> gguf_types.GGMLType:

@@ -33,6 +33,7 @@ from . import prompts
 from .checkpoints import GGUF_QUANTS, convert_dit, load_dit
 from .compile import compile_dit_blocks
 from . import estimate as est
+from . import plan as fit_plan
 from .lora import apply_lora
 from .lora_extract import extract_lora
 from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
@@ -571,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=presets)
 
     _add_prompt_parser(sub)
+    fit_plan.add_parser(sub)  # python -m magihuman plan --preset NAME --vram GB [--ram GB] (magihuman/plan.py)
     return parser
 
 

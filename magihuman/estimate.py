@@ -35,12 +35,27 @@ of the release; the count matches the DiT module's state dict exactly) and a tok
 475 TFLOP/s, 540p SR 482, 1080p SR 613 (48-62 % of dense bf16 peak); see
 ``benchmarks/bench_estimate_vs_official.py``.
 
-Memory: weights are counted exactly (mm layers store 3 experts; block linears in ``weight_dtype``, the
-rest fp32). Activation peaks are estimates of this engine's forward (fp32 residual, bf16 matmuls with
-fp32 results), formulas in :func:`forward_activation_bytes`; the Turbo decode peak is an estimate from
-the decoder's layer widths, formula in :func:`turbo_decode_bytes`. The device peak assumes one model
-on the device at a time (DiT stages and decoder swapped, as ComfyUI's model management does) and the
-text encoder run before (or on the CPU), so it is the largest phase, not a sum.
+Memory: weights are counted exactly from the model's tensor shapes (mm layers store 3 experts; block
+linears in ``weight_dtype``, the rest fp32) for every storage the loaders keep (:func:`weight_format`):
+bf16/fp16/fp32, fp8 (e4m3 + one fp32 scale per tensor) and the GGUF block types, whose rows that are not whole
+blocks stay BF16 exactly as :func:`magihuman.checkpoints.gguf_tensor_type` writes them (the release's swiglu
+``down_proj`` rows are 13652 wide: 3.1 B parameters stay BF16, so Q4_K is 12.2 GiB, not 8). The T5Gemma encoder
+likewise (:func:`text_encoder_storage`). Compact weights are decoded per use on the compute device: the largest
+decoded block linear (the whole fused tensor in the compute dtype; fp8 holds the cast and the scaled copy at
+once: :func:`dequant_working_bytes`) is counted with what is live while it is decoded, and the stage takes the
+larger of that and the forward's peak (:func:`decode_phase_bytes`). With ``blocks_on_device`` (block offload) the
+device holds the first N layers plus two streamed layers in flight (the one running and the one prefetched).
+Activation peaks are estimates of this engine's forward (fp32 residual, bf16 matmuls with fp32 results),
+formulas in :func:`forward_activation_bytes`; the Turbo decode peak is an estimate from the decoder's layer
+widths, formula in :func:`turbo_decode_bytes`. The device peak assumes one model on the device at a time (DiT
+stages and decoder swapped, as ComfyUI's model management does) and the text encoder run before (or on the CPU),
+so it is the largest phase, not a sum.
+
+Checked against measurement by ``benchmarks/bench_estimate_memory.py`` (CPU, peak RSS of loading + one forward,
+see its docstring): resident weights match :func:`dit_weight_storage` exactly (the loaded model's tensors) and
+within 2 % in RSS; the fp8 load peak matches :func:`dit_load_working_bytes`; with malloc returning freed blocks
+(``MALLOC_MMAP_THRESHOLD_``) the forward's peak RSS of the mid config is within a few % of weights + activations;
+glibc's default keeps up to ~75 MiB of freed heap on top (the README's benchmark table has the numbers).
 """
 
 from __future__ import annotations
@@ -54,18 +69,25 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .checkpoints import GGUF_QUANTS, gguf_tensor_type as dit_gguf_tensor_type, is_block_linear, official_key_shapes
 from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, PATCH_SIZE, SIZE_MULTIPLE,
                        SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS, decoded_frames, frame_counts, snap_size)
+from .loaders.text_encoder import gguf_tensor_type as text_gguf_tensor_type
 from .models.dit_config import DiTConfig
 from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
 from .presets import PRESETS
+from .quant import gguf as ggml
 from .sampling import DEFAULT_NEGATIVE_PROMPT
+from .weights.safetensors_io import CHUNK_BYTES
 
 __all__ = [
     "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "suggest_smaller",
     "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
     "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
     "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
+    "WEIGHT_FORMATS", "GGUF_FORMATS", "WeightStorage", "weight_format", "dit_weight_storage", "dequant_working_bytes",
+    "dit_load_working_bytes", "offload_weight_bytes", "decode_phase_bytes", "t5gemma_encoder_shapes",
+    "text_encoder_storage", "text_encode_activation_bytes",
 ]
 
 PATCH = PATCH_SIZE[1]
@@ -148,10 +170,11 @@ def dit_param_count(cfg: DiTConfig) -> dict[str, int]:
 
 
 def dit_weight_bytes(cfg: DiTConfig, weight_dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes of the DiT weights in the official mixed layout: block linears in ``weight_dtype``,
-    everything else fp32."""
-    p = dit_param_count(cfg)
-    return p["block_linear"] * _dtype_bytes(weight_dtype) + (p["fp32"] + p["buffers"]) * 4
+    """Bytes of the DiT weights in the official mixed layout: block linears in ``weight_dtype`` (a torch dtype,
+    a name, or a GGUF type such as ``"Q4_0"``: :func:`weight_format`), everything else fp32. fp8's per-tensor
+    scales (4 bytes each) are not included; :func:`dit_weight_storage` counts them."""
+    s = dit_weight_storage(cfg, weight_dtype)
+    return s.compact + s.other
 
 
 def _dtype_bytes(dtype) -> int:
@@ -161,6 +184,245 @@ def _dtype_bytes(dtype) -> int:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"weight_dtype must be a torch dtype or one of bf16/fp16/fp32/fp8, got {dtype!r}")
     return torch.empty((), dtype=dtype).element_size()
+
+
+# ============================================================================ weight formats
+
+# Plain storages (dtype names) and the GGUF block types the converters write (checkpoints.GGUF_QUANTS).
+TORCH_FORMATS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                                         "fp8": torch.float8_e4m3fn}
+GGUF_FORMATS: tuple[str, ...] = tuple(q for q in GGUF_QUANTS if ggml.BLOCK_SIZES[ggml.GGMLType[q]][0] > 1)
+WEIGHT_FORMATS: tuple[str, ...] = tuple(TORCH_FORMATS) + GGUF_FORMATS
+_FORMAT_ALIASES = {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "float16": "fp16", "f16": "fp16",
+                   "half": "fp16", "float8_e4m3fn": "fp8"}
+# Bytes per element of a chunk of GGUF blocks being decoded: the float32 kernel result plus its integer/float
+# temporaries (Q4_K, the widest kernel here, holds about two float32 copies of the chunk at once).
+_DECODE_TEMP_BYTES = 8
+
+
+def weight_format(fmt) -> str:
+    """The canonical name of a weight storage: ``bf16`` / ``fp16`` / ``fp32`` / ``fp8`` (from a torch dtype or a
+    name) or a GGUF block type (``Q8_0``, ``Q5_1``, ``Q5_0``, ``Q4_K``, ``Q4_1``, ``Q4_0``)."""
+    if isinstance(fmt, torch.dtype):
+        for name, dt in TORCH_FORMATS.items():
+            if dt == fmt:
+                return name
+    elif isinstance(fmt, str):
+        low = fmt.strip().lower()
+        name = _FORMAT_ALIASES.get(low, low)
+        if name in TORCH_FORMATS:
+            return name
+        if fmt.strip().upper() in GGUF_FORMATS:
+            return fmt.strip().upper()
+    raise ValueError(f"weight_dtype must be a torch dtype (bf16/fp16/fp32/float8_e4m3fn), one of bf16/fp16/fp32/fp8 "
+                     f"or a GGUF type ({', '.join(GGUF_FORMATS)}), got {fmt!r}")
+
+
+def _is_gguf(fmt: str) -> bool:
+    return fmt in GGUF_FORMATS
+
+
+@dataclass(frozen=True)
+class WeightStorage:
+    """Bytes of a model's weights in one storage format, counted from its tensor shapes (as the loader stores
+    them in memory)."""
+
+    format: str
+    compact: int                # the tensors stored in the format (DiT block linears; T5Gemma projections + embedding)
+    other: int                  # the rest (DiT: fp32 norms, adapter, heads, RoPE bands; T5Gemma: bf16 norms)
+    scales: int                 # fp8: one fp32 scale per tensor
+    fallback_params: int        # GGUF: parameters kept BF16 because their rows are not whole blocks
+    layers: tuple[int, ...]     # bytes of each transformer layer (all its tensors)
+    largest_compact: int        # elements of the largest weight stored in the format and decoded whole per use
+    largest_fallback: int       # elements of the largest BF16 fallback weight (GGUF)
+
+    @property
+    def total(self) -> int:
+        return self.compact + self.other + self.scales
+
+
+def _element_bytes(fmt: str) -> int:
+    return torch.empty((), dtype=TORCH_FORMATS[fmt]).element_size()
+
+
+def _storage(fmt: str, shapes: dict, compact_key, gguf_type, other_bytes: int, layer_of,
+             decoded_whole) -> WeightStorage:
+    """Sum the bytes of ``shapes`` in ``fmt``: tensors with ``compact_key(key)`` in the format (GGUF: the type
+    ``gguf_type(key, shape, fmt)`` gives, BF16 when rows are not whole blocks), the rest ``other_bytes`` per
+    element; ``layer_of(key)`` -> layer index or None; ``decoded_whole(key)``: the weight is decoded whole at use."""
+    compact = other = scales = fallback = largest = largest_fb = 0
+    layers: dict[int, int] = {}
+    for key, shape in shapes.items():
+        n = math.prod(shape)
+        if not compact_key(key):
+            nbytes = other_bytes * n
+            other += nbytes
+        elif _is_gguf(fmt):
+            qt = gguf_type(key, shape, fmt)
+            block, size = ggml.BLOCK_SIZES[qt]
+            nbytes = n // block * size
+            compact += nbytes
+            if qt == ggml.GGMLType.BF16:
+                fallback += n
+                largest_fb = max(largest_fb, n)
+            elif decoded_whole(key):
+                largest = max(largest, n)
+        else:
+            nbytes = n * _element_bytes(fmt)
+            compact += nbytes
+            if fmt == "fp8":
+                scales += 4
+                nbytes += 4
+            if decoded_whole(key):
+                largest = max(largest, n)
+        layer = layer_of(key)
+        if layer is not None:
+            layers[layer] = layers.get(layer, 0) + nbytes
+    return WeightStorage(format=fmt, compact=compact, other=other, scales=scales, fallback_params=fallback,
+                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest,
+                         largest_fallback=largest_fb)
+
+
+_LAYER_KEY = re.compile(r"^(?:block|encoder)\.layers\.(\d+)\.")
+
+
+def _layer_index(key: str) -> Optional[int]:
+    m = _LAYER_KEY.match(key)
+    return int(m.group(1)) if m else None
+
+
+def _config_key(cfg: DiTConfig) -> tuple:
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.to_dict().items())
+
+
+@functools.lru_cache(maxsize=256)
+def _dit_storage(key: tuple, fmt: str) -> WeightStorage:
+    cfg = DiTConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in key})
+    return _storage(fmt, official_key_shapes(cfg), is_block_linear, dit_gguf_tensor_type, 4, _layer_index,
+                    lambda key: True)
+
+
+def dit_weight_storage(cfg: DiTConfig, weight_dtype="bf16") -> WeightStorage:
+    """Exact bytes of the DiT weights as the loader keeps them: block linears in ``weight_dtype`` (GGUF: the
+    type :func:`magihuman.checkpoints.gguf_tensor_type` writes, so rows that are not whole blocks count as BF16;
+    fp8: e4m3 plus a 4-byte scale per tensor), everything else fp32; per layer too (block offload)."""
+    return _dit_storage(_config_key(cfg), weight_format(weight_dtype))
+
+
+def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16) -> int:
+    """Peak bytes of decoding one stored weight for a matmul in ``compute_dtype`` (weights are decoded one at a
+    time, whole: the DiT's fused experts too). Plain storage in the compute dtype needs none; another plain dtype a
+    cast copy; fp8 the cast and the scaled copy at once (2 copies); GGUF the decoded weight plus the float32
+    temporaries of one chunk of blocks (:data:`magihuman.quant.gguf.DEQUANT_CHUNK_ELEMENTS`); BF16 fallback rows a
+    cast when the compute dtype is not bf16."""
+    cb = _dtype_bytes(compute_dtype)
+    fmt = storage.format
+    if fmt in ("fp32", "bf16", "fp16"):
+        return 0 if TORCH_FORMATS[fmt] == compute_dtype else storage.largest_compact * cb
+    if fmt == "fp8":
+        return 2 * storage.largest_compact * cb
+    n = storage.largest_compact
+    need = n * cb + min(n, ggml.DEQUANT_CHUNK_ELEMENTS) * _DECODE_TEMP_BYTES if n else 0
+    if storage.largest_fallback and compute_dtype != torch.bfloat16:
+        need = max(need, storage.largest_fallback * cb)
+    return need
+
+
+def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=torch.float32) -> int:
+    """Host scratch memory, above the weights, of :func:`magihuman.checkpoints.load_dit` building the DiT in
+    ``weight_dtype`` from a .safetensors whose block linears are ``source_dtype`` (streamed tensor by tensor, so one
+    tensor's worth at most). GGUF formats load from their .gguf: blocks are copied out of the memory-mapped file,
+    no scratch (the pages read count in RSS as page cache until the map closes). fp8 from a 16/32-bit file: the
+    largest block linear is read whole, then quantised (an fp32 copy and the fp32 quotient before e4m3):
+    ``source bytes + 8`` per element; from an fp8 file the bytes are kept. Plain dtypes: read straight into the
+    model when the dtype matches, else through one chunk buffer (``CHUNK_BYTES``, 64 MiB)."""
+    fmt = weight_format(weight_dtype)
+    if _is_gguf(fmt):
+        return 0
+    src = _dtype_bytes(source_dtype)
+    if fmt == "fp8":
+        return 0 if source_dtype == torch.float8_e4m3fn else dit_weight_storage(cfg, fmt).largest_compact * (src + 8)
+    return 0 if TORCH_FORMATS[fmt] == source_dtype else min(CHUNK_BYTES, dit_weight_storage(cfg, fmt).largest_compact
+                                                             * src)
+
+
+def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]) -> dict:
+    """Where the weights sit with block offload (:func:`magihuman.offload.enable_block_offload`): the first
+    ``blocks_on_device`` layers and everything outside the layers on the device, the other layers in host RAM,
+    and at most two streamed layers on the device at once (the one running and the next, prefetched on CUDA).
+    ``None``: no offload. Returns ``device``, ``host``, ``in_flight`` and ``streamed_per_forward`` bytes."""
+    layers = storage.layers
+    n = len(layers)
+    if blocks_on_device is None or blocks_on_device >= n:
+        return dict(device=storage.total, host=0, in_flight=0, streamed_per_forward=0)
+    k = int(blocks_on_device)
+    if k < 0:
+        raise ValueError(f"blocks_on_device must be >= 0, got {blocks_on_device}")
+    outside = storage.total - sum(layers)
+    in_flight = max(layers[i] + (layers[i + 1] if i + 1 < n else 0) for i in range(k, n))
+    host = sum(layers[k:])
+    return dict(device=outside + sum(layers[:k]) + in_flight, host=host, in_flight=in_flight,
+                streamed_per_forward=host)
+
+
+def t5gemma_encoder_shapes(cfg: Optional[dict] = None) -> dict[str, tuple[int, ...]]:
+    """Every parameter of a T5Gemma encoder (keys ``encoder.*`` as in the checkpoint) with its shape. Default:
+    the 9B encoder of google/t5gemma-9b-9b-ul2."""
+    c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
+    h, hd, inner = c["hidden_size"], c["head_dim"], c["intermediate_size"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    out: dict[str, tuple[int, ...]] = {"encoder.embed_tokens.weight": (c["vocab_size"], h)}
+    for i in range(c["num_hidden_layers"]):
+        p = f"encoder.layers.{i}."
+        out.update({p + "pre_self_attn_layernorm.weight": (h,), p + "self_attn.q_proj.weight": (q, h),
+                    p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.v_proj.weight": (kv, h),
+                    p + "self_attn.o_proj.weight": (h, q), p + "post_self_attn_layernorm.weight": (h,),
+                    p + "pre_feedforward_layernorm.weight": (h,), p + "mlp.gate_proj.weight": (inner, h),
+                    p + "mlp.up_proj.weight": (inner, h), p + "mlp.down_proj.weight": (h, inner),
+                    p + "post_feedforward_layernorm.weight": (h,)})
+    out["encoder.norm.weight"] = (h,)
+    return out
+
+
+_TEXT_PROJECTIONS = ("_proj.weight",)
+
+
+def text_encoder_storage(weight_dtype="bf16", cfg: Optional[dict] = None) -> WeightStorage:
+    """Exact bytes of the T5Gemma encoder as its loader keeps it. bf16/fp16/fp32: every tensor in that dtype.
+    fp8: the projections e4m3 + a 4-byte scale each, embedding and norms bf16. GGUF: projections and the token
+    embedding in the type :func:`magihuman.loaders.text_encoder.gguf_tensor_type` gives (BF16 when rows are not
+    whole blocks), the norms in the model's dtype (bf16; F32 in the file). The embedding is decoded by rows
+    (only the looked-up tokens), so it never counts as a weight decoded whole."""
+    fmt = weight_format(weight_dtype)
+    shapes = t5gemma_encoder_shapes(cfg)
+    is_proj = lambda key: key.endswith(_TEXT_PROJECTIONS)  # noqa: E731
+    if fmt == "fp8":
+        compact_key = is_proj
+        other_bytes = 2
+    elif _is_gguf(fmt):
+        compact_key = lambda key: is_proj(key) or key.endswith("embed_tokens.weight")  # noqa: E731
+        other_bytes = 2
+    else:
+        compact_key = lambda key: True  # noqa: E731
+        other_bytes = _element_bytes(fmt)
+    return _storage(fmt, shapes, compact_key, text_gguf_tensor_type, other_bytes, _layer_index, is_proj)
+
+
+def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, compute_dtype=torch.bfloat16,
+                                 overhead: float = 1.25) -> int:
+    """Estimated peak activation bytes of encoding one prompt of ``tokens`` tokens (each prompt is encoded
+    alone, batch 1). Per token, c = compute dtype bytes: the residual and the normed input (2h·c) plus the larger
+    of the attention phase (q, k, v and their rotated copies: 2·(Hq + 2·Hkv)·D·c, output Hq·D·c) and the MLP
+    phase (gelu(gate), up and their product: 3I·c); fp32 norm temporaries (12h); two boolean [L, L] masks; the
+    fp32 output. ``overhead`` as in :func:`forward_activation_bytes`."""
+    c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
+    h, hd, inner = c["hidden_size"], c["head_dim"], c["intermediate_size"]
+    hq, hkv = c["num_attention_heads"], c["num_key_value_heads"]
+    cb = _dtype_bytes(compute_dtype)
+    attn = (2 * (hq + 2 * hkv) * hd + hq * hd) * cb
+    mlp = 3 * inner * cb
+    per_token = 2 * h * cb + max(attn, mlp) + 12 * h + 4 * h
+    return int(overhead * per_token * tokens) + 2 * tokens * tokens
 
 
 def t5gemma_encoder_param_count(cfg: Optional[dict] = None) -> int:
@@ -297,6 +559,29 @@ def forward_activation_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, loc
                 mask=mask, rope=rope, peak_efficient=efficient, math_scores_per_head=math_head, peak_math=peak_math)
 
 
+def decode_phase_bytes(cfg: DiTConfig, length: int, batch: int = 1, *, dequant: int, local_bytes: int = 0,
+                       padding_mask: bool = False, overhead: float = 1.25) -> int:
+    """Peak bytes while a stored weight is decoded for its matmul: ``dequant`` (:func:`dequant_working_bytes`) plus
+    what is live then. The largest live set is at the MLP's ``down_proj``: the residual and the attention output
+    (6h a token), the up projection in fp32 and its activation (swiglu7: 8I + 4I; gelu7: 4I + 4I), with the
+    same ``overhead``, RoPE tables and masks as :func:`forward_activation_bytes`. The forward's activation peak
+    (inside the MLP activation's temporaries) comes at another moment, so a stage takes the larger of the two
+    rather than their sum; ``benchmarks/bench_estimate_memory.py`` measured the sum 20 % above the peak RSS
+    of compact formats (mid config, malloc returning freed blocks), the larger of the two within 2 %."""
+    if not dequant:
+        return 0
+    h = cfg.hidden_size
+    live = 0
+    for i in range(cfg.num_layers):
+        if i in cfg.gelu7_layers:
+            live = max(live, 6 * h + 8 * cfg.gelu_intermediate_size)
+        else:
+            live = max(live, 6 * h + 12 * cfg.swiglu_intermediate_size)
+    rope = 2 * 4 * (3 * cfg.head_dim // 4) * length * batch
+    mask = local_bytes + (3 * length * batch if padding_mask else 0)
+    return int(overhead * (live * length * batch + rope)) + mask + dequant
+
+
 def turbo_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, dtype_bytes: int = 2,
                        config: Optional[dict] = None, live_tensors: int = 4) -> dict:
     """Estimated peak bytes of a Turbo VAE sliding-window decode (weights excluded).
@@ -360,21 +645,32 @@ class StageEstimate:
     attention_flops_total: int
     executed_flops_total: int     # what this engine runs with its local-attention mode (window / mask)
     params: int
-    weight_bytes: int
-    activation_bytes: int         # peak of one model call (memory-efficient attention)
+    weight_bytes: int             # all weights in the storage format (dit_weight_storage(...).total)
+    activation_bytes: int         # peak of one model call (memory-efficient attention), weight decoding included
     activation_bytes_math: int    # same with the math attention kernel
     local_attention_bytes: int    # dense mask ("mask") or key-window gather ("window")
     latent_bytes: int
     local_layers: int
     local_attention: str          # "none" | "window" | "mask"
+    weight_format: str = "bf16"   # storage of the block linears (weight_format())
+    dequant_bytes: int = 0        # decoding one stored weight for its matmul (decode_phase_bytes)
+    blocks_on_device: Optional[int] = None  # block offload: layers kept on the device (None: all)
+    num_layers: int = 0
+    device_weight_bytes: Optional[int] = None  # weights on the device at the peak (None: all of weight_bytes)
+    host_weight_bytes: int = 0    # streamed layers held in host RAM
+    streamed_bytes_per_step: int = 0  # host -> device copies per sampler step (CFG as two passes: twice)
 
     @property
     def sequence_length(self) -> int:
         return self.video_tokens + self.audio_tokens + self.text_tokens
 
     @property
+    def weights_on_device(self) -> int:
+        return self.weight_bytes if self.device_weight_bytes is None else self.device_weight_bytes
+
+    @property
     def peak_bytes(self) -> int:
-        return self.weight_bytes + self.activation_bytes + self.latent_bytes
+        return self.weights_on_device + self.activation_bytes + self.latent_bytes
 
 
 @dataclass(frozen=True)
@@ -391,11 +687,19 @@ class Plan:
     sr_height: Optional[int]
     weight_dtype: torch.dtype
     stages: tuple[StageEstimate, ...]
-    text_encoder_bytes: int       # T5Gemma encoder weights (bf16); can run on CPU
+    text_encoder_bytes: int       # T5Gemma encoder weights (text_encoder_format, default bf16); can run on CPU
     decoder_weight_bytes: int     # Turbo VAE decoder weights (estimate from its parameter count)
     decode_bytes: int             # Turbo decode peak (estimate)
     decoded_video_bytes: int      # the decoded clip, fp32
     request: dict = field(default_factory=dict, repr=False, compare=False)
+    text_encoder_format: str = "bf16"
+    text_encode_bytes: int = 0    # encoding one prompt: activations + weight decoding (weights excluded)
+    compute_dtype: torch.dtype = torch.bfloat16
+
+    @property
+    def text_encode_peak_bytes(self) -> int:
+        """Encoding a prompt where the encoder runs (device or CPU): its weights plus the encode peak."""
+        return self.text_encoder_bytes + self.text_encode_bytes
 
     @property
     def total_flops(self) -> int:
@@ -417,21 +721,31 @@ class Plan:
     def format(self) -> str:
         rows = [f"MagiHuman plan: {self.preset}, {self.width}x{self.height}, {self.seconds:g} s "
                 f"({self.num_frames} frames, {self.latent_frames} latent), "
-                f"DiT weights {_dtype_name(self.weight_dtype)}"]
+                f"DiT weights {_dtype_name(self.weight_dtype)}"
+                + "".join(f" ({s.name} {s.weight_format})" for s in self.stages[1:]
+                          if s.weight_format != self.stages[0].weight_format)]
         rows.append(f"{'stage':<6}{'model':<10}{'size':>10}{'tokens v+a+t':>20}{'steps':>6}{'fwd':>4}"
                     f"{'FLOP/fwd':>10}{'FLOP':>10}{'weights':>9}{'activ.':>9}{'peak':>9}")
         for s in self.stages:
             tok = f"{s.video_tokens}+{s.audio_tokens}+{s.text_tokens}"
             rows.append(f"{s.name:<6}{s.model:<10}{f'{s.width}x{s.height}':>10}{tok:>20}{s.steps:>6}"
                         f"{s.forwards_per_step:>4}{_flops(s.flops_per_forward):>10}{_flops(s.flops_total):>10}"
-                        f"{_gib(s.weight_bytes):>9}{_gib(s.activation_bytes):>9}{_gib(s.peak_bytes):>9}")
+                        f"{_gib(s.weights_on_device):>9}{_gib(s.activation_bytes):>9}{_gib(s.peak_bytes):>9}")
         rows.append(f"decode (Turbo VAE): weights {_gib(self.decoder_weight_bytes)}, "
                     f"chunk peak ~{_gib(self.decode_bytes)}, "
                     f"video {_gib(self.decoded_video_bytes)}")
         if self.text_encoder_bytes:
-            rows.append(f"text encoder (T5Gemma 9B, bf16): {_gib(self.text_encoder_bytes)} (CPU or device)")
+            rows.append(f"text encoder (T5Gemma 9B, {self.text_encoder_format}): {_gib(self.text_encoder_bytes)} "
+                        f"+ {_gib(self.text_encode_bytes)} to encode a prompt (CPU or device)")
         notes = []
         for s in self.stages:
+            if s.dequant_bytes:
+                notes.append(f"{s.name}: decoding one {s.weight_format} weight to {_dtype_name(self.compute_dtype)} "
+                             f"per matmul takes {_gib(s.dequant_bytes)} (counted with what is live meanwhile)")
+            if s.blocks_on_device is not None and s.blocks_on_device < s.num_layers:
+                notes.append(f"{s.name}: {s.blocks_on_device}/{s.num_layers} layers on the device, "
+                             f"{_gib(s.host_weight_bytes)} in host RAM, streamed every forward "
+                             f"(weights on the device at the peak {_gib(s.weights_on_device)})")
             if s.local_layers:
                 notes.append(f"{s.name}: {s.local_layers} local-attention layers ({s.local_attention} mode, "
                              f"{_gib(s.local_attention_bytes)} extra); runs {_flops(s.executed_flops_total)} "
@@ -481,7 +795,7 @@ def _resolve(preset) -> dict:
 
 def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_cfg: bool, cfg_batched: bool,
            prompt_tokens: int, negative_tokens: int, frf: int, weight_dtype, local_attention: str,
-           block_frames: int) -> StageEstimate:
+           block_frames: int, compute_dtype=torch.bfloat16, blocks_on_device: Optional[int] = None) -> StageEstimate:
     grid, na = geo["grid"], geo["audio_tokens"]
     executed_mode = "mask" if local_attention == "mask" else "window"
 
@@ -508,6 +822,13 @@ def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_
     local_b = local_attention_bytes(cfg, grid, length - geo["video_tokens"], batch, mode=executed_mode,
                                     block_frames=block_frames, frame_receptive_field=frf, padded=padded)
     act = forward_activation_bytes(cfg, length, batch, local_bytes=local_b, padding_mask=padded)
+    storage = dit_weight_storage(cfg, weight_dtype)
+    dequant = dequant_working_bytes(storage, compute_dtype)
+    decoding = decode_phase_bytes(cfg, length, batch, dequant=dequant, local_bytes=local_b, padding_mask=padded)
+    if blocks_on_device is not None and not 0 <= int(blocks_on_device):
+        raise ValueError(f"blocks_on_device must be >= 0, got {blocks_on_device!r}")
+    placed = offload_weight_bytes(storage, blocks_on_device)
+    n_resident = None if blocks_on_device is None else min(int(blocks_on_device), cfg.num_layers)
     # latents: video + audio, fp32, ~6 live copies (sample, noise, velocity(s), sampler history)
     lat = 6 * 4 * batch * (VIDEO_LATENT_CHANNELS * geo["latent_frames"] * geo["latent_h"] * geo["latent_w"]
                            + AUDIO_LATENT_CHANNELS * na)
@@ -519,10 +840,13 @@ def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_
         negative_text_tokens=negative_tokens if use_cfg else None, steps=steps, cfg=use_cfg, cfg_batched=cfg_batched,
         forwards_per_step=2 if use_cfg else 1, flops_per_forward=cond["total"], flops_per_step=per_step,
         flops_total=steps * per_step, attention_flops_total=steps * attn, executed_flops_total=steps * executed,
-        params=params["total"], weight_bytes=dit_weight_bytes(cfg, weight_dtype),
-        activation_bytes=act["peak_efficient"], activation_bytes_math=act["peak_math"], local_attention_bytes=local_b,
-        latent_bytes=lat, local_layers=len(cfg.local_attn_layers) if local else 0,
-        local_attention=executed_mode if local else "none")
+        params=params["total"], weight_bytes=storage.total,
+        activation_bytes=max(act["peak_efficient"], decoding), activation_bytes_math=max(act["peak_math"], decoding),
+        local_attention_bytes=local_b, latent_bytes=lat, local_layers=len(cfg.local_attn_layers) if local else 0,
+        local_attention=executed_mode if local else "none", weight_format=storage.format, dequant_bytes=dequant,
+        blocks_on_device=n_resident, num_layers=cfg.num_layers, device_weight_bytes=placed["device"],
+        host_weight_bytes=placed["host"],
+        streamed_bytes_per_step=placed["streamed_per_forward"] * (2 if use_cfg and not cfg_batched else 1))
 
 
 def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Optional[int] = None,
@@ -532,12 +856,19 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
              steps: Optional[int] = None, cfg: Optional[bool] = None, sr_model: Optional[str] = None,
              sr_steps: Optional[int] = None, sr_cfg: Optional[bool] = None,
              frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, local_attention: str = "window",
-             local_block_frames: int = 1, decode_dtype=torch.bfloat16) -> Plan:
+             local_block_frames: int = 1, decode_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
+             blocks_on_device: Optional[int] = None, sr_weight_dtype=None, sr_blocks_on_device: Optional[int] = None,
+             text_encoder_format="bf16") -> Plan:
     """Tokens, FLOPs and memory of a run. ``preset``: a preset name (``distill_256p``, ``base_256p``,
     ``sr_540p``, ``sr_1080p``, ``tiny``, ...), a ``Preset`` or a :class:`DiTConfig` (one stage). Unset sizes,
     seconds, steps and CFG come from the preset; an SR size without an SR preset adds an SR stage with
     ``sr_model`` (default: ``sr_1080p`` above 720 lines, else ``sr_540p``). ``local_attention`` /
-    ``local_block_frames``: how the DiT runs its local layers (``MagiHumanDiT.set_local_attention``)."""
+    ``local_block_frames``: how the DiT runs its local layers (``MagiHumanDiT.set_local_attention``).
+
+    ``weight_dtype``: storage of the DiT block linears, a torch dtype or a name (bf16/fp16/fp32/fp8 or a GGUF type,
+    :func:`weight_format`); ``sr_weight_dtype`` the SR DiT's (default: the same). ``compute_dtype``: the matmul
+    dtype (decoding compact weights to it costs working memory). ``blocks_on_device`` / ``sr_blocks_on_device``:
+    block offload, N layers kept on the device (None: all). ``text_encoder_format``: the T5Gemma storage."""
     if local_attention not in ("window", "mask"):
         raise ValueError(f"local_attention must be 'window' or 'mask', got {local_attention!r}")
     r = _resolve(preset)
@@ -555,10 +886,13 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
     prompt_tokens = int(prompt_tokens)
     geo = token_counts(width, height, seconds)
     use_cfg = r["cfg"] if cfg is None else bool(cfg)
+    weight_format(weight_dtype)  # a clear error before anything else
+    sr_weight_dtype = weight_dtype if sr_weight_dtype is None else sr_weight_dtype
     stages = [_stage("base", r["dit"], r["dit_config"], geo, steps=r["steps"] if steps is None else int(steps),
                      use_cfg=use_cfg, cfg_batched=cfg_batched, prompt_tokens=prompt_tokens,
                      negative_tokens=negative_tokens, frf=frame_receptive_field, weight_dtype=weight_dtype,
-                     local_attention=local_attention, block_frames=local_block_frames)]
+                     local_attention=local_attention, block_frames=local_block_frames, compute_dtype=compute_dtype,
+                     blocks_on_device=blocks_on_device)]
     if sr_width is None and sr_height is None and r["sr"] is not None:
         sr_width, sr_height = r["sr_width"], r["sr_height"]
     if (sr_width is None) != (sr_height is None):
@@ -572,25 +906,38 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
         stages.append(_stage("sr", role, sr_config, sr_geo, steps=r["sr_steps"] if sr_steps is None else int(sr_steps),
                              use_cfg=r["sr_cfg"] if sr_cfg is None else bool(sr_cfg), cfg_batched=cfg_batched,
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens,
-                             frf=frame_receptive_field, weight_dtype=weight_dtype,
-                             local_attention=local_attention, block_frames=local_block_frames))
+                             frf=frame_receptive_field, weight_dtype=sr_weight_dtype,
+                             local_attention=local_attention, block_frames=local_block_frames,
+                             compute_dtype=compute_dtype, blocks_on_device=sr_blocks_on_device))
     out = sr_geo or geo
     turbo_cfg = TINY_TURBO_CONFIG if r["tiny"] else RELEASE_TURBO_CONFIG
     dec = turbo_decode_bytes(out["latent_frames"], out["latent_h"], out["latent_w"],
                              dtype_bytes=_dtype_bytes(decode_dtype), config=turbo_cfg)
-    text_bytes = 0 if r["tiny"] else 2 * t5gemma_encoder_param_count()
+    te_format = weight_format(text_encoder_format)
+    if r["tiny"]:
+        text_bytes = text_act = 0
+    else:
+        te = text_encoder_storage(te_format)
+        text_bytes = te.total
+        te_tokens = max(prompt_tokens, negative_tokens) if (use_cfg or any(s.cfg for s in stages)) else prompt_tokens
+        text_act = text_encode_activation_bytes(te_tokens, compute_dtype=torch.bfloat16) + \
+            dequant_working_bytes(te, torch.bfloat16)  # the encoder computes in bf16 (fp8/GGUF storage too)
     return Plan(preset=r["name"], width=geo["width"], height=geo["height"], seconds=float(seconds),
                 num_frames=geo["num_frames"], latent_frames=geo["latent_frames"],
                 sr_width=sr_geo["width"] if sr_geo else None, sr_height=sr_geo["height"] if sr_geo else None,
                 weight_dtype=weight_dtype, stages=tuple(stages), text_encoder_bytes=text_bytes,
                 decoder_weight_bytes=_turbo_params(r["tiny"]) * _dtype_bytes(decode_dtype),
-                decode_bytes=dec["peak"], decoded_video_bytes=dec["video"],
+                decode_bytes=dec["peak"], decoded_video_bytes=dec["video"], text_encoder_format=te_format,
+                text_encode_bytes=text_act, compute_dtype=compute_dtype,
                 request=dict(preset=preset, width=width, height=height, seconds=seconds, sr_width=sr_width,
                              sr_height=sr_height, cfg_batched=cfg_batched, weight_dtype=weight_dtype,
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens, steps=steps, cfg=cfg,
                              sr_model=sr_model, sr_steps=sr_steps, sr_cfg=sr_cfg,
                              frame_receptive_field=frame_receptive_field, local_attention=local_attention,
-                             local_block_frames=local_block_frames, decode_dtype=decode_dtype))
+                             local_block_frames=local_block_frames, decode_dtype=decode_dtype,
+                             compute_dtype=compute_dtype, blocks_on_device=blocks_on_device,
+                             sr_weight_dtype=sr_weight_dtype, sr_blocks_on_device=sr_blocks_on_device,
+                             text_encoder_format=text_encoder_format))
 
 
 @functools.lru_cache(maxsize=None)
@@ -690,12 +1037,12 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
     msg = (f"{plan.preset} at {plan.width}x{plan.height}"
            + (f" -> {plan.sr_width}x{plan.sr_height}" if plan.sr_width else "")
            + f", {plan.seconds:g} s needs ~{_gib(need)} of device memory (largest phase: {worst.name} DiT weights "
-           f"{_gib(worst.weight_bytes)} + activations {_gib(worst.activation_bytes)}; decode "
+           f"{_gib(worst.weights_on_device)} + activations {_gib(worst.activation_bytes)}; decode "
            f"{_gib(plan.decode_peak_bytes)}), but only {_gib(device_memory_bytes)} is available.")
     options = suggest_smaller(plan, device_memory_bytes)
     if options:
         msg += " Requests that fit: " + "; ".join(options) + "."
-    if max(s.weight_bytes for s in plan.stages) >= device_memory_bytes:
+    if max(s.weights_on_device for s in plan.stages) >= device_memory_bytes:
         msg += " The DiT weights alone do not fit on the device."
     msg += (" Or offload: keep the DiT weights in host RAM and stream blocks to the device (ComfyUI lowvram / "
             "block swap), decode with the output on the CPU, run the text encoder on the CPU.")

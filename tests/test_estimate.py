@@ -359,3 +359,172 @@ def test_estimate_from_config_and_preset_object():
     assert st.flops_total == 3 * dit_forward_flops(cfg, (7, 2, 4), 26, 7)["total"]
     assert st.params == dit_param_count(cfg)["total"]
     assert estimate(PRESETS["sr_540p"]).total_flops == estimate("sr_540p").total_flops
+
+
+# ----------------------------------------------------------------------------- weight formats (issue 11)
+
+SMALL_K = dict(num_layers=2, hidden_size=256, head_dim=64, num_query_groups=2, text_in_channels=64, mm_layers=[0],
+               gelu7_layers=[0])  # rows of 256 / 1024: whole Q4_K blocks; swiglu down_proj rows (680): not
+
+
+def _resident_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+@pytest.mark.parametrize("config", ["tiny", "small_k"])
+@pytest.mark.parametrize("fmt", ["bf16", "fp8", "Q8_0", "Q5_1", "Q4_K", "Q4_0"])
+def test_dit_storage_equals_what_the_loader_keeps(tmp_path, config, fmt):
+    """dit_weight_storage(cfg, fmt).total == the bytes of every tensor of the model load_dit builds in that format
+    (GGUF: converted with convert_dit; rows that are not whole blocks stay BF16), and its per-layer split too."""
+    pytest.importorskip("gguf")
+    from magihuman.checkpoints import convert_dit, load_dit, write_tiny_dit
+    from magihuman.estimate import dit_weight_storage
+
+    cfg = DiTConfig.preset("tiny") if config == "tiny" else DiTConfig(**SMALL_K)
+    src = write_tiny_dit(tmp_path / "dit.safetensors", config=cfg, layout="file", dtype=torch.bfloat16)
+    if fmt in ("bf16", "fp8"):
+        model = load_dit(src, dtype={"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}[fmt], show_progress=False)
+    else:
+        model = load_dit(convert_dit(src, tmp_path / f"dit_{fmt}.gguf", quant=fmt, show_progress=False),
+                         show_progress=False)
+    storage = dit_weight_storage(cfg, fmt)
+    assert storage.total == _resident_bytes(model)
+    assert storage.layers == tuple(_resident_bytes(layer) for layer in model.block.layers)
+    if fmt in ("bf16", "fp8"):
+        assert storage.fallback_params == 0
+    else:  # the swiglu down_proj rows (340 / 680 wide) are never whole blocks
+        assert storage.fallback_params >= cfg.hidden_size * cfg.swiglu_intermediate_size
+
+
+def test_release_dit_storage_by_format():
+    from magihuman.estimate import dit_weight_storage
+
+    cfg = DiTConfig.preset("base")
+    p = dit_param_count(cfg)
+    bf16 = dit_weight_storage(cfg, "bf16")
+    assert bf16.total == dit_weight_bytes(cfg) == 2 * p["block_linear"] + 4 * (p["fp32"] + p["buffers"])
+    fp8 = dit_weight_storage(cfg, torch.float8_e4m3fn)
+    assert fp8.total == dit_weight_bytes(cfg, "fp8") + 4 * 4 * cfg.num_layers  # one fp32 scale per block linear
+    # GGUF: the swiglu down_proj of the 36 swiglu layers (4 of them mm: 3 experts) has 13652-wide rows -> BF16
+    q4 = dit_weight_storage(cfg, "Q4_0")
+    down = 5120 * 13652
+    assert q4.fallback_params == (32 + 4 * 3) * down
+    quantised = p["block_linear"] - q4.fallback_params
+    assert q4.compact == quantised // 32 * 18 + 2 * q4.fallback_params
+    assert dit_weight_bytes(cfg, "Q4_0") == q4.total  # GGUF names work in the old function too
+    assert dit_weight_storage(cfg, "Q4_K").total == q4.total  # 144 bytes / 256 = 18 / 32
+    assert dit_weight_storage(cfg, "q8_0") == dit_weight_storage(cfg, "Q8_0")
+    outside = 4 * (sum((c + 1) * 5120 for c in (192, 64, 3584)) + 2 * 5120 + 5120 * (192 + 64) + 128 // 8)
+    assert sum(bf16.layers) + outside == bf16.total  # adapter, heads, RoPE bands: outside the layers, fp32
+    assert len(bf16.layers) == 40 and min(bf16.layers[0], bf16.layers[39]) > 2.9 * bf16.layers[4]  # mm: 3 experts
+
+
+def test_weight_format_names():
+    from magihuman.estimate import weight_format
+
+    assert weight_format(torch.bfloat16) == weight_format("bfloat16") == weight_format("BF16") == "bf16"
+    assert weight_format(torch.float8_e4m3fn) == weight_format("fp8") == "fp8"
+    assert weight_format("q4_k") == "Q4_K" and weight_format(" Q8_0 ") == "Q8_0"
+    for bad in ("int3", "Q3_K", torch.float8_e5m2, None, 8):
+        with pytest.raises(ValueError, match="weight_dtype"):
+            weight_format(bad)
+
+
+def test_dequant_working_bytes():
+    from magihuman.estimate import dequant_working_bytes, dit_weight_storage
+    from magihuman.quant.gguf import DEQUANT_CHUNK_ELEMENTS
+
+    cfg = DiTConfig.preset("base")
+    largest = 3 * 2 * 13652 * 5120  # mm swiglu up_gate_proj: decoded whole, 3 experts
+    assert dit_weight_storage(cfg, "bf16").largest_compact == largest
+    assert dequant_working_bytes(dit_weight_storage(cfg, "bf16"), torch.bfloat16) == 0
+    assert dequant_working_bytes(dit_weight_storage(cfg, "bf16"), torch.float32) == 4 * largest  # a cast copy
+    assert dequant_working_bytes(dit_weight_storage(cfg, "fp8"), torch.bfloat16) == 2 * 2 * largest
+    q8 = dit_weight_storage(cfg, "Q8_0")
+    assert dequant_working_bytes(q8, torch.bfloat16) == 2 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+    # fp32 compute also casts the BF16 fallback rows, but the largest quantised weight dominates
+    assert dequant_working_bytes(q8, torch.float32) == 4 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+
+
+def test_estimate_with_formats_and_block_offload():
+    from magihuman.estimate import decode_phase_bytes, dequant_working_bytes, dit_weight_storage, offload_weight_bytes
+
+    plain = estimate("distill_256p").stages[0]
+    q4 = estimate("distill_256p", weight_dtype="Q4_0").stages[0]
+    storage = dit_weight_storage(DiTConfig.preset("distill"), "Q4_0")
+    assert q4.weight_bytes == storage.total and q4.weight_format == "Q4_0"
+    assert q4.dequant_bytes == dequant_working_bytes(storage) > 0 == plain.dequant_bytes
+    # decoding happens while less than the forward's peak is live: the stage takes the larger of the two
+    length, h, inner = q4.sequence_length, 5120, 13652
+    live = max(6 * h + 12 * inner, 6 * h + 8 * 4 * h)  # at down_proj: swiglu7 / gelu7 layers
+    decoding = int(1.25 * (live * length + 8 * 96 * length)) + q4.dequant_bytes
+    assert decode_phase_bytes(DiTConfig.preset("distill"), length, dequant=q4.dequant_bytes) == decoding
+    assert q4.activation_bytes == max(plain.activation_bytes, decoding)
+    fp8 = estimate("distill_256p", weight_dtype="fp8").stages[0]  # two decoded copies: more than the forward's peak
+    assert fp8.activation_bytes == decode_phase_bytes(DiTConfig.preset("distill"), length,
+                                                      dequant=fp8.dequant_bytes) > plain.activation_bytes
+    assert q4.peak_bytes == storage.total + q4.activation_bytes + q4.latent_bytes
+    # block offload: first N layers + everything outside the layers + two streamed layers in flight
+    n = 10
+    off = estimate("distill_256p", weight_dtype="Q4_0", blocks_on_device=n).stages[0]
+    layers = storage.layers
+    outside = storage.total - sum(layers)
+    in_flight = max(layers[i] + (layers[i + 1] if i + 1 < len(layers) else 0) for i in range(n, len(layers)))
+    assert off.weights_on_device == outside + sum(layers[:n]) + in_flight
+    assert off.host_weight_bytes == off.streamed_bytes_per_step == sum(layers[n:])
+    assert off.peak_bytes == off.weights_on_device + off.activation_bytes + off.latent_bytes < q4.peak_bytes
+    assert offload_weight_bytes(storage, 40)["device"] == storage.total  # all on the device: no offload
+    assert estimate("distill_256p", blocks_on_device=40).stages[0].peak_bytes == plain.peak_bytes
+    peaks = [estimate("distill_256p", blocks_on_device=k).stages[0].peak_bytes for k in (0, 5, 20, 39)]
+    assert peaks == sorted(peaks)
+    text = estimate("distill_256p", weight_dtype="Q4_0", blocks_on_device=n).format()
+    assert "DiT weights Q4_0" in text and "10/40 layers on the device" in text and "decoding one Q4_0" in text
+    with pytest.raises(ValueError, match="blocks_on_device"):
+        estimate("distill_256p", blocks_on_device=-1)
+    # CFG run as two passes streams the layers twice per step
+    two = estimate("base_256p", cfg_batched=False, blocks_on_device=n).stages[0]
+    assert two.streamed_bytes_per_step == 2 * two.host_weight_bytes
+    sr = estimate("sr_540p", weight_dtype="bf16", sr_weight_dtype="fp8")
+    assert [s.weight_format for s in sr.stages] == ["bf16", "fp8"] and "(sr fp8)" in sr.format()
+
+
+def test_load_working_bytes():
+    from magihuman.estimate import dit_load_working_bytes, dit_weight_storage
+
+    cfg = DiTConfig.preset("distill")
+    largest = dit_weight_storage(cfg, "fp8").largest_compact
+    assert dit_load_working_bytes(cfg, "fp8", torch.float32) == largest * 12  # fp32 read + fp32 copy + quotient
+    assert dit_load_working_bytes(cfg, "fp8", torch.bfloat16) == largest * 10
+    assert dit_load_working_bytes(cfg, "fp8", torch.float8_e4m3fn) == 0
+    assert dit_load_working_bytes(cfg, "bf16", torch.bfloat16) == 0  # read straight into the model
+    assert dit_load_working_bytes(cfg, "bf16", torch.float32) == 64 << 20  # one chunk buffer
+    assert dit_load_working_bytes(cfg, "Q4_K") == 0  # blocks copied out of the memory-mapped .gguf
+
+
+def test_text_encoder_shapes_and_storage_match_the_loaded_module(tmp_path):
+    pytest.importorskip("gguf")
+    import json
+
+    from magihuman.estimate import t5gemma_encoder_shapes, text_encoder_storage
+    from magihuman.loaders.text_encoder import save_encoder_file
+    from magihuman.models.text_encoder import T5GemmaEncoder
+    from magihuman.tiny import write_tiny_t5gemma
+
+    folder = write_tiny_t5gemma(tmp_path / "te")
+    cfg = json.loads((folder / "config.json").read_text())["encoder"]
+    model = T5GemmaEncoder.from_pretrained(folder, dtype=torch.bfloat16)
+    assert t5gemma_encoder_shapes(cfg) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert t5gemma_encoder_shapes()["encoder.layers.41.mlp.down_proj.weight"] == (3584, 14336)
+    assert text_encoder_storage("bf16", cfg).total == _resident_bytes(model)
+    fp8 = T5GemmaEncoder.from_pretrained(folder, dtype=torch.float8_e4m3fn)
+    assert text_encoder_storage("fp8", cfg).total == _resident_bytes(fp8)
+    for quant in ("Q8_0", "Q4_0"):
+        path = save_encoder_file(folder, tmp_path / f"te_{quant}.gguf", quant=quant)
+        m = T5GemmaEncoder.from_pretrained(path, dtype=torch.bfloat16)
+        assert text_encoder_storage(quant, cfg).total == _resident_bytes(m), quant
+    # the 9B encoder: bf16 is 2 bytes a parameter; Q8_0 is smaller than fp8 (its embedding is quantised too)
+    assert text_encoder_storage("bf16").total == 2 * 9_241_705_984
+    assert text_encoder_storage("Q8_0").total < text_encoder_storage("fp8").total
+    plan = estimate("distill_256p", text_encoder_format="Q8_0")
+    assert plan.text_encoder_bytes == text_encoder_storage("Q8_0").total and plan.text_encoder_format == "Q8_0"
+    assert 0 < plan.text_encode_bytes < GIB // 2

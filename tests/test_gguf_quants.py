@@ -297,3 +297,109 @@ def test_fallback_without_gguf_names_type_and_pip(monkeypatch):
     raw = torch.zeros(gq.byte_shape((64,), T.IQ4_NL), dtype=torch.uint8)
     with pytest.raises(ImportError, match=r"IQ4_NL.*pip install gguf"):
         gq.dequantize(raw, T.IQ4_NL)
+
+
+# ------------------------------------------------------------------------------------------- Q4_K encoder
+
+
+def _q4k_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(12)
+    normal = rng.standard_normal((64, 512)).astype(np.float32)
+    wide = normal[:8].copy()
+    wide[:, :32] *= 100.0  # one sub-block dwarfs the others: their 6-bit steps get coarse
+    constant = np.full((4, 256), 0.37, dtype=np.float32)
+    constant[1] = -2.5
+    constant[2] = 0.0
+    return {
+        "normal": normal,
+        "positive": (normal * 0.02 + 0.5).astype(np.float32),  # min > 0: offsets clip to 0
+        "negative": (-np.abs(normal) - 1.0).astype(np.float32),
+        "weights": (normal * 0.02).astype(np.float32),  # DiT-like scale
+        "wide": wide,
+        "constant": constant,
+        "multidim": rng.standard_normal((2, 3, 256)).astype(np.float32) * 3,
+    }
+
+
+Q4K_CASES = _q4k_cases()
+
+
+@pytest.mark.parametrize("case", sorted(Q4K_CASES))
+def test_encode_q4_k_decodes_the_same_in_gguf_and_is_bounded(case):
+    """gguf's own dequantize of the bytes == ours, exactly; |x - decoded| <= step/2 + dmin/2 (+ fp16 rounding), with
+    step and dmin bounded from the input alone (the encoder's documented rule)."""
+    x = Q4K_CASES[case]
+    raw = gq.encode_q4_k(torch.from_numpy(x))
+    assert raw.dtype == torch.uint8 and raw.shape == gq.byte_shape(x.shape, T.Q4_K)
+    ours = gq.dequantize(raw, T.Q4_K)
+    assert torch.equal(ours, _ref_dequant(raw.numpy(), T.Q4_K).reshape(x.shape))
+    sub = torch.from_numpy(x).reshape(-1, 8, 32).double()  # (super-blocks, 8 sub-blocks, 32)
+    lo, hi = sub.amin(-1).clamp(max=0), sub.amax(-1)  # offsets are stored as -min >= 0
+    dmin = (-lo).amax(-1, keepdim=True) / 63 * (1 + 2 ** -10)  # fp16 rounding of the super-block factors
+    step = (hi - lo + dmin / 2) / 15
+    d = step.amax(-1, keepdim=True) / 63 * (1 + 2 ** -10)
+    bound = (step + d) / 2 + dmin / 2 + 15 * step.amax(-1, keepdim=True) * 2 ** -10 + 1e-7
+    err = (ours.reshape(sub.shape).double() - sub).abs()
+    assert bool((err <= bound.unsqueeze(-1)).all()), float((err - bound.unsqueeze(-1)).max())
+    if case == "constant":
+        assert torch.allclose(ours, torch.from_numpy(x), rtol=0, atol=1e-3)
+        assert torch.equal(ours[2], torch.zeros(256))  # an all-zero block decodes to zeros
+
+
+def test_encode_q4_k_error_vs_the_exact_4_bit_types():
+    """On Gaussian data the simple Q4_K lands between Q4_0 and Q4_1 (same size as Q4_0: 4.5 bits a weight)."""
+    x = torch.from_numpy(Q4K_CASES["normal"])
+    rel = {qt: float((gq.dequantize(gq.quantize(x, qt), qt) - x).norm() / x.norm()) for qt in (T.Q4_0, T.Q4_1)}
+    k = float((gq.dequantize(gq.encode_q4_k(x), T.Q4_K) - x).norm() / x.norm())
+    assert k < rel[T.Q4_0] and k < 1.05 * rel[T.Q4_1], (k, rel)
+    assert gq.BLOCK_SIZES[T.Q4_K][1] / 256 == gq.BLOCK_SIZES[T.Q4_0][1] / 32
+    assert T.Q4_K not in gq.QUANTIZE_TYPES  # only the byte-exact quantisers are listed there
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        assert torch.equal(gq.encode_q4_k(x[:4].to(dtype)), gq.encode_q4_k(x[:4].to(dtype).float()))
+
+
+def test_encode_q4_k_rejects_bad_input():
+    with pytest.raises(ValueError, match="multiple of the Q4_K block size"):
+        gq.encode_q4_k(torch.zeros(4, 128))
+    bad = torch.zeros(2, 256)
+    bad[1, 7] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        gq.encode_q4_k(bad)
+
+
+def test_q4_k_files_are_written_and_loaded(tmp_path):
+    """write_gguf writes Q4_K through encode_q4_k; convert_dit --quant Q4_K -> load_dit keeps the blocks and the
+    forward stays close to the source model."""
+    gguf = _gguf()
+    from magihuman.checkpoints import GGUF_QUANTS, convert_dit, load_dit, write_tiny_dit
+    from magihuman.models.dit_config import DiTConfig
+    from magihuman.ops import storage_kind
+    from magihuman.weights.gguf_file import GGUFSpec, write_gguf
+
+    x = torch.from_numpy(Q4K_CASES["normal"][:4])
+    path = tmp_path / "one.gguf"
+    write_gguf(path, [GGUFSpec("w", tuple(x.shape), int(T.Q4_K), lambda: x)], arch="test", metadata={})
+    (t,) = gguf.GGUFReader(str(path)).tensors
+    assert int(t.tensor_type) == int(T.Q4_K)
+    assert torch.equal(torch.from_numpy(np.array(t.data)).reshape(-1), gq.encode_q4_k(x).reshape(-1))
+
+    assert "Q4_K" in GGUF_QUANTS
+    cfg = DiTConfig(num_layers=2, hidden_size=256, head_dim=64, num_query_groups=2, text_in_channels=64,
+                    mm_layers=[0], gelu7_layers=[0])
+    src = write_tiny_dit(tmp_path / "dit", config=cfg, dtype=torch.float32, seed=3)
+    model = load_dit(convert_dit(src, tmp_path / "dit_Q4_K.gguf", quant="Q4_K", show_progress=False),
+                     show_progress=False)
+    qkv = model.block.layers[0].attention.linear_qkv
+    assert storage_kind(qkv) == "gguf" and qkv.weight_qtype == int(T.Q4_K)
+    assert model.load_info["source_dtype"] == "gguf Q4_K" and "Q4_K" in model.load_info["dtype"]
+    ref = load_dit(src, dtype=torch.float32, show_progress=False)
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+              torch.randn(1, 4, 64, generator=g), [4])
+    outs = []
+    for m in (model, ref):
+        m.set_compute_dtype(torch.float32)
+        with torch.no_grad():
+            outs.append(m(*inputs))
+    for a, b in zip(*outs):
+        assert float((a - b).norm() / b.norm()) < 0.15

@@ -34,6 +34,7 @@ __all__ = [
     "element_shape",
     "dequantize",
     "quantize",
+    "encode_q4_k",
 ]
 
 
@@ -556,3 +557,47 @@ def quantize(tensor: torch.Tensor, qtype: GGMLType | int | str) -> torch.Tensor:
     block, _ = BLOCK_SIZES[qt]
     blocks = x.reshape(-1, block)  # (n_blocks, block)
     return _QUANT[qt](blocks).reshape(bshape)  # (n_blocks, bytes per block) -> byte shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Q4_K: a simple encoder (gguf has no Q4_K quantiser, so there is no reference to be exact against)
+
+
+def encode_q4_k(tensor: torch.Tensor) -> torch.Tensor:
+    """Float tensor -> Q4_K bytes (uint8, :func:`byte_shape`): a simple encoder, not llama.cpp's.
+
+    Each 256-element super-block holds 8 sub-blocks of 32. A sub-block's offset is its minimum (clipped to
+    at most 0: the format stores ``-min >= 0``) and its step the rest of its range / 15. The 8 offsets and
+    the 8 steps are stored as 6-bit integers times one fp16 super-block factor each (``dmin``, ``d`` = the
+    largest / 63); offsets round to nearest, steps round up so the 16 levels still cover the sub-block, and
+    every value takes the nearest of the 16 levels. So ``|x - decoded| <= step/2 + dmin/2`` (+ fp16
+    rounding). llama.cpp's ``quantize_row_q4_K`` searches each sub-block's step and offset for the least
+    (weighted) squared error (``make_qkx2_quants``) and gets lower errors; this encoder does not search.
+
+    Not in :data:`QUANTIZE_TYPES` (those are byte-exact with ``gguf.quants.quantize``). The last dim must be a
+    multiple of 256; the input must be finite. Runs on the tensor's device; decode with :func:`dequantize`.
+    """
+    x = tensor.detach().to(torch.float32).contiguous()
+    bshape = byte_shape(x.shape, _T.Q4_K)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("Q4_K encoding needs finite values (the tensor holds inf or nan)")
+    sub = x.reshape(-1, 8, 32)  # (n, 8 sub-blocks, 32)
+    offset = sub.amin(-1).clamp_(max=0).neg_()  # (n, 8): -min >= 0
+    dmin = (offset.amax(-1, keepdim=True) / 63).to(torch.float16).to(torch.float32)  # (n, 1), as stored
+    lm = (offset * _inv(dmin)).add_(0.5).floor_().clamp_(0, 63)  # 6-bit offsets, nearest
+    ml = dmin * lm  # (n, 8) offsets as decoded
+    step = (sub.amax(-1) + ml).clamp_(min=0) / 15  # range above the decoded offset, per level
+    d = (step.amax(-1, keepdim=True) / 63).to(torch.float16).to(torch.float32)  # (n, 1), as stored
+    ls = (step * _inv(d)).ceil_().clamp_(0, 63)  # 6-bit steps, rounded up: the levels cover the range
+    dl = (d * ls).unsqueeze(-1)  # (n, 8, 1) steps as decoded
+    q = ((sub + ml.unsqueeze(-1)) * _inv(dl)).add_(0.5).floor_().clamp_(0, 15).to(torch.uint8)  # (n, 8, 32)
+    ls, lm = ls.to(torch.uint8), lm.to(torch.uint8)
+    # 12-byte scale table (see _k_scale_min): bytes 0-3 / 4-7 the low 6 bits of steps / offsets 0-3 and, in
+    # their top 2 bits, the top 2 bits of steps / offsets 4-7; bytes 8-11 the low nibbles of steps 4-7 (low)
+    # and offsets 4-7 (high).
+    table = torch.cat(((ls[:, :4] & 0x3F) | ((ls[:, 4:] >> 4) << 6), (lm[:, :4] & 0x3F) | ((lm[:, 4:] >> 4) << 6),
+                       (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4)), dim=-1)  # (n, 12)
+    pairs = q.reshape(-1, 4, 2, 32)  # sub-blocks 2i (low nibbles) and 2i+1 (high) share 32 bytes
+    qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, 128)
+    blocks = torch.cat((_f16_bytes(d), _f16_bytes(dmin), table, qs), dim=-1)  # (n, 144)
+    return blocks.reshape(bshape)

@@ -35,6 +35,12 @@ ARCH_KEY = "general.architecture"
 # GGML types read as plain tensors (everything else stays as raw blocks until dequantised).
 PLAIN_TYPES = {q.GGMLType.F32: torch.float32, q.GGMLType.F16: torch.float16, q.GGMLType.BF16: torch.bfloat16}
 _TORCH_TO_GGML = {v: k for k, v in PLAIN_TYPES.items()}
+# Types write_gguf can write: the byte-exact quantisers, plus Q4_K through the simple encoder q.encode_q4_k.
+WRITE_TYPES = q.QUANTIZE_TYPES | {q.GGMLType.Q4_K}
+
+
+def _encode(t: torch.Tensor, qt: q.GGMLType) -> torch.Tensor:
+    return q.encode_q4_k(t) if qt == q.GGMLType.Q4_K else q.quantize(t, qt)
 
 
 def gguf_package():
@@ -128,7 +134,8 @@ def open_gguf(path: Path) -> tuple[dict[str, Entry], dict[str, str], dict[Path, 
 @dataclass(frozen=True)
 class GGUFSpec:
     """One tensor to write: name, element shape, GGML type and a function producing the float tensor (it is
-    quantised to ``qtype`` here, with :func:`magihuman.quant.gguf.quantize`)."""
+    quantised to ``qtype`` here, with :func:`magihuman.quant.gguf.quantize`, or
+    :func:`magihuman.quant.gguf.encode_q4_k` for Q4_K)."""
 
     name: str
     shape: tuple[int, ...]
@@ -158,9 +165,9 @@ def write_gguf(path: str | Path, specs: Iterable[GGUFSpec], *, arch: str, metada
         writer.add_string(key, str(value))
     for s in specs:
         qt = q.GGMLType(s.qtype)
-        if qt not in q.QUANTIZE_TYPES:
+        if qt not in WRITE_TYPES:
             raise ValueError(f"{s.name}: cannot write GGML type {qt.name}; choose one of "
-                             f"{sorted(t.name for t in q.QUANTIZE_TYPES)}")
+                             f"{sorted(t.name for t in WRITE_TYPES)}")
         writer.add_tensor_info(s.name, q.byte_shape(s.shape, qt), np.dtype(np.uint8), s.nbytes,
                                raw_dtype=gguf.GGMLQuantizationType(int(qt)))
     writer.write_header_to_file()
@@ -171,7 +178,7 @@ def write_gguf(path: str | Path, specs: Iterable[GGUFSpec], *, arch: str, metada
         t = s.produce()
         if tuple(t.shape) != tuple(s.shape):
             raise ValueError(f"{s.name!r}: produced shape {tuple(t.shape)}, expected {s.shape}")
-        raw = q.quantize(t.detach().to("cpu"), s.qtype)
+        raw = _encode(t.detach().to("cpu"), q.GGMLType(s.qtype))
         writer.write_tensor_data(raw.numpy())
         total += s.nbytes
         if on_bytes:
