@@ -40,6 +40,10 @@ from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, l
 from .loaders.text_encoder import open_text_encoder
 from .models.text_encoder import T5GemmaEncoder
 from .offload import enable_block_offload
+from .models.dit_config import DiTConfig
+from .parallel import check_world_size, enable_sequence_parallel
+from .parallel import launch as sp_launch
+from .parallel.cost import per_rank_plan
 from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
 from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
 
@@ -164,15 +168,40 @@ def _load_dit(path, dtype, device, show, args, loras=()):
         enable_block_offload(model, device, offload)
     if getattr(args, "compile", False):
         compile_dit_blocks(model)
+    enable_sequence_parallel(model)  # under torchrun: the sequence split over the ranks (nothing otherwise)
     return model
 
 
-def _plan_and_check(args, preset, device, dtype, width, height, seconds) -> None:
-    """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit."""
+def _gguf_format(path) -> Optional[str]:
+    """The storage a loader keeps for a ``.gguf`` file: the GGML type holding most of its quantised bytes (``bf16``
+    when nothing is quantised); None for other files. Reads the header only."""
+    if path is None or not str(path).lower().endswith(".gguf") or not Path(path).is_file():
+        return None
+    from .quant.gguf import GGMLType
+    from .weights.gguf_file import open_gguf
+
+    by: dict[str, int] = {}
+    for e in open_gguf(Path(path))[0].values():
+        if e.quantized:
+            name = GGMLType(e.qtype).name
+            by[name] = by.get(name, 0) + e.nbytes
+    return max(by, key=by.get) if by else "bf16"
+
+
+def _plan_and_check(args, preset, device, dtype, width, height, seconds, ranks: int = 1, files=None) -> None:
+    """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit
+    (``ranks``: sequence parallel, each rank holding 1/N of the DiT activations; ``files``: role -> path, so a
+    GGUF file is priced in its own format; ``--blocks-on-device``: block offload)."""
+    files = files or {}
     sr_w = (args.sr_width or preset.sr_width) if preset.sr else None
     sr_h = (args.sr_height or preset.sr_height) if preset.sr else None
-    plan = est.estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=dtype,
-                    steps=args.steps or None, sr_steps=args.sr_steps or None)
+    blocks = getattr(args, "blocks_on_device", None)
+    plan = est.estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=_gguf_format(files.get(preset.dit))
+                        or dtype, sr_weight_dtype=(_gguf_format(files.get(preset.sr)) or dtype) if preset.sr else None,
+                        steps=args.steps or None, sr_steps=args.sr_steps or None, blocks_on_device=blocks,
+                        sr_blocks_on_device=blocks,
+                        text_encoder_format=_gguf_format(files.get("text_encoder")) or "bf16")
+    plan = per_rank_plan(plan, ranks)
     if not args.quiet:
         print(plan.format(), file=sys.stderr)
     host = est.device_memory("cpu")
@@ -187,6 +216,10 @@ def generate(args) -> int:
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     _check_generate_args(args, preset)
+    if args.gpus is not None and args.gpus < 1:
+        raise UsageError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.gpus is not None and args.gpus > 1 and sp_launch.torchrun_world_size() == 1:
+        return _relaunch(args, preset)
     args.prompt = _generate_prompt(args)
     saved_threads = torch.get_num_threads()
     try:
@@ -197,9 +230,32 @@ def generate(args) -> int:
         torch.set_num_threads(saved_threads)
 
 
+def _relaunch(args, preset) -> int:
+    """``--gpus N``: the same command on N local processes through torch.distributed.run (its exit code)."""
+    cfg = DiTConfig.preset("tiny" if preset.tiny else preset.dit)
+    try:
+        check_world_size(cfg.num_heads_q, cfg.num_heads_kv, args.gpus)
+    except ValueError as e:
+        raise UsageError(f"--gpus {args.gpus}: {e}") from None
+    if torch.cuda.is_available() and _device(args.device).type == "cuda" and args.gpus > torch.cuda.device_count():
+        raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    argv, skip = [], False
+    for a in args.argv:
+        if skip or a == "--gpus" or a.startswith("--gpus="):
+            skip = a == "--gpus"
+            continue
+        argv.append(a)
+    return sp_launch.relaunch(args.gpus, argv)
+
+
 def _generate_run(args, preset) -> int:
     timer = StageTimer()
-    device = _device(args.device)
+    sp = sp_launch.torchrun_context(cpu=_device(args.device).type == "cpu")  # None unless torchrun, >1 process
+    if sp is not None:  # rank 0 encodes, decodes and writes; every rank runs the DiT on its share of the tokens
+        args.quiet = args.quiet or not sp.lead
+        if sp.lead:
+            print(f"sequence parallel: {sp.describe()}; rank 0 encodes the prompt, decodes and writes", file=sys.stderr)
+    device = sp.device if sp is not None else _device(args.device)
     dtype = DTYPES[args.dtype or preset.dtype]
     vae_dtype = torch.float32 if (preset.tiny or device.type == "cpu") else torch.bfloat16
     decoder = args.decoder or preset.decoder
@@ -209,7 +265,7 @@ def _generate_run(args, preset) -> int:
 
     with timer("find/write models"):
         if preset.tiny:
-            models_dir = ensure_tiny_models(args.models)
+            models_dir = sp_launch.lead_first(sp, lambda: ensure_tiny_models(args.models))
         else:
             if not args.models:
                 raise UsageError(f"preset '{preset.name}' needs --models: a ComfyUI models folder or the official "
@@ -238,7 +294,7 @@ def _generate_run(args, preset) -> int:
             ref_wave, ref_sr = media.load_audio(args.audio)
 
     with timer("estimate"):  # before any model is loaded or latent allocated
-        _plan_and_check(args, preset, device, dtype, width, height, seconds)
+        _plan_and_check(args, preset, device, dtype, width, height, seconds, sp.world_size if sp else 1, files)
 
     latent = P.empty_latents(width, height, seconds, device="cpu")
     if latent.info["snapped"]:
@@ -246,30 +302,35 @@ def _generate_run(args, preset) -> int:
               "(multiples of 32)", file=sys.stderr)
 
     # ---- text
+    lead = sp is None or sp.lead
     negative = args.negative_prompt if args.negative_prompt is not None else P.DEFAULT_NEGATIVE_PROMPT
     needs_negative = preset.cfg or preset.sr_cfg
-    with timer("load text encoder"):
-        text_encoder = T5GemmaEncoder.from_pretrained(files["text_encoder"], dtype=vae_dtype if preset.tiny
-                                                      else torch.bfloat16, device=device)
-    with timer("text encode"):
-        cond = P.encode_prompt(text_encoder, args.prompt, negative if needs_negative else None,
-                               cjk_spacing=not getattr(args, "no_cjk_spacing", False))
-    del text_encoder
-    _free()
+    cond = None
+    if lead:
+        with timer("load text encoder"):
+            text_encoder = T5GemmaEncoder.from_pretrained(files["text_encoder"], dtype=vae_dtype if preset.tiny
+                                                          else torch.bfloat16, device=device)
+        with timer("text encode"):
+            cond = P.encode_prompt(text_encoder, args.prompt, negative if needs_negative else None,
+                                   cjk_spacing=not getattr(args, "no_cjk_spacing", False))
+        del text_encoder
+        _free()
 
     # ---- conditioning: image (TI2V), reference audio (A2V)
-    video_vae = None
-    if image is not None or decoder == "wan":
-        with timer("load video VAE"):
+    video_vae = audio_vae = None
+    if (image is not None or decoder == "wan") and (lead or (image is not None and preset.sr)):
+        with timer("load video VAE"):  # other ranks: the SR stage re-encodes the TI2V image at its size
             video_vae = load_wan_vae(files["video_vae"], dtype=vae_dtype, device=device)
-    if image is not None:
+    if image is not None and lead:
         with timer("image encode"):
             latent = P.encode_image(video_vae, image, latent)
-    with timer("load audio VAE"):
-        audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
-    if ref_wave is not None:
+    if lead:
+        with timer("load audio VAE"):
+            audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
+    if ref_wave is not None and lead:
         with timer("audio encode"):
             latent = P.encode_reference_audio(audio_vae, ref_wave, ref_sr, latent, seconds=args.seconds)
+    cond, latent = sp_launch.broadcast_object((cond, latent), sp)  # rank 0's conditioning on every rank
 
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
@@ -294,6 +355,9 @@ def _generate_run(args, preset) -> int:
                                      callback=lambda i, n, x0: bar.update(1))
         del sr_dit
         _free()
+    if not lead:  # the other ranks' work ends with the DiT stages
+        sp.close()
+        return EXIT_OK
 
     # ---- decode
     if decoder == "turbo":
@@ -314,6 +378,8 @@ def _generate_run(args, preset) -> int:
     print(f"wrote {out}: {frames.shape[0]} frames {w}x{h} @ {P.FPS} fps ({frames.shape[0] / P.FPS:.2f} s), "
           f"audio {wave.shape[-1] / sample_rate:.2f} s", file=sys.stderr)
     print(timer.table(), file=sys.stderr)
+    if sp is not None:
+        sp.close()
     return EXIT_OK
 
 
@@ -529,6 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "than the model)")
     g.add_argument("--decoder", choices=["turbo", "wan"], default=None, help="video decoder (default turbo)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="split the DiT's token sequence over N GPUs (sequence parallel; re-launches itself with "
+                   "torch.distributed.run, like `torchrun --nproc-per-node N -m magihuman generate ...`); N must "
+                   "divide the 40 attention heads and suit the 8 key/value heads: 2, 4 or 8. Without CUDA: N CPU "
+                   "processes")
     g.add_argument("--output", required=True, help="output .mp4 path")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 for "
                    "the tiny presets, whose tensors are too small to gain from more and lose a lot on a busy CPU)")
@@ -583,6 +654,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # generate --gpus re-launches the same command
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -508,3 +508,46 @@ try:  # pragma: no cover - inside ComfyUI only
 except ImportError:
     ComfyNestedTensor = None
 # ============================================================================================
+
+
+# ============================================================================================
+# Multi-GPU worker groups (nodes/multigpu.py) -- appended block, owned by the multi-GPU work.
+# A handle with a group is an ordinary DiT handle whose use() returns a DiT driving magihuman.parallel.workers: rank 0
+# is this process (its DiT loaded by ComfyUI as usual, LoRA patches included), the other ranks are worker processes,
+# each with its own copy of the DiT (same file, same options, the same LoRA files applied by the engine).
+# ============================================================================================
+class GroupModelHandle(ModelHandle):
+    """A DiT handle whose model runs sequence-parallel over ``gpus`` ranks (see :func:`multi_gpu_handle`)."""
+
+    gpus: int
+    timeout: float
+
+    def with_lora(self, lora: LoraFile, strength: float) -> "GroupModelHandle":
+        new = super().with_lora(lora, strength)  # a plain ModelHandle carrying our fields: keep the group
+        new.__class__ = type(self)
+        return new
+
+    def use(self, memory_required: int = 0) -> torch.nn.Module:
+        from ..magihuman.parallel.workers import parallel_dit
+
+        model = super().use(memory_required)
+        return parallel_dit(model, self.info["path"], self.gpus, timeout=self.timeout, host_device=self.device,
+                            loras=[(str(lora.path), strength) for lora, strength in self.loras])
+
+
+def multi_gpu_handle(handle: ModelHandle, gpus: int, timeout_seconds: float, *, where: str) -> GroupModelHandle:
+    """A new handle on the same weights (``handle`` is unchanged) that runs its DiT over ``gpus`` ranks."""
+    from ..magihuman.parallel.workers import worker_devices
+
+    if not handle.info.get("path"):
+        raise ValueError(f"{where}: this DiT was not loaded from a file by a MagiHuman loader; the workers need its "
+                         "file to load their copies")
+    if handle.model.local_attention_mode != "window":
+        raise ValueError(f"{where}: the group runs the default 'window' attention plan")
+    worker_devices(handle.device, gpus)  # enough GPUs? (clear error now, not at the first step)
+    new = object.__new__(GroupModelHandle)
+    new.__dict__.update(handle.__dict__)
+    new.info = dict(handle.info)
+    new.gpus, new.timeout = int(gpus), float(timeout_seconds)
+    return new
+# ============================================================================================

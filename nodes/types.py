@@ -21,6 +21,8 @@ NODES: dict[str, tuple[str, str]] = {
     "MagiHumanAudioVAELoader": ("MagiHuman Audio VAE Loader", "loaders"),
     "MagiHumanLoraLoader": ("MagiHuman LoRA Loader", "loaders"),
     "MagiHumanSRLoraLoader": ("MagiHuman SR LoRA Loader", "loaders"),
+    "MagiHumanMultiGPU": ("MagiHuman Multi-GPU", "loaders"),
+    "MagiHumanSRMultiGPU": ("MagiHuman SR Multi-GPU", "loaders"),
     "MagiHumanTextEncode": ("MagiHuman Text Encode", "conditioning"),
     "MagiHumanEmptyAVLatent": ("MagiHuman Empty AV Latent", "latent"),
     "MagiHumanImageToVideo": ("MagiHuman Image To Video (TI2V)", "conditioning"),

@@ -1,5 +1,6 @@
 """CLI: the memory plan refuses a run before any model is loaded; `convert` round trips."""
 
+import pytest
 import torch
 
 from magihuman import cli, estimate
@@ -64,3 +65,42 @@ def test_threads_restored_and_no_process_wide_attention(tiny_dir, tmp_path, caps
         assert torch.get_num_threads() == threads
     assert not hasattr(attention, "set_attention_backend") and not hasattr(attention, "get_attention_backend")
     capsys.readouterr()
+
+
+def test_plan_check_prices_block_offload_and_gguf_files(tmp_path, monkeypatch, capsys):
+    """The up-front check prices what the run will hold: --blocks-on-device keeps only N layers on the device
+    (the planner suggests it for small GPUs), and a .gguf DiT / text encoder is priced in its own format."""
+    import argparse
+
+    from magihuman.presets import get_preset
+    from magihuman.tiny import tiny_gguf_files, write_tiny_gguf
+
+    preset = get_preset("distill_256p")
+    dev = torch.device("cuda")  # only priced, nothing is allocated
+    args = argparse.Namespace(sr_width=None, sr_height=None, steps=None, sr_steps=None, quiet=True,
+                              blocks_on_device=None)
+    whole = estimate.estimate(preset, weight_dtype=torch.bfloat16).peak_device_bytes
+    offloaded = estimate.estimate(preset, weight_dtype=torch.bfloat16, blocks_on_device=4).peak_device_bytes
+    assert offloaded < whole / 2
+    monkeypatch.setattr(estimate, "device_memory", lambda d: (offloaded + whole) // 2 if str(d) == "cuda" else 1 << 40)
+    with pytest.raises(estimate.MemoryEstimateError):
+        cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0)
+    args.blocks_on_device = 4
+    cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0)  # fits with 4 layers on the device
+
+    write_tiny_gguf(tmp_path, quants=("Q4_0",))
+    files = {role: tmp_path / rel for role, rel in tiny_gguf_files("Q4_0").items()}
+    assert cli._gguf_format(files["distill"]) == "Q4_0" and cli._gguf_format(tmp_path / "x.safetensors") is None
+    args.blocks_on_device = None
+    seen = {}
+    real = estimate.estimate
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(estimate, "device_memory", lambda d: 1 << 40)
+    monkeypatch.setattr(estimate, "estimate", spy)
+    cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0, files={"distill": files["distill"],
+                                                                            "text_encoder": files["text_encoder"]})
+    assert seen["weight_dtype"] == "Q4_0" and seen["text_encoder_format"] == "Q4_0"

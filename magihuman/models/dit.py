@@ -11,6 +11,9 @@ three matmuls on slices of one fused weight. Attention needs no masks by default
 are sliced off per sample and local layers attend frame block by frame block to their key window
 (``set_local_attention``; the boolean-mask path stays available as ``"mask"``).
 
+Sequence parallel (``model.sequence_parallel``, :mod:`magihuman.parallel.sequence`): ``x`` holds this rank's share of
+the tokens; attention swaps it for a share of the heads and back; the final heads' rows are gathered on every rank.
+
 Beyond the official code (which runs one sample at a time and stops on an infinite RoPE scale):
 batches with different text lengths, each sample attending only to itself (also with local
 attention), and v1 coordinates with a single text or audio token (no rotation, see
@@ -34,6 +37,7 @@ from ..device import resolve_compute_dtype
 from ..geometry import PATCH_SIZE
 from ..ops import fetch_weight, linear_weight, set_fp8_weight, storage_kind, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
+from ..parallel.sequence import SequenceParallel
 from ..quant.fp8 import FP8_COMPUTE_MODES, FP8_DTYPE, FP8_MAX, fp8_linear, fp8_mm_supported, quantize_fp8
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig
@@ -117,7 +121,8 @@ def _fp8_block_linear(module, x, compute_dtype, segments, mode, experts) -> Opti
     scale = module.weight_scale
     if experts == 1:
         return fp8_linear(x, w8, scale, compute_dtype, mode)
-    parts = [fp8_linear(x[:, a:b], wi, scale, compute_dtype, mode)
+    parts = [fp8_linear(x[:, a:b], wi, scale, compute_dtype, mode) if b > a  # (empty: a sequence-parallel shard)
+             else x.new_zeros(x.shape[0], 0, wi.shape[0], dtype=compute_dtype)
              for (a, b), wi in zip(segments, w8.chunk(experts, dim=0))]
     return None if any(p is None for p in parts) else torch.cat(parts, dim=1)
 
@@ -153,6 +158,7 @@ class _ForwardState:
     local_mask: Optional[torch.Tensor] = None  # local layers: [B, 1, L, L]
     local_window: Optional[LocalWindow] = None  # local layers, "window" mode (no L x L mask)
     key_lens: Optional[tuple[int, ...]] = None  # "window" mode with text padding: real tokens per sample
+    sequence: Optional[SequenceParallel] = None  # sequence parallel: x holds this rank's tokens (magihuman.parallel)
 
 
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: _ForwardState, local: bool) -> torch.Tensor:
@@ -201,8 +207,12 @@ class Attention(nn.Module):
         q = apply_rope(q, st.cos, st.sin).to(cd)
         k = apply_rope(k, st.cos, st.sin).to(cd)
         v = v.reshape(b, n, hkv, d).to(cd)
+        if st.sequence is not None:  # this rank's tokens, every head -> every token, this rank's heads
+            q, k, v = st.sequence.scatter_heads(q, k, v)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, D]
         out = self_attention(q, k, v, st, self.local).transpose(1, 2)  # [B, L, Hq, D]
+        if st.sequence is not None:  # back to this rank's tokens, every head
+            out = st.sequence.gather_heads(out)
         if self.gating:
             out = out.float() * torch.sigmoid(g).unsqueeze(-1)
         return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments, st.fp8_compute)
@@ -283,6 +293,7 @@ class MagiHumanDiT(nn.Module):
         self.local_attention_mode, self.local_block_frames = "window", 1
         self.attention_backend = DEFAULT_BACKEND
         self.fp8_compute = "off"
+        self.sequence_parallel: Optional[SequenceParallel] = None  # magihuman.parallel.enable_sequence_parallel
         self.adapter = Adapter(config, operations, device)
         self.set_compute_dtype(compute_dtype)  # after the adapter: "auto" looks at its device
         self.block = TransformerBlock(config, operations, block_dtype, device)
@@ -424,18 +435,26 @@ class MagiHumanDiT(nn.Module):
         grid = (t // PATCH_SIZE[0], h // PATCH_SIZE[1], w // PATCH_SIZE[2])
         layout = SequenceLayout(grid, audio_latent.shape[1], tuple(lens))
         adapter = self.adapter
+        sp = self.sequence_parallel
+        shard = None if sp is None else sp.shard(layout)  # sequence parallel: this rank's tokens
+        if shard is not None and self.local_attention_mode != "window":
+            raise ValueError("sequence parallel runs the 'window' attention plan: set_local_attention('window')")
 
         video_tokens = video_to_tokens(video_latent.float())  # [B, Nv, C*4] channel order (C, ph, pw)
+        audio = audio_latent.float()
         text = text_embeds[:, : layout.max_text].float()
         text = torch.where(layout.text_valid(device)[..., None], text, torch.zeros((), device=device))
-        x = torch.cat([adapter.video_embedder(video_tokens), adapter.audio_embedder(audio_latent.float()),
-                       adapter.text_embedder(text)], dim=1)  # [B, L, hidden] fp32
+        positions = layout.coords(coords)  # [B, L, 9]
+        if shard is not None:  # every op before attention is per token: embed only this rank's rows
+            video_tokens, audio, text, positions = shard.local_inputs(video_tokens, audio, text, positions)
+        x = torch.cat([adapter.video_embedder(video_tokens), adapter.audio_embedder(audio),
+                       adapter.text_embedder(text)], dim=1)  # [B, L, hidden] fp32 (sequence parallel: L/N rows)
 
-        cos, sin = rope_cos_sin(layout.coords(coords).to(device), adapter.rope.bands.to(device))
-        st = _ForwardState(segments=layout.segments, cos=cos.unsqueeze(2), sin=sin.unsqueeze(2),
-                           compute_dtype=self.compute_dtype,
+        cos, sin = rope_cos_sin(positions.to(device), adapter.rope.bands.to(device))
+        st = _ForwardState(segments=layout.segments if shard is None else shard.segments, cos=cos.unsqueeze(2),
+                           sin=sin.unsqueeze(2), compute_dtype=self.compute_dtype,
                            attention=resolve_attention_backend(self.attention_backend), fp8_compute=self.fp8_compute,
-                           use_masks=self.local_attention_mode == "mask")
+                           use_masks=self.local_attention_mode == "mask", sequence=sp)
         frf = int(frame_receptive_field)
         local = bool(self.config.local_attn_layers) and frf >= 0
         if st.use_masks:
@@ -445,13 +464,17 @@ class MagiHumanDiT(nn.Module):
         else:
             if local:
                 st.local_window = LocalWindow(layout.num_video, grid[1] * grid[2], frf, self.local_block_frames)
-            if layout.has_padding:
+            if shard is not None:
+                st.key_lens = shard.key_lens(layout)  # global indices: attention sees every token
+            elif layout.has_padding:
                 head = layout.num_video + layout.num_audio
                 st.key_lens = tuple(head + n for n in layout.text_lens)
         for layer in self.block.layers:
             x = layer(x, st)
 
-        (v0, v1), (a0, a1), _ = layout.segments
+        (v0, v1), (a0, a1), _ = st.segments
         video = self.final_linear_video(self.final_norm_video(x[:, v0:v1].float()))  # [B, Nv, 4*C] order (ph, pw, C)
         audio = self.final_linear_audio(self.final_norm_audio(x[:, a0:a1].float()))  # [B, N, 64]
+        if shard is not None:  # every rank gets the whole velocity
+            video, audio = sp.gather_outputs(shard, video, audio)
         return tokens_to_video(video, grid).float(), audio.float()

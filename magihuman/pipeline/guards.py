@@ -71,20 +71,30 @@ def check_alloc(nbytes: int, device, what: str) -> None:
 
 
 def dit_activation_bytes(config, latent, *, cfg: bool, batch_cfg: bool = True, size=None,
-                         seconds: Optional[float] = None) -> int:
+                         seconds: Optional[float] = None, ranks: int = 1) -> int:
     """Estimated peak bytes of one DiT call on ``latent`` (activations + live latents, weights excluded;
     :func:`magihuman.estimate.estimate`), for the whole batch. ``size``: (width, height) when the run's size
-    differs from the latent's (super-resolution); ``seconds``: another clip length to price."""
+    differs from the latent's (super-resolution); ``seconds``: another clip length to price. ``ranks``: the
+    sequence-parallel split (each rank holds 1/N of the activations, the whole latents)."""
     width, height = size or latent.pixel_size
     sec = max(latent.num_frames - 1, 1) / FPS if seconds is None else seconds
     st = estimate.estimate(config, width, height, sec, cfg=cfg, cfg_batched=batch_cfg).stages[0]
-    return latent.batch * (st.activation_bytes + st.latent_bytes)
+    activations = (st.activation_bytes - st.dequant_bytes) // ranks + st.dequant_bytes
+    return latent.batch * (activations + st.latent_bytes)
 
 
-def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, size=None, device=None) -> None:
+def sequence_ranks(model) -> int:
+    """The ranks a sequence-parallel DiT splits its tokens over (1 for a plain one; magihuman.parallel)."""
+    sp = getattr(model, "sequence_parallel", None)
+    return int(getattr(sp, "world_size", None) or getattr(model, "world_size", None) or 1)
+
+
+def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, size=None, device=None,
+               ranks: Optional[int] = None) -> None:
     """Refuse a run whose DiT activations alone (:func:`dit_activation_bytes`; weights excluded, they can be
     offloaded) exceed the memory of ``device`` (default: the model's), BEFORE any noise or activation is
-    allocated. ``size``: (width, height) of the run when it differs from the latent's (super-resolution)."""
+    allocated. ``size``: (width, height) of the run when it differs from the latent's (super-resolution).
+    ``ranks``: the sequence-parallel split the run will use (default: the model's own, 1 for a plain DiT)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "hidden_size"):
         return
@@ -97,7 +107,8 @@ def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, 
         return
 
     def need(sec: float) -> int:
-        return dit_activation_bytes(config, latent, cfg=cfg, batch_cfg=batch_cfg, size=size, seconds=sec)
+        return dit_activation_bytes(config, latent, cfg=cfg, batch_cfg=batch_cfg, size=size, seconds=sec,
+                                    ranks=ranks or sequence_ranks(model))
 
     try:
         n = need(seconds)
