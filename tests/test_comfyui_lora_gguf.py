@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +55,7 @@ def models(tmp_path_factory, tiny_dir):
     write_tiny_gguf(root)
     from tests.test_lora import hand_made_lora
 
-    (root / "loras").mkdir()
+    (root / "loras").mkdir(exist_ok=True)
     write_file(root / "loras" / "hand_made.safetensors", hand_made_lora()[0])
     return root
 
