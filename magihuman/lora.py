@@ -270,6 +270,18 @@ def load_lora(path: str | Path, model: MagiHumanDiT) -> LoraFile:
     return LoraFile(path, patches, metadata, matched)
 
 
+def variant_with_loras(variant: Optional[str], loras) -> Optional[str]:
+    """The variant a DiT of ``variant`` becomes with ``loras`` ((LoraFile, strength) pairs, in order): the target
+    variant of the last non-zero LoRA made by extract-lora from this variant (e.g. base + a base -> distill LoRA
+    samples as the distilled model); ``variant`` itself otherwise."""
+    out = variant
+    for lora, strength in loras:
+        target, made_from = lora.metadata.get(META_TARGET), lora.metadata.get(META_BASE)
+        if target and float(strength) != 0.0 and (made_from is None or made_from == variant):
+            out = target
+    return out
+
+
 # ------------------------------------------------------------------ engine application
 
 
@@ -325,6 +337,7 @@ def apply_lora(model: MagiHumanDiT, path: str | Path, strength: float = 1.0) -> 
             merged = _row_patch(patches, handle.strength)(t.detach().float()).to(t.dtype)
             t.copy_(merged)
     model.loras = list(getattr(model, "loras", [])) + [handle]
+    model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
     log.info("LoRA %s applied at strength %g: %d module(s), %d delta(s)", lora.path, handle.strength, lora.matched,
              len(lora.patches))
     return handle
@@ -341,6 +354,7 @@ def remove_lora(model: MagiHumanDiT, handle: Optional[LoraHandle] = None) -> Non
                 mod, attr = _owner(model, param)
                 getattr(mod, attr).copy_(original)
     model.loras = [h for h in getattr(model, "loras", []) if h not in handles]
+    model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
 
 
 def describe(lora: LoraFile) -> str:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 __all__ = ["TINY_FILES", "TINY_VERSION", "write_tiny_models", "default_cache_dir", "ensure_tiny_models",
-           "describe_tiny_files", "write_tiny_lora", "TINY_LORA", "write_tiny_gguf", "tiny_gguf_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
+           "describe_tiny_files", "write_tiny_lora", "TINY_LORA", "TINY_DISTILL_LORA", "write_tiny_gguf", "tiny_gguf_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
            "write_tiny_audio_vae"]
 
 TINY_VERSION = "1"
@@ -192,8 +192,7 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
     models_dir = Path(models_dir).expanduser()
     paths = {role: models_dir / rel for role, rel in TINY_FILES.items()}
     if not force and _is_complete(models_dir):
-        if not (models_dir / TINY_LORA).is_file():
-            write_tiny_lora(models_dir / TINY_LORA, seed=seed)
+        _write_tiny_loras(models_dir, paths, seed)
         return paths
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / STAMP_NAME).unlink(missing_ok=True)
@@ -206,7 +205,7 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
                 target.unlink()
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_one(role, target, seed)
-        write_tiny_lora(models_dir / TINY_LORA, seed=seed)
+        _write_tiny_loras(models_dir, paths, seed, force=True)
     finally:
         torch.random.set_rng_state(rng)
     (models_dir / STAMP_NAME).write_text(json.dumps(_stamp(), indent=2), encoding="utf-8")
@@ -215,6 +214,20 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
 
 
 TINY_LORA = "loras/magihuman_tiny_lora.safetensors"  # written with the tiny models (the tiny LoRA workflow uses it)
+TINY_DISTILL_LORA = "loras/magihuman_tiny_distill_from_base.safetensors"  # extract-lora: tiny base -> tiny distill
+TINY_DISTILL_LORA_RANK = 16
+
+
+def _write_tiny_loras(models_dir: Path, paths: dict[str, Path], seed: int, force: bool = False) -> None:
+    """The tiny LoRAs beside the tiny models: a random style-like one and the distilled model as a LoRA on the
+    base (made by the real extract-lora from the two tiny checkpoints, the way a user makes one)."""
+    from .lora_extract import extract_lora
+
+    if force or not (models_dir / TINY_LORA).is_file():
+        write_tiny_lora(models_dir / TINY_LORA, seed=seed)
+    if force or not (models_dir / TINY_DISTILL_LORA).is_file():
+        extract_lora(paths["base"], paths["distill"], models_dir / TINY_DISTILL_LORA, rank=TINY_DISTILL_LORA_RANK,
+                     dtype=torch.float32, show_progress=False)
 
 
 def write_tiny_lora(path: PathLike, *, seed: int = 0, rank: int = 4) -> Path:
@@ -293,7 +306,8 @@ def describe_tiny_files(models_dir: str | os.PathLike) -> str:
     rows = [("role", "path", "size")]
     for role, rel in TINY_FILES.items():
         rows.append((role, rel, f"{_size(models_dir / rel) / 1e6:.2f} MB"))
-    if (models_dir / TINY_LORA).exists():
-        rows.append(("lora", TINY_LORA, f"{_size(models_dir / TINY_LORA) / 1e6:.2f} MB"))
+    for role, rel in (("lora", TINY_LORA), ("distill LoRA", TINY_DISTILL_LORA)):
+        if (models_dir / rel).exists():
+            rows.append((role, rel, f"{_size(models_dir / rel) / 1e6:.2f} MB"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)

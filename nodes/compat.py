@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ..magihuman.attention import register_attention_backend
-from ..magihuman.lora import LoraFile, apply_lora, remove_lora
+from ..magihuman.lora import LoraFile, apply_lora, remove_lora, variant_with_loras
 from ..magihuman.ops import storage_kind
 
 log = logging.getLogger("magihuman.nodes")
@@ -433,7 +433,9 @@ class ModelHandle:
         offloading more weights if needed). Without ComfyUI the engine applies this handle's LoRAs itself."""
         if self.patcher is not None:  # pragma: no cover
             _mm.load_models_gpu([self.patcher], memory_required=int(memory_required))
-            return self.patcher.model
+            model = self.patcher.model  # shared by every handle on these weights: set what THIS handle's LoRAs make it
+            model.lora_variant = variant_with_loras(getattr(model, "variant", None), self.loras)
+            return model
         if getattr(self._model, "loras", None) or self.loras:
             remove_lora(self._model)
             for lora, strength in self.loras:

@@ -286,3 +286,35 @@ def test_tiny_lora_file_targets_every_layer_and_equals_its_merge(tmp_path):
     for a, b, p in zip(out, expected, plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert (a - p).abs().max() > 1e-3  # visibly changes the output at strength 1
+
+
+def test_distill_lora_on_base_samples_as_the_distilled_model(tmp_path, caplog):
+    """The tiny 'distilled via LoRA' files (extract-lora from the tiny base to the tiny distill): base + LoRA is
+    closer to the distilled model than the base is, samples as 'distill' (auto sampler, no base warning) and
+    goes back to 'base' when removed; strength 0 or a LoRA made from another variant leaves the variant alone."""
+    from magihuman import pipeline as P
+    from magihuman.lora import variant_with_loras
+    from magihuman.presets import TINY_FILES
+    from magihuman.tiny import TINY_DISTILL_LORA, write_tiny_models
+
+    write_tiny_models(tmp_path)
+    base = load_dit(tmp_path / TINY_FILES["base"], dtype=torch.float32, show_progress=False)
+    distill = load_dit(tmp_path / TINY_FILES["distill"], dtype=torch.float32, show_progress=False)
+    assert (base.variant, distill.variant) == ("base", "distill")
+    target, plain = _run(distill), _run(base)
+    h = apply_lora(base, tmp_path / TINY_DISTILL_LORA)
+    assert h.file.metadata["magihuman_lora_base"] == "base" and h.file.metadata["magihuman_lora_target"] == "distill"
+    got = _run(base)
+    for g, p, t in zip(got, plain, target):
+        assert float((g - t).norm()) < 0.8 * float((p - t).norm())  # rank 16 of 128: most of the way
+    assert P.effective_variant(base) == "distill"
+    lat = P.empty_latents(64, 64, 0.2)
+    cond = P.TextConditioning(torch.randn(1, 4, CFG.text_in_channels), [4])
+    with caplog.at_level(logging.WARNING, logger="magihuman.pipeline"):
+        P.denoise(base, lat, cond, sampler="auto", steps=1, seed=0)  # auto -> distilled, no "meant for" warning
+    assert not [r for r in caplog.records if "meant for" in r.getMessage()]
+    remove_lora(base, h)
+    assert P.effective_variant(base) == "base"
+    f = h.file
+    assert variant_with_loras("base", [(f, 0.0)]) == "base" and variant_with_loras("sr_540p", [(f, 1.0)]) == "sr_540p"
+    assert variant_with_loras("base", [(f, 0.5)]) == "distill"

@@ -126,3 +126,40 @@ def test_cli_extract_then_generate_with_the_lora(pair, tmp_path, capsys, tiny_di
     assert cli.main(["generate", "--preset", "tiny", "--prompt", "x", "--models", str(tiny_dir), "--lora",
                      str(tmp_path / "missing.safetensors"), "--output", str(video)]) == 2
     assert "--lora" in capsys.readouterr().err
+
+
+def test_lora_file_bytes_match_an_extracted_file(tmp_path):
+    """lora_file_bytes (the README's size figures for the release DiT) equals the tensor bytes extract_lora writes
+    on the tiny base -> distill pair (diffs: at most, tensors equal in both are not written)."""
+    from magihuman.lora_extract import lora_file_bytes
+    from magihuman.models.dit_config import DiTConfig
+    from magihuman.presets import TINY_FILES
+    from magihuman.tiny import write_tiny_models
+    from safetensors import safe_open
+
+    write_tiny_models(tmp_path)
+    out = tmp_path / "d.safetensors"
+    extract_lora(tmp_path / TINY_FILES["base"], tmp_path / TINY_FILES["distill"], out, rank=8, show_progress=False)
+    with safe_open(str(out), "pt") as f:
+        sizes = {k: f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()}
+    expected = lora_file_bytes(DiTConfig.preset("tiny"), 8)
+    assert sum(v for k, v in sizes.items() if k.endswith(("lora_up.weight", "lora_down.weight", ".alpha"))) \
+        == expected["lowrank"]
+    diffs = sum(v for k, v in sizes.items() if k.endswith((".diff", ".diff_b")))
+    assert 0.9 * expected["diffs"] < diffs <= expected["diffs"]  # tiny norms and RoPE bands are equal: not written
+    release = lora_file_bytes(DiTConfig.preset("distill"), 64)
+    assert 0.45 * 2**30 < release["lowrank"] < 0.55 * 2**30 and 70 * 2**20 < release["diffs"] < 90 * 2**20
+
+
+def test_the_1080p_sr_model_is_refused_as_a_lora_on_the_base(tmp_path):
+    """Same weight shapes, but the 1080p SR model runs local attention where the base does not: no LoRA can carry
+    that, so extract-lora refuses and says why."""
+    from magihuman.presets import TINY_FILES
+    from magihuman.tiny import write_tiny_models
+
+    write_tiny_models(tmp_path)
+    with pytest.raises(CheckpointError, match="local_attn_layers"):
+        extract_lora(tmp_path / TINY_FILES["base"], tmp_path / TINY_FILES["sr_1080p"], tmp_path / "x.safetensors",
+                     rank=4, show_progress=False)
+    extract_lora(tmp_path / TINY_FILES["base"], tmp_path / TINY_FILES["sr_540p"], tmp_path / "y.safetensors",
+                 rank=4, show_progress=False)  # the 540p SR model has the base's layout

@@ -50,8 +50,9 @@ def test_template_folder_holds_only_templates_and_thumbnails():
             assert im.format == "JPEG" and im.size == (512, 384)
 
 
-def test_web_folder_has_no_javascript():
-    assert not list((ROOT / "web").rglob("*.js")), "ComfyUI loads every .js under WEB_DIRECTORY as an extension"
+def test_web_folder_has_only_the_gguf_extension_javascript():
+    js = sorted(p.relative_to(ROOT / "web").as_posix() for p in (ROOT / "web").rglob("*.js"))
+    assert js == ["js/magihuman_gguf.js"], "ComfyUI loads every .js under WEB_DIRECTORY as an extension"
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -157,8 +158,10 @@ def test_the_note_says_where_models_come_from_how_to_prompt_and_what_memory(path
     ui, sg = load(path)
     note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
     loaders = [n for n in sg["nodes"] if n["type"].endswith("Loader") and "Lora" not in n["type"]]
-    if any("Lora" in n["type"] for n in sg["nodes"]):  # the user's own LoRA: where it goes
-        assert "models/loras/" in note and "LoRA strength" in note
+    if any("Lora" in n["type"] for n in sg["nodes"]):  # the user's own LoRA: where it goes / how to make it
+        assert "models/loras/" in note
+        assert ("extract-lora models/diffusion_models/base models/diffusion_models/distill" in note
+                if "via_lora" in path.stem else "LoRA strength" in note)
     for n in loaders:
         model = n["widgets_values"][0]
         m = next(m for m in MODEL_FILES.values() if m.name == model)

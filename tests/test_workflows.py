@@ -20,9 +20,9 @@ TEMPLATE_DIR = ROOT / "example_workflows"
 API_DIR = WF_DIR / "api"
 UI_FILES = sorted(TEMPLATE_DIR.glob("*.json")) + sorted((WF_DIR / "tiny").glob("*.json"))
 TEMPLATES = ("magihuman_t2v_distill_256p", "magihuman_ti2v_distill_256p", "magihuman_a2v_distill_256p",
-             "magihuman_t2v_distill_256p_lora", "magihuman_t2v_base_cfg_256p", "magihuman_sr_540p", "magihuman_sr_1080p")
+             "magihuman_t2v_distill_256p_lora", "magihuman_t2v_distill_via_lora_256p", "magihuman_t2v_base_cfg_256p", "magihuman_sr_540p", "magihuman_sr_1080p")
 TINY = ("magihuman_tiny_t2v", "magihuman_tiny_ti2v", "magihuman_tiny_a2v", "magihuman_tiny_t2v_lora",
-        "magihuman_tiny_sr")
+        "magihuman_tiny_t2v_distill_via_lora", "magihuman_tiny_sr")
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 
 

@@ -151,6 +151,7 @@ class Mode:
     tiny: bool
     preset: str                # magihuman.presets name (memory/speed numbers)
     card: tuple                # thumbnail lines (headline, detail)
+    dit_role: str = "distill"  # the model file the DiT loader names (magihuman.presets.MODEL_FILES role)
 
 
 def model_names(tiny: bool) -> dict[str, str]:
@@ -158,23 +159,30 @@ def model_names(tiny: bool) -> dict[str, str]:
     return {role: presets.comfy_name(role, tiny) for role in presets.MODEL_FILES}
 
 
-def lora_name(tiny: bool) -> str:
-    """The LoRA a LoRA workflow names: the tiny one written with the tiny models, else a placeholder the note
-    explains (there is no published MagiHuman LoRA to link)."""
-    return Path(engine("tiny").TINY_LORA).name if tiny else "your_magihuman_lora.safetensors"
+DISTILL_LORA_NAME = "magihuman_distill_from_base_r64.safetensors"  # what the note's extract-lora command writes
+
+
+def lora_name(tiny: bool, mode: str = "lora") -> str:
+    """The LoRA a LoRA workflow names: the tiny ones written with the tiny models, else the file the note says
+    how to make (distill_lora) or a placeholder it explains (there is no published MagiHuman LoRA to link)."""
+    tiny_mod = engine("tiny")
+    if mode == "distill_lora":
+        return Path(tiny_mod.TINY_DISTILL_LORA).name if tiny else DISTILL_LORA_NAME
+    return Path(tiny_mod.TINY_LORA).name if tiny else "your_magihuman_lora.safetensors"
 
 
 def build_mode(mode: str, tiny: bool = False) -> Mode:
     """The subgraph of one mode: t2v / ti2v / a2v (distilled), base (CFG), sr_540p / sr_1080p (base + SR)."""
     names = model_names(tiny)
     dt = "fp32" if tiny else "auto"
-    distill = mode in ("t2v", "ti2v", "a2v", "lora")
+    distill = mode in ("t2v", "ti2v", "a2v", "lora", "distill_lora")  # the distilled sampler
     sr = mode if mode.startswith("sr_") else None
     w, h, secs = (64, 64, 2.0 if distill else 1.0) if tiny else (448, 256, 4.0)
     steps = (2 if sr else 4) if tiny and not distill else (8 if distill else 32)
-    kind = {"t2v": "t2v", "lora": "t2v", "ti2v": "ti2v", "a2v": "a2v", "base": "base"}.get(mode, "sr")
+    kind = {"t2v": "t2v", "lora": "t2v", "distill_lora": "t2v", "ti2v": "ti2v", "a2v": "a2v", "base": "base"}.get(
+        mode, "sr")
     prompt = TINY_PROMPT if tiny else example_prompt(kind)
-    dit_role = "distill" if distill else "base"
+    dit_role = "distill" if distill and mode != "distill_lora" else "base"  # distill_lora: base + a LoRA
     nodes = [
         Node("dit", "MagiHumanDiTLoader", {"model_name": names[dit_role], "weight_dtype": dt}, group="Models"),
         Node("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt},
@@ -183,8 +191,8 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         Node("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"},
              group="Models"),
     ]
-    if mode == "lora":  # the LoRA patches the DiT the sampler gets (ComfyUI's ModelPatcher; the file is untouched)
-        nodes.insert(1, Node("lora", "MagiHumanLoraLoader", {"lora_name": lora_name(tiny), "strength": 1.0},
+    if mode in ("lora", "distill_lora"):  # patches the DiT the sampler gets (ComfyUI's ModelPatcher; files untouched)
+        nodes.insert(1, Node("lora", "MagiHumanLoraLoader", {"lora_name": lora_name(tiny, mode), "strength": 1.0},
                              {"model": ("dit", 0)}, group="Models"))
     if mode == "ti2v":
         nodes.append(Node("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt},
@@ -208,7 +216,8 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         last = "a2v"
     if distill:
         nodes.append(Node("sample", "MagiHumanDistilledSampler", {"seed": 42, "steps": steps},
-                          {"model": ("lora" if mode == "lora" else "dit", 0), "positive": ("enc", 0), "latent": (last, 0)}, group="Sampling"))
+                          {"model": ("lora" if mode in ("lora", "distill_lora") else "dit", 0), "positive": ("enc", 0),
+                           "latent": (last, 0)}, group="Sampling"))
     else:
         nodes.append(Node("sample", "MagiHumanBaseSampler", {"seed": 42, "steps": steps},
                           {"model": ("dit", 0), "positive": ("enc", 0), "negative": ("enc", 1), "latent": (last, 0)},
@@ -246,12 +255,16 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         Exposed("seconds", "FLOAT", [("latent", "seconds")], value=secs),
         Exposed("seed", "INT", [("sample", "seed")], value=42),
         Exposed("steps", "INT", [("sample", "steps")], value=steps),
-        Exposed("dit_model", "COMBO", [("dit", "model_name")], label=f"{'distilled' if distill else 'base'} DiT",
+        Exposed("dit_model", "COMBO", [("dit", "model_name")],
+                label=f"{'distilled' if dit_role == 'distill' else 'base'} DiT",
                 value=names[dit_role]),
     ]
     if mode == "lora":
-        exposed += [Exposed("lora_name", "COMBO", [("lora", "lora_name")], label="LoRA", value=lora_name(tiny)),
+        exposed += [Exposed("lora_name", "COMBO", [("lora", "lora_name")], label="LoRA", value=lora_name(tiny, mode)),
                     Exposed("lora_strength", "FLOAT", [("lora", "strength")], label="LoRA strength", value=1.0)]
+    if mode == "distill_lora":
+        exposed.append(Exposed("lora_name", "COMBO", [("lora", "lora_name")], label="distill LoRA",
+                               value=lora_name(tiny, mode)))
     if sr:
         exposed.append(Exposed("sr_model", "COMBO", [("sr_dit", "model_name")], label=f"{sr[3:]} SR DiT",
                                value=names[sr]))
@@ -272,7 +285,7 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
     name = f"magihuman_tiny_{TINY_STEMS[mode]}" if tiny else f"magihuman_{info['stem']}"
     return Mode(name=name, title=("MagiHuman tiny " if tiny else "MagiHuman ") + info["title"],
                 summary=info["summary"], kind=kind, nodes=nodes, exposed=exposed, output=("video", 0), top_inputs=top,
-                tiny=tiny, preset=info["preset"], card=info["card"])
+                tiny=tiny, preset=info["preset"], card=info["card"], dit_role=dit_role)
 
 
 MODES = {
@@ -290,6 +303,12 @@ MODES = {
              "summary": "Text to video+audio with the distilled model and a LoRA (strength adjustable): 8 steps, "
                         "448x256, 4 s.",
              "card": ("Text to video + speech, with a LoRA", "distilled model, 8 steps, LoRA strength")},
+    "distill_lora": {"stem": "t2v_distill_via_lora_256p", "title": "T2V 256p (base + distill LoRA)",
+                     "preset": "distill_256p",
+                     "summary": "Text to video+audio with the base DiT made distilled by a LoRA (from extract-lora): "
+                                "8 steps, no CFG, 448x256, 4 s. One base file plus small LoRAs instead of one "
+                                "full checkpoint per model.",
+                     "card": ("Text to video + speech", "base DiT + distill LoRA, 8 steps")},
     "base": {"stem": "t2v_base_cfg_256p", "title": "T2V 256p (base, CFG)", "preset": "base_256p",
              "summary": "Text to video+audio with the base model: 32 UniPC steps with CFG (video 5 -> 2 below "
                         "t=500, audio 5), 448x256, 4 s.",
@@ -303,9 +322,10 @@ MODES = {
                             "model with local attention, 5 steps).",
                  "card": ("Text to video + speech, 1080p", "base 448x256, then SR to 1920x1088")},
 }
-TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "lora", "base", "sr_540p", "sr_1080p"]
-TINY_MODES = ["t2v", "ti2v", "a2v", "lora", "sr_540p"]
-TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "sr_540p": "sr"}
+TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "base", "sr_540p", "sr_1080p"]
+TINY_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "sr_540p"]
+TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "distill_lora": "t2v_distill_via_lora",
+              "sr_540p": "sr"}
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -591,7 +611,7 @@ def model_downloads(n: Node, tiny: bool) -> list:
 
 def roles_of(mode: Mode) -> list[str]:
     types = {n.type: n for n in mode.nodes}
-    roles = ["distill" if "MagiHumanDistilledSampler" in types else "base"]
+    roles = [mode.dit_role]
     if "MagiHumanSRDiTLoader" in types:
         roles.append("sr_540p" if "540" in mode.preset else "sr_1080p")
     roles += ["text_encoder", "turbo_vae", "audio_vae"]
@@ -647,7 +667,15 @@ def note_text(mode: Mode) -> str:
     lora = ("\n- **LoRA (this graph):** put the file in `models/loras/` and pick it in `LoRA`; `LoRA strength` "
             "scales it (0 = off, negative inverts). PEFT, kohya and ComfyUI-style MagiHuman LoRAs load, also on "
             "fp8 or GGUF weights; `python -m magihuman extract-lora` makes one from two checkpoints. Chain "
-            "more MagiHuman LoRA Loader nodes inside the subgraph to stack LoRAs.") if mode.name.endswith("lora") else ""
+            "more MagiHuman LoRA Loader nodes inside the subgraph to stack LoRAs.") if mode.name.endswith("_lora") \
+        else ""
+    if "via_lora" in mode.name:
+        lora = ("\n- **Distilled via a LoRA (this graph):** the base DiT plus a LoRA that turns it into the distilled "
+                "model, run with the distilled 8-step sampler. Make the LoRA once from the two official folders: "
+                "`python -m magihuman extract-lora models/diffusion_models/base models/diffusion_models/distill "
+                f"models/loras/{DISTILL_LORA_NAME} --rank 64` (about 0.6 GB at rank 64, against 61 GB for the fp32 "
+                "distill folder; run with `--verbose` to see how much of each layer's difference the rank keeps). "
+                "VRAM is that of the base DiT.")
     cfg = ("\n- `negative prompt` is the official one (video + audio faults); CFG uses it." if mode.kind in
            ("base", "sr") else "\n- The distilled model needs no negative prompt (no CFG).")
     return "\n".join([

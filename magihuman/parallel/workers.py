@@ -501,6 +501,7 @@ class ParallelDiT(nn.Module):
         self.model = model
         self.spec, self.devices, self.timeout, self.threads = spec, list(devices), float(timeout), threads
         self.variant = getattr(model, "variant", None)
+        self.lora_variant = getattr(model, "lora_variant", None)  # what rank 0's LoRAs make it (pipeline checks)
         self.config = model.config
 
     @property

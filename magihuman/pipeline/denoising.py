@@ -82,7 +82,8 @@ def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler:
     ``sampler="distilled"``: the 8-step re-noising step of the distilled model (``x0 = x - σv`` then
     ``σ'ε + (1-σ')x0``), no CFG by default. ``sampler="unipc"``: UniPC bh2 (one sampler for video, one
     for audio) with CFG by default: video scale ``video_guidance`` while t > ``guidance_switch_t`` else
-    ``video_guidance_low``; audio ``audio_guidance``. ``"auto"`` picks by ``model.variant``.
+    ``video_guidance_low``; audio ``audio_guidance``. ``"auto"`` picks by the model's variant
+    (a LoRA extracted from it to another variant counts).
     ``batch_cfg`` runs cond and uncond as one batch (same result as two passes, within fp rounding).
     The latent's own values are not used (only its shapes, the A2V audio and the TI2V image latent).
     """

@@ -16,15 +16,21 @@ from ..geometry import AUDIO_LATENT_CHANNELS, FPS, VIDEO_LATENT_CHANNELS
 
 log = logging.getLogger("magihuman.pipeline")
 
-__all__ = ["check_variant", "model_device", "check_model_fits", "available_bytes", "check_alloc", "check_fits",
-           "dit_activation_bytes", "check_numbers", "SR_VARIANTS", "BASE_VARIANTS"]
+__all__ = ["check_variant", "effective_variant", "model_device", "check_model_fits", "available_bytes", "check_alloc",
+           "check_fits", "dit_activation_bytes", "check_numbers", "SR_VARIANTS", "BASE_VARIANTS"]
 
 SR_VARIANTS = ("sr_540p", "sr_1080p")
 BASE_VARIANTS = ("distill", "base")
 
 
+def effective_variant(model) -> Optional[str]:
+    """The variant a DiT samples as: its own, or the target of a LoRA extracted from it (``lora_variant``, set
+    by :func:`magihuman.lora.apply_lora` and by the ComfyUI model handles)."""
+    return getattr(model, "lora_variant", None) or getattr(model, "variant", None)
+
+
 def check_variant(model, allowed: Sequence[str], stage: str, hint: str) -> Optional[str]:
-    variant = getattr(model, "variant", None)
+    variant = effective_variant(model)
     if variant is not None and variant not in allowed:
         raise PipelineError(f"{stage}: got a '{variant}' DiT, but this stage needs one of {list(allowed)}; {hint}")
     return variant
