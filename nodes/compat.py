@@ -207,7 +207,12 @@ def folder_paths_for(kind: str) -> list[str]:
         except KeyError:
             return []
     root = _models_dir_override or os.environ.get("MAGIHUMAN_MODELS_DIR")
-    return [os.path.join(root, kind)] if root else []
+    return [os.path.join(root, k) for k in (kind, *_LEGACY_FOLDERS.get(kind, ()))] if root else []
+
+
+# The older folders ComfyUI also reads for a kind (its folder_paths.py registers them in the same list): models/unet
+# (where ComfyUI-GGUF users keep .gguf diffusion models) and models/clip. The stand-in reads them too.
+_LEGACY_FOLDERS = {"diffusion_models": ("unet",), "text_encoders": ("clip",)}
 
 
 def list_models(kinds: tuple[str, ...], *, folders: bool = True) -> list[str]:

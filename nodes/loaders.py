@@ -85,8 +85,10 @@ class _DiTLoader(compat.MagiNode):
             description=cls.DESCRIPTION,
             inputs=[
                 _model_input("model_name", DIT_FOLDERS, cls.ROLE,
-                             "A MagiHuman DiT from models/diffusion_models: an official folder (model.safetensors."
-                             "index.json + shards, also .zst) or a single .safetensors file."),
+                             "A MagiHuman DiT from models/diffusion_models (or models/unet): an official folder "
+                             "(model.safetensors.index.json + shards, also .zst), a single .safetensors file, or a "
+                             ".gguf written by `python -m magihuman convert` (picking a .gguf sets weight_dtype to "
+                             "'gguf (file)')."),
                 _weight_dtype_input(options=COMPACT_DTYPES, tooltip=(
                     "Storage of the block linears. auto = bf16 (the official layout) where supported, and a .gguf "
                     "file keeps its quantised blocks (= 'gguf (file)'; dequantised per layer on the GPU). fp32 "
