@@ -45,7 +45,9 @@ from .parallel import check_world_size, enable_sequence_parallel
 from .parallel import launch as sp_launch
 from .parallel.cost import per_rank_plan
 from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
+from .quant.gguf import GGMLType
 from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
+from .weights.gguf_file import open_gguf
 
 log = logging.getLogger("magihuman.cli")
 
@@ -177,9 +179,6 @@ def _gguf_format(path) -> Optional[str]:
     when nothing is quantised); None for other files. Reads the header only."""
     if path is None or not str(path).lower().endswith(".gguf") or not Path(path).is_file():
         return None
-    from .quant.gguf import GGMLType
-    from .weights.gguf_file import open_gguf
-
     by: dict[str, int] = {}
     for e in open_gguf(Path(path))[0].values():
         if e.quantized:

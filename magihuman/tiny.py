@@ -18,8 +18,10 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .checkpoints import convert_dit, write_tiny_dit
+from .checkpoints import convert_dit, official_key_shapes, write_tiny_dit
 from .loaders.text_encoder import save_encoder_file
+from .lora import META_BASE
+from .lora_extract import extract_lora
 from .models.audio_vae import PRETRANSFORM_PREFIX, OobleckVAE, Snake, tiny_model_config, to_released_state_dict
 from .models.dit_config import DiTConfig
 from .models.text_encoder import tiny_hf_config, tiny_state_dict
@@ -221,8 +223,6 @@ TINY_DISTILL_LORA_RANK = 16
 def _write_tiny_loras(models_dir: Path, paths: dict[str, Path], seed: int, force: bool = False) -> None:
     """The tiny LoRAs beside the tiny models: a random style-like one and the distilled model as a LoRA on the
     base (made by the real extract-lora from the two tiny checkpoints, the way a user makes one)."""
-    from .lora_extract import extract_lora
-
     if force or not (models_dir / TINY_LORA).is_file():
         write_tiny_lora(models_dir / TINY_LORA, seed=seed)
     if force or not (models_dir / TINY_DISTILL_LORA).is_file():
@@ -235,9 +235,6 @@ def write_tiny_lora(path: PathLike, *, seed: int = 0, rank: int = 4) -> Path:
     (``diffusion_model.`` prefix, ``lora_A`` / ``lora_B`` / ``alpha``): on every layer the q rows of the fused
     qkv (all experts) and the whole ``down_proj``. Like the tiny models it is random, but it goes through the
     same parser, key map and patching as a real LoRA, and changes the output visibly at strength 1."""
-    from .checkpoints import official_key_shapes
-    from .lora import META_BASE
-
     config = DiTConfig.preset("tiny")
     shapes = official_key_shapes(config)
     g = torch.Generator().manual_seed(1000 + seed)

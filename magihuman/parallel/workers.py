@@ -42,6 +42,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..checkpoints import load_dit
+from ..compile import compile_dit_blocks, is_compiled
+from ..lora import apply_lora, remove_lora
+from ..ops import storage_kind
 from .sequence import SequenceParallel, check_world_size, enable_sequence_parallel, sequence_parallel
 
 log = logging.getLogger("magihuman.parallel")
@@ -89,9 +93,6 @@ class DiTSpec:
 
     @classmethod
     def of(cls, model, path: str, loras: Sequence[tuple[str, float]] = ()) -> "DiTSpec":
-        from ..compile import is_compiled
-        from ..ops import storage_kind
-
         kinds, dtype = set(), None
         for layer in model.block.layers:
             for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
@@ -123,9 +124,6 @@ class DiTSpec:
         return json.dumps(d, sort_keys=True)
 
     def build(self, device: torch.device):
-        from ..checkpoints import load_dit
-        from ..compile import compile_dit_blocks
-
         model = load_dit(self.path, dtype=_DTYPES[self.dtype], device=device, gguf=self.gguf, show_progress=False)
         model.set_compute_dtype(_DTYPES[self.compute_dtype])
         model.set_attention_backend(self.attention)
@@ -137,8 +135,6 @@ class DiTSpec:
 
 
 def _set_loras(model, loras: Sequence[tuple[str, float]]) -> None:
-    from ..lora import apply_lora, remove_lora
-
     remove_lora(model)
     for path, strength in loras:
         apply_lora(model, path, strength)
