@@ -38,7 +38,7 @@ from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materi
                       open_source)
 from .weights.entry import Entry, OnBytes, Reader
 from .weights.fp8 import COMFY_FP8_MARKER
-from .weights.gguf_file import GGUF_SUFFIX, GGUFSpec, write_gguf
+from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
 from .weights.safetensors_io import TensorSpec, write_file
 from .weights.stream import Slot
 
@@ -318,7 +318,7 @@ def _open_checked(path: str | Path, variant: Optional[str], config: Optional[DiT
 
     Returns ``(source, variant, variant_reason, config, config_reason)``."""
     src = open_checkpoint(path)
-    arch = src.metadata.get("general.architecture") if src.format == "gguf" else None
+    arch = src.metadata.get(ARCH_KEY) if src.format == "gguf" else None
     if arch is not None and arch != GGUF_ARCH:
         try:
             infer_config(src.shapes, src.describe())
@@ -589,11 +589,7 @@ def gguf_tensor_type(key: str, shape: tuple[int, ...], quant: str) -> gguf_types
     blocks (else BF16: e.g. the swiglu ``down_proj`` of the release has 13652-wide rows, not a multiple of 32);
     everything else F32 (norms, biases, the fp32 adapter embedders and output heads, RoPE bands: < 0.5 % of
     the parameters and fp32 in the model itself, so they stay exact)."""
-    if not is_block_linear(key):
-        return gguf_types.GGMLType.F32
-    qt = gguf_types.GGMLType[quant]
-    block = gguf_types.BLOCK_SIZES[qt][0]
-    return qt if shape[-1] % block == 0 else gguf_types.GGMLType.BF16
+    return gguf_types.storage_type(shape, quant) if is_block_linear(key) else gguf_types.GGMLType.F32
 
 
 def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.bfloat16,

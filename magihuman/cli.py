@@ -45,7 +45,7 @@ from .parallel import check_world_size, enable_sequence_parallel
 from .parallel import launch as sp_launch
 from .parallel.cost import per_rank_plan
 from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
-from .quant.gguf import GGMLType
+from .quant.gguf import BLOCK_SIZES, GGMLType
 from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
 from .weights.gguf_file import open_gguf
 
@@ -175,8 +175,10 @@ def _load_dit(path, dtype, device, show, args, loras=()):
 
 
 def _gguf_format(path) -> Optional[str]:
-    """The storage a loader keeps for a ``.gguf`` file: the GGML type holding most of its quantised bytes (``bf16``
-    when nothing is quantised); None for other files. Reads the header only."""
+    """The storage a loader keeps for a ``.gguf`` file, as the estimator prices it: the GGML type holding most of
+    its quantised bytes (``bf16`` when nothing is quantised; a type the estimator has no table for, e.g. another
+    tool's Q6_K, is priced as the smallest one it knows with at least as many bits per weight); None for other
+    files. Reads the header only."""
     if path is None or not str(path).lower().endswith(".gguf") or not Path(path).is_file():
         return None
     by: dict[str, int] = {}
@@ -184,7 +186,18 @@ def _gguf_format(path) -> Optional[str]:
         if e.quantized:
             name = GGMLType(e.qtype).name
             by[name] = by.get(name, 0) + e.nbytes
-    return max(by, key=by.get) if by else "bf16"
+    if not by:
+        return "bf16"
+    main = max(by, key=by.get)
+    if main in est.GGUF_FORMATS:
+        return main
+
+    def bits(name: str) -> float:
+        block, size = BLOCK_SIZES[GGMLType[name]]
+        return 8.0 * size / block
+
+    wider = [f for f in est.GGUF_FORMATS if bits(f) >= bits(main)]
+    return min(wider, key=bits) if wider else "bf16"
 
 
 def _plan_and_check(args, preset, device, dtype, width, height, seconds, ranks: int = 1, files=None) -> None:

@@ -24,7 +24,6 @@ weights. ComfyUI (``nodes/``) turns the same parsed patches into ModelPatcher we
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -48,7 +47,6 @@ META_BASE, META_TARGET = "magihuman_lora_base", "magihuman_lora_target"  # varia
 WRAPPERS = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "model.")
 PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))  # (down, up)
 SINGLE = (".alpha", ".diff", ".diff_b")
-QKV_PARTS = ("linear_q", "linear_k", "linear_v", "linear_gate")
 
 
 class LoraError(CheckpointError):
@@ -344,8 +342,14 @@ def apply_lora(model: MagiHumanDiT, path: str | Path, strength: float = 1.0) -> 
 
 
 def remove_lora(model: MagiHumanDiT, handle: Optional[LoraHandle] = None) -> None:
-    """Undo :func:`apply_lora` (``handle``; None: every LoRA); weights are restored bit for bit."""
-    handles = list(getattr(model, "loras", [])) if handle is None else [handle]
+    """Undo :func:`apply_lora` (``handle``, which must be the last one applied; None: every LoRA); weights are
+    restored bit for bit."""
+    applied = list(getattr(model, "loras", []))
+    if handle is not None and handle in applied and handle is not applied[-1]:
+        # its backups of the small tensors predate the later LoRAs: restoring them would drop those
+        raise LoraError(f"remove the LoRAs applied after {handle.file.path.name} first (or remove_lora(model) to "
+                        "remove every LoRA); LoRAs come off in reverse order")
+    handles = applied if handle is None else [handle]
     with torch.no_grad():
         for h in reversed(handles):
             for mod, fn in h.callables:
@@ -355,8 +359,3 @@ def remove_lora(model: MagiHumanDiT, handle: Optional[LoraHandle] = None) -> Non
                 getattr(mod, attr).copy_(original)
     model.loras = [h for h in getattr(model, "loras", []) if h not in handles]
     model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
-
-
-def describe(lora: LoraFile) -> str:
-    meta = {k: v for k, v in lora.metadata.items() if k.startswith("magihuman_lora")}
-    return f"{lora.path.name}: {lora.matched} module(s)" + (f", {json.dumps(meta)}" if meta else "")

@@ -134,15 +134,6 @@ def extract_lora(base: str | Path, target: str | Path, out: str | Path, *, rank:
     report = ExtractReport(out, var_b, var_t, rule)
     device = torch.device(device)
     tensors: dict[str, torch.Tensor] = {}
-    readers: dict[Path, Reader] = {}
-
-    def read_base(key: str) -> torch.Tensor:
-        e = src_b.entries[key]
-        if e.file not in readers:
-            readers[e.file] = src_b.reader(e.file)
-        scale = src_b.scale_value(key) if key in src_b.scale_of else None
-        return readers[e.file].read_into(e, torch.empty(e.shape, dtype=torch.float32), scale=scale)
-
     keys = [k for k in src_t.entries if k != ROPE_KEY]
     bar = tqdm(total=len(keys), desc="Extracting LoRA", disable=not show_progress, leave=False)
 
@@ -150,7 +141,7 @@ def extract_lora(base: str | Path, target: str | Path, out: str | Path, *, rank:
         key = e.key
         t = reader.read_into(e, torch.empty(e.shape, dtype=torch.float32),
                              scale=src_t.scale_value(key) if key in src_t.scale_of else None).to(device)
-        b = read_base(key).to(device)
+        b = read_base(key, torch.float32).to(device)
         delta = t - b
         bar.update(1)
         if not delta.any():
@@ -177,10 +168,9 @@ def extract_lora(base: str | Path, target: str | Path, out: str | Path, *, rank:
             report.layers[name] = {"rank": r, "energy": kept, "norm2": float(d.pow(2).sum())}
 
     try:
-        src_t.stream(keys, handle)
+        with src_b.reading() as read_base:  # the base's tensors as the target's stream reaches them
+            src_t.stream(keys, handle)
     finally:
-        for r in readers.values():
-            r.close()
         bar.close()
     if not tensors:
         raise CheckpointError(f"{src_b.describe()} and {src_t.describe()} hold the same weights: there is no LoRA to "

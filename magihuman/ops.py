@@ -27,7 +27,7 @@ from .quant import gguf
 from .quant.fp8 import FP8_DTYPE
 
 __all__ = ["fetch_weight", "tag_operations", "storage_kind", "set_fp8_weight", "set_gguf_weight", "linear_weight",
-           "linear", "embedding_rows", "stored_nbytes", "Patch"]
+           "linear", "embedding_rows", "has_patches", "Patch"]
 
 # A weight patch: f(weight, dtype) -> weight with the patch added (weight already decoded to ``dtype``).
 Patch = Callable[[torch.Tensor], torch.Tensor]
@@ -96,11 +96,6 @@ def set_gguf_weight(module: torch.nn.Module, raw: torch.Tensor, qtype: int, shap
     module.weight_shape = tuple(int(s) for s in shape)
 
 
-def stored_nbytes(module: torch.nn.Module) -> int:
-    w = module.weight
-    return w.numel() * w.element_size()
-
-
 # ------------------------------------------------------------------ use
 
 
@@ -109,19 +104,30 @@ def linear_weight(module: torch.nn.Module, dtype: torch.dtype, device: torch.dev
     kind = storage_kind(module)
     if kind == "plain":
         w = fetch_weight(module, dtype, device)
-    elif kind == "fp8":
-        w = fetch_weight(module, dtype, device)  # e4m3 -> dtype (exact), then the per-tensor scale
-        w = w * module.weight_scale.to(device=w.device)
+    elif kind == "fp8":  # the e4m3 bytes (a host's cast path must not patch them before the scale), then
+        w = fetch_weight(module, None, device).to(dtype)  # e4m3 -> dtype (exact; a new tensor), times the scale
+        w.mul_(module.weight_scale.to(device=w.device, dtype=w.dtype))
     else:
         raw = fetch_weight(module, None, device)
         w = gguf.dequantize(raw, module.weight_qtype, module.weight_shape, dtype=dtype)
-    for patch in getattr(module, "weight_patches", None) or ():
+    for patch in _patches(module, kind):
         w = patch(w)
+    return w
+
+
+def _patches(module: torch.nn.Module, kind: str) -> list:
+    """The patches to add to a decoded weight: the engine's, then (compact storage) the host's."""
+    out = list(getattr(module, "weight_patches", None) or ())
     if kind != "plain":
         hook = getattr(getattr(module, "_magi_ops", None), "decoded_patches", None)
-        for patch in hook(module) if hook is not None else ():
-            w = patch(w)
-    return w
+        out += list(hook(module)) if hook is not None else []
+    return out
+
+
+def has_patches(module: torch.nn.Module) -> bool:
+    """Whether :func:`linear_weight` adds any patch to this weight (paths that skip decoding, such as fp8
+    compute, must then decode instead)."""
+    return bool(_patches(module, storage_kind(module)))
 
 
 def linear(module: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -136,11 +142,11 @@ def embedding_rows(module: torch.nn.Module, ids: torch.Tensor, dtype: torch.dtyp
     """Rows ``ids`` of an embedding table in any storage, decoding only the rows looked up (a GGUF row is a
     whole number of blocks; fp8 rows take the per-tensor scale)."""
     kind = storage_kind(module)
-    if kind == "plain" and not getattr(module, "weight_patches", None):
+    if kind == "plain" and not has_patches(module):
         return F.embedding(ids, fetch_weight(module, None, ids.device)).to(dtype)
-    if kind == "gguf":
-        raw = fetch_weight(module, None, ids.device)
-        rows = gguf.dequantize(raw[ids.reshape(-1)], module.weight_qtype,
-                               (ids.numel(), module.weight_shape[-1]), dtype=dtype)
+    if kind == "gguf" and not has_patches(module):  # only the looked-up rows travel and are decoded
+        raw = module.weight
+        picked = raw[ids.reshape(-1).to(raw.device)].to(ids.device)
+        rows = gguf.dequantize(picked, module.weight_qtype, (ids.numel(), module.weight_shape[-1]), dtype=dtype)
         return rows.reshape(*ids.shape, module.weight_shape[-1])
     return F.embedding(ids, linear_weight(module, dtype, ids.device))

@@ -104,3 +104,18 @@ def test_plan_check_prices_block_offload_and_gguf_files(tmp_path, monkeypatch, c
     cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0, files={"distill": files["distill"],
                                                                             "text_encoder": files["text_encoder"]})
     assert seen["weight_dtype"] == "Q4_0" and seen["text_encoder_format"] == "Q4_0"
+
+
+def test_gguf_types_of_other_tools_are_priced_not_refused(tmp_path, monkeypatch):
+    """A DiT GGUF in a type the converter does not write (Q6_K, Q3_K from other tools; the loader decodes them) is
+    priced as the smallest known type with at least as many bits per weight, not refused by the estimator."""
+    from magihuman.quant.gguf import GGMLType
+    from magihuman.weights.entry import Entry
+
+    (tmp_path / "x.gguf").write_bytes(b"")
+    for name, priced in (("Q6_K", "Q8_0"), ("Q5_K", "Q5_0"), ("Q3_K", "Q4_K"), ("Q8_0", "Q8_0")):
+        entry = Entry("w", "w", tmp_path / "x.gguf", torch.uint8, (4, 256), 210, 0, int(GGMLType[name]))
+        monkeypatch.setattr(cli, "open_gguf", lambda p, e=entry: ({"w": e}, {}, {}))
+        got = cli._gguf_format(tmp_path / "x.gguf")
+        assert got == priced or (name == "Q3_K" and got == "Q4_0"), (name, got)
+        estimate.estimate("distill_256p", weight_dtype=got)  # priced

@@ -77,3 +77,38 @@ def test_switches():
     with torch.no_grad():
         b = plain(*_inputs())
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_host_patches_on_fp8_weights_are_never_skipped_or_doubled():
+    """A host (ComfyUI) that patches fp8 weights after decoding: its cast path is asked for the raw e4m3 bytes
+    only (a cast path that patched them would add the LoRA before the scale and once more after), and fp8
+    compute steps aside for a patched weight instead of dropping the patch."""
+    from magihuman import ops
+    from magihuman.models.dit import block_linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32, bias=False)
+    w8, scale = quantize_fp8(lin.weight.detach())
+    ops.set_fp8_weight(lin, w8, scale)
+    delta = torch.randn(32, 64) * 0.1
+    asked = []
+
+    class Host:
+        @staticmethod
+        def fetch_weight(module, dtype, device):
+            asked.append(dtype)
+            return module.weight.to(device=device, dtype=dtype)
+
+        @staticmethod
+        def decoded_patches(module):
+            return [lambda w: w + delta.to(w.dtype)]
+
+    ops.tag_operations(lin, Host)
+    expected = w8.float() * scale + delta
+    got = ops.linear_weight(lin, torch.float32, torch.device("cpu"))
+    assert asked == [None] and torch.allclose(got, expected, atol=1e-6)
+    assert ops.has_patches(lin)
+    x = torch.randn(1, 5, 64)
+    ref = torch.nn.functional.linear(x, expected)
+    for mode in ("off", "tensor", "token"):
+        torch.testing.assert_close(block_linear(lin, x, torch.float32, None, mode), ref, rtol=1e-5, atol=1e-5)

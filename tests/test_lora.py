@@ -318,3 +318,17 @@ def test_distill_lora_on_base_samples_as_the_distilled_model(tmp_path, caplog):
     f = h.file
     assert variant_with_loras("base", [(f, 0.0)]) == "base" and variant_with_loras("sr_540p", [(f, 1.0)]) == "sr_540p"
     assert variant_with_loras("base", [(f, 0.5)]) == "distill"
+
+
+def test_loras_come_off_in_reverse_order(base, lora_file, tmp_path):
+    """Removing a LoRA under a later one would restore small tensors from before the later one: refused; in
+    reverse order (or all at once) the weights come back bit for bit."""
+    path, _ = lora_file
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    h1 = apply_lora(base, path, 1.0)
+    h2 = apply_lora(base, path, 0.5)
+    with pytest.raises(LoraError, match="reverse order"):
+        remove_lora(base, h1)
+    remove_lora(base, h2)
+    remove_lora(base, h1)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())

@@ -24,7 +24,7 @@ from ..quant.fp8 import FP8_DTYPE, quantize_fp8
 from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.entry import Entry, OnBytes, Reader
-from ..weights.gguf_file import GGUF_SUFFIX, GGUFSpec, write_gguf
+from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
 from ..weights.stream import Slot
@@ -76,7 +76,7 @@ def open_text_encoder(path: str | os.PathLike) -> tuple[WeightSource, dict]:
         if not path.name.endswith((".safetensors", ".safetensors.zst", GGUF_SUFFIX)):
             raise ValueError(f"{path}: expected a .safetensors or .gguf file (or the google/t5gemma-9b-9b-ul2 folder)")
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP)
-        arch = src.metadata.get("general.architecture") if src.format == "gguf" else None
+        arch = src.metadata.get(ARCH_KEY) if src.format == "gguf" else None
         if arch is not None and arch != GGUF_ARCH and not src.entries:
             raise ValueError(f"{path} is a GGUF of architecture {arch!r}, not a T5Gemma encoder ({GGUF_ARCH!r}); its "
                              f"tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder or an "
@@ -157,10 +157,8 @@ def load_text_encoder(cls, path: str | os.PathLike, *, dtype=torch.bfloat16, dev
 
 def gguf_tensor_type(key: str, shape: tuple[int, ...], quant: str) -> gguf_types.GGMLType:
     """Projections and the token embedding in ``quant`` (rows of whole blocks; else BF16); norms F32."""
-    if not (_is_projection(key) or key.endswith("embed_tokens.weight")):
-        return gguf_types.GGMLType.F32
-    qt = gguf_types.GGMLType[quant]
-    return qt if shape[-1] % gguf_types.BLOCK_SIZES[qt][0] == 0 else gguf_types.GGMLType.BF16
+    compact = _is_projection(key) or key.endswith("embed_tokens.weight")
+    return gguf_types.storage_type(shape, quant) if compact else gguf_types.GGMLType.F32
 
 
 def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=torch.bfloat16,
@@ -173,27 +171,28 @@ def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=t
     source, config = open_text_encoder(src_path)
     dst = Path(dst)
 
-    def produce(key: str, dt: torch.dtype):
-        return lambda: source.read([key], dtype=dt)[key]
+    with source.reading() as read_one:  # one open reader per shard while the file is written
+        def produce(key: str, dt: torch.dtype):
+            return lambda: read_one(key, dt)
 
-    if dst.name.endswith(GGUF_SUFFIX):
-        quant = (quant or "Q8_0").upper()
-        if quant not in GGUF_QUANTS:
-            raise ValueError(f"unknown GGUF quantisation {quant!r}; choose one of {', '.join(GGUF_QUANTS)}")
-        folder = src_path if src_path.is_dir() else src_path.parent
-        meta = {GGUF_CONFIG: json.dumps(config)}
-        if (folder / "tokenizer.json").is_file():
-            meta[GGUF_TOKENIZER] = (folder / "tokenizer.json").read_text(encoding="utf-8")
-            meta[GGUF_TOKENIZER_CONFIG] = json.dumps(read_tokenizer_config(folder))
-        specs = [GGUFSpec(k, e.shape, int(gguf_tensor_type(k, e.shape, quant)), produce(k, torch.float32))
-                 for k, e in source.entries.items()]
-        write_gguf(dst, specs, arch=GGUF_ARCH, metadata=meta)
+        if dst.name.endswith(GGUF_SUFFIX):
+            quant = (quant or "Q8_0").upper()
+            if quant not in GGUF_QUANTS:
+                raise ValueError(f"unknown GGUF quantisation {quant!r}; choose one of {', '.join(GGUF_QUANTS)}")
+            folder = src_path if src_path.is_dir() else src_path.parent
+            meta = {GGUF_CONFIG: json.dumps(config)}
+            if (folder / "tokenizer.json").is_file():
+                meta[GGUF_TOKENIZER] = (folder / "tokenizer.json").read_text(encoding="utf-8")
+                meta[GGUF_TOKENIZER_CONFIG] = json.dumps(read_tokenizer_config(folder))
+            specs = [GGUFSpec(k, e.shape, int(gguf_tensor_type(k, e.shape, quant)), produce(k, torch.float32))
+                     for k, e in source.entries.items()]
+            write_gguf(dst, specs, arch=GGUF_ARCH, metadata=meta)
+            return dst
+        if quant is not None:
+            raise ValueError(f"quant={quant!r} needs a .gguf output, got {dst}")
+        specs = []
+        for key, e in source.entries.items():
+            dt = dtype if (e.dtype.is_floating_point or e.quantized) else e.dtype
+            specs.append(TensorSpec(key, dt, e.shape, produce(key, dt)))
+        write_file(dst, specs, {CONFIG_METADATA_KEY: json.dumps(config), "format": "pt"})
         return dst
-    if quant is not None:
-        raise ValueError(f"quant={quant!r} needs a .gguf output, got {dst}")
-    specs = []
-    for key, e in source.entries.items():
-        dt = dtype if (e.dtype.is_floating_point or e.quantized) else e.dtype
-        specs.append(TensorSpec(key, dt, e.shape, produce(key, dt)))
-    write_file(dst, specs, {CONFIG_METADATA_KEY: json.dumps(config), "format": "pt"})
-    return dst

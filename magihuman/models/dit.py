@@ -35,7 +35,7 @@ from ..attention import (DEFAULT_BACKEND, AttentionFn, LocalWindow, attention, l
                          resolve_attention_backend)
 from ..device import resolve_compute_dtype
 from ..geometry import PATCH_SIZE
-from ..ops import fetch_weight, linear_weight, set_fp8_weight, storage_kind, tag_operations
+from ..ops import fetch_weight, has_patches, linear_weight, set_fp8_weight, storage_kind, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..parallel.sequence import SequenceParallel
 from ..quant.fp8 import FP8_COMPUTE_MODES, FP8_DTYPE, FP8_MAX, fp8_linear, fp8_mm_supported, quantize_fp8
@@ -105,7 +105,7 @@ def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
     (:func:`magihuman.quant.fp8.fp8_linear`; activations quantised per tensor or per token).
     """
     experts = getattr(module, "num_experts", 1)
-    if fp8_compute != "off" and storage_kind(module) == "fp8" and not getattr(module, "weight_patches", None):
+    if fp8_compute != "off" and storage_kind(module) == "fp8" and not has_patches(module):
         out = _fp8_block_linear(module, x, compute_dtype, segments, fp8_compute, experts)
         if out is not None:
             return out

@@ -35,8 +35,7 @@ from torch import nn
 from ..attention import attention as shared_attention
 from ..attention import resolve_attention_backend
 from ..geometry import MAX_TEXT_TOKENS
-from ..ops import embedding_rows, fetch_weight, linear, set_fp8_weight, storage_kind, tag_operations
-from ..quant.fp8 import quantize_fp8
+from ..ops import embedding_rows, fetch_weight, linear, tag_operations
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +298,6 @@ class T5GemmaEncoder(nn.Module):
                 layer.mlp.down_proj)]
 
     @torch.no_grad()
-    def quantize_linears_fp8_(self) -> "T5GemmaEncoder":
-        """Store every projection as float8_e4m3fn with a per-tensor fp32 scale (as the DiT's fp8 storage;
-        the embedding and norms keep their dtype); compact weights already stored so are left as they are."""
-        for mod in self.linear_layers():
-            if storage_kind(mod) == "plain":
-                set_fp8_weight(mod, *quantize_fp8(mod.weight))
-        return self
-
     def set_attention_backend(self, name: str) -> None:
         """The attention kernel of THIS encoder (default "sdpa", the official numerics); see
         :mod:`magihuman.attention`. Used only where it computes the same math (no soft-cap, default scale)."""

@@ -16,6 +16,7 @@ Layouts assume a little-endian host (as GGUF files and the ``gguf`` package do).
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
@@ -32,6 +33,7 @@ __all__ = [
     "QUANTIZE_TYPES",
     "byte_shape",
     "element_shape",
+    "storage_type",
     "dequantize",
     "quantize",
     "encode_q4_k",
@@ -159,6 +161,13 @@ def byte_shape(shape: Sequence[int], qtype: GGMLType | int | str) -> tuple[int, 
     return (*shape[:-1], shape[-1] // block * size)
 
 
+def storage_type(shape: Sequence[int], quant: str) -> GGMLType:
+    """The type a weight of ``shape`` is written as when ``quant`` is asked for: ``quant`` when its rows are whole
+    blocks, else BF16 (a row cannot be split into blocks)."""
+    qt = GGMLType[quant]
+    return qt if int(shape[-1]) % BLOCK_SIZES[qt][0] == 0 else GGMLType.BF16
+
+
 def element_shape(byte_shape: Sequence[int], qtype: GGMLType | int | str) -> tuple[int, ...]:
     """Stored byte shape -> element shape (inverse of :func:`byte_shape`)."""
     qt = _as_type(qtype)
@@ -191,7 +200,14 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
 
 
 def _u8(values: Sequence[int], device: torch.device, shape: Sequence[int]) -> torch.Tensor:
-    return torch.tensor(list(values), dtype=torch.uint8, device=device).view(*shape)
+    """A small uint8 constant on ``device``, made once per (values, device, shape): no host-to-device copy per
+    decoded chunk."""
+    return _u8_cached(tuple(values), str(device), tuple(shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _u8_cached(values: tuple[int, ...], device: str, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.uint8, device=device).view(*shape)
 
 
 def _nibbles(b: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ scalar/string fields as strings in ``WeightSource.metadata``.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ GGUF_SUFFIX = ".gguf"
 ARCH_KEY = "general.architecture"
 # GGML types read as plain tensors (everything else stays as raw blocks until dequantised).
 PLAIN_TYPES = {q.GGMLType.F32: torch.float32, q.GGMLType.F16: torch.float16, q.GGMLType.BF16: torch.bfloat16}
-_TORCH_TO_GGML = {v: k for k, v in PLAIN_TYPES.items()}
 # Types write_gguf can write: the byte-exact quantisers, plus Q4_K through the simple encoder q.encode_q4_k.
 WRITE_TYPES = q.QUANTIZE_TYPES | {q.GGMLType.Q4_K}
 
@@ -78,8 +76,8 @@ class _GGUFReader(Reader):
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{self.path}: tensor {entry.name!r} cannot be read ({e}); the file is truncated or "
                                   "corrupt: download it again") from e
-        if entry.qtype is not None and dest.dtype != torch.uint8:
-            src = q.dequantize(src, entry.qtype, entry.shape, dtype=torch.float32)
+        if entry.qtype is not None and dest.dtype != torch.uint8:  # decoded straight to the destination's dtype
+            src = q.dequantize(src, entry.qtype, entry.shape, dtype=torch.float32 if scale is not None else dest.dtype)
         elif entry.dtype == torch.bfloat16:
             src = src.view(torch.bfloat16)  # numpy has no bf16: the reader hands its bytes
         if scale is not None:
@@ -161,39 +159,34 @@ def write_gguf(path: str | Path, specs: Iterable[GGUFSpec], *, arch: str, metada
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writer = gguf.GGUFWriter(str(tmp), arch)
-    for key, value in metadata.items():
-        writer.add_string(key, str(value))
-    for s in specs:
-        qt = q.GGMLType(s.qtype)
-        if qt not in WRITE_TYPES:
-            raise ValueError(f"{s.name}: cannot write GGML type {qt.name}; choose one of "
-                             f"{sorted(t.name for t in WRITE_TYPES)}")
-        writer.add_tensor_info(s.name, q.byte_shape(s.shape, qt), np.dtype(np.uint8), s.nbytes,
-                               raw_dtype=gguf.GGMLQuantizationType(int(qt)))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
     total = 0
-    for s in specs:
-        t = s.produce()
-        if tuple(t.shape) != tuple(s.shape):
-            raise ValueError(f"{s.name!r}: produced shape {tuple(t.shape)}, expected {s.shape}")
-        raw = _encode(t.detach().to("cpu"), q.GGMLType(s.qtype))
-        writer.write_tensor_data(raw.numpy())
-        total += s.nbytes
-        if on_bytes:
-            on_bytes(s.nbytes)
-        del t, raw
+    try:
+        for key, value in metadata.items():
+            writer.add_string(key, str(value))
+        for s in specs:
+            qt = q.GGMLType(s.qtype)
+            if qt not in WRITE_TYPES:
+                raise ValueError(f"{s.name}: cannot write GGML type {qt.name}; choose one of "
+                                 f"{sorted(t.name for t in WRITE_TYPES)}")
+            writer.add_tensor_info(s.name, q.byte_shape(s.shape, qt), np.dtype(np.uint8), s.nbytes,
+                                   raw_dtype=gguf.GGMLQuantizationType(int(qt)))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for s in specs:
+            t = s.produce()
+            if tuple(t.shape) != tuple(s.shape):
+                raise ValueError(f"{s.name!r}: produced shape {tuple(t.shape)}, expected {s.shape}")
+            raw = _encode(t.detach().to("cpu"), q.GGMLType(s.qtype))
+            writer.write_tensor_data(raw.numpy())
+            total += s.nbytes
+            if on_bytes:
+                on_bytes(s.nbytes)
+            del t, raw
+    except BaseException:  # nothing half-written is left behind (the file keeps its old contents, if any)
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
     writer.close()
     os.replace(tmp, path)
     return total
-
-
-def metadata_json(metadata: dict[str, str], key: str, where: str) -> Optional[dict]:
-    raw = metadata.get(key)
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: metadata {key} is not valid JSON: {e}") from e

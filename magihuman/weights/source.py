@@ -8,6 +8,7 @@ folder is copied tensor by tensor into its destination and never held twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -104,6 +105,17 @@ class WeightSource:
                 for e in sorted(by_file[f], key=lambda e: e.offset):
                     handler(e, reader)
 
+    def _read_entry(self, e: Entry, reader: Reader, dtype: Optional[torch.dtype], device) -> torch.Tensor:
+        """One whole tensor: float tensors converted to ``dtype`` (None: as stored), fp8 with scales and GGUF
+        blocks decoded (to ``dtype``, at least 16-bit float)."""
+        scale = self.scale_of.get(e.key)
+        compact = scale is not None or e.quantized  # decoded to float while reading
+        want = dtype if (dtype is not None and (e.dtype.is_floating_point or compact)) else e.dtype
+        if compact and not (want.is_floating_point and want.itemsize >= 2):
+            want = torch.float32
+        return reader.read_into(e, torch.empty(e.shape, dtype=want, device=device),
+                                scale=None if scale is None else self.scale_value(e.key))
+
     def read(self, keys: Optional[Iterable[str]] = None, *, dtype: Optional[torch.dtype] = None,
              device="cpu") -> dict[str, torch.Tensor]:
         """Whole tensors as a state dict (small models and tools; float tensors converted to ``dtype``; fp8 with
@@ -111,16 +123,29 @@ class WeightSource:
         out: dict[str, torch.Tensor] = {}
 
         def take(e: Entry, reader: Reader) -> None:
-            scale = self.scale_of.get(e.key)
-            compact = scale is not None or e.quantized  # decoded to float while reading
-            want = dtype if (dtype is not None and (e.dtype.is_floating_point or compact)) else e.dtype
-            if compact and not (want.is_floating_point and want.itemsize >= 2):
-                want = torch.float32
-            out[e.key] = reader.read_into(e, torch.empty(e.shape, dtype=want, device=device),
-                                          scale=None if scale is None else self.scale_value(e.key))
+            out[e.key] = self._read_entry(e, reader, dtype, device)
 
         self.stream(list(self.entries if keys is None else keys), take)
         return out
+
+    @contextlib.contextmanager
+    def reading(self, device="cpu"):
+        """``read_one(key, dtype=None)`` for writers that pull tensors one at a time (converters, extract-lora):
+        as :meth:`read` converts them, with one open reader per file until the block ends (a file is opened
+        once, not once per tensor). Pull a file's tensors in on-disk order for ``.zst`` shards."""
+        readers: dict[Path, Reader] = {}
+
+        def read_one(key: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+            e = self.entries[key]
+            if e.file not in readers:
+                readers[e.file] = self.reader(e.file)
+            return self._read_entry(e, readers[e.file], dtype, device)
+
+        try:
+            yield read_one
+        finally:
+            for r in readers.values():
+                r.close()
 
     def scale_value(self, key: str) -> float:
         values = getattr(self, "_scale_values", None)
