@@ -147,20 +147,20 @@ if not HAS_COMFY:
 # --------------------------------------------------------------------------------------------
 # The pack's node base and a stand-in for ComfyUI's own execution (defaults, combo validation)
 # --------------------------------------------------------------------------------------------
-_NODE_NAMES: dict[type, str] = {}
-
-
 class MagiNode(io.ComfyNode):
-    """Base of the pack's nodes: :meth:`name` is the schema's display name (what error messages say), so
-    messages never drift from what the artist sees on the node. (ComfyUI runs locked clones of node classes
-    and caches schema facts on each registered class, so nothing is stored on the class here, and a node
-    never subclasses another registered node.)"""
+    """Base of the pack's nodes: :meth:`name` is the display name of the node's row in ``nodes.types.NODES``
+    (the table its schema reads), so messages never drift from what the artist sees on the node. (ComfyUI runs
+    locked clones of node classes, a new one per execution, whose bases include the registered class; nothing
+    is stored on the class, and a node never subclasses another registered node.)"""
 
     @classmethod
     def name(cls) -> str:
-        if cls not in _NODE_NAMES:
-            _NODE_NAMES[cls] = cls.define_schema().display_name or cls.__name__
-        return _NODE_NAMES[cls]
+        from .types import NODES  # (nodes.types imports this module)
+
+        for c in cls.__mro__:  # the registered class is in every clone's bases
+            if c.__name__ in NODES:
+                return NODES[c.__name__][0]
+        return cls.__name__
 
 
 def run_node(node_cls, *, validate: bool = True, **inputs):
@@ -190,7 +190,8 @@ def run_node(node_cls, *, validate: bool = True, **inputs):
 # --------------------------------------------------------------------------------------------
 # Model folders
 # --------------------------------------------------------------------------------------------
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth")
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".pth")  # DiT / text encoder (GGUF readers)
+PLAIN_EXTENSIONS = tuple(e for e in MODEL_EXTENSIONS if e != ".gguf")         # VAEs and LoRAs: no GGUF reader
 _models_dir_override: str | None = None
 
 
@@ -215,8 +216,9 @@ def folder_paths_for(kind: str) -> list[str]:
 _LEGACY_FOLDERS = {"diffusion_models": ("unet",), "text_encoders": ("clip",)}
 
 
-def list_models(kinds: tuple[str, ...], *, folders: bool = True) -> list[str]:
-    """Model entries under the given ComfyUI folder kinds.
+def list_models(kinds: tuple[str, ...], *, folders: bool = True,
+                extensions: tuple[str, ...] = MODEL_EXTENSIONS) -> list[str]:
+    """Model entries under the given ComfyUI folder kinds (files ending in one of ``extensions``).
 
     Files with a model extension are listed by their relative path. A directory that holds a whole
     model (an official ``model.safetensors.index.json`` folder, an HF folder with ``config.json``,
@@ -236,7 +238,7 @@ def list_models(kinds: tuple[str, ...], *, folders: bool = True) -> list[str]:
                     continue
                 dirnames.sort()
                 for fn in sorted(filenames):
-                    if fn.lower().endswith(MODEL_EXTENSIONS):
+                    if fn.lower().endswith(extensions):
                         p = fn if rel == "." else os.path.join(rel, fn)
                         out.append(p.replace(os.sep, "/"))
     return sorted(dict.fromkeys(out))
@@ -324,9 +326,12 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
 
         @staticmethod
         def decoded_patches(module):
-            """ComfyUI's weight patches for a compact-storage weight, applied by the engine after decoding:
-            lowvram ones (``weight_function``) and those MagiPatcher keeps instead of merging."""
-            return list(getattr(module, "weight_function", ())) + list(getattr(module, "magi_decoded_patches", ()))
+            """ComfyUI's weight patches for a compact-storage weight, applied by the engine after decoding: the
+            lowvram ones (``weight_function``) when ComfyUI manages the layer that way, else those MagiPatcher keeps
+            instead of merging. Never both: a layer ComfyUI moves out later (``partially_unload``) gets
+            ``weight_function`` for the same patches while ``magi_decoded_patches`` is still set."""
+            lowvram = list(getattr(module, "weight_function", ()))
+            return lowvram if lowvram else list(getattr(module, "magi_decoded_patches", ()))
 
     class MagiPatcher(_model_patcher.ModelPatcher):
         """ModelPatcher for engine models. LoRA patches on fp8- or GGUF-stored weights cannot be merged into those

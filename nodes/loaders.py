@@ -35,9 +35,10 @@ def choose_compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     return compat.pick_weight_dtype(choice, device)
 
 
-def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str):
+def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str,
+                 extensions: tuple[str, ...] = compat.MODEL_EXTENSIONS):
     """A model list of ComfyUI folders; the default is the name the README and workflows use when present."""
-    options = compat.list_models(kinds)
+    options = compat.list_models(kinds, extensions=extensions)
     default = comfy_name(role)
     return io.Combo.Input(input_id, options=options, default=default if default in options else None,
                           tooltip=tooltip)
@@ -185,7 +186,7 @@ class MagiHumanTurboVAELoader(compat.MagiNode):
             inputs=[
                 _model_input("vae_name", VAE_FOLDERS, "turbo_vae",
                              "models/vae: the turbo_vae folder (JSON + checkpoint-340000.ckpt) or a converted turbo "
-                             ".safetensors."),
+                             ".safetensors.", compat.PLAIN_EXTENSIONS),
                 _weight_dtype_input(),
             ],
             outputs=[MagiTurboVAE.Output(display_name="turbo_vae")],
@@ -205,7 +206,8 @@ class MagiHumanVideoVAELoader(compat.MagiNode):
             description="Loads the Wan2.2 (TI2V-5B) video VAE: image encoding for TI2V and the full-quality decoder.",
             inputs=[
                 _model_input("vae_name", VAE_FOLDERS, "video_vae",
-                             "models/vae: wan2.2_vae.safetensors (ComfyUI) or the official Wan2.2_VAE.pth."),
+                             "models/vae: wan2.2_vae.safetensors (ComfyUI) or the official Wan2.2_VAE.pth.",
+                             compat.PLAIN_EXTENSIONS),
                 _weight_dtype_input(),
             ],
             outputs=[MagiVideoVAE.Output(display_name="video_vae")],
@@ -229,7 +231,7 @@ class MagiHumanAudioVAELoader(compat.MagiNode):
             inputs=[
                 _model_input("vae_name", AUDIO_VAE_FOLDERS, "audio_vae",
                              "The stable-audio-open-1.0 folder (model.safetensors + model_config.json) or a "
-                             "VAE-only .safetensors, in models/vae or models/checkpoints."),
+                             "VAE-only .safetensors, in models/vae or models/checkpoints.", compat.PLAIN_EXTENSIONS),
                 _weight_dtype_input("fp32", "The audio VAE is small; fp32 is the official precision."),
             ],
             outputs=[MagiAudioVAE.Output(display_name="audio_vae")],

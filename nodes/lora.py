@@ -31,7 +31,8 @@ class _LoraLoader(compat.MagiNode):
                         "layers are understood).",
             inputs=[
                 cls.MODEL.Input(cls.INPUT_NAME),
-                io.Combo.Input("lora_name", options=compat.list_models(LORA_FOLDERS, folders=False),
+                io.Combo.Input("lora_name", options=compat.list_models(LORA_FOLDERS, folders=False,
+                                                                       extensions=compat.PLAIN_EXTENSIONS),
                                tooltip="A LoRA file in models/loras (.safetensors)."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
                                tooltip="Scales the LoRA's delta (1 = as trained, 0 = no change)."),

@@ -1,7 +1,7 @@
 """Prompt nodes: build an Enhanced Prompt, ask any LLM node for one, check an answer (magihuman.prompts).
 
 The ComfyUI 0.8 frontend displays a node's text (``ui.PreviewText``) only on the core "Preview Any" node,
-and this pack ships no JavaScript: the built prompt, the warnings and the check report are therefore STRING
+and this pack adds no text display of its own: the built prompt, the warnings and the check report are therefore STRING
 outputs to wire into "Preview Any" (the same text is also in the node's ``ui`` entry of the run's history).
 """
 

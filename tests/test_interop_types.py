@@ -202,21 +202,8 @@ def test_image_to_video_refuses_what_is_not_an_image(env, image):
 # ----------------------------------------------------------------------------------------------- LATENT
 
 
-def _latent_mapping_supported(env) -> bool:
-    try:
-        env["run"]("MagiHumanSplitAVLatent", latent=MappingLatent(_latent(env)))
-    except ValueError as e:
-        if "expected a LATENT" in str(e):
-            return False
-        raise
-    return True
-
-
 def test_latent_mappings_through_every_latent_input(env):
-    """A LATENT that is a Mapping (not a dict) through every node with a LATENT input. nodes/latent_io.py owns the
-    LATENT check; until it accepts Mappings this is skipped, saying so."""
-    if not _latent_mapping_supported(env):
-        pytest.skip("nodes/latent_io.py does not accept a Mapping LATENT yet (its owner is adding it)")
+    """A LATENT that is a Mapping (not a dict) through every node with a LATENT input."""
     run, m = env["run"], env["m"]
     pos, _ = run("MagiHumanTextEncode", text_encoder=m["te"], prompt="hello", negative_prompt="",
                  encode_negative=False)
@@ -238,8 +225,6 @@ def test_latent_mappings_through_every_latent_input(env):
 
 def test_audio_decode_takes_a_mapping_audio_latent(env):
     """An audio-only LATENT (from Split AV Latent) as a Mapping is still told apart from an AV latent."""
-    if not _latent_mapping_supported(env):
-        pytest.skip("nodes/latent_io.py does not accept a Mapping LATENT yet (its owner is adding it)")
     run, m = env["run"], env["m"]
     _, a = run("MagiHumanSplitAVLatent", latent=_latent(env))
     ref = run("MagiHumanAudioDecode", audio_vae=m["audio"], latent=a, sample_rate="48000")[0]

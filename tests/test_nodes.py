@@ -158,5 +158,19 @@ def test_node_classes_are_siblings_and_names_come_from_the_table(nodes):
         before = dict(vars(cls))
         assert cls.name() == types.NODES[nid][0] == cls.define_schema().display_name
         assert dict(vars(cls)) == before
+    # what ComfyUI 0.8 runs: a locked clone per execution (name + "Clone", the registered class among its bases);
+    # the name comes from the table without building the schema (a loader's schema walks the model folders)
+    cls = nodes["MagiHumanDiTLoader"]
+    clone = type(f"{cls.__name__}Clone", (cls,) + cls.__bases__, dict(cls.__dict__))
+    locked = type(clone.__name__, clone.__bases__, dict(clone.__dict__))
+    calls = []
+    real = cls.define_schema
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    locked.define_schema = counting
+    assert locked.name() == "MagiHuman DiT Loader" and not calls
     assert nodes["MagiHumanSRDiTLoader"].define_schema().outputs[0].io_type == "MAGIHUMAN_SR_DIT"
     assert nodes["MagiHumanDiTLoader"].define_schema().outputs[0].io_type == "MAGIHUMAN_DIT"
