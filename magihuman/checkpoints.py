@@ -271,6 +271,11 @@ def infer_variant(src: WeightSource, override: Optional[str] = None) -> tuple[st
         v = normalize_variant(name)
         if v is not None:
             return v, f"the name {name!r}"
+    if src.format == "gguf":  # quantised blocks say nothing about which release they came from
+        log.warning("%s: a GGUF without %s metadata whose name says nothing: distill assumed (pass variant= or "
+                    "put base / distill / 540p_sr / 1080p_sr in the file name)", src.describe(), META_VARIANT)
+        return "distill", ("a GGUF file without variant metadata and a name that says nothing; distill assumed "
+                           "(pass variant= or name the file magihuman_base*.gguf etc.)")
     dt = block_linear_dtype(src)
     if dt in (torch.bfloat16, torch.float16):
         return "base", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; the base "

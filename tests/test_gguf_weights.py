@@ -3,6 +3,8 @@ metadata and variant inference, bad files, the text encoder's GGUF and fp8 stora
 
 from __future__ import annotations
 
+import logging
+
 import struct
 import sys
 from pathlib import Path
@@ -110,7 +112,7 @@ def _bare_gguf(path: Path, tensors: dict[str, torch.Tensor], *, arch="magihuman"
     return write_gguf(path, specs, arch=arch, metadata=metadata or {}) and path
 
 
-def test_variant_from_name_without_metadata_and_from_metadata(dit_folder, tmp_path):
+def test_variant_from_name_without_metadata_and_from_metadata(dit_folder, tmp_path, caplog):
     sd = load_dit(dit_folder, dtype=torch.float32, show_progress=False).state_dict()
     no_meta = _bare_gguf(tmp_path / "magihuman_540p_sr_custom.gguf", sd)
     m = load_dit(no_meta, show_progress=False)
@@ -118,6 +120,11 @@ def test_variant_from_name_without_metadata_and_from_metadata(dit_folder, tmp_pa
     converted = convert_dit(dit_folder, tmp_path / "anything.gguf", show_progress=False, variant="sr_1080p")
     m = load_dit(converted, show_progress=False)
     assert m.variant == "sr_1080p" and "gguf metadata" in m.load_info["reason"]
+    nameless = _bare_gguf(tmp_path / "weights.gguf", sd)  # no metadata, an uninformative name: said, not guessed
+    with caplog.at_level(logging.WARNING):
+        m = load_dit(nameless, show_progress=False)
+    assert m.variant == "distill" and "without variant metadata" in m.load_info["reason"]
+    assert any("distill assumed" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_gguf_files_are_clear_errors(dit_folder, tmp_path):
