@@ -4,7 +4,6 @@ metadata and variant inference, bad files, the text encoder's GGUF and fp8 stora
 from __future__ import annotations
 
 import logging
-
 import struct
 import sys
 from pathlib import Path
