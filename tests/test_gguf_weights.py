@@ -238,3 +238,16 @@ def test_nodes_list_and_load_gguf(node_pack, tmp_path):
         assert torch.isfinite(den["magihuman_audio"]).all()
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q5_1", "Q4_0", "Q4_K", "BF16"])
+def test_writer_encodes_in_row_chunks_with_the_same_bytes(name, monkeypatch):
+    """The GGUF writer quantises a few rows at a time (bounded temporaries for the 1.6 GB fp32 expert tensors of
+    the release): the bytes equal one quantiser call on the whole tensor."""
+    from magihuman.weights import gguf_file
+
+    x = torch.randn(300, 512, generator=torch.Generator().manual_seed(3))
+    qt = q.GGMLType[name]
+    whole = q.encode_q4_k(x) if name == "Q4_K" else q.quantize(x, qt)
+    monkeypatch.setattr(gguf_file, "ENCODE_CHUNK_BYTES", 4 * 512 * 7)  # 7 rows per chunk: an uneven last one
+    assert torch.equal(gguf_file._encode(x, qt), whole)

@@ -37,8 +37,21 @@ PLAIN_TYPES = {q.GGMLType.F32: torch.float32, q.GGMLType.F16: torch.float16, q.G
 WRITE_TYPES = q.QUANTIZE_TYPES | {q.GGMLType.Q4_K}
 
 
+ENCODE_CHUNK_BYTES = 16 << 20  # float32 rows quantised at a time: the quantisers' temporaries stay this small
+
+
 def _encode(t: torch.Tensor, qt: q.GGMLType) -> torch.Tensor:
-    return q.encode_q4_k(t) if qt == q.GGMLType.Q4_K else q.quantize(t, qt)
+    """``t`` as GGUF bytes, a chunk of rows at a time (blocks never span rows, so the bytes are those of one
+    call; the quantisers hold several float copies of what they are given)."""
+    encode = q.encode_q4_k if qt == q.GGMLType.Q4_K else (lambda x: q.quantize(x, qt))
+    if t.dim() < 2:
+        return encode(t)
+    rows = t.reshape(-1, t.shape[-1])
+    step = max(1, ENCODE_CHUNK_BYTES // (4 * rows.shape[1]))
+    out = torch.empty(q.byte_shape(rows.shape, qt), dtype=torch.uint8)
+    for i in range(0, rows.shape[0], step):
+        out[i:i + step] = encode(rows[i:i + step])
+    return out.reshape(q.byte_shape(t.shape, qt))
 
 
 def gguf_package():
