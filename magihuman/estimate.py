@@ -64,7 +64,7 @@ import functools
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Union
 
 import torch
@@ -663,6 +663,19 @@ class StageEstimate:
     @property
     def sequence_length(self) -> int:
         return self.video_tokens + self.audio_tokens + self.text_tokens
+
+    def per_rank(self, ranks: int) -> "StageEstimate":
+        """This stage as one rank of an N-rank sequence-parallel run holds it (:mod:`magihuman.parallel`): 1/N of
+        the activations and local-attention buffers; weight decoding, weights and latents stay whole."""
+        if ranks <= 1:
+            return self
+
+        def split(total: int) -> int:
+            return (total - self.dequant_bytes) // ranks + self.dequant_bytes
+
+        return replace(self, activation_bytes=split(self.activation_bytes),
+                       activation_bytes_math=split(self.activation_bytes_math),
+                       local_attention_bytes=self.local_attention_bytes // ranks)
 
     @property
     def weights_on_device(self) -> int:

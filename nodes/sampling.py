@@ -27,11 +27,9 @@ def prepare(model_handle, av, where: str, *, cfg: bool, batch_cfg: bool = True, 
     """Check the run fits BEFORE the model is moved to the device, then let ComfyUI load it with room for the
     activations the engine estimates (``memory_required``: lowvram/offload decisions see the latent size)."""
     ranks = int(getattr(model_handle, "gpus", 1))  # a Multi-GPU handle: this GPU holds 1/N of the activations
-    pipeline.check_fits(model_handle.model, av, where, cfg=cfg, batch_cfg=batch_cfg, size=size,
-                        device=model_handle.device, ranks=ranks)
-    need = pipeline.dit_activation_bytes(model_handle.model.config, av, cfg=cfg, batch_cfg=batch_cfg, size=size,
-                                         ranks=ranks)
-    return model_handle.use(memory_required=need)
+    need = pipeline.check_fits(model_handle.model, av, where, cfg=cfg, batch_cfg=batch_cfg, size=size,
+                               device=model_handle.device, ranks=ranks)
+    return model_handle.use(memory_required=need or 0)  # unpriced: ComfyUI's own default reserve
 
 
 def _finish(out):

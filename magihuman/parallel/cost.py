@@ -80,11 +80,4 @@ def per_rank_plan(plan, ranks: int):
     holds 1/N of the activations (weight decoding and latents stay whole); weights and decoding are unchanged."""
     if ranks <= 1:
         return plan
-
-    def split(st):
-        act = (st.activation_bytes - st.dequant_bytes) // ranks + st.dequant_bytes
-        act_math = (st.activation_bytes_math - st.dequant_bytes) // ranks + st.dequant_bytes
-        return dataclasses.replace(st, activation_bytes=act, activation_bytes_math=act_math,
-                                   local_attention_bytes=st.local_attention_bytes // ranks)
-
-    return dataclasses.replace(plan, stages=tuple(split(st) for st in plan.stages))
+    return dataclasses.replace(plan, stages=tuple(st.per_rank(ranks) for st in plan.stages))

@@ -84,9 +84,8 @@ def dit_activation_bytes(config, latent, *, cfg: bool, batch_cfg: bool = True, s
     sequence-parallel split (each rank holds 1/N of the activations, the whole latents)."""
     width, height = size or latent.pixel_size
     sec = max(latent.num_frames - 1, 1) / FPS if seconds is None else seconds
-    st = estimate.estimate(config, width, height, sec, cfg=cfg, cfg_batched=batch_cfg).stages[0]
-    activations = (st.activation_bytes - st.dequant_bytes) // ranks + st.dequant_bytes
-    return latent.batch * (activations + st.latent_bytes)
+    st = estimate.estimate(config, width, height, sec, cfg=cfg, cfg_batched=batch_cfg).stages[0].per_rank(ranks)
+    return latent.batch * (st.activation_bytes + st.latent_bytes)
 
 
 def sequence_ranks(model) -> int:
@@ -96,21 +95,18 @@ def sequence_ranks(model) -> int:
 
 
 def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, size=None, device=None,
-               ranks: Optional[int] = None) -> None:
+               ranks: Optional[int] = None) -> Optional[int]:
     """Refuse a run whose DiT activations alone (:func:`dit_activation_bytes`; weights excluded, they can be
     offloaded) exceed the memory of ``device`` (default: the model's), BEFORE any noise or activation is
     allocated. ``size``: (width, height) of the run when it differs from the latent's (super-resolution).
-    ``ranks``: the sequence-parallel split the run will use (default: the model's own, 1 for a plain DiT)."""
+    ``ranks``: the sequence-parallel split the run will use (default: the model's own, 1 for a plain DiT).
+    Returns the bytes it priced (:func:`dit_activation_bytes`), None when it could not price the run."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "hidden_size"):
-        return
+        return None
     width, height = size or latent.pixel_size
     seconds = max(latent.num_frames - 1, 1) / FPS
     device = torch.device(device) if device is not None else model_device(model)
-    try:
-        have = estimate.device_memory(device)
-    except Exception:  # noqa: BLE001 - unknown device kinds: let the allocator decide
-        return
 
     def need(sec: float) -> int:
         return dit_activation_bytes(config, latent, cfg=cfg, batch_cfg=batch_cfg, size=size, seconds=sec,
@@ -118,12 +114,16 @@ def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, 
 
     try:
         n = need(seconds)
-        if n <= have:
-            return
-        fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
     except Exception as e:  # noqa: BLE001 - a guard only: an estimate that cannot be made never blocks a run
         log.debug("MagiHuman: no memory estimate for %s (%s)", where, e)
-        return
+        return None
+    try:
+        have = estimate.device_memory(device)
+    except Exception:  # noqa: BLE001 - unknown device kinds: let the allocator decide
+        return n
+    if n <= have:
+        return n
+    fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
     hint = (f"at {width}x{height} at most ~{fits[0]:g} s fits" if fits
             else f"even 0.2 s does not fit at {width}x{height}: lower the size")
     raise PipelineError(f"{where}: {width}x{height}, {seconds:g} s (batch {latent.batch}) needs ~{n / 2**30:.1f} GiB "
