@@ -1,19 +1,22 @@
 """Weight formats on a mid-size DiT: output error vs the bf16-weights model, CPU forward time, file sizes.
 
-Mid config: hidden 1024, 8 layers, head_dim 128, 2 kv groups, mm layers 0 and 7 and gelu7 layer 0 (the release
-pattern scaled down: mm in the first and last tenth, gelu7 first, swiglu7 elsewhere, whose 2728-wide down_proj
-rows are not whole blocks and stay BF16 in a GGUF as the release's 13652-wide ones do); random weights N(0, 0.02)
-written as a bf16 .safetensors (block linears bf16, rest fp32). One sample of 1000 tokens (768 video + 13 audio +
-219 text). Each format is made from that file as a user would: fp8 quantised while loading (``--dtype fp8``), the
-GGUF ones with ``convert_dit(..., quant=...)`` (Q4_K through the simple encoder ``quant.gguf.encode_q4_k``).
+Mid config: hidden 1280, 8 layers, head_dim 128, 2 kv groups, mm layers 0 and 7 and gelu7 layer 0 (the release
+pattern scaled down: mm in the first and last tenth, gelu7 first, swiglu7 elsewhere; the release's awkward widths
+scaled down too: qkv 1802 rows, swiglu up 6824 rows, down_proj 3412 wide, whose rows are not whole GGUF blocks and
+are stored zero-padded as the release's 13652-wide ones are); random weights N(0, 0.02) written as a bf16
+.safetensors (block linears bf16, rest fp32). One sample of 1000 tokens (768 video + 13 audio + 219 text). Each
+format is made from that file as a user would: fp8 quantised while loading (``--dtype fp8``), the GGUF ones with
+``convert_dit(..., quant=...)`` (Q4_K through the simple encoder ``quant.gguf.encode_q4_k``). The relative L2
+video errors printed here are the registry's ``rel_error`` (``magihuman/storage/registry.py``), which the planner
+ranks formats by.
 
 - error: video and audio velocity vs the bf16-weights model, both computed in fp32 (the weights are the only
   difference): relative L2 ``|o - r| / |r|`` and relative max ``max|o - r| / max|r|``; the bf16-compute row shows
   what bf16 matmuls alone change (the official numerics) for scale. Gate of the issue: Q8_0 <= 2x fp8.
 - time: forward in bf16 compute (this engine's choice on a CPU with bf16 matmuls), warm-up then the best of
   ``--repeats`` rounds, formats interleaved in each round (a shared CPU drifts); ratio to bf16 weights = the cost
-  of decoding the weights per use; "decode ms": decoding every block linear once (``ops.linear_weight``, what
-  one forward decodes) without the matmuls.
+  of decoding the weights per use; "decode ms": decoding every block linear once (``BlockLinear.decoded_weight``,
+  what one forward decodes) without the matmuls.
 - size: the converted file vs the bf16 .safetensors (fp8 has no file: its in-memory bytes); the estimator's
   ``dit_weight_storage`` for the same.
 
@@ -38,11 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
 
-FORMATS = ("fp8", "Q8_0", "Q5_1", "Q4_K", "Q4_0")
+from magihuman.storage import PLAIN, STORAGES  # noqa: E402
+
+FORMATS = tuple(s.name for s in STORAGES.values() if s.kind != PLAIN and s.encodable and s.decodes_on_device)
 
 
 def mid_config() -> DiTConfig:
-    return DiTConfig(num_layers=8, hidden_size=1024, head_dim=128, num_query_groups=2, mm_layers=[0, 7],
+    return DiTConfig(num_layers=8, hidden_size=1280, head_dim=128, num_query_groups=2, mm_layers=[0, 7],
                      gelu7_layers=[0])
 
 
@@ -69,13 +74,9 @@ def errors(out, ref) -> list[float]:
 
 
 def decode_all(model, dtype: torch.dtype) -> None:
-    """Decode every block linear once, as one forward does (``ops.linear_weight``), without the matmuls."""
-    from magihuman.ops import linear_weight
-
-    for layer in model.block.layers:
-        for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
-                    layer.mlp.down_proj):
-            linear_weight(mod, dtype, torch.device("cpu"))
+    """Decode every block linear once, as one forward does, without the matmuls."""
+    for mod in model.block_linears():
+        mod.decoded_weight(dtype)
 
 
 def stored_bytes(model) -> int:
@@ -102,10 +103,12 @@ def main() -> None:
         files = {"bf16": src}
         for fmt in FORMATS[1:]:
             files[fmt] = convert_dit(src, tmp / f"mid_{fmt}.gguf", quant=fmt, show_progress=False)
-        models = {"bf16": load_dit(src, dtype=torch.bfloat16, show_progress=False),
-                  "fp8": load_dit(src, dtype=torch.float8_e4m3fn, show_progress=False)}
+        models = {"bf16": load_dit(src, storage="bf16", show_progress=False),
+                  "fp8": load_dit(src, storage="fp8", show_progress=False)}
         for fmt in FORMATS[1:]:
             models[fmt] = load_dit(files[fmt], show_progress=False)
+            kinds = {m.storage.name for m in models[fmt].block_linears()}
+            assert kinds == {fmt}, f"{fmt}: block linears kept as {kinds}"  # every one, down_proj included
         load = "load average %.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {load}; mid config (hidden "
               f"{cfg.hidden_size}, {cfg.num_layers} layers, mm {cfg.mm_layers}, gelu7 {cfg.gelu7_layers}), "

@@ -62,7 +62,7 @@ def _no_mask(name: str, mask: Optional[torch.Tensor]) -> None:
 
 
 def _half_precision(name: str, q: torch.Tensor) -> None:
-    if q.dtype not in (torch.float16, torch.bfloat16) or q.device.type != "cuda":
+    if not (q.dtype.is_floating_point and q.dtype.itemsize == 2) or q.device.type != "cuda":  # fp16 / bf16
         raise ValueError(f"attention backend {name!r} needs fp16/bf16 tensors on CUDA, got {q.dtype} on {q.device}; "
                          "use compute dtype bf16 (set_compute_dtype('auto')) or the 'sdpa' backend")
 
@@ -136,6 +136,13 @@ def resolve_attention_backend(name: Backend) -> AttentionFn:
         raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}, "
                          f"optional: {', '.join(sorted(_OPTIONAL))} (add one with register_attention_backend)")
     return _BACKENDS[name]
+
+
+def attention_backend_names() -> list[str]:
+    """Every backend name a model may be given: the registered ones (the default first) and the optional CUDA ones,
+    whether or not they can run here (lists for the CLI and the nodes; :func:`resolve_attention_backend` says
+    why one cannot)."""
+    return [DEFAULT_BACKEND] + sorted((set(_BACKENDS) | set(_OPTIONAL)) - {DEFAULT_BACKEND})
 
 
 def available_attention_backends() -> list[str]:

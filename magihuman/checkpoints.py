@@ -16,11 +16,13 @@ Keys may carry one wrapper prefix (``model.diffusion_model.``, ``diffusion_model
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import re
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,19 +30,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError
-from .models.dit import MagiHumanDiT
-from .ops import set_fp8_weight, set_gguf_weight
+from .models.dit import MagiHumanDiT, weight_table
 from .models.dit_config import DiTConfig, sr_1080p_local_attn_layers, swiglu_intermediate_size
 from .quant import gguf as gguf_types
-from .quant.fp8 import FP8_DTYPE, quantize_fp8
 from .rope import default_rope_bands
+from .storage import FILE, FP8, GGUF, KEEP_FILE, STORAGES, Storage, StorageLike, convert_choices, parse_storage
 from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, load_into, mismatch_report,
                       open_source)
-from .weights.entry import Entry, OnBytes, Reader
+from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
 from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
 from .weights.safetensors_io import TensorSpec, write_file
-from .weights.stream import Slot
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "module.
 # Official fused key names inside a file: one wrapper prefix (ComfyUI / training) stripped when every key has it.
 DIT_KEYMAP = KeyMap(wrappers=KEY_PREFIXES, passthrough=(COMFY_FP8_MARKER,))
 WHAT = "a daVinci-MagiHuman DiT"
+_UNSET = object()  # load_dit(dtype=...) not given
 # Architecture fields that shapes determine (local_attn_layers does not show in the weights).
 ARCH_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",
                "audio_in_channels", "text_in_channels", "mm_layers", "gelu7_layers", "post_norm_layers",
@@ -63,41 +64,22 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "vid
 
 
 def official_key_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of the official fused layout with its shape, in module order."""
-    c = config
-    h, hd = c.hidden_size, c.head_dim
-    out: dict[str, tuple[int, ...]] = {}
-    for name, cin in (("video", c.video_in_channels), ("text", c.text_in_channels), ("audio", c.audio_in_channels)):
-        out[f"adapter.{name}_embedder.weight"] = (h, cin)
-        out[f"adapter.{name}_embedder.bias"] = (h,)
-    out[ROPE_KEY] = (hd // 8,)
-    for i in range(c.num_layers):
-        e = 3 if i in c.mm_layers else 1
-        p = f"block.layers.{i}."
-        inner = c.gelu_intermediate_size if i in c.gelu7_layers else c.swiglu_intermediate_size
-        up = inner if i in c.gelu7_layers else 2 * inner
-        out[p + "attention.pre_norm.weight"] = (e * h,)
-        out[p + "attention.linear_qkv.weight"] = (e * c.qkv_out_features, h)
-        out[p + "attention.linear_proj.weight"] = (e * h, c.num_heads_q * hd)
-        out[p + "attention.q_norm.weight"] = (e * hd,)
-        out[p + "attention.k_norm.weight"] = (e * hd,)
-        out[p + "mlp.pre_norm.weight"] = (e * h,)
-        out[p + "mlp.up_gate_proj.weight"] = (e * up, h)
-        out[p + "mlp.down_proj.weight"] = (e * h, inner)
-        if i in c.post_norm_layers:
-            out[p + "attn_post_norm.weight"] = (e * h,)
-            out[p + "mlp_post_norm.weight"] = (e * h,)
-    out["final_norm_video.weight"] = (h,)
-    out["final_norm_audio.weight"] = (h,)
-    out["final_linear_video.weight"] = (c.video_in_channels, h)
-    out["final_linear_audio.weight"] = (c.audio_in_channels, h)
-    return out
+    """Every state-dict key of the official fused layout with its shape, in module order (from the model built on
+    the meta device: :func:`magihuman.models.dit.weight_table`)."""
+    return {k: spec.shape for k, spec in weight_table(config).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _block_linear_names() -> frozenset[str]:
+    """Names of the block linears inside a layer (``attention.linear_qkv.weight``, ...), read off the model."""
+    table = weight_table(DiTConfig.preset("tiny"))
+    return frozenset(k.split(".", 3)[3] for k, spec in table.items() if spec.stored is not None)
 
 
 def is_block_linear(key: str) -> bool:
-    """Keys the model stores in the requested dtype (the rest stays fp32)."""
-    return key.startswith("block.") and key.endswith(("linear_qkv.weight", "linear_proj.weight",
-                                                       "up_gate_proj.weight", "down_proj.weight"))
+    """Whether a state-dict key is a block linear's weight (stored in the requested storage; the rest stays fp32)."""
+    parts = key.split(".", 3)
+    return len(parts) == 4 and parts[:2] == ["block", "layers"] and parts[3] in _block_linear_names()
 
 
 # ------------------------------------------------------------------ finding the files
@@ -125,25 +107,9 @@ def block_linear_dtype(src: WeightSource) -> torch.dtype:
     return src.dominant_dtype(keys or None)
 
 
-def storage_name(src: WeightSource) -> str:
-    """How the block linears are stored in the file: a dtype name, or ``gguf Q8_0`` (the main GGUF type)."""
-    by: dict[str, int] = {}
-    for k, e in src.entries.items():
-        if is_block_linear(k):
-            name = f"gguf {gguf_types.GGMLType(e.qtype).name}" if e.quantized else _dtype_name(e.dtype)
-            by[name] = by.get(name, 0) + e.nbytes
-    return max(by, key=by.get) if by else _dtype_name(src.dominant_dtype())
-
-
-def _main_gguf_type(src: WeightSource) -> str:
-    """The GGML type holding most bytes of the quantised block linears (a file whose rows are mostly not whole
-    blocks, e.g. Q4_K of a small model, keeps most of them BF16, so this is not always :func:`storage_name`)."""
-    by: dict[str, int] = {}
-    for k, e in src.entries.items():
-        if is_block_linear(k) and e.quantized:
-            name = gguf_types.GGMLType(e.qtype).name
-            by[name] = by.get(name, 0) + e.nbytes
-    return max(by, key=by.get)
+def file_storage(src: WeightSource) -> Storage:
+    """The storage holding most bytes of the file's block linears (a GGUF type, fp8, or a plain dtype)."""
+    return main_storage(src, [k for k in src.entries if is_block_linear(k)])
 
 
 # ------------------------------------------------------------------ key checks and inference
@@ -277,7 +243,7 @@ def infer_variant(src: WeightSource, override: Optional[str] = None) -> tuple[st
         return "distill", ("a GGUF file without variant metadata and a name that says nothing; distill assumed "
                            "(pass variant= or name the file magihuman_base*.gguf etc.)")
     dt = block_linear_dtype(src)
-    if dt in (torch.bfloat16, torch.float16):
+    if dt.is_floating_point and dt.itemsize == 2:  # 16-bit weights
         return "base", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; the base "
                         "release is the bf16 one (pass variant= to override)")
     return "distill", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; distill and "
@@ -348,7 +314,7 @@ def inspect_dit(path: str | Path, *, variant: Optional[str] = None) -> dict:
     """What :func:`load_dit` would build, from the headers alone (no tensor data is read)."""
     src, v, reason, cfg, config_reason = _open_checked(path, variant)
     return {"variant": v, "reason": reason, "config_reason": config_reason, "source": src.describe(),
-            "source_dtype": storage_name(src), "quantization": src.quantization,
+            "source_dtype": file_storage(src).name, "quantization": src.quantization,
             "coords": _coords(v), "config": cfg.to_dict(), "bytes": src.total_bytes,
             "files": [str(f) for f in src.files]}
 
@@ -365,32 +331,30 @@ def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
-def _read_fp8(reader: Reader, e: Entry, scale: Optional[float], device: torch.device,
-              on_bytes: OnBytes) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One block weight as ``(float8_e4m3fn tensor, fp32 scale, kept_as_stored)``.
-
-    e4m3 on disk: the bytes and the file's per-tensor scale (1 when it has none) are kept as they are.
-    Anything else (bf16/fp16/fp32, e5m2): read in its own dtype, then quantised per tensor with
-    :func:`magihuman.quant.fp8.quantize_fp8` (``scale = amax / 448``).
-    """
-    if e.dtype == FP8_DTYPE:
-        w8 = reader.read_into(e, torch.empty(e.shape, dtype=FP8_DTYPE), on_bytes)
-        return w8.to(device), torch.tensor(1.0 if scale is None else scale, dtype=torch.float32, device=device), True
-    raw = reader.read_into(e, torch.empty(e.shape, dtype=torch.float32 if e.quantized else e.dtype), on_bytes)
-    if scale is not None:  # e5m2 with a scale: the stored values times the scale are the weights
-        raw = raw.to(torch.float32).mul_(scale)
-    try:
-        w8, s = quantize_fp8(raw)
-    except ValueError as err:
-        raise CheckpointError(f"{e.file}: tensor {e.name!r}: {err} (load it with dtype=torch.bfloat16 "
-                              "to inspect it, or download the file again)") from err
-    return w8.to(device), s.to(device), False
+def dit_storage(storage: StorageLike = None, *, dtype=_UNSET, gguf: Optional[str] = None) -> Storage:
+    """The storage :func:`load_dit` keeps the block linears in, from ``storage`` or the older keyword arguments
+    (``dtype``: a plain dtype or fp8, with ``gguf="keep"`` keeping a GGUF file's blocks, ``"dequantize"`` not)."""
+    if storage is not None:
+        if dtype is not _UNSET or gguf is not None:
+            raise ValueError("give storage= alone (dtype= and gguf= are its older spelling)")
+        return parse_storage(storage)
+    if gguf not in (None, "keep", "dequantize"):
+        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
+    if dtype is _UNSET or dtype is None:
+        return FILE if gguf != "dequantize" else STORAGES["bf16"]
+    st = parse_storage(dtype)
+    if st.kind == KEEP_FILE:
+        return st
+    if st.kind == FP8 or gguf == "dequantize":
+        return st
+    return FILE.keeping(st, keeps=(GGUF,))  # as it always did: GGUF blocks kept, everything else in dtype
 
 
 def load_dit(
     path: str | Path,
     *,
-    dtype: Optional[torch.dtype] = torch.bfloat16,
+    storage: StorageLike = None,
+    dtype=_UNSET,
     device: str | torch.device = "cpu",
     operations=torch.nn,
     variant: Optional[str] = None,
@@ -398,34 +362,26 @@ def load_dit(
     progress: Optional[Callable[[int, int], None]] = None,
     show_progress: bool = True,
     chunk_bytes: Optional[int] = None,
-    gguf: str = "keep",
+    gguf: Optional[str] = None,
 ):
     """Build a :class:`MagiHumanDiT` from a checkpoint, streaming and converting tensor by tensor.
 
-    ``dtype`` applies to the block linears (None = bf16, the official layout); norms, adapter,
-    final heads and RoPE bands stay fp32 as the model defines them. ``torch.float8_e4m3fn`` keeps
-    each block linear in fp8 with a per-tensor fp32 scale (``module.weight_scale``, non-persistent):
-    e4m3 files keep their bytes and scales, other files are quantised per tensor (amax / 448); fp8
-    files loaded with any other dtype are dequantised while streaming. GGUF-quantised block linears
-    (a ``.gguf`` file) stay quantised in memory and are dequantised per layer on the compute device
-    (``gguf="keep"``, the default); ``gguf="dequantize"`` turns them into ``dtype`` while loading (and fp8
-    re-quantises them). The variant (distill / base /
-    sr_540p / sr_1080p) and config are inferred (override with ``variant=`` / ``config=``); the
-    returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why.
-    ``progress(done_bytes, total_bytes)`` is called as data arrives. A file without
-    ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
+    ``storage`` (a :class:`~magihuman.storage.Storage` or its name): how the block linears are kept.
+    ``"file"`` (the default) keeps what the file holds (GGUF blocks, fp8 + scale) and plainly stored tensors in
+    bf16; ``"bf16"`` / ``"fp16"`` / ``"fp32"`` decode everything to that dtype; ``"fp8"`` keeps e4m3 + one scale
+    per tensor (fp8 files as they are, others quantised amax / 448); a GGUF type (``"Q8_0"``, ``"Q4_K"``, ...)
+    quantises every block linear to it while loading (a GGUF file of that type is kept as it is). Norms, adapter,
+    final heads and RoPE bands stay fp32 as the model defines them. ``dtype=`` / ``gguf=`` are the older spelling
+    (see :func:`dit_storage`). The variant and config are inferred (override with ``variant=`` / ``config=``);
+    the returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why, and
+    ``model.compute_device`` = ``device``. ``progress(done_bytes, total_bytes)`` is called as data arrives. A file
+    without ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
     """
+    want = dit_storage(storage, dtype=dtype, gguf=gguf)
     src, variant, variant_reason, cfg, config_reason = _open_checked(path, variant, config)
     where = src.describe()
-    block_dtype = dtype or torch.bfloat16
-    if block_dtype == torch.float8_e5m2:
-        raise CheckpointError(f"dtype {block_dtype}: fp8 storage is float8_e4m3fn (pass torch.float8_e4m3fn or bf16)")
-    fp8 = block_dtype == FP8_DTYPE
-    if gguf not in ("keep", "dequantize"):
-        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
-    keep_gguf = gguf == "keep" and not fp8
-    counts = {"kept": 0, "quantised": 0, "gguf": 0, "gguf_dequantised": 0}
-    model = MagiHumanDiT(cfg, operations=operations, dtype=dtype, device="meta")
+    counts: Counter = Counter()
+    model = MagiHumanDiT(cfg, operations=operations, storage=want, device="meta")
     device = torch.device(device)
     total = src.total_bytes
     done = 0
@@ -438,72 +394,44 @@ def load_dit(
         if progress is not None:
             progress(done, total)
 
-    def keep_compact(e: Entry, reader: Reader, slot: Slot, count: OnBytes) -> bool:
-        """Block linears keep their GGUF blocks (``gguf="keep"``); those of an fp8 model keep (or get) their fp8
-        bytes and per-tensor scale. Everything else takes the default path (dequantised to its dtype)."""
-        mod, attr, _ = slot
-        if e.quantized and is_block_linear(e.key):
-            if keep_gguf:
-                raw = torch.empty(gguf_types.byte_shape(e.shape, e.qtype), dtype=torch.uint8, device=device)
-                set_gguf_weight(mod, reader.read_into(e, raw, count), e.qtype, e.shape)
-                counts["gguf"] += 1
-                return True
-            counts["gguf_dequantised"] += 1
-        if not (fp8 and getattr(mod, attr).dtype == FP8_DTYPE):
-            return False
-        scale = src.scale_value(e.key) if e.key in src.scale_of else None
-        w8, s, as_is = _read_fp8(reader, e, scale, device, count)
-        set_fp8_weight(mod, w8, s)
-        counts["kept" if as_is else "quantised"] += 1
-        return True
-
     try:
-        load_into(model, src, device=device, handler=keep_compact, on_bytes=on_bytes, chunk_bytes=chunk_bytes)
+        load_into(model, src, device=device, handler=compact_handler(src, want, device, counts), on_bytes=on_bytes,
+                  chunk_bytes=chunk_bytes)
     finally:
         bar.close()
 
     notes = []
-    if fp8:
-        if counts["kept"]:
-            notes.append(f"{counts['kept']} block weight(s) kept as stored (float8_e4m3fn) with their per-tensor scale")
-        if counts["quantised"]:
-            notes.append(f"{counts['quantised']} block weight(s) quantised to float8_e4m3fn (per-tensor scale amax/448) "
-                         "while loading")
-    elif src.quantization:
-        notes.append(f"{src.quantization}: {len(src.scale_of)} weight(s) dequantised to "
-                     f"{_dtype_name(block_dtype)} while loading")
-    if counts["gguf"]:
-        notes.append(f"{counts['gguf']} block weight(s) kept GGUF-quantised ({_main_gguf_type(src)}), dequantised per "
-                     "layer on the compute device")
-    if counts["gguf_dequantised"]:
-        notes.append(f"{counts['gguf_dequantised']} GGUF block weight(s) dequantised to "
-                     f"{_dtype_name(block_dtype)} while loading")
+    if src.quantization and not any(as_is for (_, as_is) in counts):
+        notes.append(f"{src.quantization}: {len(src.scale_of)} weight(s) decoded while loading")
     if ROPE_KEY not in src.entries:
         model.reset_rope_bands_(device)
         notes.append(f"{ROPE_KEY} absent from the file: filled with 1/10000**(i/{cfg.head_dim // 8})")
     check_materialized(model, where)
     model.eval()
+    model.compute_device = device
+    model.set_compute_dtype(model.compute_dtype)  # the block linears follow the model's setting
 
-    source = storage_name(src)
-    stored = f"gguf ({_main_gguf_type(src)} in the file)" if counts["gguf"] else _dtype_name(block_dtype)
+    source = file_storage(src)
+    kept = storage_counts(counts)
     model.variant = variant
     model.load_info = {
         "variant": variant,
         "reason": variant_reason,
         "config_reason": config_reason,
         "source": where,
-        "source_dtype": source,
-        "dtype": stored,
+        "source_dtype": source.name,
+        "storage": want.spec,
+        "dtype": max(counts, key=counts.get)[0] if counts else want.name,  # what most block linears are kept in
+        "kept": kept,
         "coords": _coords(variant),
         "quantization": src.quantization,
         "config": cfg.to_dict(),
         "bytes_read": done,
         "notes": notes,
     }
-    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); %s on disk -> %s block linears; %d layers, "
-             "hidden %d; %s%s", where, variant, variant_reason, source,
-             stored, cfg.num_layers, cfg.hidden_size, config_reason,
-             ("; " + "; ".join(notes)) if notes else "")
+    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); %s on disk -> block linears %s; %d layers, hidden %d; "
+             "%s%s", where, variant, variant_reason, source.name, kept, cfg.num_layers, cfg.hidden_size,
+             config_reason, ("; " + "; ".join(notes)) if notes else "")
     return model
 
 
@@ -551,7 +479,7 @@ def write_tiny_dit(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     shapes = official_key_shapes(config)
-    low = dtype in (torch.bfloat16, torch.float16)
+    low = dtype.is_floating_point and dtype.itemsize == 2  # 16-bit block linears: the rest stays fp32
 
     def spec(key: str) -> TensorSpec:
         dt = dtype if (is_block_linear(key) or not low) else torch.float32
@@ -584,27 +512,25 @@ def write_tiny_dit(
     return path
 
 
-# Q4_K is written by the simple encoder quant.gguf.encode_q4_k (llama.cpp searches better scales); the others
-# byte-exactly as the gguf package quantises them.
-GGUF_QUANTS = ("Q8_0", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "BF16", "F16")
-
-
-def gguf_tensor_type(key: str, shape: tuple[int, ...], quant: str) -> gguf_types.GGMLType:
-    """What a DiT tensor is written as in a GGUF file: block linears in ``quant`` when their rows are whole
-    blocks (else BF16: e.g. the swiglu ``down_proj`` of the release has 13652-wide rows, not a multiple of 32);
-    everything else F32 (norms, biases, the fp32 adapter embedders and output heads, RoPE bands: < 0.5 % of
-    the parameters and fp32 in the model itself, so they stay exact)."""
-    return gguf_types.storage_type(shape, quant) if is_block_linear(key) else gguf_types.GGMLType.F32
+def gguf_storage(quant: StorageLike) -> Storage:
+    """The storage a GGUF writer writes block linears in (``"Q8_0"``, ``"q4_k"``, ``"bf16"``, ...), or a clear error."""
+    st = parse_storage(quant, what="GGUF quantisation")
+    if st.name not in convert_choices():
+        raise CheckpointError(f"cannot write GGUF block linears as {st.name}; choose one of "
+                              f"{', '.join(convert_choices())}")
+    return st
 
 
 def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                variant: Optional[str] = None, show_progress: bool = True, quant: Optional[str] = None) -> Path:
+                variant: Optional[str] = None, show_progress: bool = True, quant: StorageLike = None) -> Path:
     """Re-save a DiT checkpoint as ONE file, streamed (one tensor in memory at a time), with the variant and
     config in its metadata:
 
     - ``.safetensors``: block linears in ``dtype`` (rest fp32);
-    - ``.gguf``: block linears quantised to ``quant`` (``Q8_0`` default; see :data:`GGUF_QUANTS` and
-      :func:`gguf_tensor_type` for what stays BF16/F32), ``general.architecture = "magihuman"``.
+    - ``.gguf``: every block linear in ``quant`` (default Q8_0; :func:`magihuman.storage.convert_choices`), rows
+      that are not whole blocks zero-padded to whole blocks (the swiglu ``down_proj`` of the release is 13652
+      wide); norms, biases, embedders, heads and RoPE bands F32 (< 0.5 % of the parameters, fp32 in the model);
+      ``general.architecture = "magihuman"``.
     """
     src, v, reason, cfg, _ = _open_checked(src_path, variant)
     dst = Path(dst)
@@ -613,55 +539,45 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
         raise CheckpointError(f"convert_dit writes a .safetensors or .gguf file; got {dst}")
     if quant is not None and not to_gguf:
         raise CheckpointError(f"quant={quant!r} needs a .gguf output, got {dst}")
-    quant = (quant or "Q8_0").upper() if to_gguf else None
-    if to_gguf and quant not in GGUF_QUANTS:
-        raise CheckpointError(f"unknown GGUF quantisation {quant!r}; choose one of {', '.join(GGUF_QUANTS)}")
+    st = gguf_storage(quant or "Q8_0") if to_gguf else None
     order = sorted(src.entries, key=lambda k: (src.files.index(src.entries[k].file), src.entries[k].offset))
-    readers: dict[Path, Reader] = {}
-
-    def produce(key: str, dt: torch.dtype):
-        def run() -> torch.Tensor:
-            e = src.entries[key]
-            reader = readers.get(e.file)
-            if reader is None:
-                for r in readers.values():  # files are visited one after another
-                    r.close()
-                reader = readers[e.file] = src.reader(e.file)
-            scale = src.scale_value(key) if key in src.scale_of else None
-            return reader.read_into(e, torch.empty(e.shape, dtype=dt), scale=scale)
-        return run
-
+    f32 = int(gguf_types.GGMLType.F32)
     rope = lambda: default_rope_bands(cfg.head_dim)  # noqa: E731
-    if to_gguf:
-        specs = [GGUFSpec(k, src.entries[k].shape, int(gguf_tensor_type(k, src.entries[k].shape, quant)),
-                          produce(k, torch.float32)) for k in order]
-        if ROPE_KEY not in src.entries:
-            specs.insert(0, GGUFSpec(ROPE_KEY, (cfg.head_dim // 8,), int(gguf_types.GGMLType.F32), rope))
-    else:
-        specs = [TensorSpec(k, dtype if is_block_linear(k) else torch.float32, src.entries[k].shape,
-                            produce(k, dtype if is_block_linear(k) else torch.float32)) for k in order]
-        if ROPE_KEY not in src.entries:
-            specs.insert(0, TensorSpec(ROPE_KEY, torch.float32, (cfg.head_dim // 8,), rope))
-    bar = progress_bar(sum(s.nbytes for s in specs), show_progress, "Converting DiT")
-    try:
+    with src.reading() as read_one:  # one open reader per shard, tensors pulled in file order
+        def produce(key: str, dt: torch.dtype):
+            return lambda: read_one(key, dt)
+
         if to_gguf:
-            meta = {GGUF_META[k]: value for k, value in _file_metadata(v, cfg).items() if k in GGUF_META}
-            write_gguf(dst, specs, arch=GGUF_ARCH, metadata=meta, on_bytes=bar.update)
+            specs = [GGUFSpec(k, src.entries[k].shape, int(st.ggml) if is_block_linear(k) else f32,
+                              produce(k, torch.float32)) for k in order]
+            if ROPE_KEY not in src.entries:
+                specs.insert(0, GGUFSpec(ROPE_KEY, (cfg.head_dim // 8,), f32, rope))
         else:
-            write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update)
-    finally:
-        for r in readers.values():
-            r.close()
-        bar.close()
-    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, quant or _dtype_name(dtype), v, reason)
+            specs = [TensorSpec(k, dtype if is_block_linear(k) else torch.float32, src.entries[k].shape,
+                                produce(k, dtype if is_block_linear(k) else torch.float32)) for k in order]
+            if ROPE_KEY not in src.entries:
+                specs.insert(0, TensorSpec(ROPE_KEY, torch.float32, (cfg.head_dim // 8,), rope))
+        bar = progress_bar(sum(s.nbytes for s in specs), show_progress, "Converting DiT")
+        try:
+            if to_gguf:
+                meta = {GGUF_META[k]: value for k, value in _file_metadata(v, cfg).items() if k in GGUF_META}
+                write_gguf(dst, specs, arch=GGUF_ARCH, metadata=meta, on_bytes=bar.update)
+            else:
+                write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update)
+        finally:
+            bar.close()
+    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, st.name if st else _dtype_name(dtype),
+             v, reason)
     return dst
 
 
 __all__ = [
     "CheckpointError",
     "VARIANTS",
-    "GGUF_QUANTS",
     "convert_dit",
+    "dit_storage",
+    "file_storage",
+    "gguf_storage",
     "infer_config",
     "infer_variant",
     "inspect_dit",

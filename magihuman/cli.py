@@ -30,28 +30,26 @@ from tqdm import tqdm
 from . import media
 from . import pipeline as P
 from . import prompts
-from .checkpoints import GGUF_QUANTS, convert_dit, load_dit
-from .compile import compile_dit_blocks
+from .checkpoints import convert_dit, file_storage, load_dit, open_checkpoint
 from . import estimate as est
 from . import plan as fit_plan
-from .lora import apply_lora
+from .device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype
 from .lora_extract import extract_lora
 from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
-from .loaders.text_encoder import open_text_encoder
+from .loaders.text_encoder import open_text_encoder, text_encoder_file_storage
 from .models.text_encoder import T5GemmaEncoder
-from .offload import enable_block_offload
 from .models.dit_config import DiTConfig
+from .options import RunOptions
+from .options import choices as run_choices
 from .parallel import check_world_size, enable_sequence_parallel
 from .parallel import launch as sp_launch
 from .parallel.cost import per_rank_plan
 from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
-from .quant.gguf import BLOCK_SIZES, GGMLType
+from .storage import FILE, KEEP_FILE, PLAIN, STORAGES, Storage, convert_choices, load_choices, parse_storage
 from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
-from .weights.gguf_file import open_gguf
 
 log = logging.getLogger("magihuman.cli")
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -152,55 +150,59 @@ def _lora_arg(text: str) -> tuple[Path, float]:
     return Path(text), 1.0
 
 
-def _load_dit(path, dtype, device, show, args, loras=()):
-    """Load a DiT and apply the speed options (compute dtype, attention kernel and local attention mode, block
-    offload, compile) and the LoRAs (``PATH[:STRENGTH]`` strings)."""
-    offload = getattr(args, "blocks_on_device", None)
-    model = load_dit(path, dtype=dtype, device="cpu" if offload else device, show_progress=show)
+def _run_options(args, loras=()) -> RunOptions:
+    """The DiT run options the command line asks for (LoRAs as ``PATH[:STRENGTH]`` strings, checked here)."""
+    resolved = []
     for text in loras or ():
         lora_path, strength = _lora_arg(text)
         if not lora_path.is_file():
             raise UsageError(f"--lora {text}: no such file")
-        apply_lora(model, lora_path, strength)
-    model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
-    model.set_attention_backend(getattr(args, "attention", "sdpa"))
-    model.set_fp8_compute(getattr(args, "fp8_compute", "off"), device=device)
-    model.set_local_attention(getattr(args, "local_attention", "window"))
-    if offload:
-        enable_block_offload(model, device, offload)
-    if getattr(args, "compile", False):
-        compile_dit_blocks(model)
+        resolved.append((str(lora_path), strength))
+    return RunOptions(compute_dtype=getattr(args, "compute_dtype", "auto"), attention=getattr(args, "attention", "sdpa"),
+                      local_attention=getattr(args, "local_attention", "window"),
+                      fp8_compute=getattr(args, "fp8_compute", "off"), compile=bool(getattr(args, "compile", False)),
+                      blocks_on_device=getattr(args, "blocks_on_device", None), loras=tuple(resolved))
+
+
+def _load_dit(path, storage: Storage, device, show, args, loras=()):
+    """Load a DiT in ``storage`` and set the run options of the command line on it (:class:`RunOptions`)."""
+    options = _run_options(args, loras)
+    offload = options.blocks_on_device is not None
+    model = load_dit(path, storage=storage, device="cpu" if offload else device, show_progress=show)
+    options.apply(model, device)
     enable_sequence_parallel(model)  # under torchrun: the sequence split over the ranks (nothing otherwise)
     return model
 
 
-def _gguf_format(path) -> Optional[str]:
-    """The storage a loader keeps for a ``.gguf`` file, as the estimator prices it: the GGML type holding most of
-    its quantised bytes (``bf16`` when nothing is quantised; a type the estimator has no table for, e.g. another
-    tool's Q6_K, is priced as the smallest one it knows with at least as many bits per weight); None for other
-    files. Reads the header only."""
-    if path is None or not str(path).lower().endswith(".gguf") or not Path(path).is_file():
-        return None
-    by: dict[str, int] = {}
-    for e in open_gguf(Path(path))[0].values():
-        if e.quantized:
-            name = GGMLType(e.qtype).name
-            by[name] = by.get(name, 0) + e.nbytes
-    if not by:
-        return "bf16"
-    main = max(by, key=by.get)
-    if main in est.GGUF_FORMATS:
-        return main
-
-    def bits(name: str) -> float:
-        block, size = BLOCK_SIZES[GGMLType[name]]
-        return 8.0 * size / block
-
-    wider = [f for f in est.GGUF_FORMATS if bits(f) >= bits(main)]
-    return min(wider, key=bits) if wider else "bf16"
+def _dtype_choice(dtype: torch.dtype) -> str:
+    return next(name for name, dt in COMPUTE_DTYPE_NAMES.items() if dt == dtype)
 
 
-def _plan_and_check(args, preset, device, dtype, width, height, seconds, ranks: int = 1, files=None) -> None:
+def _storage_arg(text: Optional[str], default: str) -> Storage:
+    """``--dtype``: a storage name (any case); unset: what a file holds, plain tensors in the preset's dtype."""
+    if text is None:
+        return FILE.keeping(STORAGES[default])
+    try:
+        return parse_storage(text)
+    except ValueError as e:
+        raise UsageError(f"--dtype {text}: {e}") from None
+
+
+def _file_format(path, storage: Storage) -> str:
+    """What the estimator prices a model file in: ``storage``, or with "file" the storage of its block linears (from
+    the headers; a GGUF type without a torch kernel is decoded to plain while loading, as the loader does)."""
+    if storage.kind != KEEP_FILE:
+        return storage.name
+    if path is None or not Path(path).exists():
+        return storage.default.name
+    try:
+        held = file_storage(open_checkpoint(path))
+    except (ValueError, OSError):
+        return storage.default.name
+    return storage.resolve(held).name
+
+
+def _plan_and_check(args, preset, device, storage, width, height, seconds, ranks: int = 1, files=None) -> None:
     """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit
     (``ranks``: sequence parallel, each rank holding 1/N of the DiT activations; ``files``: role -> path, so a
     GGUF file is priced in its own format; ``--blocks-on-device``: block offload)."""
@@ -208,11 +210,19 @@ def _plan_and_check(args, preset, device, dtype, width, height, seconds, ranks: 
     sr_w = (args.sr_width or preset.sr_width) if preset.sr else None
     sr_h = (args.sr_height or preset.sr_height) if preset.sr else None
     blocks = getattr(args, "blocks_on_device", None)
-    plan = est.estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=_gguf_format(files.get(preset.dit))
-                        or dtype, sr_weight_dtype=(_gguf_format(files.get(preset.sr)) or dtype) if preset.sr else None,
+    te = files.get("text_encoder")
+    te_format = "bf16"
+    if te is not None and Path(te).exists():
+        try:
+            te_format = FILE.resolve(text_encoder_file_storage(te)).name  # the CLI loads it with "file"
+        except (ValueError, OSError):
+            pass
+    plan = est.estimate(preset, width, height, seconds, sr_w, sr_h,
+                        weight_dtype=_file_format(files.get(preset.dit), storage),
+                        sr_weight_dtype=_file_format(files.get(preset.sr), storage) if preset.sr else None,
                         steps=args.steps or None, sr_steps=args.sr_steps or None, blocks_on_device=blocks,
                         sr_blocks_on_device=blocks,
-                        text_encoder_format=_gguf_format(files.get("text_encoder")) or "bf16")
+                        text_encoder_format=te_format)
     plan = per_rank_plan(plan, ranks)
     if not args.quiet:
         print(plan.format(), file=sys.stderr)
@@ -268,7 +278,9 @@ def _generate_run(args, preset) -> int:
         if sp.lead:
             print(f"sequence parallel: {sp.describe()}; rank 0 encodes the prompt, decodes and writes", file=sys.stderr)
     device = sp.device if sp is not None else _device(args.device)
-    dtype = DTYPES[args.dtype or preset.dtype]
+    storage = _storage_arg(args.dtype, preset.dtype)
+    if sp is not None and args.compute_dtype == "auto":  # one choice for every rank: rank 0's (a CPU measures it)
+        args.compute_dtype = sp_launch.broadcast_object(_dtype_choice(resolve_compute_dtype("auto", device)), sp)
     vae_dtype = torch.float32 if (preset.tiny or device.type == "cpu") else torch.bfloat16
     decoder = args.decoder or preset.decoder
     show = not args.quiet
@@ -306,7 +318,7 @@ def _generate_run(args, preset) -> int:
             ref_wave, ref_sr = media.load_audio(args.audio)
 
     with timer("estimate"):  # before any model is loaded or latent allocated
-        _plan_and_check(args, preset, device, dtype, width, height, seconds, sp.world_size if sp else 1, files)
+        _plan_and_check(args, preset, device, storage, width, height, seconds, sp.world_size if sp else 1, files)
 
     latent = P.empty_latents(width, height, seconds, device="cpu")
     if latent.info["snapped"]:
@@ -347,7 +359,7 @@ def _generate_run(args, preset) -> int:
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args, args.lora)
+        dit = _load_dit(files[preset.dit], storage, device, show and not preset.tiny, args, args.lora)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -358,7 +370,7 @@ def _generate_run(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args, args.sr_lora)
+            sr_dit = _load_dit(files[preset.sr], storage, device, show and not preset.tiny, args, args.sr_lora)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -516,9 +528,9 @@ def convert(args) -> int:
             raise UsageError("a Turbo VAE checkpoint converts to .safetensors only")
         convert_turbo_checkpoint(src, dst)
     elif _is_text_encoder(src):
-        save_encoder_file(src, dst, dtype=DTYPES[args.dtype], quant=args.quant)
+        save_encoder_file(src, dst, dtype=STORAGES[args.dtype].dtype, quant=args.quant)
     else:
-        convert_dit(src, dst, dtype=DTYPES[args.dtype], quant=args.quant, show_progress=True)
+        convert_dit(src, dst, dtype=STORAGES[args.dtype].dtype, quant=args.quant, show_progress=True)
     size = dst.stat().st_size
     print(f"wrote {dst} ({size / 2**20:.1f} MiB)", file=sys.stderr)
     return EXIT_OK
@@ -529,7 +541,7 @@ def extract_lora_cmd(args) -> int:
     if (args.rank is None) == (args.energy is None):
         raise UsageError("give --rank R or --energy E (e.g. --rank 64, or --energy 0.99)")
     report = extract_lora(args.base, args.target, args.out, rank=args.rank, energy=args.energy,
-                          max_rank=args.max_rank, dtype=DTYPES[args.dtype], device=_device(args.device),
+                          max_rank=args.max_rank, dtype=STORAGES[args.dtype].dtype, device=_device(args.device),
                           show_progress=not args.quiet)
     print(report.format() if args.verbose else report.format().split("\n")[0])
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
@@ -556,6 +568,23 @@ def presets(args) -> int:
     print("model files (first ComfyUI name shown; see magihuman/presets.py for alternatives):")
     print(describe_files())
     return EXIT_OK
+
+
+def _plain_names() -> list[str]:
+    return [s.name for s in STORAGES.values() if s.kind == PLAIN]
+
+
+def _choice(names: list[str]):
+    """An argparse ``type`` taking one of ``names`` in any case (``q8_0`` is ``Q8_0``), returning the listed name."""
+    by = {n.lower(): n for n in names}
+
+    def parse(text: str) -> str:
+        try:
+            return by[text.strip().lower()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(names)})") from None
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -588,18 +617,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the T5Gemma folder or file (.safetensors / .gguf) to use instead of --models' one")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
                    "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models")
-    g.add_argument("--dtype", choices=list(DTYPES), default=None,
-                   help="DiT block-weight storage dtype (default: the preset's); fp8 = float8_e4m3fn with a "
-                        "per-tensor scale (half the memory of bf16)")
-    g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+    g.add_argument("--dtype", type=_choice(load_choices()), metavar="{" + ",".join(load_choices()) + "}", default=None,
+                   help="DiT block-weight storage (default: what the file holds, plain files in the preset's dtype): "
+                        "file; bf16/fp16/fp32; fp8 = float8_e4m3fn with a per-tensor scale (half the memory of bf16); "
+                        "a GGUF type (Q8_0 ... Q4_0) quantises every block linear while loading")
+    g.add_argument("--compute-dtype", choices=run_choices()["compute_dtype"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
                    "faster of bf16/fp32 on CPUs (measured)")
-    g.add_argument("--fp8-compute", choices=["off", "auto", "tensor", "token"], default="off",
+    g.add_argument("--fp8-compute", choices=run_choices()["fp8_compute"], default="off",
                    help="fp8 matmuls (torch._scaled_mm) for --dtype fp8 weights: activations scaled per tensor or per "
                    "token; auto = token on GPUs with fp8 units, off elsewhere (default off)")
-    g.add_argument("--attention", choices=["sdpa", "flash", "sage"], default="sdpa",
-                   help="attention kernel: sdpa (default), flash (FlashAttention 3/2) or sage (SageAttention), CUDA")
-    g.add_argument("--local-attention", choices=["window", "mask"], default="window",
+    g.add_argument("--attention", choices=run_choices()["attention"], default="sdpa",
+                   help="attention kernel: sdpa (default), flash (FlashAttention 3/2) or sage (SageAttention) on CUDA, "
+                   "math (fp32 reference)")
+    g.add_argument("--local-attention", choices=run_choices()["local_attention"], default="window",
                    help="1080p SR local layers: per-frame key windows (default, no LxL mask) or one dense mask")
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer layers (regional)")
     g.add_argument("--blocks-on-device", type=int, default=None, metavar="N",
@@ -630,10 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ".safetensors or a quantised .gguf; a Turbo VAE .ckpt -> .safetensors")
     c.add_argument("src", help="official DiT folder / DiT file, the t5gemma-9b-9b-ul2 folder, or a Turbo VAE .ckpt")
     c.add_argument("dst", help="output .safetensors or .gguf")
-    c.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help=".safetensors output dtype")
-    c.add_argument("--quant", choices=list(GGUF_QUANTS), default=None,
-                   help="GGUF quantisation of the block linears / encoder projections (default Q8_0 for .gguf); "
-                        "rows that are not whole blocks and the small fp32 tensors stay BF16/F32")
+    c.add_argument("--dtype", type=_choice(_plain_names()), metavar="{" + ",".join(_plain_names()) + "}",
+                   default="bf16", help=".safetensors output dtype")
+    c.add_argument("--quant", type=_choice(convert_choices()), metavar="{" + ",".join(convert_choices()) + "}",
+                   default=None, help="GGUF type of every block linear / encoder matrix (default Q8_0 for .gguf); rows "
+                   "that are not whole blocks are zero-padded to whole blocks; the small fp32 tensors stay F32")
     c.set_defaults(func=convert)
 
     x = sub.add_parser("extract-lora", help="the LoRA turning one DiT checkpoint into another (e.g. distill as a "
@@ -645,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--energy", type=float, default=None,
                    help="per delta, the smallest rank keeping this fraction of its squared Frobenius norm (e.g. 0.99)")
     x.add_argument("--max-rank", type=int, default=None, help="cap for --energy")
-    x.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="dtype of the LoRA matrices")
+    x.add_argument("--dtype", type=_choice(_plain_names()), metavar="{" + ",".join(_plain_names()) + "}",
+                   default="bf16", help="dtype of the LoRA matrices")
     x.add_argument("--device", default="cpu", help="where the SVDs run (cuda is much faster)")
     x.add_argument("--verbose", action="store_true", help="print every layer's rank and kept energy")
     x.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -14,13 +14,12 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .storage import parse_storage
+
 DeviceLike = Union[str, torch.device, None]
 
-DTYPE_NAMES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-}
+# The dtypes block linears compute in (other spellings, e.g. "bfloat16", are the storage registry's aliases).
+COMPUTE_DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # fp32 must beat bf16 by this factor on a CPU before the official bf16 numerics are given up
 CPU_FP32_MARGIN = 1.10
 
@@ -61,7 +60,11 @@ def _measure(device: torch.device, dtype: torch.dtype, size: int, repeats: int) 
     return 2.0 * size ** 3 / max(best, 1e-9) / 1e9
 
 
-def gemm_rates(device: DeviceLike = "cpu", dtypes: Iterable[torch.dtype] = (torch.bfloat16, torch.float32),
+# the two compute dtypes a CPU chooses between (bf16 matmul units or not)
+CPU_CANDIDATES = (COMPUTE_DTYPE_NAMES["bf16"], COMPUTE_DTYPE_NAMES["fp32"])
+
+
+def gemm_rates(device: DeviceLike = "cpu", dtypes: Iterable[torch.dtype] = CPU_CANDIDATES,
                size: int = 1024, repeats: int = 3, refresh: bool = False) -> dict[torch.dtype, float]:
     """Measured ``F.linear`` GFLOP/s per dtype on ``device`` (square ``size`` GEMM, best of
     ``repeats``); cached per (device, dtype, size) unless ``refresh``. 0.0 = unsupported."""
@@ -90,7 +93,7 @@ def pick_compute_dtype(device: DeviceLike = None, *, rates: Optional[dict[torch.
     if rates is not None:
         return _faster_on_cpu(rates)
     if str(dev) not in _PICK_CACHE:
-        _PICK_CACHE[str(dev)] = _faster_on_cpu(gemm_rates(dev, (torch.bfloat16, torch.float32)))
+        _PICK_CACHE[str(dev)] = _faster_on_cpu(gemm_rates(dev, CPU_CANDIDATES))
     return _PICK_CACHE[str(dev)]
 
 
@@ -103,9 +106,12 @@ def resolve_compute_dtype(choice: Union[str, torch.dtype], device: DeviceLike = 
     """``"auto"`` -> :func:`pick_compute_dtype`; ``"bf16"``/``"fp16"``/``"fp32"`` (or a dtype) as given."""
     if isinstance(choice, torch.dtype):
         return choice
-    name = str(choice).lower()
-    if name == "auto":
+    if str(choice).strip().lower() == "auto":
         return pick_compute_dtype(device)
-    if name not in DTYPE_NAMES:
-        raise ValueError(f"unknown compute dtype {choice!r}; use 'auto', 'bf16', 'fp16' or 'fp32'")
-    return DTYPE_NAMES[name]
+    try:
+        dtype = parse_storage(choice).dtype
+    except ValueError:
+        dtype = None
+    if dtype not in COMPUTE_DTYPE_NAMES.values():
+        raise ValueError(f"unknown compute dtype {choice!r}; use 'auto', {', '.join(map(repr, COMPUTE_DTYPE_NAMES))}")
+    return dtype

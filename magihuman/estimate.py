@@ -61,6 +61,7 @@ glibc's default keeps up to ~75 MiB of freed heap on top (the README's benchmark
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
@@ -69,14 +70,16 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .checkpoints import GGUF_QUANTS, gguf_tensor_type as dit_gguf_tensor_type, is_block_linear, official_key_shapes
 from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, PATCH_SIZE, SIZE_MULTIPLE,
                        SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS, decoded_frames, frame_counts, snap_size)
-from .loaders.text_encoder import gguf_tensor_type as text_gguf_tensor_type
+from .models.dit import weight_table as dit_weight_table
 from .models.dit_config import DiTConfig
+from .models.text_encoder import T5GemmaEncoder, T5GemmaEncoderConfig
 from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
 from .presets import PRESETS
 from .quant import gguf as ggml
+from .storage import FP8, GGUF, KEEP_FILE, PLAIN, Storage, WeightSpec, parse_storage
+from .storage import weight_table as module_weight_table
 from .sampling import DEFAULT_NEGATIVE_PROMPT
 from .weights.safetensors_io import CHUNK_BYTES
 
@@ -85,14 +88,15 @@ __all__ = [
     "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
     "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
     "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
-    "WEIGHT_FORMATS", "GGUF_FORMATS", "WeightStorage", "weight_format", "dit_weight_storage", "dequant_working_bytes",
-    "dit_load_working_bytes", "offload_weight_bytes", "decode_phase_bytes", "t5gemma_encoder_shapes",
+    "WeightStorage", "weight_format", "dit_weight_storage", "dequant_working_bytes",
+    "dit_load_working_bytes", "offload_weight_bytes", "decode_phase_bytes", "t5gemma_encoder_shapes", "t5gemma_weight_table",
     "text_encoder_storage", "text_encode_activation_bytes",
 ]
 
 PATCH = PATCH_SIZE[1]
 DEFAULT_PROMPT_TOKENS = 100
 GIB = 1024 ** 3
+ROPE_BANDS = "rope.bands"
 
 # google/t5gemma-9b-9b-ul2 encoder (the Gemma-2 9B shape), from its HF config.
 T5GEMMA_9B_ENCODER = dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
@@ -126,161 +130,96 @@ def token_counts(width: int, height: int, seconds: float) -> dict:
 
 # ============================================================================ parameters
 
-def _layer_shapes(cfg: DiTConfig, i: int) -> dict[str, tuple[int, ...]]:
-    e = 3 if i in cfg.mm_layers else 1
-    h, d = cfg.hidden_size, cfg.head_dim
-    inner = cfg.gelu_intermediate_size if i in cfg.gelu7_layers else cfg.swiglu_intermediate_size
-    up = inner if i in cfg.gelu7_layers else 2 * inner
-    shapes = {
-        "attention.pre_norm.weight": (e * h,), "attention.q_norm.weight": (e * d,), "attention.k_norm.weight": (e * d,),
-        "attention.linear_qkv.weight": (e * cfg.qkv_out_features, h),
-        "attention.linear_proj.weight": (e * h, cfg.num_heads_q * d),
-        "mlp.pre_norm.weight": (e * h,), "mlp.up_gate_proj.weight": (e * up, h), "mlp.down_proj.weight": (e * h, inner),
-    }
-    if i in cfg.post_norm_layers:
-        shapes["attn_post_norm.weight"] = (e * h,)
-        shapes["mlp_post_norm.weight"] = (e * h,)
-    return shapes
-
-
-def _numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)
-
-
 def dit_param_count(cfg: DiTConfig) -> dict[str, int]:
-    """Exact parameter counts: ``block_linear`` (the bf16 block matrices), ``fp32`` (norms, adapter with
-    bias, output heads), ``total``, ``buffers`` (``adapter.rope.bands``) and ``per_token`` (weights one
-    token multiplies: a single expert in the mm layers)."""
-    h = cfg.hidden_size
-    linear = other = per_token = 0
-    for i in range(cfg.num_layers):
-        e = 3 if i in cfg.mm_layers else 1
-        for name, shape in _layer_shapes(cfg, i).items():
-            n = _numel(shape)
-            if name.endswith(("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")):
-                linear += n
-                per_token += n // e
-            else:
-                other += n
-    adapter = sum((c + 1) * h for c in (cfg.video_in_channels, cfg.audio_in_channels, cfg.text_in_channels))
-    heads = 2 * h + h * (cfg.video_in_channels + cfg.audio_in_channels)
-    other += adapter + heads
-    return dict(block_linear=linear, fp32=other, total=linear + other, buffers=cfg.head_dim // 8,
+    """Exact parameter counts (from the model's own weight table): ``block_linear`` (the block matrices), ``fp32``
+    (norms, adapter with bias, output heads), ``total``, ``buffers`` (``adapter.rope.bands``) and
+    ``per_token_block_linear`` (weights one token multiplies: a single expert in the mm layers)."""
+    linear = other = per_token = buffers = 0
+    for key, spec in dit_weight_table(cfg).items():
+        if spec.stored is not None:
+            linear += spec.numel
+            per_token += spec.numel // spec.stored[2]
+        elif key.endswith(ROPE_BANDS):
+            buffers += spec.numel
+        else:
+            other += spec.numel
+    return dict(block_linear=linear, fp32=other, total=linear + other, buffers=buffers,
                 per_token_block_linear=per_token)
 
 
-def dit_weight_bytes(cfg: DiTConfig, weight_dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes of the DiT weights in the official mixed layout: block linears in ``weight_dtype`` (a torch dtype,
-    a name, or a GGUF type such as ``"Q4_0"``: :func:`weight_format`), everything else fp32. fp8's per-tensor
-    scales (4 bytes each) are not included; :func:`dit_weight_storage` counts them."""
-    s = dit_weight_storage(cfg, weight_dtype)
-    return s.compact + s.other
+def dit_weight_bytes(cfg: DiTConfig, weight_dtype=torch.bfloat16) -> int:
+    """Bytes of the DiT weights: block linears in ``weight_dtype`` (a storage name, a torch dtype or a
+    :class:`~magihuman.storage.Storage`), everything else fp32; fp8 scales included."""
+    return dit_weight_storage(cfg, weight_dtype).total
 
 
 def _dtype_bytes(dtype) -> int:
-    if isinstance(dtype, str):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(dtype, dtype)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"weight_dtype must be a torch dtype or one of bf16/fp16/fp32/fp8, got {dtype!r}")
+        dtype = parse_storage(dtype).dtype
     return torch.empty((), dtype=dtype).element_size()
 
 
 # ============================================================================ weight formats
 
-# Plain storages (dtype names) and the GGUF block types the converters write (checkpoints.GGUF_QUANTS).
-TORCH_FORMATS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-                                         "fp8": torch.float8_e4m3fn}
-GGUF_FORMATS: tuple[str, ...] = tuple(q for q in GGUF_QUANTS if ggml.BLOCK_SIZES[ggml.GGMLType[q]][0] > 1)
-WEIGHT_FORMATS: tuple[str, ...] = tuple(TORCH_FORMATS) + GGUF_FORMATS
-_FORMAT_ALIASES = {"float32": "fp32", "f32": "fp32", "bfloat16": "bf16", "float16": "fp16", "f16": "fp16",
-                   "half": "fp16", "float8_e4m3fn": "fp8"}
 # Bytes per element of a chunk of GGUF blocks being decoded: the float32 kernel result plus its integer/float
 # temporaries (Q4_K, the widest kernel here, holds about two float32 copies of the chunk at once).
 _DECODE_TEMP_BYTES = 8
 
 
 def weight_format(fmt) -> str:
-    """The canonical name of a weight storage: ``bf16`` / ``fp16`` / ``fp32`` / ``fp8`` (from a torch dtype or a
-    name) or a GGUF block type (``Q8_0``, ``Q5_1``, ``Q5_0``, ``Q4_K``, ``Q4_1``, ``Q4_0``)."""
-    if isinstance(fmt, torch.dtype):
-        for name, dt in TORCH_FORMATS.items():
-            if dt == fmt:
-                return name
-    elif isinstance(fmt, str):
-        low = fmt.strip().lower()
-        name = _FORMAT_ALIASES.get(low, low)
-        if name in TORCH_FORMATS:
-            return name
-        if fmt.strip().upper() in GGUF_FORMATS:
-            return fmt.strip().upper()
-    raise ValueError(f"weight_dtype must be a torch dtype (bf16/fp16/fp32/float8_e4m3fn), one of bf16/fp16/fp32/fp8 "
-                     f"or a GGUF type ({', '.join(GGUF_FORMATS)}), got {fmt!r}")
-
-
-def _is_gguf(fmt: str) -> bool:
-    return fmt in GGUF_FORMATS
+    """The registry name of a weight storage (``bf16``, ``fp8``, ``Q8_0``, ...) from a torch dtype, a name or alias
+    in any case, or a :class:`~magihuman.storage.Storage`; "file" is not a format (price the file's own)."""
+    st = parse_storage(fmt, what="weight_dtype")
+    if st.kind == KEEP_FILE:
+        raise ValueError("weight_dtype 'file' keeps what a file holds: price the file's own storage "
+                         "(magihuman.checkpoints.file_storage)")
+    return st.name
 
 
 @dataclass(frozen=True)
 class WeightStorage:
-    """Bytes of a model's weights in one storage format, counted from its tensor shapes (as the loader stores
-    them in memory)."""
+    """Bytes of a model's weights in one storage, counted from its weight table (as the loader stores them)."""
 
     format: str
-    compact: int                # the tensors stored in the format (DiT block linears; T5Gemma projections + embedding)
-    other: int                  # the rest (DiT: fp32 norms, adapter, heads, RoPE bands; T5Gemma: bf16 norms)
+    compact: int                # the stored-weight layers' weights (DiT block linears; T5Gemma projections + embedding)
+    other: int                  # the rest (DiT: fp32 norms, adapter, heads, RoPE bands; T5Gemma: norms)
     scales: int                 # fp8: one fp32 scale per tensor
-    fallback_params: int        # GGUF: parameters kept BF16 because their rows are not whole blocks
+    padding_params: int         # zeros added so rows are whole GGUF blocks / fp8 matmul tiles
     layers: tuple[int, ...]     # bytes of each transformer layer (all its tensors)
-    largest_compact: int        # elements of the largest weight stored in the format and decoded whole per use
-    largest_fallback: int       # elements of the largest BF16 fallback weight (GGUF)
+    largest_compact: int        # elements (as stored, padded) of the largest weight decoded whole per use
 
     @property
     def total(self) -> int:
         return self.compact + self.other + self.scales
 
 
-def _element_bytes(fmt: str) -> int:
-    return torch.empty((), dtype=TORCH_FORMATS[fmt]).element_size()
-
-
-def _storage(fmt: str, shapes: dict, compact_key, gguf_type, other_bytes: int, layer_of,
-             decoded_whole) -> WeightStorage:
-    """Sum the bytes of ``shapes`` in ``fmt``: tensors with ``compact_key(key)`` in the format (GGUF: the type
-    ``gguf_type(key, shape, fmt)`` gives, BF16 when rows are not whole blocks), the rest ``other_bytes`` per
-    element; ``layer_of(key)`` -> layer index or None; ``decoded_whole(key)``: the weight is decoded whole at use."""
-    compact = other = scales = fallback = largest = largest_fb = 0
+def _storage(st: Storage, table: dict[str, WeightSpec], other_bytes: int, decoded_whole) -> WeightStorage:
+    """Sum the bytes of ``table`` with every stored-weight layer in ``st`` and the rest at ``other_bytes`` per
+    element; ``decoded_whole(key)``: the weight is decoded whole at use (an embedding decodes rows only)."""
+    compact = other = scales = padding = largest = 0
     layers: dict[int, int] = {}
-    for key, shape in shapes.items():
-        n = math.prod(shape)
-        if not compact_key(key):
-            nbytes = other_bytes * n
+    for key, spec in table.items():
+        if spec.stored is None:
+            nbytes = other_bytes * spec.numel
             other += nbytes
-        elif _is_gguf(fmt):
-            qt = gguf_type(key, shape, fmt)
-            block, size = ggml.BLOCK_SIZES[qt]
-            nbytes = n // block * size
-            compact += nbytes
-            if qt == ggml.GGMLType.BF16:
-                fallback += n
-                largest_fb = max(largest_fb, n)
-            elif decoded_whole(key):
-                largest = max(largest, n)
         else:
-            nbytes = n * _element_bytes(fmt)
-            compact += nbytes
-            if fmt == "fp8":
+            rows, cols, experts = spec.stored
+            nbytes = st.nbytes(rows, cols, experts)
+            pr, pc = st.padded(rows, cols)
+            stored_elems = experts * pr * pc
+            padding += stored_elems - spec.numel
+            if st.kind == FP8:
                 scales += 4
-                nbytes += 4
+                compact += nbytes - 4
+            else:
+                compact += nbytes
             if decoded_whole(key):
-                largest = max(largest, n)
-        layer = layer_of(key)
+                largest = max(largest, stored_elems)
+        layer = _layer_index(key)
         if layer is not None:
             layers[layer] = layers.get(layer, 0) + nbytes
-    return WeightStorage(format=fmt, compact=compact, other=other, scales=scales, fallback_params=fallback,
-                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest,
-                         largest_fallback=largest_fb)
+    return WeightStorage(format=st.name, compact=compact, other=other, scales=scales, padding_params=padding,
+                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest)
 
 
 _LAYER_KEY = re.compile(r"^(?:block|encoder)\.layers\.(\d+)\.")
@@ -291,59 +230,49 @@ def _layer_index(key: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _config_key(cfg: DiTConfig) -> tuple:
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.to_dict().items())
-
-
 @functools.lru_cache(maxsize=256)
-def _dit_storage(key: tuple, fmt: str) -> WeightStorage:
-    cfg = DiTConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in key})
-    return _storage(fmt, official_key_shapes(cfg), is_block_linear, dit_gguf_tensor_type, 4, _layer_index,
+def _dit_storage(config_json: str, fmt: str) -> WeightStorage:
+    return _storage(parse_storage(fmt), dit_weight_table(DiTConfig.from_dict(json.loads(config_json))), 4,
                     lambda key: True)
 
 
 def dit_weight_storage(cfg: DiTConfig, weight_dtype="bf16") -> WeightStorage:
-    """Exact bytes of the DiT weights as the loader keeps them: block linears in ``weight_dtype`` (GGUF: the
-    type :func:`magihuman.checkpoints.gguf_tensor_type` writes, so rows that are not whole blocks count as BF16;
-    fp8: e4m3 plus a 4-byte scale per tensor), everything else fp32; per layer too (block offload)."""
-    return _dit_storage(_config_key(cfg), weight_format(weight_dtype))
+    """Exact bytes of the DiT weights as the loader keeps them: every block linear in ``weight_dtype`` (padded as
+    stored: whole GGUF blocks, fp8 matmul tiles; fp8: e4m3 plus a 4-byte scale per tensor), the rest fp32; per
+    layer too (block offload)."""
+    return _dit_storage(json.dumps(cfg.to_dict(), sort_keys=True), weight_format(weight_dtype))
 
 
 def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16) -> int:
     """Peak bytes of decoding one stored weight for a matmul in ``compute_dtype`` (weights are decoded one at a
     time, whole: the DiT's fused experts too). Plain storage in the compute dtype needs none; another plain dtype a
-    cast copy; fp8 the cast and the scaled copy at once (2 copies); GGUF the decoded weight plus the float32
-    temporaries of one chunk of blocks (:data:`magihuman.quant.gguf.DEQUANT_CHUNK_ELEMENTS`); BF16 fallback rows a
-    cast when the compute dtype is not bf16."""
+    cast copy; fp8 the cast (scaled in place; a copy more where experts' rows are padded); GGUF the decoded weight
+    plus the float32 temporaries of one chunk of blocks (:data:`magihuman.quant.gguf.DEQUANT_CHUNK_ELEMENTS`)."""
     cb = _dtype_bytes(compute_dtype)
-    fmt = storage.format
-    if fmt in ("fp32", "bf16", "fp16"):
-        return 0 if TORCH_FORMATS[fmt] == compute_dtype else storage.largest_compact * cb
-    if fmt == "fp8":
-        return 2 * storage.largest_compact * cb
+    st = parse_storage(storage.format)
     n = storage.largest_compact
-    need = n * cb + min(n, ggml.DEQUANT_CHUNK_ELEMENTS) * _DECODE_TEMP_BYTES if n else 0
-    if storage.largest_fallback and compute_dtype != torch.bfloat16:
-        need = max(need, storage.largest_fallback * cb)
-    return need
+    if st.kind == PLAIN:
+        return 0 if st.dtype == compute_dtype else n * cb
+    if st.kind == FP8:
+        return 2 * n * cb
+    return n * cb + min(n, ggml.DEQUANT_CHUNK_ELEMENTS) * _DECODE_TEMP_BYTES if n else 0
 
 
 def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=torch.float32) -> int:
     """Host scratch memory, above the weights, of :func:`magihuman.checkpoints.load_dit` building the DiT in
     ``weight_dtype`` from a .safetensors whose block linears are ``source_dtype`` (streamed tensor by tensor, so one
-    tensor's worth at most). GGUF formats load from their .gguf: blocks are copied out of the memory-mapped file,
-    no scratch (the pages read count in RSS as page cache until the map closes). fp8 from a 16/32-bit file: the
-    largest block linear is read whole, then quantised (an fp32 copy and the fp32 quotient before e4m3):
-    ``source bytes + 8`` per element; from an fp8 file the bytes are kept. Plain dtypes: read straight into the
-    model when the dtype matches, else through one chunk buffer (``CHUNK_BYTES``, 64 MiB)."""
-    fmt = weight_format(weight_dtype)
-    if _is_gguf(fmt):
-        return 0
+    tensor's worth at most). Compact storage from another format: the largest block linear is read whole as fp32,
+    then encoded (fp8: the quotient before e4m3; GGUF: a chunk of rows at a time): ``source bytes + 8`` per element;
+    kept as stored (fp8 bytes, a GGUF of the same type): no scratch. Plain dtypes: read straight into the model when
+    the dtype matches, else through one chunk buffer (``CHUNK_BYTES``, 64 MiB)."""
+    st = parse_storage(weight_format(weight_dtype))
+    storage = dit_weight_storage(cfg, st)
     src = _dtype_bytes(source_dtype)
-    if fmt == "fp8":
-        return 0 if source_dtype == torch.float8_e4m3fn else dit_weight_storage(cfg, fmt).largest_compact * (src + 8)
-    return 0 if TORCH_FORMATS[fmt] == source_dtype else min(CHUNK_BYTES, dit_weight_storage(cfg, fmt).largest_compact
-                                                             * src)
+    if st.kind == GGUF:
+        return storage.largest_compact * 12 if source_dtype != torch.uint8 else 0
+    if st.kind == FP8:
+        return 0 if source_dtype == torch.float8_e4m3fn else storage.largest_compact * (src + 8)
+    return 0 if st.dtype == source_dtype else min(CHUNK_BYTES, storage.largest_compact * src)
 
 
 def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]) -> dict:
@@ -365,47 +294,29 @@ def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]
                 streamed_per_forward=host)
 
 
+def t5gemma_weight_table(cfg: Optional[dict] = None) -> dict[str, WeightSpec]:
+    """Every tensor of a T5Gemma encoder (keys ``encoder.*``, from the model built on the meta device) with its shape;
+    the projections and the token embedding with their geometry. Default: the 9B encoder of google/t5gemma-9b-9b-ul2."""
+    return _t5gemma_table(json.dumps(dict(T5GEMMA_9B_ENCODER, **(cfg or {})), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _t5gemma_table(cfg_json: str) -> dict[str, WeightSpec]:
+    return module_weight_table(T5GemmaEncoder(T5GemmaEncoderConfig.from_hf(json.loads(cfg_json)), device="meta"))
+
+
 def t5gemma_encoder_shapes(cfg: Optional[dict] = None) -> dict[str, tuple[int, ...]]:
-    """Every parameter of a T5Gemma encoder (keys ``encoder.*`` as in the checkpoint) with its shape. Default:
-    the 9B encoder of google/t5gemma-9b-9b-ul2."""
-    c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
-    h, hd, inner = c["hidden_size"], c["head_dim"], c["intermediate_size"]
-    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    out: dict[str, tuple[int, ...]] = {"encoder.embed_tokens.weight": (c["vocab_size"], h)}
-    for i in range(c["num_hidden_layers"]):
-        p = f"encoder.layers.{i}."
-        out.update({p + "pre_self_attn_layernorm.weight": (h,), p + "self_attn.q_proj.weight": (q, h),
-                    p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.v_proj.weight": (kv, h),
-                    p + "self_attn.o_proj.weight": (h, q), p + "post_self_attn_layernorm.weight": (h,),
-                    p + "pre_feedforward_layernorm.weight": (h,), p + "mlp.gate_proj.weight": (inner, h),
-                    p + "mlp.up_proj.weight": (inner, h), p + "mlp.down_proj.weight": (h, inner),
-                    p + "post_feedforward_layernorm.weight": (h,)})
-    out["encoder.norm.weight"] = (h,)
-    return out
-
-
-_TEXT_PROJECTIONS = ("_proj.weight",)
+    """Every parameter of a T5Gemma encoder with its shape (see :func:`t5gemma_weight_table`)."""
+    return {k: spec.shape for k, spec in t5gemma_weight_table(cfg).items()}
 
 
 def text_encoder_storage(weight_dtype="bf16", cfg: Optional[dict] = None) -> WeightStorage:
-    """Exact bytes of the T5Gemma encoder as its loader keeps it. bf16/fp16/fp32: every tensor in that dtype.
-    fp8: the projections e4m3 + a 4-byte scale each, embedding and norms bf16. GGUF: projections and the token
-    embedding in the type :func:`magihuman.loaders.text_encoder.gguf_tensor_type` gives (BF16 when rows are not
-    whole blocks), the norms in the model's dtype (bf16; F32 in the file). The embedding is decoded by rows
-    (only the looked-up tokens), so it never counts as a weight decoded whole."""
-    fmt = weight_format(weight_dtype)
-    shapes = t5gemma_encoder_shapes(cfg)
-    is_proj = lambda key: key.endswith(_TEXT_PROJECTIONS)  # noqa: E731
-    if fmt == "fp8":
-        compact_key = is_proj
-        other_bytes = 2
-    elif _is_gguf(fmt):
-        compact_key = lambda key: is_proj(key) or key.endswith("embed_tokens.weight")  # noqa: E731
-        other_bytes = 2
-    else:
-        compact_key = lambda key: True  # noqa: E731
-        other_bytes = _element_bytes(fmt)
-    return _storage(fmt, shapes, compact_key, text_gguf_tensor_type, other_bytes, _layer_index, is_proj)
+    """Exact bytes of the T5Gemma encoder as its loader keeps it: the projections and the token embedding in
+    ``weight_dtype`` (padded as stored), the norms in the plain dtype (bf16 under compact storage). The embedding is
+    decoded by rows (only the looked-up tokens), so it never counts as a weight decoded whole."""
+    st = parse_storage(weight_format(weight_dtype))
+    other = _dtype_bytes(st.dtype) if st.kind == PLAIN else 2
+    return _storage(st, t5gemma_weight_table(cfg), other, lambda key: not key.endswith("embed_tokens.weight"))
 
 
 def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, compute_dtype=torch.bfloat16,

@@ -17,7 +17,7 @@ The fused layouts take LoRAs for parts of them (a declared key map, there being 
   applies to every expert.
 
 Engine use: :func:`apply_lora` attaches the deltas to the model; block linears take them on the fly in the one
-weight path (:func:`magihuman.ops.linear_weight`: after decoding plain / fp8 / GGUF storage), the small
+weight path (:class:`magihuman.storage.BlockLinear`: after decoding plain / fp8 / GGUF storage), the small
 tensors (norms, embedders, heads) are patched in place with a backup. :func:`remove_lora` restores the exact
 weights. ComfyUI (``nodes/``) turns the same parsed patches into ModelPatcher weight patches.
 """
@@ -34,6 +34,7 @@ import torch
 
 from .errors import CheckpointError
 from .models.dit import MagiHumanDiT
+from .storage import BlockLinear, weight_table
 from .weights import open_source
 from .weights.report import listing
 
@@ -74,6 +75,7 @@ class LoraPatch:
     alpha: Optional[float] = None
     diff: Optional[torch.Tensor] = None
     source: str = ""                            # the LoRA module name it came from
+    _device_factors: dict = field(default_factory=dict, repr=False)  # device -> fp32 factors (see delta)
 
     @property
     def scale(self) -> float:
@@ -81,12 +83,18 @@ class LoraPatch:
         return 1.0 if self.alpha is None or self.kind != "lora" else self.alpha / self.down.shape[0]
 
     def delta(self, strength: float, dtype: torch.dtype, device) -> torch.Tensor:
-        """The delta of one row range, ``(strength * scale) * up @ down`` computed in fp32, then ``dtype``."""
-        if self.kind == "lora":
-            d = torch.mm(self.up.to(device=device, dtype=torch.float32), self.down.to(device=device, dtype=torch.float32))
-        else:
-            d = self.diff.to(device=device, dtype=torch.float32)
+        """The delta of one row range, ``(strength * scale) * up @ down`` computed in fp32, then ``dtype``. The
+        factors are copied to a device once and kept there (no host copy per forward)."""
+        factors = self._on(torch.device(device))
+        d = torch.mm(*factors) if self.kind == "lora" else factors[0]
         return ((strength * self.scale) * d).to(dtype)
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        cached = self._device_factors.get(device)
+        if cached is None:
+            tensors = (self.up, self.down) if self.kind == "lora" else (self.diff,)
+            cached = self._device_factors[device] = tuple(t.to(device=device, dtype=torch.float32) for t in tensors)
+        return cached
 
 
 @dataclass(eq=False)
@@ -104,13 +112,15 @@ def lora_targets(model: MagiHumanDiT) -> dict[str, Target]:
     """Every module name a LoRA may use for ``model`` -> its :class:`Target` (see the module docstring)."""
     cfg = model.config
     out: dict[str, Target] = {}
-    for name, param in model.named_parameters():
+    params = dict(model.named_parameters())
+    for name, spec in weight_table(model).items():  # logical shapes (compact storage holds other shapes)
+        if name not in params:
+            continue
         mod_name, _, attr = name.rpartition(".")
-        if attr == "weight":  # the logical shape (GGUF storage holds raw blocks)
-            shape = getattr(model.get_submodule(mod_name), "weight_shape", None) or tuple(param.shape)
-            out[mod_name] = Target(name, (), tuple(shape))
+        if attr == "weight":
+            out[mod_name] = Target(name, (), spec.shape)
         elif attr == "bias":
-            out[mod_name + "\0bias"] = Target(name, (), tuple(param.shape))
+            out[mod_name + "\0bias"] = Target(name, (), spec.shape)
     hq, hkv, d = cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim
     parts = {"linear_q": (0, hq * d), "linear_k": (hq * d, hkv * d), "linear_v": ((hq + hkv) * d, hkv * d),
              "linear_gate": ((hq + 2 * hkv) * d, hq if cfg.enable_attn_gating else 0)}
@@ -163,7 +173,7 @@ def _strip_wrapper(keys: list[str]) -> dict[str, str]:
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a LoRA file (safetensors, or a weights-only torch pickle) and its metadata."""
-    src = open_source(path, what="a LoRA", many_files=True, error=LoraError)
+    src = open_source(path, what="a LoRA", many_files=True)
     try:
         return src.read(), dict(src.metadata)
     except CheckpointError as e:
@@ -325,7 +335,7 @@ def apply_lora(model: MagiHumanDiT, path: str | Path, strength: float = 1.0) -> 
     with torch.no_grad():
         for param, patches in by_param.items():
             mod, attr = _owner(model, param)
-            if attr == "weight" and hasattr(mod, "weight_qtype"):  # a block linear: through the weight path
+            if attr == "weight" and isinstance(mod, BlockLinear):  # a block linear: through the weight path
                 fn = _row_patch(patches, handle.strength)
                 mod.weight_patches = list(getattr(mod, "weight_patches", None) or ()) + [fn]
                 handle.callables.append((mod, fn))

@@ -99,7 +99,7 @@ def _as_numpy(x: Any) -> np.ndarray:
     """A numpy view of an array or tensor (tensors: detached, on the CPU, half floats widened)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
-        x = (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy()
+        x = (x.float() if x.dtype.is_floating_point and x.dtype.itemsize == 2 else x).numpy()
     return np.asarray(x)
 
 

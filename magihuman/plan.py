@@ -40,20 +40,47 @@ import torch
 
 from . import estimate as est
 from .models.dit_config import DiTConfig
-from .presets import PRESETS, get_preset
+from .presets import MODEL_FILES, PRESETS, get_preset
+from .storage import GGUF, STORAGES
 
-__all__ = ["DIT_FORMATS", "TEXT_ENCODER_FORMATS", "README_VRAM_GIB", "StageFit", "FitPlan", "plan_fit",
+__all__ = ["ranked_formats", "dit_formats", "text_encoder_formats", "README_VRAM_GIB", "StageFit", "FitPlan", "plan_fit",
            "fit_table_markdown", "add_parser", "main"]
 
-DIT_FORMATS = ("bf16", "Q8_0", "fp8", "Q4_K")
-TEXT_ENCODER_FORMATS = ("bf16", "Q8_0", "Q5_1", "Q4_0")
 README_VRAM_GIB = (8, 12, 16, 24, 32, 48, 80)
-# dtype of the block linears in the released checkpoints (SPEC §4): what fp8 is quantised from while loading
-RELEASE_DTYPES = {"distill": torch.float32, "base": torch.bfloat16, "sr_540p": torch.float32,
-                  "sr_1080p": torch.float32}
+MIN_SAVING = 0.05  # a less accurate format is offered only when it is at least this much smaller
 GIB = est.GIB
 EXIT_FITS, EXIT_NOTHING_FITS = 0, 1
 MIN_BLOCKS_ON_DEVICE = 1  # the CLI's --blocks-on-device takes N >= 1
+
+
+def ranked_formats(size_of) -> tuple[str, ...]:
+    """The storages the planner offers, best quality first: those with a measured output error (the registry's
+    ``rel_error``) that a loader can produce, ordered by that error, each kept only when it is at least
+    :data:`MIN_SAVING` smaller than every more accurate one kept (``size_of(name)``: bytes of the model in it)."""
+    ranked = sorted((s for s in STORAGES.values() if s.rel_error is not None and s.encodable), key=lambda s: s.rel_error)
+    out, smallest = [], math.inf
+    for s in ranked:
+        size = size_of(s.name)
+        if size <= (1 - MIN_SAVING) * smallest:
+            out.append(s.name)
+            smallest = size
+    return tuple(out)
+
+
+def dit_formats(config: Optional[DiTConfig] = None) -> tuple[str, ...]:
+    """The DiT storages the planner tries, best first (sizes of the release config by default)."""
+    config = config or DiTConfig.preset("distill")
+    return ranked_formats(lambda name: est.dit_weight_storage(config, name).total)
+
+
+def text_encoder_formats() -> tuple[str, ...]:
+    """The T5Gemma storages the planner tries, best first."""
+    return ranked_formats(lambda name: est.text_encoder_storage(name).total)
+
+
+def _release_dtype(role: str) -> torch.dtype:
+    """The dtype the released files of a role hold the weights in (what loading converts from)."""
+    return STORAGES[MODEL_FILES[role].release_storage].dtype
 
 
 @dataclass(frozen=True)
@@ -136,16 +163,18 @@ class FitPlan:
         lines = []
         roles = [p.dit, p.sr] if p is not None else ["dit", "sr"]
         for role, fmt, blocks in zip(roles, self.dit_formats, self.dit_blocks_on_device):
-            if fmt in est.GGUF_FORMATS:
+            if fmt in STORAGES and STORAGES[fmt].kind == GGUF:
                 lines.append(f"  {role} DiT {fmt}: python -m magihuman convert <{role} folder> "
-                             f"magihuman_{role}_{fmt}.gguf --quant {fmt} (DiT loader: the .gguf, weight_dtype auto)")
+                             f"magihuman_{role}_{fmt}.gguf --quant {fmt} (DiT loader: the .gguf, weight_dtype auto; "
+                             f"CLI --dit magihuman_{role}_{fmt}.gguf), or weight_dtype {fmt} / --dtype {fmt} to "
+                             "quantise while loading")
             elif fmt == "fp8":
                 lines.append(f"  {role} DiT fp8: weight_dtype fp8 in the DiT loader (CLI --dtype fp8), "
                              "quantised while loading")
             if blocks is not None:
                 lines.append(f"  {role} DiT: {blocks}/{self.num_layers} layers on the GPU (ComfyUI loads it "
                              f"partially by itself; CLI --blocks-on-device {blocks})")
-        if self.text_encoder_format in est.GGUF_FORMATS:
+        if self.text_encoder_format in STORAGES and STORAGES[self.text_encoder_format].kind == GGUF:
             lines.append(f"  text encoder {self.text_encoder_format}: python -m magihuman convert <t5gemma-9b-9b-ul2 "
                          f"folder> t5gemma_{self.text_encoder_format}.gguf --quant {self.text_encoder_format}")
         if self.text_encoder_device == "CPU":
@@ -192,10 +221,10 @@ def _dit_choice(candidates: dict[str, est.StageEstimate], config: DiTConfig, sou
         need = est.dit_weight_storage(config, fmt).total + est.dit_load_working_bytes(config, fmt, source_dtype)
         return ram_budget is None or need <= ram_budget
 
-    for fmt in DIT_FORMATS:
+    for fmt in candidates:
         if ram_ok(fmt) and candidates[fmt].peak_bytes <= budget:
             return fmt, None
-    for fmt in DIT_FORMATS:
+    for fmt in candidates:
         if not ram_ok(fmt):
             continue
         st = candidates[fmt]
@@ -214,10 +243,10 @@ def _text_encoder_choice(tokens: int, budget: int, ram_budget: Optional[int]):
         storage = est.text_encoder_storage(fmt)
         return storage.total + est.text_encode_activation_bytes(tokens) + est.dequant_working_bytes(storage)
 
-    for fmt in TEXT_ENCODER_FORMATS:
+    for fmt in text_encoder_formats():
         if need(fmt) <= budget and (ram_budget is None or est.text_encoder_storage(fmt).total <= ram_budget):
             return fmt, "GPU", need(fmt)
-    for fmt in TEXT_ENCODER_FORMATS:
+    for fmt in text_encoder_formats():
         if ram_budget is None or need(fmt) <= ram_budget:
             return fmt, "CPU", need(fmt)
     return None
@@ -242,21 +271,22 @@ def plan_fit(preset: str, vram_gib: float, ram_gib: Optional[float] = None, *, s
     if budget <= 0:
         raise ValueError(f"--vram {vram_gib:g}: {reserve_gib:g} GiB is kept for the CUDA context; give more")
     request = dict(width=width, height=height, seconds=seconds, prompt_tokens=prompt_tokens)
-    priced = {fmt: est.estimate(p.name, weight_dtype=fmt, **request) for fmt in DIT_FORMATS}
-    n_stages = len(priced["bf16"].stages)
+    formats = dit_formats()
+    priced = {fmt: est.estimate(p.name, weight_dtype=fmt, **request) for fmt in formats}
+    n_stages = len(priced[formats[0]].stages)
 
     roles = (p.dit, p.sr)[:n_stages]
     configs = [DiTConfig.preset(role) for role in roles]
-    choices = [_dit_choice({f: priced[f].stages[i] for f in DIT_FORMATS}, configs[i], RELEASE_DTYPES[roles[i]],
+    choices = [_dit_choice({f: priced[f].stages[i] for f in formats}, configs[i], _release_dtype(roles[i]),
                            budget, ram_budget) for i in range(n_stages)]
     tokens = max(prompt_tokens, est._default_negative_tokens()) if (p.cfg or p.sr_cfg) else prompt_tokens
     te = _text_encoder_choice(tokens, budget, ram_budget)
     ok = all(c is not None for c in choices)
     # the plan as priced: unfitting stages shown in their most compact setting
-    shown = [c if c is not None else (DIT_FORMATS[-1], MIN_BLOCKS_ON_DEVICE) for c in choices]
+    shown = [c if c is not None else (formats[-1], MIN_BLOCKS_ON_DEVICE) for c in choices]
     final = est.estimate(p.name, weight_dtype=shown[0][0], blocks_on_device=shown[0][1],
                          sr_weight_dtype=shown[-1][0], sr_blocks_on_device=shown[-1][1],
-                         text_encoder_format=te[0] if te else TEXT_ENCODER_FORMATS[-1], **request)
+                         text_encoder_format=te[0] if te else text_encoder_formats()[-1], **request)
 
     # decode: frames on the GPU, else to RAM as they are made
     frames_to_ram = final.decode_peak_bytes > budget
@@ -266,7 +296,7 @@ def plan_fit(preset: str, vram_gib: float, ram_gib: Optional[float] = None, *, s
     # host RAM per stage: each model is loaded into RAM first (ComfyUI builds it on its offload device, the CLI
     # too when it streams layers), streamed layers stay there; the clip ends in RAM (the MP4 is written from
     # there); the text encoder is kept in RAM after encoding when every later stage leaves room for it
-    dit_ram = [st.weight_bytes + est.dit_load_working_bytes(cfg, st.weight_format, RELEASE_DTYPES[st.model])
+    dit_ram = [st.weight_bytes + est.dit_load_working_bytes(cfg, st.weight_format, _release_dtype(st.model))
                for st, cfg in zip(final.stages, configs)]
     decode_ram = final.decoder_weight_bytes + final.decoded_video_bytes
     te_bytes = final.text_encoder_bytes
@@ -278,7 +308,7 @@ def plan_fit(preset: str, vram_gib: float, ram_gib: Optional[float] = None, *, s
 
     stages = []
     if te is None:
-        stages.append(StageFit("text encode", f"T5Gemma {TEXT_ENCODER_FORMATS[-1]} (no setting fits)",
+        stages.append(StageFit("text encode", f"T5Gemma {text_encoder_formats()[-1]} (no setting fits)",
                                final.text_encode_peak_bytes, final.text_encode_peak_bytes, fits=False))
     else:
         after = "freed after" if not keep else ("offloaded to RAM after" if te[1] == "GPU" else "kept in RAM after")
@@ -326,9 +356,9 @@ def _problem(plan: FitPlan, budget: int, ram_budget: Optional[int]) -> str:
         if s.fits:
             continue
         if s.vram_bytes > budget:
-            least = {"text encode": f"even {TEXT_ENCODER_FORMATS[-1]}",
+            least = {"text encode": f"even {text_encoder_formats()[-1]}",
                      "decode": "even with the frames sent to RAM"}.get(
-                s.name, f"even {DIT_FORMATS[-1]} weights with {MIN_BLOCKS_ON_DEVICE} layer on the GPU, the rest "
+                s.name, f"even {dit_formats()[-1]} weights with {MIN_BLOCKS_ON_DEVICE} layer on the GPU, the rest "
                         "streamed from RAM")
             out.append(f"{s.name} needs {_gib(s.vram_bytes)} of VRAM {least} ({_gib(budget)} usable)")
         else:

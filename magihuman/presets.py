@@ -36,6 +36,7 @@ class ModelFile:
     source: str                    # where to download it
     tiny: str                      # the tiny preset's stand-in inside the same folder
     also: tuple[str, ...] = ()     # other accepted names in the same folder (older names, single-file repacks; * globs)
+    release_storage: str = ""      # how the released files hold the weights (what loading converts from)
 
     @property
     def comfy_path(self) -> str:
@@ -47,21 +48,21 @@ class ModelFile:
         return f"{self.folder}/{self.tiny.rstrip('/')}"
 
 
-def _dit(role: str, what: str, release: str, tiny: str) -> ModelFile:
+def _dit(role: str, what: str, release: str, tiny: str, release_storage: str) -> ModelFile:
     stem = f"magihuman_{release}"
     return ModelFile(role, what, "diffusion_models", f"{release}/", release,
                      f"GAIR/daVinci-MagiHuman `{release}/`", tiny,
-                     also=(f"{stem}/", f"{stem}*.safetensors", f"{stem}*.gguf"))
+                     also=(f"{stem}/", f"{stem}*.safetensors", f"{stem}*.gguf"), release_storage=release_storage)
 
 
 MODEL_FILES: dict[str, ModelFile] = {m.role: m for m in (
-    _dit("distill", "distilled DiT (8 steps, no CFG)", "distill", "magihuman_tiny_distill/"),
-    _dit("base", "base DiT (32 UniPC steps, CFG)", "base", "magihuman_tiny_base.safetensors"),
-    _dit("sr_540p", "540p super-resolution DiT", "540p_sr", "magihuman_tiny_540p_sr/"),
-    _dit("sr_1080p", "1080p super-resolution DiT", "1080p_sr", "magihuman_tiny_1080p_sr/"),
+    _dit("distill", "distilled DiT (8 steps, no CFG)", "distill", "magihuman_tiny_distill/", "fp32"),
+    _dit("base", "base DiT (32 UniPC steps, CFG)", "base", "magihuman_tiny_base.safetensors", "bf16"),
+    _dit("sr_540p", "540p super-resolution DiT", "540p_sr", "magihuman_tiny_540p_sr/", "fp32"),
+    _dit("sr_1080p", "1080p super-resolution DiT", "1080p_sr", "magihuman_tiny_1080p_sr/", "fp32"),
     ModelFile("text_encoder", "T5Gemma-9B text encoder (google/t5gemma-9b-9b-ul2)", "text_encoders",
               "t5gemma-9b-9b-ul2/", "t5gemma-9b-9b-ul2", "google/t5gemma-9b-9b-ul2", "t5gemma_tiny/",
-              also=("t5gemma*.safetensors", "t5gemma*.gguf")),
+              also=("t5gemma*.safetensors", "t5gemma*.gguf"), release_storage="bf16"),
     ModelFile("turbo_vae", "Turbo VAE video decoder (TurboV3-Wan22-TinyShallow_7_7 config + checkpoint)", "vae",
               "turbo_vae/", "turbo_vae", "GAIR/daVinci-MagiHuman `turbo_vae/`", "turbo_vae_tiny/"),
     ModelFile("video_vae", "Wan2.2 VAE (image encode for TI2V, full-quality decode)", "vae",

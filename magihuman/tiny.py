@@ -28,6 +28,7 @@ from .models.text_encoder import tiny_hf_config, tiny_state_dict
 from .models.turbo_vae import TINY_TURBO_CONFIG, TurboVAEDecoder
 from .models.video_vae import TINY_WAN_VAE_CONFIG, WanVAE, init_random_wan_vae
 from .presets import TINY_FILES
+from .storage import GGUF, convert_choices, parse_storage
 from .tokenizer import write_tiny_tokenizer
 from .weights.safetensors_io import write_file
 
@@ -258,7 +259,9 @@ def write_tiny_lora(path: PathLike, *, seed: int = 0, rank: int = 4) -> Path:
     return path
 
 
-TINY_GGUF_QUANTS = ("Q8_0", "Q4_0")
+_GGUF_WRITTEN = [n for n in convert_choices() if parse_storage(n).kind == GGUF]
+# the most and the least precise GGUF types a converter writes (Q8_0 and Q4_0)
+TINY_GGUF_QUANTS = tuple(_GGUF_WRITTEN[i] for i in (0, -1))
 
 
 def tiny_gguf_files(quant: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """ComfyUI nodes of the pack (V3 API). Thin adapters: ComfyUI types in, engine stage calls, ComfyUI types out."""
 
-from .compat import ComfyExtension
+from .v3 import ComfyExtension
 from .conditioning import CONDITIONING_NODES
 from .decode import DECODE_NODES
 from .loaders import LOADER_NODES

@@ -1,28 +1,29 @@
-"""The one place that touches ComfyUI.
-
-Inside ComfyUI this module re-exports the real V3 API (``comfy_api.latest.io``/``ui``) and wraps
-ComfyUI's model management (folders, ModelPatcher, comfy.ops, devices, progress, interrupt).
-Without ComfyUI (tests, scripts) it provides a small stand-in with the same call shapes, so the
-node classes can be imported, their schemas inspected and their ``execute`` methods run directly.
+"""ComfyUI's runtime, bridged for the engine: model folders, devices, the operations namespace (ComfyUI's
+offloading cast for the engine's stored-weight layers), ModelPatcher, model handles, progress and interrupt. The
+one module besides :mod:`.v3` that imports ComfyUI; without ComfyUI it falls back to plain CPU behaviour so the
+nodes run in tests and scripts.
 """
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from ..magihuman.attention import register_attention_backend
+from ..magihuman.attention import attention_backend_names, register_attention_backend
 from ..magihuman.lora import LoraFile, apply_lora, remove_lora, variant_with_loras
-from ..magihuman.ops import storage_kind
+from ..magihuman.storage import FILE, PLAIN, STORAGES, Storage, parse_storage
+from ..magihuman.storage import BlockLinear as _EngineBlockLinear
+from ..magihuman.storage import CompactEmbedding as _EngineCompactEmbedding
+from ..magihuman.storage import Fetched
+from ..magihuman.storage.layers import _StoredWeight
+from .v3 import HAS_COMFY
 
 log = logging.getLogger("magihuman.nodes")
 
-try:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in the README)
+if HAS_COMFY:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in the README)
     import comfy.latent_formats as _latent_formats
     import comfy.model_management as _mm
     import comfy.model_patcher as _model_patcher
@@ -32,160 +33,6 @@ try:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in
     import latent_preview as _latent_preview
     from comfy.ldm.modules.attention import optimized_attention as _optimized_attention
     from comfy.weight_adapter import LoRAAdapter as _LoRAAdapter
-    from comfy_api.latest import ComfyExtension, io, ui
-
-    HAS_COMFY = True
-except ImportError:
-    HAS_COMFY = False
-
-
-# --------------------------------------------------------------------------------------------
-# Stand-in for comfy_api.latest when ComfyUI is absent
-# --------------------------------------------------------------------------------------------
-if not HAS_COMFY:
-
-    class _Input:
-        def __init__(self, id: str, display_name: str | None = None, optional: bool = False,
-                     tooltip: str | None = None, default: Any = None, **extra: Any) -> None:
-            self.id = id
-            self.display_name = display_name
-            self.optional = optional
-            self.tooltip = tooltip
-            self.default = default
-            for k, v in extra.items():
-                setattr(self, k, v)
-
-    class _Output:
-        def __init__(self, id: str | None = None, display_name: str | None = None,
-                     tooltip: str | None = None, is_output_list: bool = False) -> None:
-            self.id = id
-            self.display_name = display_name
-            self.tooltip = tooltip
-            self.is_output_list = is_output_list
-
-    def _comfytype(io_type: str):
-        cls_input = type("Input", (_Input,), {"io_type": io_type})
-        cls_output = type("Output", (_Output,), {"io_type": io_type})
-        return type(io_type, (), {"io_type": io_type, "Input": cls_input, "Output": cls_output})
-
-    class _ComboInput(_Input):
-        io_type = "COMBO"
-
-        def __init__(self, id: str, options=None, **kw: Any) -> None:
-            super().__init__(id, **kw)
-            self.options = list(options or [])
-
-    @dataclass
-    class _Schema:
-        node_id: str
-        display_name: str | None = None
-        category: str = "sd"
-        inputs: list = field(default_factory=list)
-        outputs: list = field(default_factory=list)
-        hidden: list = field(default_factory=list)
-        description: str = ""
-        is_output_node: bool = False
-        not_idempotent: bool = False
-
-    class _NodeOutput:
-        def __init__(self, *args: Any, ui: Any = None, **kwargs: Any) -> None:
-            self.args = args
-            self.ui = ui
-
-        @property
-        def result(self):
-            return self.args
-
-    class _ComfyNode(abc.ABC):
-        @classmethod
-        @abc.abstractmethod
-        def define_schema(cls):
-            """Each node returns its Schema (as in comfy_api.latest.io.ComfyNode)."""
-
-    class _IONamespace:
-        ComfyNode = _ComfyNode
-        Schema = _Schema
-        NodeOutput = _NodeOutput
-        Int = _comfytype("INT")
-        Float = _comfytype("FLOAT")
-        String = _comfytype("STRING")
-        Boolean = _comfytype("BOOLEAN")
-        Image = _comfytype("IMAGE")
-        Audio = _comfytype("AUDIO")
-        Latent = _comfytype("LATENT")
-        Conditioning = _comfytype("CONDITIONING")
-        Video = _comfytype("VIDEO")
-        Combo = type("COMBO", (), {"io_type": "COMBO", "Input": _ComboInput,
-                                    "Output": type("Output", (_Output,), {"io_type": "COMBO"})})
-
-        @staticmethod
-        def Custom(io_type: str):
-            return _comfytype(io_type)
-
-    class _PreviewText:
-        def __init__(self, value: str, **kw: Any) -> None:
-            self.value = value
-
-        def as_dict(self):
-            return {"text": (self.value,)}
-
-    class _UINamespace:
-        PreviewText = _PreviewText
-
-    class ComfyExtension(abc.ABC):  # mirrors comfy_api.latest.ComfyExtension
-        async def on_load(self) -> None:
-            return None
-
-        @abc.abstractmethod
-        async def get_node_list(self):
-            """The node classes of the extension."""
-
-    io = _IONamespace()
-    ui = _UINamespace()
-
-
-# --------------------------------------------------------------------------------------------
-# The pack's node base and a stand-in for ComfyUI's own execution (defaults, combo validation)
-# --------------------------------------------------------------------------------------------
-class MagiNode(io.ComfyNode):
-    """Base of the pack's nodes: :meth:`name` is the display name of the node's row in ``nodes.types.NODES``
-    (the table its schema reads), so messages never drift from what the artist sees on the node. (ComfyUI runs
-    locked clones of node classes, a new one per execution, whose bases include the registered class; nothing
-    is stored on the class, and a node never subclasses another registered node.)"""
-
-    @classmethod
-    def name(cls) -> str:
-        from .types import NODES  # (nodes.types imports this module)
-
-        for c in cls.__mro__:  # the registered class is in every clone's bases
-            if c.__name__ in NODES:
-                return NODES[c.__name__][0]
-        return cls.__name__
-
-
-def run_node(node_cls, *, validate: bool = True, **inputs):
-    """Execute a node the way ComfyUI does, without ComfyUI (tests, scripts): inputs that are not given
-    take their schema default, combo values must be among the options (``validate=False`` skips that, as an
-    API prompt naming a file deleted since the list was made would), unconnected optional inputs are left
-    out. Returns the NodeOutput."""
-    schema = node_cls.define_schema()
-    args = {}
-    for inp in schema.inputs:
-        if inp.id in inputs:
-            value = inputs[inp.id]
-            options = getattr(inp, "options", None)
-            if validate and options is not None and value not in options:
-                raise ValueError(f"{schema.display_name}: {inp.id} must be one of {list(options)}, got {value!r}")
-            args[inp.id] = value
-        elif getattr(inp, "default", None) is not None:
-            args[inp.id] = inp.default
-        elif getattr(inp, "options", None) and not getattr(inp, "optional", False):
-            args[inp.id] = inp.options[0]
-    unknown = set(inputs) - {inp.id for inp in schema.inputs}
-    if unknown:
-        raise TypeError(f"{schema.display_name} has no input(s) {sorted(unknown)}")
-    return node_cls.execute(**args)
-
 
 # --------------------------------------------------------------------------------------------
 # Model folders
@@ -293,45 +140,115 @@ def intermediate_device() -> torch.device:
     return _mm.intermediate_device() if HAS_COMFY else torch.device("cpu")
 
 
-def pick_weight_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 where supported (the official dtype), else fp16 on GPUs, fp32 on CPU.
-    ``fp8`` -> float8_e4m3fn (DiT block weights with a per-tensor scale)."""
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
-    if choice in table:
-        return table[choice]
-    if choice != "auto":
-        raise ValueError(f"weight dtype {choice!r}: choose auto, bf16, fp16, fp32 or fp8")
+def auto_plain_dtype(device: torch.device) -> torch.dtype:
+    """The plain dtype "auto" stands for on ``device``: bf16 where ComfyUI says it is supported (the official
+    dtype), else fp16 on GPUs, fp32 on CPUs; bf16 without ComfyUI."""
     if HAS_COMFY:
         return torch.bfloat16 if _mm.should_use_bf16(device) else (
             torch.float16 if device.type != "cpu" else torch.float32)
     return torch.bfloat16
 
 
+def pick_storage(choice: str, device: torch.device) -> Storage:
+    """A loader's ``weight_dtype`` as a :class:`~magihuman.storage.Storage`: "auto" keeps what a file holds (GGUF
+    blocks, fp8 + scale) and plainly held tensors in :func:`auto_plain_dtype`; any registry name as it is."""
+    if choice == "auto":
+        return FILE.keeping(next(s for s in STORAGES.values() if s.kind == PLAIN and s.dtype == auto_plain_dtype(device)))
+    st = parse_storage(choice)
+    return FILE.keeping(FILE.default) if st == FILE else st
+
+
+def pick_weight_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """A plain loader's ``weight_dtype`` (VAEs): "auto" -> :func:`auto_plain_dtype`, else the named plain dtype."""
+    if choice == "auto":
+        return auto_plain_dtype(device)
+    st = parse_storage(choice)
+    if st.kind != PLAIN:
+        raise ValueError(f"weight dtype {choice!r}: this model is kept in a plain dtype (auto, "
+                         f"{', '.join(s.name for s in STORAGES.values() if s.kind == PLAIN)})")
+    return st.dtype
+
+
 if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
 
+    class _RawWeight(NamedTuple):
+        """What ComfyUI's cast is given for a compact weight: the stored bytes (and bias), no patch functions, so the
+        cast moves bytes only and ComfyUI's LoRA patches are added after the engine decodes them."""
+
+        weight: torch.Tensor
+        bias: Optional[torch.Tensor]
+        weight_function: tuple = ()
+        bias_function: tuple = ()
+
+    class _ComfyStoredWeight(_comfy_ops.CastWeightBiasOp):
+        """A stored-weight layer fetched through ComfyUI's offloadable cast (``cast_bias_weight(..., offloadable=True)``
+        with ``uncast_bias_weight`` after the last use), as core layers do, so ComfyUI's async weight streams, lowvram
+        loading and LoRA patches apply to the engine's block linears too."""
+
+        comfy_cast_weights = True
+
+        def fetch(self, device, dtype):
+            bias = getattr(self, "bias", None)
+            if self.storage.kind == PLAIN:  # ComfyUI casts to the compute dtype and adds its lowvram patches
+                weight, bias, stream = _comfy_ops.cast_bias_weight(self, dtype=dtype, device=device, bias_dtype=dtype,
+                                                                   offloadable=True)
+                return Fetched(weight, None, bias, (weight, bias, stream))
+            raw = _RawWeight(self.weight, bias)
+            data, bias, stream = _comfy_ops.cast_bias_weight(raw, dtype=self.weight.dtype, device=device,
+                                                             bias_dtype=dtype or torch.float32, offloadable=True)
+            scale = self.weight_scale
+            if scale is not None and scale.device != device:
+                scale = scale.to(device)
+            return Fetched(data, scale, bias, (data, bias, stream))
+
+        def release(self, token):
+            if token is not None:
+                weight, bias, stream = token
+                _comfy_ops.uncast_bias_weight(self, weight, bias, stream)
+
+        def host_patches(self):
+            """ComfyUI's weight patches of a compact weight, added by the engine after decoding: the lowvram ones
+            (``weight_function``) when ComfyUI manages the layer that way, else those MagiPatcher keeps instead of
+            merging. Never both: a layer ComfyUI moves out later (``partially_unload``) gets ``weight_function`` for
+            the same patches while ``magi_decoded_patches`` is still set. Plain weights: ComfyUI's cast adds them."""
+            if self.storage.kind == PLAIN:
+                return ()
+            lowvram = list(getattr(self, "weight_function", ()))
+            return lowvram if lowvram else list(getattr(self, "magi_decoded_patches", ()))
+
+    def _eager(cls):
+        """A comfy.ops layer that ComfyUI's dynamic VRAM mode builds with its weight (on the device it is given: the
+        engine passes "meta" and streams the file in), not without one: that mode leaves ``weight`` None until its
+        own state-dict loader runs, and trusts a subclass with a loader of its own to build eagerly."""
+
+        class Eager(cls):
+            def _load_from_state_dict(self, *args, **kwargs):
+                return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+        Eager.__name__ = Eager.__qualname__ = cls.__name__
+        return Eager
+
     class MagiOps(_comfy_ops.manual_cast):
-        """comfy.ops.manual_cast plus the engine's weight-fetch hook (see magihuman/ops.py)."""
+        """comfy.ops.manual_cast for the engine's models: its layers built eagerly (streamed into), the stored-weight
+        layers fetched through ComfyUI's cast, and the weight hook of the engine's small norms."""
+
+        Linear = _eager(_comfy_ops.manual_cast.Linear)
+        Embedding = _eager(_comfy_ops.manual_cast.Embedding)
+
+        class BlockLinear(_ComfyStoredWeight, _EngineBlockLinear):
+            pass
+
+        class CompactEmbedding(_ComfyStoredWeight, _EngineCompactEmbedding):
+            pass
 
         @staticmethod
         def fetch_weight(module, dtype, device):
-            """The stored weight on ``device`` through ComfyUI's cast path (offload streams, lowvram, LoRA patches);
-            dtype None (fp8 / GGUF storage): the bytes only, patched after the engine decodes them."""
-            if not isinstance(module, _comfy_ops.CastWeightBiasOp):  # the engine's own small fp32 norms
+            """A plain layer's weight on ``device`` through ComfyUI's cast path (offload streams, lowvram, LoRA
+            patches); the engine's own small norms are moved as they are."""
+            if not isinstance(module, _comfy_ops.CastWeightBiasOp):
                 return module.weight.to(device=device, dtype=dtype)
-            if dtype is None:
-                return _mm.cast_to(module.weight, None, device,
-                                   non_blocking=_mm.device_supports_non_blocking(device))
             weight, _bias = _comfy_ops.cast_bias_weight(module, dtype=dtype, device=device)
             return weight
-
-        @staticmethod
-        def decoded_patches(module):
-            """ComfyUI's weight patches for a compact-storage weight, applied by the engine after decoding: the
-            lowvram ones (``weight_function``) when ComfyUI manages the layer that way, else those MagiPatcher keeps
-            instead of merging. Never both: a layer ComfyUI moves out later (``partially_unload``) gets
-            ``weight_function`` for the same patches while ``magi_decoded_patches`` is still set."""
-            lowvram = list(getattr(module, "weight_function", ()))
-            return lowvram if lowvram else list(getattr(module, "magi_decoded_patches", ()))
 
     class MagiPatcher(_model_patcher.ModelPatcher):
         """ModelPatcher for engine models. LoRA patches on fp8- or GGUF-stored weights cannot be merged into those
@@ -343,7 +260,7 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
                 return
             mod_name, _, attr = key.rpartition(".")
             module = _comfy_utils.get_attr(self.model, mod_name) if mod_name else self.model
-            if attr == "weight" and storage_kind(module) != "plain":
+            if attr == "weight" and isinstance(module, _StoredWeight) and module.storage.compact:
                 module.magi_decoded_patches = [_model_patcher.LowVramPatch(key, self.patches)]
                 return
             super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update)
@@ -383,7 +300,8 @@ def comfy_attention(q, k, v, mask=None):  # pragma: no cover - inside ComfyUI on
 
 
 def attention_choices() -> list[str]:
-    return ["sdpa", "comfy", "flash", "sage"] if HAS_COMFY else ["sdpa", "flash", "sage"]
+    """The attention kernels a loader offers: the engine's registry (with "comfy" registered inside ComfyUI)."""
+    return attention_backend_names()
 
 
 if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
@@ -413,6 +331,8 @@ class ModelHandle:
         self.info = info
         load_device, offload_device = devices(kind)
         self.device = load_device  # where use() puts the model: memory checks look here before loading
+        # the engine computes where ComfyUI loads the model, whatever part of it a partial load leaves offloaded
+        model.compute_device = load_device
         self.loras: tuple[tuple[LoraFile, float], ...] = ()
         if HAS_COMFY:  # pragma: no cover
             size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))

@@ -13,14 +13,14 @@ from PIL import Image
 from ..magihuman import pipeline
 from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
 from . import compat
-from .compat import io, ui
+from .v3 import MagiNode, io, ui
 from .latent_io import from_latent, to_conditioning, to_latent
 from .types import node_name, node_schema, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
 
 log = logging.getLogger("magihuman.nodes")
 
 
-class MagiHumanTextEncode(compat.MagiNode):
+class MagiHumanTextEncode(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -82,7 +82,7 @@ def check_latent_request(width, height, seconds, batch_size, where: str) -> None
         raise ValueError(f"{where}: batch_size {batch_size} is above the maximum of {MAX_BATCH}; queue several runs")
 
 
-class MagiHumanEmptyAVLatent(compat.MagiNode):
+class MagiHumanEmptyAVLatent(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -115,7 +115,7 @@ class MagiHumanEmptyAVLatent(compat.MagiNode):
         return io.NodeOutput(to_latent(av), ui=ui.PreviewText(text))
 
 
-class MagiHumanImageToVideo(compat.MagiNode):
+class MagiHumanImageToVideo(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -192,7 +192,7 @@ def image_input(image, where: str):
     raise ValueError(f"{where}: 'image' must be {IMAGE_HELP}; got {type(image).__name__}")
 
 
-class MagiHumanReferenceAudio(compat.MagiNode):
+class MagiHumanReferenceAudio(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(

@@ -8,7 +8,7 @@ import torch
 
 from ..magihuman import pipeline
 from . import compat
-from .compat import io
+from .v3 import MagiNode, io
 from .latent_io import TRUE_AUDIO_RATE, audio_latent, from_latent, join_latent, split_latent
 from .types import node_name, node_schema, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
 
@@ -25,7 +25,7 @@ def _frames_all(decoder, av, **kw) -> torch.Tensor:
     return torch.cat(clips, 0).to(compat.intermediate_device())
 
 
-class MagiHumanTurboVAEDecode(compat.MagiNode):
+class MagiHumanTurboVAEDecode(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -47,7 +47,7 @@ class MagiHumanTurboVAEDecode(compat.MagiNode):
         return io.NodeOutput(_frames_all(turbo_vae.use(), av, output_offload=offload_frames))
 
 
-class MagiHumanVideoVAEDecode(compat.MagiNode):
+class MagiHumanVideoVAEDecode(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -72,7 +72,7 @@ class MagiHumanVideoVAEDecode(compat.MagiNode):
         return io.NodeOutput(_frames_all(video_vae.use(), av, tile=tile))
 
 
-class MagiHumanAudioDecode(compat.MagiNode):
+class MagiHumanAudioDecode(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -151,7 +151,7 @@ def check_rate_fits_consumers(rate: int, label: str, prompt, node_id, where: str
                                  f"the 51.2 kHz audio with Save Audio (FLAC).")
 
 
-class MagiHumanSplitAVLatent(compat.MagiNode):
+class MagiHumanSplitAVLatent(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -168,7 +168,7 @@ class MagiHumanSplitAVLatent(compat.MagiNode):
         return io.NodeOutput(*split_latent(latent, cls.name()))
 
 
-class MagiHumanJoinAVLatent(compat.MagiNode):
+class MagiHumanJoinAVLatent(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(

@@ -7,32 +7,26 @@ import os
 import torch
 
 from ..magihuman.checkpoints import load_dit
-from ..magihuman.compile import compile_dit_blocks
-from ..magihuman.device import resolve_compute_dtype
+from ..magihuman.options import RunOptions
+from ..magihuman.options import choices as run_choices
+from ..magihuman.storage import PLAIN, STORAGES, load_choices
 from ..magihuman.loaders import load_audio_vae, load_turbo_vae, load_wan_vae
 from ..magihuman.models.text_encoder import T5GemmaEncoder
 from ..magihuman.presets import comfy_name
 from . import compat
-from .compat import io
+from .v3 import MagiNode, io
 from .types import node_name, node_schema, MagiAudioVAE, MagiDiT, MagiSRDiT, MagiTextEncoder, MagiTurboVAE, MagiVideoVAE
 
 DIT_FOLDERS = ("diffusion_models",)
 TEXT_FOLDERS = ("text_encoders",)
 VAE_FOLDERS = ("vae",)
 AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
-DTYPES = ["auto", "bf16", "fp16", "fp32"]
-COMPUTE = DTYPES
-GGUF_FILE = "gguf (file)"  # keep a .gguf file's quantised blocks (what "auto" does for .gguf files too)
-# fp8 = e4m3 + per-tensor scale storage of the DiT's block linears / the text encoder's projections
-COMPACT_DTYPES = DTYPES + ["fp8", GGUF_FILE]
+# weight_dtype of the plain models (VAEs) and of the DiT / T5Gemma loaders (every storage of the registry:
+# "file" keeps what the file holds, the others store every block linear / projection that way)
+PLAIN_DTYPES = ["auto"] + [s.name for s in STORAGES.values() if s.kind == PLAIN]
+STORAGE_DTYPES = ["auto"] + load_choices()
 
 
-def choose_compute_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 (official numerics) on GPUs with bf16, fp16 on older GPUs; on CPUs whichever of
-    bf16/fp32 measures faster (see magihuman.device.pick_compute_dtype)."""
-    if choice == "auto":
-        return resolve_compute_dtype("auto", device)
-    return compat.pick_weight_dtype(choice, device)
 
 
 def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str,
@@ -44,7 +38,7 @@ def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str,
                           tooltip=tooltip)
 
 
-def _weight_dtype_input(default: str = "auto", tooltip: str = "auto = bf16 where supported.", options=DTYPES):
+def _weight_dtype_input(default: str = "auto", tooltip: str = "auto = bf16 where supported.", options=PLAIN_DTYPES):
     return io.Combo.Input("weight_dtype", options=options, default=default, tooltip=tooltip)
 
 
@@ -56,19 +50,7 @@ def _handle(kind: str, path: str, load, weight_dtype: str, **info) -> compat.Mod
     return compat.ModelHandle(model, kind, path=path, **info)
 
 
-def _storage(weight_dtype: str, path: str, where: str, load_device) -> tuple[torch.dtype, str]:
-    """(dtype, gguf mode) of a compact-capable loader: a .gguf file keeps its blocks with "auto" / "gguf (file)";
-    a dtype dequantises it while loading."""
-    is_gguf = path.lower().endswith(".gguf")
-    if weight_dtype == GGUF_FILE:
-        if not is_gguf:
-            raise ValueError(f"{where}: weight_dtype '{GGUF_FILE}' keeps a GGUF file's quantisation, but "
-                             f"{os.path.basename(path)} is not a .gguf file; pick a .gguf file or another dtype")
-        return compat.pick_weight_dtype("auto", load_device), "keep"
-    return compat.pick_weight_dtype(weight_dtype, load_device), "keep" if weight_dtype == "auto" else "dequantize"
-
-
-class _DiTLoader(compat.MagiNode):
+class _DiTLoader(MagiNode):
     """The DiT and SR DiT loaders: one schema and one code path, two output types (never registered itself:
     ComfyUI caches schema facts per class, so the two nodes are siblings, not parent and child)."""
 
@@ -90,11 +72,13 @@ class _DiTLoader(compat.MagiNode):
                              "(model.safetensors.index.json + shards, also .zst), a single .safetensors file, or a "
                              ".gguf written by `python -m magihuman convert` (picking a .gguf sets weight_dtype to "
                              "'gguf (file)')."),
-                _weight_dtype_input(options=COMPACT_DTYPES, tooltip=(
-                    "Storage of the block linears. auto = bf16 (the official layout) where supported, and a .gguf "
-                    "file keeps its quantised blocks (= 'gguf (file)'; dequantised per layer on the GPU). fp32 "
-                    "files (distill, SR) are converted while streaming. fp8 = float8_e4m3fn with a per-tensor scale "
-                    "(half the memory of bf16; fp8 files keep their bytes). bf16/fp16/fp32 dequantise a GGUF.")),
+                _weight_dtype_input(options=STORAGE_DTYPES, tooltip=(
+                    "How the block linears are kept. auto = what the file holds (a .gguf keeps its quantised blocks, "
+                    "an fp8 file its fp8; decoded per layer on the GPU) and plain files in bf16 where supported (fp32 "
+                    "files, distill and SR, are converted while streaming). file = the same with bf16. bf16/fp16/fp32 "
+                    "decode everything. fp8 = float8_e4m3fn with a per-tensor scale (half the memory of bf16). "
+                    "Q8_0 ... Q4_0 quantise every block linear while loading (Q8_0 ~15 GiB, Q4_K ~8 GiB for the 15B "
+                    "DiT; a .gguf of that type loads as it is).")),
                 io.Combo.Input("attention", options=compat.attention_choices(), default="sdpa",
                                tooltip="Attention kernel of this DiT: sdpa (PyTorch), comfy (ComfyUI's choice, e.g. "
                                        "with --use-sage-attention), flash (FlashAttention 3/2) or sage (CUDA, if "
@@ -102,10 +86,10 @@ class _DiTLoader(compat.MagiNode):
                 io.Boolean.Input("compile", default=False,
                                  tooltip="torch.compile each transformer layer (one graph per layer kind, reused). "
                                          "Slow first run, faster afterwards."),
-                io.Combo.Input("compute_dtype", options=COMPUTE, default="auto",
+                io.Combo.Input("compute_dtype", options=run_choices()["compute_dtype"], default="auto",
                                tooltip="Matmul dtype. auto = bf16 (official numerics) on GPUs with bf16 (else fp16); "
                                        "on CPUs the faster of bf16/fp32, measured once."),
-                io.Combo.Input("fp8_compute", options=["off", "auto", "tensor", "token"], default="off", optional=True,
+                io.Combo.Input("fp8_compute", options=run_choices()["fp8_compute"], default="off", optional=True,
                                tooltip="With weight_dtype fp8: multiply in fp8 (torch._scaled_mm) instead of "
                                        "dequantising; activations scaled per tensor or per token. auto = token on "
                                        "GPUs with fp8 units (Ada, Hopper and newer), off elsewhere. Faster there, "
@@ -119,8 +103,8 @@ class _DiTLoader(compat.MagiNode):
         # fp8_compute is optional: API prompts written before it existed still validate (then: off)
         path = compat.resolve_model(DIT_FOLDERS, model_name)
         load_device, offload_device = compat.devices("diffusion")
-        dtype, gguf = _storage(weight_dtype, path, cls.name(), load_device)
-        model = load_dit(path, dtype=dtype, device=offload_device, operations=compat.operations(), gguf=gguf)
+        storage = compat.pick_storage(weight_dtype, load_device)
+        model = load_dit(path, storage=storage, device=offload_device, operations=compat.operations())
         is_sr = model.variant.startswith("sr_")
         if is_sr != cls.WANT_SR:
             if is_sr:
@@ -128,11 +112,10 @@ class _DiTLoader(compat.MagiNode):
                                  f"'{node_name('MagiHumanSRDiTLoader')}' and use it in '{node_name('MagiHumanLatentSR')}'")
             raise ValueError(f"{model_name} is a {model.variant} DiT, not a super-resolution model; load it with "
                              f"'{node_name('MagiHumanDiTLoader')}'")
-        model.set_compute_dtype(choose_compute_dtype(compute_dtype, load_device))
-        model.set_fp8_compute(fp8_compute, device=load_device)
-        compat.select_attention(model, attention)
-        if compile:
-            compile_dit_blocks(model)
+        if attention == "comfy" and not compat.HAS_COMFY:
+            raise ValueError("attention 'comfy' needs ComfyUI; use 'sdpa'")
+        RunOptions(compute_dtype=compute_dtype, attention=attention, fp8_compute=fp8_compute,
+                   compile=compile).apply(model, load_device)  # ComfyUI manages offload and LoRAs itself
         return io.NodeOutput(compat.ModelHandle(model, "diffusion", variant=model.variant, path=path))
 
 
@@ -148,7 +131,7 @@ class MagiHumanSRDiTLoader(_DiTLoader):
     ROLE, OUTPUT_NAME = "sr_540p", "sr_model"
 
 
-class MagiHumanTextEncoderLoader(compat.MagiNode):
+class MagiHumanTextEncoderLoader(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -159,9 +142,10 @@ class MagiHumanTextEncoderLoader(compat.MagiNode):
                              "models/text_encoders: the google/t5gemma-9b-9b-ul2 folder, an encoder-only .safetensors "
                              "with tokenizer.json beside it, or a .gguf written by `python -m magihuman convert` "
                              "(config and tokenizer inside)."),
-                _weight_dtype_input(options=COMPACT_DTYPES, tooltip=(
-                    "auto = bf16 (official) where supported; a .gguf keeps its quantised blocks. fp8 = projections "
-                    "as float8_e4m3fn + per-tensor scale (~9.7 GB instead of 17 GB for the 9B encoder).")),
+                _weight_dtype_input(options=STORAGE_DTYPES, tooltip=(
+                    "auto = what the file holds (a .gguf keeps its quantised blocks), plain files in bf16 (official) "
+                    "where supported. fp8 = projections and embedding as float8_e4m3fn + per-tensor scale (~8.6 GiB "
+                    "instead of 17.2 GiB for the 9B encoder); Q8_0 (9.2 GiB) ... Q4_0 quantise while loading.")),
             ],
             outputs=[MagiTextEncoder.Output(display_name="text_encoder")],
         )
@@ -170,13 +154,13 @@ class MagiHumanTextEncoderLoader(compat.MagiNode):
     def execute(cls, text_encoder, weight_dtype):
         path = compat.resolve_model(TEXT_FOLDERS, text_encoder)
         load_device, offload_device = compat.devices("text_encoder")
-        dtype, gguf = _storage(weight_dtype, path, cls.name(), load_device)
-        model = T5GemmaEncoder.from_pretrained(path, dtype=dtype, device=offload_device, operations=compat.operations(),
-                                               gguf=gguf)
+        storage = compat.pick_storage(weight_dtype, load_device)
+        model = T5GemmaEncoder.from_pretrained(path, storage=storage, device=offload_device,
+                                               operations=compat.operations())
         return io.NodeOutput(compat.ModelHandle(model, "text_encoder", path=path))
 
 
-class MagiHumanTurboVAELoader(compat.MagiNode):
+class MagiHumanTurboVAELoader(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -198,7 +182,7 @@ class MagiHumanTurboVAELoader(compat.MagiNode):
         return io.NodeOutput(_handle("vae", path, lambda p, **kw: load_turbo_vae(None, p, **kw), weight_dtype))
 
 
-class MagiHumanVideoVAELoader(compat.MagiNode):
+class MagiHumanVideoVAELoader(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -222,7 +206,7 @@ class MagiHumanVideoVAELoader(compat.MagiNode):
         return io.NodeOutput(_handle("vae", path, load_wan_vae, weight_dtype))
 
 
-class MagiHumanAudioVAELoader(compat.MagiNode):
+class MagiHumanAudioVAELoader(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(

@@ -6,13 +6,13 @@ import math
 
 from ..magihuman.lora import load_lora
 from . import compat
-from .compat import io
+from .v3 import MagiNode, io
 from .types import MagiDiT, MagiSRDiT, node_schema
 
 LORA_FOLDERS = ("loras",)
 
 
-class _LoraLoader(compat.MagiNode):
+class _LoraLoader(MagiNode):
     """The two LoRA loaders: one code path, one model type each (siblings: ComfyUI caches schema facts per
     registered class)."""
 

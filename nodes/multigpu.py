@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ..magihuman.parallel import check_world_size
 from . import compat
-from .compat import io
+from .v3 import MagiNode, io
 from .types import MagiDiT, MagiSRDiT, node_name, node_schema
 
 MAX_GPUS = 8
 
 
-class _MultiGPU(compat.MagiNode):
+class _MultiGPU(MagiNode):
     """The two Multi-GPU nodes: one code path, one model type each (siblings: ComfyUI caches schema facts per
     registered class)."""
 

@@ -11,7 +11,7 @@ import logging
 
 from ..magihuman import prompts
 from . import compat
-from .compat import io, ui
+from .v3 import MagiNode, io, ui
 from .types import node_name, node_schema
 
 log = logging.getLogger("magihuman.nodes")
@@ -28,7 +28,7 @@ def _text(value, name: str, where: str) -> str:
     return value
 
 
-class MagiHumanEnhancedPrompt(compat.MagiNode):
+class MagiHumanEnhancedPrompt(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -97,7 +97,7 @@ class MagiHumanEnhancedPrompt(compat.MagiNode):
         return io.NodeOutput(prompt, report, ui=ui.PreviewText(shown))
 
 
-class MagiHumanLLMPromptRequest(compat.MagiNode):
+class MagiHumanLLMPromptRequest(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -137,7 +137,7 @@ class MagiHumanLLMPromptRequest(compat.MagiNode):
         return io.NodeOutput(system, user, f"{system}\n{user}")
 
 
-class MagiHumanCheckEnhancedPrompt(compat.MagiNode):
+class MagiHumanCheckEnhancedPrompt(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(

@@ -6,7 +6,7 @@ from ..magihuman import pipeline
 from ..magihuman import sampling as S
 from ..magihuman.geometry import BASE_STEPS, DEFAULT_FRAME_RECEPTIVE_FIELD, DISTILLED_STEPS, SR_STEPS
 from . import compat
-from .compat import io
+from .v3 import MagiNode, io
 from .latent_io import from_latent, text_conditioning, to_latent
 from .types import node_schema, MagiDiT, MagiSRDiT, MagiVideoVAE
 
@@ -39,7 +39,7 @@ def _finish(out):
     return io.NodeOutput(to_latent(out))
 
 
-class MagiHumanDistilledSampler(compat.MagiNode):
+class MagiHumanDistilledSampler(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -67,7 +67,7 @@ class MagiHumanDistilledSampler(compat.MagiNode):
         return _finish(out)
 
 
-class MagiHumanBaseSampler(compat.MagiNode):
+class MagiHumanBaseSampler(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(
@@ -113,7 +113,7 @@ class MagiHumanBaseSampler(compat.MagiNode):
 SR_SIZES = {"540p (896x512)": (896, 512), "1080p (1920x1088)": (1920, 1088), "custom": None}
 
 
-class MagiHumanLatentSR(compat.MagiNode):
+class MagiHumanLatentSR(MagiNode):
     @classmethod
     def define_schema(cls):
         return node_schema(

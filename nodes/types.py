@@ -1,6 +1,6 @@
 """Custom socket types of the pack (created once; ComfyUI matches them by name), and the one table of node names."""
 
-from .compat import io
+from .v3 import io
 
 MagiDiT = io.Custom("MAGIHUMAN_DIT")            # base or distilled joint denoiser
 MagiSRDiT = io.Custom("MAGIHUMAN_SR_DIT")       # 540p / 1080p super-resolution denoiser (own type: cannot feed a base sampler)

@@ -67,13 +67,14 @@ class NodePack:
 
     def __init__(self, pack, models_dir: Path) -> None:
         self.compat = importlib.import_module(f"{pack.__name__}.nodes.compat")
+        self.v3 = importlib.import_module(f"{pack.__name__}.nodes.v3")
         self.compat.set_models_dir(str(models_dir))
         mod = importlib.import_module(f"{pack.__name__}.nodes")
         self.nodes = {c.define_schema().node_id: c for c in mod.NODE_CLASSES}
 
     def run(self, node_id: str, **inputs):
         """Execute a node as ComfyUI would (schema defaults, combo checks); returns its outputs tuple."""
-        return self.compat.run_node(self.nodes[node_id], **inputs).args
+        return self.v3.run_node(self.nodes[node_id], **inputs).args
 
     def load_tiny(self, *roles: str) -> dict:
         """role -> loaded model handle, for the roles of :data:`TINY_NODE_LOADS` (default: all)."""

@@ -111,7 +111,7 @@ def test_round_trip_layouts_fp32_to_bf16(tmp_path, layout, zst, shards):
         want_dtype = torch.bfloat16 if ck.is_block_linear(k) else torch.float32
         assert t.dtype == want_dtype, k
         assert torch.equal(t, ref[k].to(want_dtype)), k  # fp32 -> bf16 is exactly .to(bf16)
-    assert model.load_info["source_dtype"] == "float32" and model.load_info["dtype"] == "bfloat16"
+    assert model.load_info["source_dtype"] == "fp32" and model.load_info["dtype"] == "bf16"
 
 
 def test_fp32_model_is_bit_exact_and_bf16_source(tmp_path):
@@ -125,7 +125,7 @@ def test_fp32_model_is_bit_exact_and_bf16_source(tmp_path):
     assert ref16["final_norm_video.weight"].dtype == torch.float32
     m = load(p16, dtype=torch.float32)
     assert all(torch.equal(m.state_dict()[k], ref16[k].float()) for k in ref16)
-    assert m.load_info["source_dtype"] == "bfloat16"
+    assert m.load_info["source_dtype"] == "bf16"
 
 
 def test_fp16_on_disk(tmp_path):
@@ -387,7 +387,7 @@ def test_convert_dit_to_single_bf16_file(tmp_path):
     assert meta["magihuman_variant"] == "sr_1080p"
     assert json.loads(meta["magihuman_config"])["local_attn_layers"] == [0, 1, 2]
     m = load(dst)  # the variant survives the rename through metadata
-    assert m.variant == "sr_1080p" and m.load_info["source_dtype"] == "bfloat16"
+    assert m.variant == "sr_1080p" and m.load_info["source_dtype"] == "bf16"
 
 
 # ------------------------------------------------------------------ fp8 key maps
@@ -426,7 +426,7 @@ def test_fp8_checkpoints_dequantised_while_streaming(tmp_path, style):
     assert set(sd) == set(ref)
     for k, t in sd.items():
         assert torch.equal(t, want[k].to(t.dtype)), k
-    assert m.variant == "distill" and m.load_info["source_dtype"] == "float8_e4m3fn"
+    assert m.variant == "distill" and m.load_info["source_dtype"] == "fp8"
     assert "fp8" in m.load_info["quantization"]
     kind = "__fp8_scale" if style == "fp8_scale" else "scaled_fp8"
     assert m.load_info["quantization"] == f"fp8 per-tensor scales ({kind})"
@@ -461,7 +461,7 @@ def test_inspect_reads_headers_only(tmp_path, monkeypatch):
     p = write_tiny_dit(tmp_path / "540p_sr", zst=True, metadata=False)
     monkeypatch.setattr(sio.TensorReader, "read_into", lambda *a, **k: pytest.fail("tensor data read"))
     info = ck.inspect_dit(p)
-    assert info["variant"] == "sr_540p" and info["coords"] == "v1" and info["source_dtype"] == "float32"
+    assert info["variant"] == "sr_540p" and info["coords"] == "v1" and info["source_dtype"] == "fp32"
     assert info["config"] == {**TINY.to_dict(), "local_attn_layers": []}
     assert info["bytes"] == sum(math.prod(s) * 4 for s in official_key_shapes(TINY).values())
 

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from magihuman.storage import FILE, STORAGES
+
 from magihuman import cli, estimate
 from magihuman.checkpoints import load_dit, write_tiny_dit
 
@@ -83,14 +85,17 @@ def test_plan_check_prices_block_offload_and_gguf_files(tmp_path, monkeypatch, c
     offloaded = estimate.estimate(preset, weight_dtype=torch.bfloat16, blocks_on_device=4).peak_device_bytes
     assert offloaded < whole / 2
     monkeypatch.setattr(estimate, "device_memory", lambda d: (offloaded + whole) // 2 if str(d) == "cuda" else 1 << 40)
+    bf16 = FILE.keeping(STORAGES["bf16"])
     with pytest.raises(estimate.MemoryEstimateError):
-        cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0)
+        cli._plan_and_check(args, preset, dev, bf16, 448, 256, 4.0)
     args.blocks_on_device = 4
-    cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0)  # fits with 4 layers on the device
+    cli._plan_and_check(args, preset, dev, bf16, 448, 256, 4.0)  # fits with 4 layers on the device
 
     write_tiny_gguf(tmp_path, quants=("Q4_0",))
     files = {role: tmp_path / rel for role, rel in tiny_gguf_files("Q4_0").items()}
-    assert cli._gguf_format(files["distill"]) == "Q4_0" and cli._gguf_format(tmp_path / "x.safetensors") is None
+    assert cli._file_format(files["distill"], FILE) == "Q4_0"
+    assert cli._file_format(tmp_path / "x.safetensors", FILE) == "bf16"  # not there: the plain default
+    assert cli._file_format(files["distill"], STORAGES["fp8"]) == "fp8"  # a storage asked for: priced in it
     args.blocks_on_device = None
     seen = {}
     real = estimate.estimate
@@ -101,21 +106,24 @@ def test_plan_check_prices_block_offload_and_gguf_files(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(estimate, "device_memory", lambda d: 1 << 40)
     monkeypatch.setattr(estimate, "estimate", spy)
-    cli._plan_and_check(args, preset, dev, torch.bfloat16, 448, 256, 4.0, files={"distill": files["distill"],
-                                                                            "text_encoder": files["text_encoder"]})
+    cli._plan_and_check(args, preset, dev, bf16, 448, 256, 4.0, files={"distill": files["distill"],
+                                                                  "text_encoder": files["text_encoder"]})
     assert seen["weight_dtype"] == "Q4_0" and seen["text_encoder_format"] == "Q4_0"
 
 
 def test_gguf_types_of_other_tools_are_priced_not_refused(tmp_path, monkeypatch):
     """A DiT GGUF in a type the converter does not write (Q6_K, Q3_K from other tools; the loader decodes them) is
-    priced as the smallest known type with at least as many bits per weight, not refused by the estimator."""
+    priced in its own type (the registry knows every GGML block type), not refused by the estimator."""
+    from magihuman.checkpoints import WeightSource
     from magihuman.quant.gguf import GGMLType
     from magihuman.weights.entry import Entry
 
     (tmp_path / "x.gguf").write_bytes(b"")
-    for name, priced in (("Q6_K", "Q8_0"), ("Q5_K", "Q5_0"), ("Q3_K", "Q4_K"), ("Q8_0", "Q8_0")):
-        entry = Entry("w", "w", tmp_path / "x.gguf", torch.uint8, (4, 256), 210, 0, int(GGMLType[name]))
-        monkeypatch.setattr(cli, "open_gguf", lambda p, e=entry: ({"w": e}, {}, {}))
-        got = cli._gguf_format(tmp_path / "x.gguf")
-        assert got == priced or (name == "Q3_K" and got == "Q4_0"), (name, got)
+    key = "block.layers.0.attention.linear_qkv.weight"
+    for name in ("Q6_K", "Q5_K", "Q3_K", "Q8_0"):
+        entry = Entry(key, key, tmp_path / "x.gguf", torch.uint8, (4, 256), 210, 0, int(GGMLType[name]))
+        src = WeightSource(tmp_path / "x.gguf", [tmp_path / "x.gguf"], "gguf", {key: entry})
+        monkeypatch.setattr(cli, "open_checkpoint", lambda p, s=src: s)
+        got = cli._file_format(tmp_path / "x.gguf", FILE)
+        assert got == name, (name, got)
         estimate.estimate("distill_256p", weight_dtype=got)  # priced

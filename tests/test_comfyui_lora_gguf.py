@@ -20,8 +20,8 @@ from magihuman.weights.safetensors_io import write_file  # noqa: E402
 CASES = {  # name: (DiT, weight_dtype, text encoder, its weight_dtype)
     "plain": ("magihuman_tiny_distill/", "fp32", "t5gemma_tiny/", "fp32"),
     "fp8": ("magihuman_tiny_distill/", "fp8", "t5gemma_tiny/", "fp8"),
-    "q8_0": ("magihuman_tiny_distill_Q8_0.gguf", "auto", "t5gemma_tiny_Q8_0.gguf", "gguf (file)"),
-    "q4_0": ("magihuman_tiny_distill_Q4_0.gguf", "gguf (file)", "t5gemma_tiny_Q4_0.gguf", "auto"),
+    "q8_0": ("magihuman_tiny_distill_Q8_0.gguf", "auto", "t5gemma_tiny_Q8_0.gguf", "file"),
+    "q4_0": ("magihuman_tiny_distill_Q4_0.gguf", "file", "t5gemma_tiny_Q4_0.gguf", "auto"),
 }
 
 

@@ -1,9 +1,10 @@
 """GGUF models in a real ComfyUI 0.8.0 with its real frontend (1.35.9).
 
 A .gguf DiT in models/unet (where ComfyUI-GGUF users keep them) is listed by the DiT loaders and runs a tiny
-workflow. web/js/magihuman_gguf.js: picking a .gguf model from a loader's list in the canvas (a click on the
-widget, a click on the menu entry) sets weight_dtype to "gguf (file)", picking another file sets it back to
-"auto"; loading a saved workflow changes nothing; no console errors. Skips, saying why, without a harness
+workflow. web/js/magihuman_gguf.js (reading web/storage.json, written from the storage registry): picking a .gguf
+model from a loader's list in the canvas (a click on the widget, a click on the menu entry) sets weight_dtype to
+"file", picking another file sets it back to "auto"; loading a saved workflow keeps its values, but an older
+workflow's "gguf (file)" becomes "file"; no console errors. Skips, saying why, without a harness
 ComfyUI (or without its headless-frontend setup for the frontend part)."""
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 UNET_GGUF = "magihuman_tiny_distill_unet_Q8_0.gguf"  # in models/unet
 DIT_GGUF = "magihuman_tiny_distill_Q8_0.gguf"  # in models/diffusion_models
 TE_GGUF = "t5gemma_tiny_Q8_0.gguf"
-GGUF_FILE = "gguf (file)"
+GGUF_FILE = "file"
+OLDER_NAME = "gguf (file)"  # what workflows saved by earlier versions hold
 # per loader, what the artist picks in turn (widget, value) and the weight_dtype it must then show: a .gguf file ->
-# "gguf (file)", another file -> back to "auto", but a dtype the artist chose stays
+# "file", another file -> back to "auto", but a dtype the artist chose stays
 PICKS = {
     "MagiHumanDiTLoader": [("model_name", UNET_GGUF, GGUF_FILE), ("model_name", "magihuman_tiny_distill/", "auto"),
                            ("weight_dtype", "fp32", "fp32"), ("model_name", "magihuman_tiny_base.safetensors", "fp32"),
@@ -81,7 +83,7 @@ async function pick(page, id, name, value) {  // a click on the combo widget, th
     await page.waitForFunction(() => window.app && window.app.graph && window.LiteGraph &&
       Object.keys(window.LiteGraph.registered_node_types).length > 10, null, { timeout: 120000 });
     await sleep(2000);
-    out.extension = await page.evaluate(() => window.app.extensions.some((e) => e.name === 'MagiHuman.GGUFWeightDtype'));
+    out.extension = await page.evaluate(() => window.app.extensions.some((e) => e.name === 'MagiHuman.StorageWeightDtype'));
     const ids = await page.evaluate((types) => {
       window.app.graph.clear();
       const c = window.app.canvas;
@@ -106,7 +108,8 @@ async function pick(page, id, name, value) {  // a click on the combo widget, th
     await page.evaluate(() => window.app.canvas.setDirty(true, true));  // redraw (no mouse move since the menu)
     await sleep(300);
     await page.screenshot({ path: path.join(job.shots, 'gguf_widget_picks.png') });
-    // a saved workflow: a .gguf with fp32 (dequantise, on purpose) and a folder with "gguf (file)" stay as saved
+    // a saved workflow: a .gguf with fp32 (dequantise, on purpose) stays as saved; an older workflow's "gguf (file)"
+    // becomes "file"
     const saved = await page.evaluate(([a, b, gguf]) => {
       const set = (id, model, dtype) => {
         const n = window.app.graph.getNodeById(id);
@@ -174,7 +177,7 @@ def frontend(server, tmp_path_factory):
         pytest.skip(frontend_available()[1])
     shots = Path(os.environ.get("MAGIHUMAN_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    job = {"shots": str(shots), "types": list(PICKS), "picks": PICKS, "ggufName": UNET_GGUF, "ggufFile": GGUF_FILE}
+    job = {"shots": str(shots), "types": list(PICKS), "picks": PICKS, "ggufName": UNET_GGUF, "ggufFile": OLDER_NAME}
     out = server.frontend(FRONTEND_JS, job)
     (shots / "gguf_widget_report.json").write_text(json.dumps(out, indent=1))
     return out
@@ -184,6 +187,8 @@ def test_the_extension_is_served_and_registered(frontend):
     assert frontend["extension"] is True
     served = [x["status"] for x in frontend["scripts"] if x["url"].endswith("/js/magihuman_gguf.js")]
     assert served and set(served) == {200}, frontend["scripts"]
+    settings = [x["status"] for x in frontend["scripts"] if x["url"].endswith("/storage.json")]
+    assert settings and set(settings) == {200}, frontend["scripts"]
 
 
 @pytest.mark.parametrize("node_type", list(PICKS))
@@ -196,11 +201,11 @@ def test_picking_a_gguf_sets_weight_dtype_and_another_file_resets_it(frontend, n
         assert step["values"]["weight_dtype"] == want, step
 
 
-def test_loading_a_saved_workflow_changes_nothing(frontend):
+def test_loading_a_saved_workflow_keeps_its_values_and_renames_older_ones(frontend):
     assert frontend["loaded"]["dit"]["model_name"] == UNET_GGUF
     assert frontend["loaded"]["dit"]["weight_dtype"] == "fp32"
     assert frontend["loaded"]["sr"]["model_name"] == "magihuman_tiny_540p_sr/"
-    assert frontend["loaded"]["sr"]["weight_dtype"] == GGUF_FILE
+    assert frontend["loaded"]["sr"]["weight_dtype"] == GGUF_FILE  # saved as "gguf (file)"
     assert frontend["afterLoadPick"]["weight_dtype"] == "auto"  # then a pick on a loaded node: reset as usual
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from magihuman.models.dit import DiTConfig, MagiHumanDiT, block_linear
+from magihuman.models.dit import DiTConfig, MagiHumanDiT
+from magihuman.storage import BlockLinear, Fetched
 
 F64 = torch.float64
 
@@ -277,12 +278,13 @@ def test_garbage_in_padded_text_rows_does_not_matter():
 
 def test_expert_linear_matches_per_token_loop():
     g = torch.Generator().manual_seed(0)
-    lin = nn.Linear(8, 3 * 5, bias=False)
-    lin.num_experts = 3
+    lin = BlockLinear(8, 5, experts=3, storage="fp32")
+    lin.weight.data.copy_(torch.randn(15, 8, generator=g))
     x = torch.randn(2, 9, 8, generator=g)
     segs = ((0, 4), (4, 6), (6, 9))
     for cd in (torch.float32, torch.bfloat16):
-        out = block_linear(lin, x, cd, segs)
+        lin.compute_dtype = cd
+        out = lin(x, segs)
         assert out.dtype == cd and out.shape == (2, 9, 5)
         w = lin.weight.detach().to(cd)
         for b in range(2):
@@ -293,24 +295,32 @@ def test_expert_linear_matches_per_token_loop():
                                            rtol=1e-5 if cd == torch.float32 else 1e-2)
 
 
-def test_operations_namespace_fetch_weight_hook_is_used():
+def test_operations_namespace_block_linear_is_used():
+    """A host's operations.BlockLinear (e.g. ComfyUI's offloading cast) builds every block linear, and each weight
+    reaches its matmul through the host's fetch / release pair, once per linear per forward."""
     calls = []
+
+    class HostBlockLinear(BlockLinear):
+        def fetch(self, device, dtype):
+            calls.append(("fetch", self))
+            got = super().fetch(device, dtype)
+            return Fetched(got.data, got.scale, got.bias, token=self)
+
+        def release(self, token):
+            calls.append(("release", token))
 
     class Ops:
         Linear = nn.Linear
-
-        @staticmethod
-        def fetch_weight(module, dtype, device):
-            calls.append(module)
-            return module.weight.to(dtype=dtype, device=device)
+        BlockLinear = HostBlockLinear
 
     cfg = small_config()
     m = MagiHumanDiT(cfg, operations=Ops).init_random_(3)
-    assert m.block.layers[0].attention.linear_qkv._magi_ops is Ops
+    assert all(type(mod) is HostBlockLinear for mod in m.block_linears())
     v, a, t = make_inputs(cfg)
     with torch.no_grad():
         m(v, a, t, [5])
-    assert len(calls) == 4 * cfg.num_layers  # qkv, proj, up, down per layer
+    assert len(calls) == 2 * 4 * cfg.num_layers  # qkv, proj, up, down per layer, fetched and released
+    assert [c[0] for c in calls[:2]] == ["fetch", "release"] and calls[0][1] is calls[1][1]
 
 
 # ------------------------------------------------------------------ layout, loading, construction

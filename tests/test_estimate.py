@@ -264,12 +264,15 @@ def test_base_param_count_15b():
 
 
 def test_weight_bytes_by_dtype():
+    from magihuman.estimate import dit_weight_storage
+
     cfg = DiTConfig.preset("base")
     p = dit_param_count(cfg)
     bf16 = dit_weight_bytes(cfg, torch.bfloat16)
     assert bf16 == 2 * p["block_linear"] + 4 * (p["fp32"] + p["buffers"])
-    assert bf16 - dit_weight_bytes(cfg, torch.float8_e4m3fn) == p["block_linear"]
-    assert dit_weight_bytes(cfg, "fp8") == dit_weight_bytes(cfg, torch.float8_e4m3fn)
+    fp8 = dit_weight_storage(cfg, torch.float8_e4m3fn)  # one byte per (padded) weight, one scale per tensor
+    assert bf16 - dit_weight_bytes(cfg, torch.float8_e4m3fn) == p["block_linear"] - fp8.padding_params - fp8.scales
+    assert dit_weight_bytes(cfg, "fp8") == dit_weight_bytes(cfg, torch.float8_e4m3fn) == fp8.total
 
 
 # ----------------------------------------------------------------------------- memory and fitting
@@ -375,7 +378,8 @@ def _resident_bytes(model) -> int:
 @pytest.mark.parametrize("fmt", ["bf16", "fp8", "Q8_0", "Q5_1", "Q4_K", "Q4_0"])
 def test_dit_storage_equals_what_the_loader_keeps(tmp_path, config, fmt):
     """dit_weight_storage(cfg, fmt).total == the bytes of every tensor of the model load_dit builds in that format
-    (GGUF: converted with convert_dit; rows that are not whole blocks stay BF16), and its per-layer split too."""
+    (GGUF: converted with convert_dit; rows that are not whole blocks zero-padded to whole blocks, fp8 padded to
+    matmul tiles), and its per-layer split too."""
     pytest.importorskip("gguf")
     from magihuman.checkpoints import convert_dit, load_dit, write_tiny_dit
     from magihuman.estimate import dit_weight_storage
@@ -390,10 +394,11 @@ def test_dit_storage_equals_what_the_loader_keeps(tmp_path, config, fmt):
     storage = dit_weight_storage(cfg, fmt)
     assert storage.total == _resident_bytes(model)
     assert storage.layers == tuple(_resident_bytes(layer) for layer in model.block.layers)
-    if fmt in ("bf16", "fp8"):
-        assert storage.fallback_params == 0
-    else:  # the swiglu down_proj rows (340 / 680 wide) are never whole blocks
-        assert storage.fallback_params >= cfg.hidden_size * cfg.swiglu_intermediate_size
+    assert {m.storage.name for m in model.block_linears()} == {fmt}  # every block linear, down_proj included
+    if fmt == "bf16":
+        assert storage.padding_params == 0
+    else:  # the swiglu down_proj rows (170 / 680 wide) are never whole blocks: padded
+        assert storage.padding_params >= cfg.hidden_size * (-cfg.swiglu_intermediate_size % 16)
 
 
 def test_release_dit_storage_by_format():
@@ -404,15 +409,20 @@ def test_release_dit_storage_by_format():
     bf16 = dit_weight_storage(cfg, "bf16")
     assert bf16.total == dit_weight_bytes(cfg) == 2 * p["block_linear"] + 4 * (p["fp32"] + p["buffers"])
     fp8 = dit_weight_storage(cfg, torch.float8_e4m3fn)
-    assert fp8.total == dit_weight_bytes(cfg, "fp8") + 4 * 4 * cfg.num_layers  # one fp32 scale per block linear
-    # GGUF: the swiglu down_proj of the 36 swiglu layers (4 of them mm: 3 experts) has 13652-wide rows -> BF16
+    assert fp8.scales == 4 * 4 * cfg.num_layers  # one fp32 scale per block linear
+    # fp8 pads to 16: qkv rows 7208 -> 7216 and swiglu up rows 27304 -> 27312 per expert, down_proj rows 13652 -> 13664
+    experts = 32 + 4 * 3 + 4 * 3  # per kind: 32 shared swiglu layers + 4 mm swiglu + 4 mm gelu layers of 3 experts
+    assert fp8.padding_params == (8 * 5120 * (4 * 3 + 32 + 4 * 3) + 8 * 5120 * (32 + 4 * 3)
+                                  + 12 * 5120 * (32 + 4 * 3)) and experts == 56
+    assert fp8.total == p["block_linear"] + fp8.padding_params + fp8.scales + 4 * (p["fp32"] + p["buffers"])
+    # GGUF: every block linear in the type; the swiglu down_proj of the 36 swiglu layers (4 of them mm: 3 experts)
+    # has 13652-wide rows, zero-padded to 13664 (Q4_0: 32-element blocks)
     q4 = dit_weight_storage(cfg, "Q4_0")
-    down = 5120 * 13652
-    assert q4.fallback_params == (32 + 4 * 3) * down
-    quantised = p["block_linear"] - q4.fallback_params
-    assert q4.compact == quantised // 32 * 18 + 2 * q4.fallback_params
+    assert q4.padding_params == (32 + 4 * 3) * 5120 * (13664 - 13652)
+    assert q4.compact == (p["block_linear"] + q4.padding_params) // 32 * 18
     assert dit_weight_bytes(cfg, "Q4_0") == q4.total  # GGUF names work in the old function too
-    assert dit_weight_storage(cfg, "Q4_K").total == q4.total  # 144 bytes / 256 = 18 / 32
+    q4k = dit_weight_storage(cfg, "Q4_K")  # 144 bytes / 256 = 18 / 32, but rows padded to 256
+    assert q4k.compact == (p["block_linear"] + q4k.padding_params) // 256 * 144 > q4.compact
     assert dit_weight_storage(cfg, "q8_0") == dit_weight_storage(cfg, "Q8_0")
     outside = 4 * (sum((c + 1) * 5120 for c in (192, 64, 3584)) + 2 * 5120 + 5120 * (192 + 64) + 128 // 8)
     assert sum(bf16.layers) + outside == bf16.total  # adapter, heads, RoPE bands: outside the layers, fp32
@@ -425,7 +435,8 @@ def test_weight_format_names():
     assert weight_format(torch.bfloat16) == weight_format("bfloat16") == weight_format("BF16") == "bf16"
     assert weight_format(torch.float8_e4m3fn) == weight_format("fp8") == "fp8"
     assert weight_format("q4_k") == "Q4_K" and weight_format(" Q8_0 ") == "Q8_0"
-    for bad in ("int3", "Q3_K", torch.float8_e5m2, None, 8):
+    assert weight_format("q3_k") == "Q3_K"  # a type other tools write: priced as it is stored
+    for bad in ("int3", torch.float8_e5m2, None, 8, "file"):
         with pytest.raises(ValueError, match="weight_dtype"):
             weight_format(bad)
 
@@ -439,10 +450,11 @@ def test_dequant_working_bytes():
     assert dit_weight_storage(cfg, "bf16").largest_compact == largest
     assert dequant_working_bytes(dit_weight_storage(cfg, "bf16"), torch.bfloat16) == 0
     assert dequant_working_bytes(dit_weight_storage(cfg, "bf16"), torch.float32) == 4 * largest  # a cast copy
-    assert dequant_working_bytes(dit_weight_storage(cfg, "fp8"), torch.bfloat16) == 2 * 2 * largest
+    fp8_largest = 3 * 2 * 13656 * 5120  # its rows padded to multiples of 16 per expert (fp8 matmul tiles)
+    assert dit_weight_storage(cfg, "fp8").largest_compact == fp8_largest
+    assert dequant_working_bytes(dit_weight_storage(cfg, "fp8"), torch.bfloat16) == 2 * 2 * fp8_largest
     q8 = dit_weight_storage(cfg, "Q8_0")
     assert dequant_working_bytes(q8, torch.bfloat16) == 2 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
-    # fp32 compute also casts the BF16 fallback rows, but the largest quantised weight dominates
     assert dequant_working_bytes(q8, torch.float32) == 4 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
 
 
@@ -498,7 +510,9 @@ def test_load_working_bytes():
     assert dit_load_working_bytes(cfg, "fp8", torch.float8_e4m3fn) == 0
     assert dit_load_working_bytes(cfg, "bf16", torch.bfloat16) == 0  # read straight into the model
     assert dit_load_working_bytes(cfg, "bf16", torch.float32) == 64 << 20  # one chunk buffer
-    assert dit_load_working_bytes(cfg, "Q4_K") == 0  # blocks copied out of the memory-mapped .gguf
+    assert dit_load_working_bytes(cfg, "Q4_K", torch.uint8) == 0  # blocks copied out of a .gguf of that type
+    q4k = dit_weight_storage(cfg, "Q4_K").largest_compact
+    assert dit_load_working_bytes(cfg, "Q4_K", torch.float32) == q4k * 12  # quantised while loading
 
 
 def test_text_encoder_shapes_and_storage_match_the_loaded_module(tmp_path):
@@ -522,9 +536,10 @@ def test_text_encoder_shapes_and_storage_match_the_loaded_module(tmp_path):
         path = save_encoder_file(folder, tmp_path / f"te_{quant}.gguf", quant=quant)
         m = T5GemmaEncoder.from_pretrained(path, dtype=torch.bfloat16)
         assert text_encoder_storage(quant, cfg).total == _resident_bytes(m), quant
-    # the 9B encoder: bf16 is 2 bytes a parameter; Q8_0 is smaller than fp8 (its embedding is quantised too)
+    # the 9B encoder: bf16 is 2 bytes a parameter; fp8 one (its embedding too) and a scale per tensor
     assert text_encoder_storage("bf16").total == 2 * 9_241_705_984
-    assert text_encoder_storage("Q8_0").total < text_encoder_storage("fp8").total
+    assert text_encoder_storage("fp8").total == 9_241_705_984 - 3584 * 4 * 42 - 3584 + 2 * (3584 * 4 * 42 + 3584) \
+        + 4 * (7 * 42 + 1)
     plan = estimate("distill_256p", text_encoder_format="Q8_0")
     assert plan.text_encoder_bytes == text_encoder_storage("Q8_0").total and plan.text_encoder_format == "Q8_0"
     assert 0 < plan.text_encode_bytes < GIB // 2

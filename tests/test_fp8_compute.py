@@ -1,5 +1,6 @@
 """fp8 matmuls (torch._scaled_mm) for fp8-stored block linears: numerics against bf16 compute on the same fp8
-weights, both activation scalings, the fallback for widths the kernel does not take, and the switches."""
+weights, both activation scalings, every block-linear kind in fp8 (weights stored padded to the kernel's multiples of
+16, outputs sliced), the probe and fallback per device / mode / output dtype, and the switches."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import torch
 from magihuman.models.dit import DiTConfig, MagiHumanDiT
 from magihuman.quant import fp8 as fp8_mod
 from magihuman.quant.fp8 import fp8_linear, fp8_mm_supported, quantize_fp8
+from magihuman.storage import BlockLinear
 
 pytestmark = pytest.mark.skipif(not fp8_mm_supported(torch.device("cpu")),
                                 reason="this torch build has no fp8 torch._scaled_mm on the CPU")
 
 
-def _model():
-    m = MagiHumanDiT(DiTConfig.preset("tiny"), dtype=torch.float32, compute_dtype=torch.bfloat16)
+def _model(cfg=None):
+    m = MagiHumanDiT(cfg or DiTConfig.preset("tiny"), dtype=torch.float32, compute_dtype=torch.bfloat16)
     m.init_random_(4, std=0.05)
-    return m.quantize_block_linears_fp8_()
+    return m.store_block_linears_("fp8")
 
 
 def _inputs():
@@ -40,6 +42,11 @@ def test_fp8_linear_against_dequantised_matmul(mode):
     assert out.shape == (3, 10, 64) and out.dtype == torch.bfloat16
     assert _rel(out, ref) < {"tensor": 0.08, "token": 0.05}[mode]
     assert fp8_linear(x[..., :90], w8[:, :90].contiguous(), ws, torch.bfloat16, mode) is None  # K % 16: no kernel
+    # a narrower input is zero-padded to the (padded) weight: the zero columns change no product
+    w_pad = torch.cat([w8[:, :90], torch.zeros(64, 6, dtype=w8.dtype)], dim=1)
+    torch.testing.assert_close(fp8_linear(x[..., :90], w_pad, ws, torch.bfloat16, mode),
+                               fp8_linear(torch.cat([x[..., :90], torch.zeros(3, 10, 6)], -1), w_pad, ws,
+                                          torch.bfloat16, mode))
 
 
 def test_model_fp8_compute_error_against_bf16_compute(monkeypatch):
@@ -48,14 +55,17 @@ def test_model_fp8_compute_error_against_bf16_compute(monkeypatch):
         ref = model(*_inputs())  # bf16 matmuls on the dequantised fp8 weights
     calls = []
     real = fp8_mod.fp8_linear
-    monkeypatch.setattr("magihuman.models.dit.fp8_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("magihuman.storage.layers.fp8_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
     errors = {}
     for mode in ("tensor", "token"):
         assert model.set_fp8_compute(mode) == mode
         calls.clear()
         with torch.no_grad():
             out = model(*_inputs())
-        assert calls  # the fp8 kernel ran (every block linear but the swiglu down_proj of width 340)
+        # every block linear runs in fp8, the 260-row qkv and the 340-wide swiglu down_proj included (stored padded
+        # to 272 / 352): one kernel call per linear, per expert in the 2 multi-modal layers
+        cfg = model.config
+        assert len(calls) == 4 * (cfg.num_layers - len(cfg.mm_layers)) + 4 * 3 * len(cfg.mm_layers)
         errors[mode] = (_rel(out[0], ref[0]), _rel(out[1], ref[1]))
         assert max(errors[mode]) < 0.1, errors
     assert errors["token"][0] <= errors["tensor"][0] * 1.5  # per-token scales are at least as good
@@ -83,32 +93,94 @@ def test_host_patches_on_fp8_weights_are_never_skipped_or_doubled():
     """A host (ComfyUI) that patches fp8 weights after decoding: its cast path is asked for the raw e4m3 bytes
     only (a cast path that patched them would add the LoRA before the scale and once more after), and fp8
     compute steps aside for a patched weight instead of dropping the patch."""
-    from magihuman import ops
-    from magihuman.models.dit import block_linear
-
     torch.manual_seed(0)
-    lin = torch.nn.Linear(64, 32, bias=False)
-    w8, scale = quantize_fp8(lin.weight.detach())
-    ops.set_fp8_weight(lin, w8, scale)
     delta = torch.randn(32, 64) * 0.1
     asked = []
 
-    class Host:
-        @staticmethod
-        def fetch_weight(module, dtype, device):
+    class HostBlockLinear(BlockLinear):
+        def fetch(self, device, dtype):
             asked.append(dtype)
-            return module.weight.to(device=device, dtype=dtype)
+            return super().fetch(device, dtype)
 
-        @staticmethod
-        def decoded_patches(module):
+        def host_patches(self):
             return [lambda w: w + delta.to(w.dtype)]
 
-    ops.tag_operations(lin, Host)
+    w = torch.randn(32, 64) * 0.02
+    lin = HostBlockLinear(64, 32, storage="fp8")
+    lin.store_weight(w)
+    w8, scale = quantize_fp8(w)
     expected = w8.float() * scale + delta
-    got = ops.linear_weight(lin, torch.float32, torch.device("cpu"))
-    assert asked == [None] and torch.allclose(got, expected, atol=1e-6)
-    assert ops.has_patches(lin)
+    got = lin.decoded_weight(torch.float32)
+    assert asked == [torch.float32] and torch.allclose(got, expected, atol=1e-6)
+    assert lin.has_patches()
     x = torch.randn(1, 5, 64)
     ref = torch.nn.functional.linear(x, expected)
+    lin.compute_dtype = torch.float32
     for mode in ("off", "tensor", "token"):
-        torch.testing.assert_close(block_linear(lin, x, torch.float32, None, mode), ref, rtol=1e-5, atol=1e-5)
+        lin.fp8_compute = mode
+        torch.testing.assert_close(lin(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_awkward_widths_of_the_release_scaled_down_all_run_in_fp8(monkeypatch):
+    """Issue gate: a DiT with hidden 1280 has qkv 1802, swiglu up 6824 and down 3412 wide (the release's 7208 / 27304
+    / 13652 scaled down; none a multiple of 16): stored padded, all four kinds run through torch._scaled_mm, and the
+    result is the padded-free product within fp8 rounding."""
+    cfg = DiTConfig(num_layers=2, hidden_size=1280, head_dim=128, num_query_groups=2, mm_layers=[0],
+                    gelu7_layers=[0])
+    model = _model(cfg)
+    shapes = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **k: shapes.append((tuple(a.shape), tuple(b.shape)))
+                        or real(a, b, **k))
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g),
+         torch.randn(1, 6, cfg.text_in_channels, generator=g), [6])
+    with torch.no_grad():
+        ref = model(*x)
+        model.set_fp8_compute("token")
+        out = model(*x)
+    kinds = {(b[1] % 16, b[0] % 16) for _, b in shapes}
+    assert kinds == {(0, 0)} and len(shapes) == 4 * 3 + 4  # K and N multiples of 16; every linear and expert
+    widths = {b[1] for _, b in shapes}  # N of each product: the padded output widths of the four kinds
+    assert {1808, 6832, 1280, 5120} <= widths, widths  # qkv 1802, up 6824 padded; proj / down give h
+    ks = {b[0] for _, b in shapes}
+    assert 3424 in ks and 1280 in ks, ks  # down_proj's 3412-wide input padded to 3424
+    assert max(_rel(a, b) for a, b in zip(out, ref)) < 0.1
+
+
+def test_rowwise_refusal_is_probed_once_and_falls_back_with_a_log_line(monkeypatch, caplog):
+    """Row-wise ("token") scales need a recent torch, a bf16 output on Ada and no Windows: a kernel that refuses is
+    found by a probe once per device, mode and output dtype, logged, and the layer dequantises instead: never an
+    exception mid-run."""
+    import logging
+
+    monkeypatch.setattr(fp8_mod, "_MM_SUPPORT", {})
+    real = torch._scaled_mm
+
+    def picky(a, b, *, scale_a, scale_b, out_dtype):
+        if scale_a.dim() == 2 and out_dtype != torch.bfloat16:
+            raise RuntimeError("Only bf16 high precision output types are supported for row-wise scaling.")
+        return real(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
+
+    monkeypatch.setattr(torch, "_scaled_mm", picky)
+    lin = BlockLinear(64, 32, storage="fp8")
+    lin.store_weight(torch.randn(32, 64) * 0.02)
+    lin.fp8_compute, lin.compute_dtype = "token", torch.float32
+    x = torch.randn(2, 3, 64)
+    with caplog.at_level(logging.INFO, logger="magihuman.quant.fp8"):
+        out = lin(x)
+        lin(x)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, lin.decoded_weight(torch.float32)))
+    refusals = [r for r in caplog.records if "not available" in r.getMessage()]
+    assert len(refusals) == 1 and "row-wise" in refusals[0].getMessage()
+    assert fp8_mod._MM_SUPPORT[("cpu", "token", torch.float32)] is False
+    lin.compute_dtype = torch.bfloat16  # bf16 output: the kernel takes it
+    assert fp8_mm_supported(torch.device("cpu"), "token", torch.bfloat16)
+
+
+def test_capability_below_ada_is_refused_without_running_a_kernel(monkeypatch):
+    monkeypatch.setattr(fp8_mod, "_MM_SUPPORT", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: pytest.fail("no kernel may run on sm86"))
+    assert fp8_mm_supported(torch.device("cuda", 0), "tensor", torch.bfloat16) is False

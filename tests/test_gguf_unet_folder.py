@@ -12,7 +12,6 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from magihuman.ops import storage_kind  # noqa: E402
 from magihuman.tiny import tiny_gguf_files, write_tiny_gguf  # noqa: E402
 
 
@@ -37,13 +36,13 @@ def test_gguf_in_models_unet_and_clip_is_listed_and_loads(node_pack, tmp_path):
             assert "magihuman_tiny_distill_unet_Q8_0.gguf" in names and "magihuman_tiny_distill/" in names, names
         assert "t5gemma_tiny_clip_Q8_0.gguf" in _options(env, "MagiHumanTextEncoderLoader", "text_encoder")
 
-        for dtype in ("gguf (file)", "auto"):
+        for dtype in ("file", "auto"):
             (h,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill_unet_Q8_0.gguf", weight_dtype=dtype)
             assert h.info["path"] == dit
-            assert storage_kind(h.model.block.layers[1].attention.linear_qkv) == "gguf"
+            assert h.model.block.layers[1].attention.linear_qkv.storage.kind == "gguf"
         (te_h,) = env.run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny_clip_Q8_0.gguf",
-                          weight_dtype="gguf (file)")
-        assert te_h.info["path"] == te and storage_kind(te_h.model.encoder.layers[0].mlp.up_proj) == "gguf"
+                          weight_dtype="file")
+        assert te_h.info["path"] == te and te_h.model.encoder.layers[0].mlp.up_proj.storage.kind == "gguf"
         with pytest.raises(FileNotFoundError, match="models/diffusion_models"):  # the canonical folder is named
             env.run("MagiHumanDiTLoader", model_name="missing.gguf", weight_dtype="auto", validate=False)
     finally:

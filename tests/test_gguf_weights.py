@@ -8,6 +8,7 @@ import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,6 @@ from magihuman.checkpoints import CheckpointError, convert_dit, load_dit, write_
 from magihuman.loaders.text_encoder import save_encoder_file  # noqa: E402
 from magihuman.models.dit import DiTConfig  # noqa: E402
 from magihuman.models.text_encoder import T5GemmaEncoder  # noqa: E402
-from magihuman.ops import storage_kind  # noqa: E402
 from magihuman.quant import gguf as q  # noqa: E402
 from magihuman.tiny import write_tiny_gguf, write_tiny_t5gemma  # noqa: E402
 from magihuman.weights import safetensors_io as sio  # noqa: E402
@@ -58,28 +58,32 @@ def _forward(model, seed=0):
 @pytest.mark.parametrize("quant", ["Q8_0", "Q5_1", "Q4_0"])
 def test_dit_round_trip_keeps_blocks_quantised(dit_folder, reference, tmp_path, quant):
     path = convert_dit(dit_folder, tmp_path / f"d_{quant}.gguf", quant=quant, show_progress=False)
-    src_sd = sio.load_file(next(dit_folder.glob("*00001*")))  # fp32 release-style shard with some layers
+    src_sd = {k: v for f in sorted(dit_folder.glob("*.safetensors")) for k, v in sio.load_file(f).items()}
     model = load_dit(path, show_progress=False)
-    assert model.variant == "distill" and model.load_info["source_dtype"] == f"gguf {quant}"
+    assert model.variant == "distill" and model.load_info["source_dtype"] == quant
     qt = q.GGMLType[quant]
-    for name, mod in model.named_modules():
-        if name.endswith(("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")):
-            key = name + ".weight"
-            if mod.weight_shape is None:  # rows that are not whole blocks: BF16 in the file (swiglu down_proj)
-                assert key.endswith("mlp.down_proj.weight") and mod.weight.dtype == torch.bfloat16
-                assert TINY.swiglu_intermediate_size % q.BLOCK_SIZES[qt][0] != 0
-                continue
-            assert storage_kind(mod) == "gguf" and mod.weight.dtype == torch.uint8 and mod.weight_qtype == int(qt)
-            if key in src_sd:  # the stored blocks are exactly gguf's quantisation of the source weight
-                assert torch.equal(mod.weight, torch.from_numpy(gguf.quants.quantize(src_sd[key].numpy(), qt)))
+    block = q.BLOCK_SIZES[qt][0]
+    assert TINY.swiglu_intermediate_size % block != 0  # the swiglu down_proj rows are not whole blocks...
+    padded = 0
+    for mod in model.block_linears():  # ...yet every block linear is kept in the requested type
+        key = next(n for n, m in model.named_modules() if m is mod) + ".weight"
+        assert mod.storage.kind == "gguf" and mod.weight.dtype == torch.uint8 and mod.storage.ggml == qt
+        if key in src_sd:  # the stored blocks are exactly gguf's quantisation of the source weight, zero-padded
+            w = src_sd[key].numpy()
+            cols = -(-w.shape[1] // block) * block
+            padded += cols != w.shape[1]
+            wp = np.zeros((w.shape[0], cols), dtype=np.float32)
+            wp[:, :w.shape[1]] = w
+            assert torch.equal(mod.weight, torch.from_numpy(gguf.quants.quantize(wp, qt)))
+    assert padded == TINY.num_layers - len(TINY.gelu7_layers)  # every swiglu down_proj
     ref_sd = reference.state_dict()
     for key, t in model.state_dict().items():  # everything that is not a block linear is kept exactly (F32)
         if not key.endswith(("linear_qkv.weight", "linear_proj.weight", "up_gate_proj.weight", "down_proj.weight")):
             assert t.dtype == torch.float32 and torch.equal(t, ref_sd[key]), key
     # expert slicing on dequantised whole fused tensors: the kept-quantised model computes exactly what the same
     # weights dequantised at load time compute (mm layers 0 and 3 hold three experts each)
-    deq = load_dit(path, dtype=torch.float32, gguf="dequantize", show_progress=False)
-    assert all(storage_kind(m) == "plain" for m in deq.modules() if hasattr(m, "num_experts"))
+    deq = load_dit(path, storage="fp32", show_progress=False)
+    assert all(m.storage.kind == "plain" for m in deq.block_linears())
     out_q, out_d = _forward(model), _forward(deq)
     assert all(torch.equal(a, b) for a, b in zip(out_q, out_d))
     err = _rel(out_q[0], _forward(reference)[0])
@@ -103,7 +107,7 @@ def test_fp8_from_gguf_and_bf16_gguf(dit_folder, tmp_path):
     bf = load_dit(convert_dit(dit_folder, tmp_path / "bf16.gguf", quant="BF16", show_progress=False),
                   show_progress=False)
     assert bf.block.layers[1].attention.linear_qkv.weight.dtype == torch.bfloat16  # BF16 tensors load as plain
-    assert bf.load_info["source_dtype"] == "bfloat16"
+    assert bf.load_info["source_dtype"] == "bf16"
 
 
 def _bare_gguf(path: Path, tensors: dict[str, torch.Tensor], *, arch="magihuman", metadata=None) -> Path:
@@ -175,8 +179,8 @@ def test_text_encoder_gguf_and_fp8(tmp_path):
     assert not (path.parent / "tokenizer.json").exists()  # one file: config and tokenizer travel inside
     m = T5GemmaEncoder.from_pretrained(path, dtype=torch.float32)
     attn = m.encoder.layers[0].self_attn
-    assert storage_kind(attn.q_proj) == "gguf" and storage_kind(m.encoder.embed_tokens) == "gguf"
-    assert storage_kind(m.encoder.norm) == "plain"
+    assert attn.q_proj.storage.kind == "gguf" and m.encoder.embed_tokens.storage.kind == "gguf"
+    assert not hasattr(m.encoder.norm, "storage")  # norms are plain parameters
     e, n = m.encode(["A woman says: hello there."])
     assert n == n_ref and _rel(e[0, :n[0]], e_ref[0, :n[0]]) < 0.05
     deq = T5GemmaEncoder.from_pretrained(path, dtype=torch.float32, gguf="dequantize")
@@ -184,7 +188,8 @@ def test_text_encoder_gguf_and_fp8(tmp_path):
     m8 = T5GemmaEncoder.from_pretrained(folder, dtype=torch.float8_e4m3fn)
     assert attn.q_proj.weight.dtype == torch.uint8
     assert m8.encoder.layers[0].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
-    assert m8.encoder.embed_tokens.weight.dtype == torch.bfloat16 and m8.compute_dtype == torch.bfloat16
+    assert m8.encoder.embed_tokens.weight.dtype == torch.float8_e4m3fn  # every stored-weight layer, the table too
+    assert m8.encoder.norm.weight.dtype == torch.bfloat16 and m8.compute_dtype == torch.bfloat16
     e8, _ = m8.encode(["A woman says: hello there."])
     assert _rel(e8[0, :n[0]], e_ref[0, :n[0]]) < 0.15
     dit_like = tmp_path / "dit.gguf"
@@ -203,7 +208,7 @@ def test_cli_convert_and_generate_with_gguf(tmp_path, capsys):
                      str(tmp_path / "dit_q5.gguf"), "--quant", "Q5_0"]) == 0
     assert cli.main(["convert", str(te), str(tmp_path / "x.safetensors"), "--quant", "Q8_0"]) == 2
     capsys.readouterr()
-    assert load_dit(tmp_path / "dit_q5.gguf", show_progress=False).load_info["source_dtype"] == "gguf Q5_0"
+    assert load_dit(tmp_path / "dit_q5.gguf", show_progress=False).load_info["source_dtype"] == "Q5_0"
     for quant in ("Q8_0", "Q4_0"):
         out = tmp_path / f"{quant}.mp4"
         code = cli.main(["generate", "--preset", "tiny", "--prompt", "A man smiles.", "--seconds", "0.5",
@@ -224,13 +229,13 @@ def test_nodes_list_and_load_gguf(node_pack, tmp_path):
         dit_names = {i.id: i for i in env.nodes["MagiHumanDiTLoader"].define_schema().inputs}["model_name"].options
         assert "magihuman_tiny_distill_Q8_0.gguf" in dit_names
         (h,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill_Q8_0.gguf", weight_dtype="auto")
-        assert storage_kind(h.model.block.layers[1].attention.linear_qkv) == "gguf"
+        assert h.model.block.layers[1].attention.linear_qkv.storage.kind == "gguf"
         (h2,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill_Q8_0.gguf", weight_dtype="fp32")
-        assert storage_kind(h2.model.block.layers[1].attention.linear_qkv) == "plain"  # a dtype dequantises
-        with pytest.raises(ValueError, match=r"'gguf \(file\)' keeps a GGUF file's quantisation"):
-            env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill/", weight_dtype="gguf (file)")
-        (te,) = env.run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny_Q8_0.gguf", weight_dtype="gguf (file)")
-        assert storage_kind(te.model.encoder.layers[0].mlp.up_proj) == "gguf"
+        assert h2.model.block.layers[1].attention.linear_qkv.storage.kind == "plain"  # a dtype dequantises
+        (h3,) = env.run("MagiHumanDiTLoader", model_name="magihuman_tiny_distill_Q8_0.gguf", weight_dtype="Q4_0")
+        assert h3.model.block.layers[1].attention.linear_qkv.storage.name == "Q4_0"  # re-quantised while loading
+        (te,) = env.run("MagiHumanTextEncoderLoader", text_encoder="t5gemma_tiny_Q8_0.gguf", weight_dtype="file")
+        assert te.model.encoder.layers[0].mlp.up_proj.storage.kind == "gguf"
         pos, _ = env.run("MagiHumanTextEncode", text_encoder=te, prompt="A man smiles.", negative_prompt="",
                          encode_negative=False)
         (latent,) = env.run("MagiHumanEmptyAVLatent", width=64, height=64, seconds=0.2)
@@ -244,10 +249,8 @@ def test_nodes_list_and_load_gguf(node_pack, tmp_path):
 def test_writer_encodes_in_row_chunks_with_the_same_bytes(name, monkeypatch):
     """The GGUF writer quantises a few rows at a time (bounded temporaries for the 1.6 GB fp32 expert tensors of
     the release): the bytes equal one quantiser call on the whole tensor."""
-    from magihuman.weights import gguf_file
-
     x = torch.randn(300, 512, generator=torch.Generator().manual_seed(3))
     qt = q.GGMLType[name]
     whole = q.encode_q4_k(x) if name == "Q4_K" else q.quantize(x, qt)
-    monkeypatch.setattr(gguf_file, "ENCODE_CHUNK_BYTES", 4 * 512 * 7)  # 7 rows per chunk: an uneven last one
-    assert torch.equal(gguf_file._encode(x, qt), whole)
+    monkeypatch.setattr(q, "ENCODE_CHUNK_BYTES", 4 * 512 * 7)  # 7 rows per chunk: an uneven last one
+    assert torch.equal(q.encode(x, qt), whole)

@@ -9,6 +9,9 @@ import math
 import pytest
 import torch
 
+from magihuman.errors import CheckpointError
+from magihuman.storage import BlockLinear
+
 import magihuman
 from magihuman.checkpoints import convert_dit, load_dit, write_tiny_dit
 from magihuman.lora import LoraError, apply_lora, remove_lora
@@ -166,9 +169,8 @@ def test_compact_storage_takes_the_lora_after_decoding(tmp_path, lora_file, stor
     for name, mod in compact.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
             key = f"{name}.{pname}" if name else pname
-            if pname == "weight" and hasattr(mod, "weight_qtype"):
-                from magihuman.ops import linear_weight
-                sd[key] = linear_weight(mod, torch.float32, torch.device("cpu"))
+            if pname == "weight" and isinstance(mod, BlockLinear):
+                sd[key] = mod.decoded_weight(torch.float32)
             else:
                 sd[key] = p.detach().float()
     sd["adapter.rope.bands"] = compact.adapter.rope.bands
@@ -211,7 +213,7 @@ def test_foreign_and_broken_loras_are_clear_errors(base, tmp_path, caplog):
         apply_lora(base, tmp_path / "size.safetensors")
     data = (tmp_path / "rank.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(LoraError, match=r"cut\.safetensors.*truncated"):
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors.*truncated"):
         apply_lora(base, tmp_path / "cut.safetensors")
     assert all(not getattr(m, "weight_patches", None) for m in base.modules())  # nothing applied half-way
     # an SR LoRA (by its metadata) on a base model: applied, with a warning

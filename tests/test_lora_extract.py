@@ -13,7 +13,7 @@ from magihuman.checkpoints import CheckpointError, load_dit, write_tiny_dit
 from magihuman.lora import apply_lora
 from magihuman.lora_extract import extract_lora, low_rank
 from magihuman.models.dit import DiTConfig
-from magihuman.ops import linear_weight
+from magihuman.storage import BlockLinear
 from magihuman.weights import safetensors_io as sio
 
 CFG = DiTConfig.preset("tiny")
@@ -47,8 +47,8 @@ def pair(tmp_path_factory):
 
 
 def _decoded(model):
-    return {n + ".weight": linear_weight(m, torch.float32, torch.device("cpu"))
-            for n, m in model.named_modules() if hasattr(m, "weight_qtype")}
+    return {n + ".weight": m.decoded_weight(torch.float32) for n, m in model.named_modules()
+            if isinstance(m, BlockLinear)}
 
 
 def test_rank_r_recovers_the_known_delta(pair, tmp_path):

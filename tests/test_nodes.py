@@ -21,8 +21,8 @@ def nodes(node_env):
 
 
 def run_node(node_cls, **kw):
-    compat = importlib.import_module(node_cls.__module__.rsplit(".", 1)[0] + ".compat")
-    return compat.run_node(node_cls, **kw)
+    v3 = importlib.import_module(node_cls.__module__.rsplit(".", 1)[0] + ".v3")
+    return v3.run_node(node_cls, **kw)
 
 
 def run(node_cls, **kw):

@@ -10,7 +10,10 @@ import pytest
 from magihuman import cli
 from magihuman import estimate as est
 from magihuman.models.dit_config import DiTConfig
-from magihuman.plan import DIT_FORMATS, TEXT_ENCODER_FORMATS, fit_table_markdown, plan_fit
+from magihuman.plan import dit_formats, fit_table_markdown, plan_fit, ranked_formats, text_encoder_formats
+
+DIT_FORMATS = dit_formats()
+TEXT_ENCODER_FORMATS = text_encoder_formats()
 
 GIB = 2 ** 30
 
@@ -36,13 +39,14 @@ def test_16gb_takes_the_first_compact_format_that_fits():
     plan = plan_fit("distill_256p", 16)
     assert plan.fits and plan.dit_blocks_on_device == (None,)
     (fmt,) = plan.dit_formats
-    assert fmt in ("Q8_0", "fp8", "Q4_K")
+    assert fmt in DIT_FORMATS[1:]
     peaks = {f: est.estimate("distill_256p", weight_dtype=f).stages[0].peak_bytes for f in DIT_FORMATS}
     earlier = DIT_FORMATS[:DIT_FORMATS.index(fmt)]
     assert all(peaks[f] > _budget(16) for f in earlier) and peaks[fmt] <= _budget(16)
     assert plan.peak_vram_bytes <= _budget(16)
     text = plan.format()
     assert f"--quant {fmt}" in text or "--dtype fp8" in text  # says how to get that format
+    assert f"--dit magihuman_distill_{fmt}.gguf" in text or "--dtype fp8" in text  # the CLI flag beside the node
     # the text encoder: the first format of its order that fits on the GPU
     te = plan.text_encoder_format
     assert TEXT_ENCODER_FORMATS.index(te) > 0 and plan.text_encoder_device == "GPU"
@@ -51,23 +55,31 @@ def test_16gb_takes_the_first_compact_format_that_fits():
     assert need[te] <= _budget(16) and all(need[f] > _budget(16) for f in earlier)
 
 
-def test_12gb_offloads_the_most_layers_that_fit():
+def test_12gb_holds_the_whole_distilled_dit_in_q4_k():
+    """Every block linear quantised (the swiglu down_proj included): the 15B DiT is ~8.1 GiB in Q4_K, so distill
+    256p runs with all 40 layers on a 12 GB card."""
     plan = plan_fit("distill_256p", 12)
+    assert plan.fits and plan.dit_formats == ("Q4_K",) and plan.dit_blocks_on_device == (None,)
+    assert "all 40 layers on the GPU" in plan.format()
+
+
+def test_10gb_offloads_the_most_layers_that_fit():
+    plan = plan_fit("distill_256p", 10)
     assert plan.fits
     (fmt,), (n,) = plan.dit_formats, plan.dit_blocks_on_device
     assert n is not None and 1 <= n < 40
     # no format fits whole; n layers fit, n + 1 do not
-    assert all(est.estimate("distill_256p", weight_dtype=f).stages[0].peak_bytes > _budget(12) for f in DIT_FORMATS)
+    assert all(est.estimate("distill_256p", weight_dtype=f).stages[0].peak_bytes > _budget(10) for f in DIT_FORMATS)
     at = lambda k: est.estimate("distill_256p", weight_dtype=fmt, blocks_on_device=k).stages[0]  # noqa: E731
-    assert at(n).peak_bytes <= _budget(12) < at(n + 1).peak_bytes
+    assert at(n).peak_bytes <= _budget(10) < at(n + 1).peak_bytes
     stage = next(s for s in plan.stages if s.name == "base DiT")
     assert stage.vram_bytes == at(n).peak_bytes and "streams" in stage.note
     assert f"--blocks-on-device {n}" in plan.format()
 
 
 def test_ram_limit_picks_a_smaller_dit_and_frees_the_text_encoder():
-    free = plan_fit("distill_256p", 12)
-    limited = plan_fit("distill_256p", 12, ram_gib=16)
+    free = plan_fit("distill_256p", 10)
+    limited = plan_fit("distill_256p", 10, ram_gib=16)
     assert free.dit_formats == ("bf16",) and free.text_encoder_kept
     assert limited.fits and limited.dit_formats[0] != "bf16" and not limited.text_encoder_kept
     assert limited.peak_ram_bytes <= int(13 * GIB)  # 16 GiB minus the 3 GiB reserve
@@ -80,13 +92,14 @@ def test_ram_limit_picks_a_smaller_dit_and_frees_the_text_encoder():
 
 
 def test_too_small_is_a_clear_refusal():
-    plan = plan_fit("distill_256p", 4)  # 4 GB -> refused, with the longest clip that fits
+    plan = plan_fit("distill_256p", 3.6)  # 3.6 GB -> refused, with the longest clip that fits
     assert not plan.fits
     assert plan.problem.startswith("base DiT needs ")
-    assert "of VRAM even Q4_K weights with 1 layer on the GPU, the rest streamed from RAM (3.0G usable)" in plan.problem
+    assert "of VRAM even Q4_K weights with 1 layer on the GPU, the rest streamed from RAM (2.6G usable)" in plan.problem
     assert "NOTHING FITS" in plan.format() and "does not fit" in plan.format() and "how:" not in plan.format()
     secs = float(plan.problem.split("--seconds ")[1].split(")")[0])
-    assert plan_fit("distill_256p", 4, seconds=secs).fits and not plan_fit("distill_256p", 4, seconds=secs + 1).fits
+    assert plan_fit("distill_256p", 3.6, seconds=secs).fits
+    assert not plan_fit("distill_256p", 3.6, seconds=secs + 1).fits
     none = plan_fit("distill_256p", 3)
     assert not none.fits and "No shorter clip fits either" in none.problem
     sr = plan_fit("sr_1080p", 24)  # the 1080p SR activations alone exceed 24 GB at 4 s
@@ -137,3 +150,14 @@ def test_readme_fit_table_is_the_generated_one():
     guidance = readme.split("## Memory guidance", 1)[1].split("\n## ", 1)[0]
     section = guidance.split("### What fits your GPU", 1)[1]
     assert fit_table_markdown() in section  # regenerate with magihuman.plan.fit_table_markdown()
+
+
+def test_formats_are_ranked_from_the_registry():
+    """The planner's formats come from the storage registry: ordered by measured error, a less accurate one only
+    when at least 5 % smaller; fp16/fp32 (no measurement) and larger-but-worse formats are never offered."""
+    sizes = {"bf16": 100, "Q8_0": 60, "fp8": 58, "Q5_1": 40, "Q4_K": 30, "Q4_0": 29.9}
+    assert ranked_formats(lambda name: sizes.get(name, 1000)) == ("bf16", "Q8_0", "Q5_1", "Q4_K")
+    assert DIT_FORMATS[0] == "bf16" and "fp16" not in DIT_FORMATS and "fp32" not in DIT_FORMATS
+    cfg = DiTConfig.preset("distill")
+    totals = [est.dit_weight_storage(cfg, f).total for f in DIT_FORMATS]
+    assert all(b <= 0.95 * a for a, b in zip(totals, totals[1:]))

@@ -20,7 +20,7 @@ def env(pack):
 
 def run(env, node_id, **inputs):
     compat, nodes = env
-    return compat.run_node(nodes[node_id], **inputs)
+    return importlib.import_module(compat.__name__.rsplit('.', 1)[0] + '.v3').run_node(nodes[node_id], **inputs)
 
 
 BODY_ZH = 'A man in a blue shirt smiles and says, "你好，朋友。" His voice is warm. The camera is static.'

@@ -37,9 +37,10 @@ def env(pack, node_pack, tiny_dir, tmp_path_factory):
     models = np_.load_tiny("dit", "base", "sr", "te", "wan", "audio")
     pipeline = importlib.import_module(f"{pack.__name__}.magihuman.pipeline")
     def run_unchecked(node_id, **inputs):  # an API prompt naming a file that is gone: the node's own guards speak
-        return compat.run_node(nodes[node_id], validate=False, **inputs).args
+        return importlib.import_module(compat.__name__.rsplit('.', 1)[0] + '.v3').run_node(
+            nodes[node_id], validate=False, **inputs).args
 
-    yield {"root": root, "compat": compat, "nodes": nodes, "run": run, "run_unchecked": run_unchecked, "m": models,
+    yield {"root": root, "compat": compat, "v3": np_.v3, "nodes": nodes, "run": run, "run_unchecked": run_unchecked, "m": models,
            "pack": pack.__name__,
            "pipeline": pipeline, "mod": lambda name: importlib.import_module(f"{pack.__name__}.magihuman.{name}")}
     np_.close()
@@ -308,10 +309,10 @@ def test_another_model_in_the_text_encoder_loader(env):
 
 
 def test_sizes_snapped_and_reported(env):
-    out = env["compat"].run_node(env["nodes"]["MagiHumanEmptyAVLatent"], width=70, height=100, seconds=0.2)
+    out = env["v3"].run_node(env["nodes"]["MagiHumanEmptyAVLatent"], width=70, height=100, seconds=0.2)
     assert "64x96 (snapped from 70x100)" in out.ui.value
     assert out.args[0]["samples"].shape[-2:] == (96 // 16, 64 // 16)
-    exact = env["compat"].run_node(env["nodes"]["MagiHumanEmptyAVLatent"], width=64, height=96, seconds=0.2)
+    exact = env["v3"].run_node(env["nodes"]["MagiHumanEmptyAVLatent"], width=64, height=96, seconds=0.2)
     assert "snapped" not in exact.ui.value
 
 

@@ -12,6 +12,7 @@ import torch
 from magihuman.attention import register_attention_backend
 from magihuman.models.dit import DiTConfig, MagiHumanDiT
 from magihuman.models.text_encoder import T5GemmaEncoder, tiny_hf_config, tiny_state_dict
+from magihuman.errors import CheckpointError
 from magihuman.weights import check_keys, mismatch_report
 
 ENGINE = Path(__file__).resolve().parents[1] / "magihuman"
@@ -137,11 +138,8 @@ def test_mismatch_report_wording():
     assert "7 unexpected key(s): k0 [1], k1 [1], k2 [1], k3 [1], k4 [1], ... (+2 more)" in mismatch_report(
         "f", many, {}, "x")
 
-    class MyError(ValueError):
-        pass
-
-    with pytest.raises(MyError, match=r"(?s)does not hold the X model.*\n  use the right file"):
-        check_keys("f", found, expected, "the X model", hint="use the right file", error=MyError)
+    with pytest.raises(CheckpointError, match=r"(?s)does not hold the X model.*\n  use the right file"):
+        check_keys("f", found, expected, "the X model", hint="use the right file")
 
 
 def test_attention_backend_is_per_model():

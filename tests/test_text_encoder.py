@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from magihuman.errors import CheckpointError
 from torch import nn
 
 from magihuman.loaders.text_encoder import encoder_state_dict, save_encoder_file
@@ -198,27 +200,37 @@ def test_config_rejects_garbage():
 
 
 def test_operations_namespace_is_used():
-    built = []
+    """A host's operations build the projections (BlockLinear), the embedding (CompactEmbedding) and the norms, and
+    every weight reaches the compute through the host: the stored-weight layers' fetch, the norms' weight hook."""
+    from magihuman.storage import BlockLinear, CompactEmbedding
 
-    class Linear(nn.Linear):
+    built, fetched = [], []
+
+    class HostBlockLinear(BlockLinear):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             built.append(self)
 
-    class Embedding(nn.Embedding):
-        pass
+        def fetch(self, device, dtype):
+            fetched.append(self)
+            return super().fetch(device, dtype)
+
+    class HostEmbedding(CompactEmbedding):
+        def fetch(self, device, dtype):
+            fetched.append(self)
+            return super().fetch(device, dtype)
 
     class Ops:
-        pass
+        Linear, Embedding = nn.Linear, nn.Embedding
+        BlockLinear, CompactEmbedding = HostBlockLinear, HostEmbedding
 
-    fetched = []
-    Ops.Linear, Ops.Embedding = Linear, Embedding
     Ops.fetch_weight = staticmethod(lambda m, dtype, device: fetched.append(m) or m.weight.to(dtype))
     model = T5GemmaEncoder.from_config(tiny_hf_config(), operations=Ops, dtype=torch.float32)
-    assert len(built) == 4 * 7 and isinstance(model.encoder.embed_tokens, Embedding)
+    assert len(built) == 4 * 7 and isinstance(model.encoder.embed_tokens, HostEmbedding)
     model.load_state_dict(tiny_state_dict())
+    model.encoder.embed_tokens.weight_patches.append(lambda w: w)  # a patched table is decoded through fetch
     model(torch.tensor([[2, 300, 301]]))
-    # every weight went through the host hook: RMSNorms (4 per layer + final), projections (7 per layer), embedding
+    # every weight went through the host: RMSNorms (4 per layer + final), projections (7 per layer), embedding
     assert len(fetched) == (4 * 4 + 1) + 4 * 7 + 1
 
 
@@ -296,7 +308,7 @@ def test_load_accepts_unprefixed_encoder_keys(tmp_path):
 def test_single_file_roundtrip(tmp_path, tiny_folder, tiny_model):
     single = tmp_path / "t5gemma_encoder.safetensors"
     save_encoder_file(tiny_folder, single, dtype=torch.float32)
-    with pytest.raises(FileNotFoundError, match="tokenizer"):
+    with pytest.raises(CheckpointError, match="tokenizer"):
         T5GemmaEncoder.from_pretrained(single, dtype=torch.float32)
     model = T5GemmaEncoder.from_pretrained(single, dtype=torch.float32, tokenizer=tiny_folder / "tokenizer.json")
     ids = torch.tensor([[2, 300, 301, 302]])
@@ -307,10 +319,10 @@ def test_single_file_roundtrip(tmp_path, tiny_folder, tiny_model):
 
 
 def test_missing_files_are_explained(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         T5GemmaEncoder.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(tiny_hf_config()))
-    with pytest.raises(FileNotFoundError, match="safetensors"):
+    with pytest.raises(CheckpointError, match="safetensors"):
         T5GemmaEncoder.from_pretrained(tmp_path)
     from safetensors.torch import save_file
 

@@ -40,9 +40,9 @@ def test_dits_load_with_their_variant(tiny_dir, role, variant, local):
     assert bool(model.config.local_attn_layers) == local
     assert model.config.text_in_channels == 64
     if role == "base":  # single file with bf16 block linears
-        assert model.load_info["source_dtype"] == "bfloat16"
+        assert model.load_info["source_dtype"] == "bf16"
     if role == "distill":
-        assert model.load_info["source_dtype"] == "float32"
+        assert model.load_info["source_dtype"] == "fp32"
 
 
 def test_other_models_load(tiny_dir):

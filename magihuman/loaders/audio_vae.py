@@ -61,7 +61,7 @@ def load_audio_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float3
     """Load the Oobleck VAE; keys and shapes checked from the header, then the VAE tensors read, weight norm
     folded, and installed in ``dtype`` on ``device``."""
     path, config = _resolve(Path(path))
-    src = open_source(path, what=WHAT, keymap=AUDIO_VAE_KEYMAP, error=AudioVAELoadError)
+    src = open_source(path, what=WHAT, keymap=AUDIO_VAE_KEYMAP)
     if not src.entries:
         names = src.ignored[:5]
         raise AudioVAELoadError(f"{src.describe()}: not a Stable Audio VAE file: no 'pretransform.model.*' or "
@@ -78,7 +78,7 @@ def load_audio_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float3
     except (KeyError, TypeError) as e:
         raise AudioVAELoadError(f"{src.describe()}: model config is incomplete ({e!r})") from e
     check_keys(src.describe(), _folded_shapes(src.shapes), expected_shapes(model), f"{WHAT} of its model_config",
-               hint="Is model_config.json the one for this file?", error=AudioVAELoadError)
+               hint="Is model_config.json the one for this file?")
     state = fold_weight_norm(src.read(dtype=torch.float32))  # small (~150 MB in fp32): folded in fp32
     for key, (mod, attr, is_param) in state_slots(model).items():
         install(mod, attr, is_param, state[key].to(device=device, dtype=dtype or torch.float32))

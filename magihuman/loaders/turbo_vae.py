@@ -57,7 +57,7 @@ def open_turbo_vae(ckpt_path: PathLike, config: Union[None, PathLike, Mapping[st
     if not path.exists():
         raise TurboVAEError(f"{path}: Turbo VAE checkpoint not found")
     src = open_source(path, what=WHAT, keymap=TURBO_KEYMAP, containers=("ema_state_dict", "state_dict"),
-                      pickle_hint=_PICKLE_HINT, error=TurboVAEError)
+                      pickle_hint=_PICKLE_HINT)
     if any(k.startswith(("decoder.upsamples.", "decoder.middle.", "decoder.head.")) for k in src.entries):
         raise TurboVAEError(f"{src.describe()}: this is the Wan2.2 VAE (keys like 'decoder.upsamples.*'), not the "
                             "Turbo decoder; load it with 'MagiHuman Wan2.2 VAE Loader' (load_wan_vae) and pick the "
@@ -88,9 +88,9 @@ def load_turbo_vae(config: Union[None, PathLike, Mapping[str, Any]], ckpt_path: 
                             "pass the TurboV3-Wan22-TinyShallow_7_7.json path")
     model = TurboVAEDecoder.from_config(cfg, operations=operations, dtype=dtype, device="meta")
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the Turbo VAE decoder its JSON config describes",
-               hint="Check that the JSON config belongs to this checkpoint.", error=TurboVAEError)
+               hint="Check that the JSON config belongs to this checkpoint.")
     load_into(model, src, device=device)
-    check_materialized(model, src.describe(), TurboVAEError)
+    check_materialized(model, src.describe())
     return model.eval().requires_grad_(False)
 
 

@@ -87,11 +87,10 @@ def _open(path) -> tuple[WeightSource, WanVAE]:
     if not path.is_file():
         raise FileNotFoundError(f"Wan2.2 VAE checkpoint not found: {path}")
     src = open_source(path, what=WHAT, keymap=WAN_VAE_KEYMAP, pickle_hint="Use the official Wan2.2_VAE.pth or "
-                      "ComfyUI's wan2.2_vae.safetensors.", error=WanVAELoadError)
+                      "ComfyUI's wan2.2_vae.safetensors.")
     map_wan_vae_keys([e.name for e in src.entries.values()] + src.ignored, source=str(path))  # layout checks
     model = WanVAE.from_config(infer_wan_vae_config(src.shapes), device="meta")
-    check_keys(src.describe(), src.shapes, expected_shapes(model), f"{WHAT} (official WanVAE keys)", hint=_USE,
-               error=WanVAELoadError)
+    check_keys(src.describe(), src.shapes, expected_shapes(model), f"{WHAT} (official WanVAE keys)", hint=_USE)
     return src, model
 
 
@@ -101,7 +100,7 @@ def load_wan_vae(path, *, dtype: torch.dtype = torch.bfloat16, device="cpu", ope
     # Built on meta (no random init of ~700M parameters, seconds on a CPU); every tensor is then read.
     model = WanVAE.from_config(meta.config, operations=operations, dtype=dtype, device="meta")
     load_into(model, src, device=device)
-    check_materialized(model, src.describe(), WanVAELoadError)
+    check_materialized(model, src.describe())
     if src.prefix or src.ignored:
         log.info("WanVAE: loaded subtree %r of %s (%d other tensors ignored)", src.prefix, src.describe(),
                  len(src.ignored))

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
 from ..geometry import AUDIO_SAMPLE_RATE
 from ..ops import tag_operations
 
@@ -52,8 +53,8 @@ RESIDUAL_DILATIONS = (1, 3, 9)
 _WN_FORMS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
 
 
-class AudioVAELoadError(ValueError):
-    """A file or state dict does not fit the Oobleck audio VAE."""
+# a file or state dict does not fit the Oobleck audio VAE: the engine's one error family for weights files and their configs.
+AudioVAELoadError = CheckpointError
 
 
 # ----------------------------------------------------------------------------- configs

@@ -24,6 +24,8 @@ the two agree to bf16 rounding (the official local kernel merges partial softmax
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -33,22 +35,23 @@ import torch.nn.functional as F
 
 from ..attention import (DEFAULT_BACKEND, AttentionFn, LocalWindow, attention, local_window_attention,
                          resolve_attention_backend)
-from ..device import resolve_compute_dtype
+from ..device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype
 from ..geometry import PATCH_SIZE
-from ..ops import fetch_weight, has_patches, linear_weight, set_fp8_weight, storage_kind, tag_operations
+from ..ops import layer_class, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..parallel.sequence import SequenceParallel
-from ..quant.fp8 import FP8_COMPUTE_MODES, FP8_DTYPE, FP8_MAX, fp8_linear, fp8_mm_supported, quantize_fp8
+from ..quant.fp8 import FP8_COMPUTE_MODES, fp8_mm_supported
+from ..storage import KEEP_FILE, STORAGES, BlockLinear, StorageLike, WeightSpec, parse_storage
+from ..storage import weight_table as _module_weight_table
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig
 
-__all__ = ["DiTConfig", "FP8_DTYPE", "FP8_MAX", "MagiHumanDiT", "RMSNorm", "gelu7", "quantize_fp8", "set_fp8_weight",
-           "swiglu7"]
+__all__ = ["DiTConfig", "MagiHumanDiT", "RMSNorm", "gelu7", "swiglu7", "weight_table"]
 
 NUM_MODALITIES = 3  # VIDEO, AUDIO, TEXT
 ACT_ALPHA = 1.702
 ACT_LIMIT = 7.0
-COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+COMPUTE_DTYPES = tuple(COMPUTE_DTYPE_NAMES.values())
 LOCAL_ATTENTION_MODES = ("window", "mask")
 
 Segments = tuple[tuple[int, int], ...]
@@ -94,47 +97,12 @@ class RMSNorm(nn.Module):
         return f"{self.dim}, experts={self.num_experts}, eps={self.eps}"
 
 
-def block_linear(module: nn.Module, x: torch.Tensor, compute_dtype: torch.dtype,
-                 segments: Optional[Segments] = None, fp8_compute: str = "off") -> torch.Tensor:
-    """Bias-free block linear in ``compute_dtype`` (input cast, result rounded to it).
-
-    The weight comes through :func:`magihuman.ops.linear_weight` (any storage: plain, fp8 + scale, GGUF; whole
-    fused tensors, decoded on the compute device). With experts (``module.num_experts > 1``) each modality
-    segment of ``x [B, L, in]`` is multiplied by its own slice of the fused weight ``[experts * out, in]``.
-    ``fp8_compute`` ("tensor" / "token"): fp8-stored weights without patches multiply in fp8 instead
-    (:func:`magihuman.quant.fp8.fp8_linear`; activations quantised per tensor or per token).
-    """
-    experts = getattr(module, "num_experts", 1)
-    if fp8_compute != "off" and storage_kind(module) == "fp8" and not has_patches(module):
-        out = _fp8_block_linear(module, x, compute_dtype, segments, fp8_compute, experts)
-        if out is not None:
-            return out
-    w = linear_weight(module, compute_dtype, x.device)
-    x = x.to(compute_dtype)
-    if experts == 1:
-        return F.linear(x, w)
-    return torch.cat([F.linear(x[:, a:b], wi) for (a, b), wi in zip(segments, w.chunk(experts, dim=0))], dim=1)
-
-
-def _fp8_block_linear(module, x, compute_dtype, segments, mode, experts) -> Optional[torch.Tensor]:
-    w8 = fetch_weight(module, None, x.device)  # the e4m3 bytes (ComfyUI: through its cast/offload path)
-    scale = module.weight_scale
-    if experts == 1:
-        return fp8_linear(x, w8, scale, compute_dtype, mode)
-    parts = [fp8_linear(x[:, a:b], wi, scale, compute_dtype, mode) if b > a  # (empty: a sequence-parallel shard)
-             else x.new_zeros(x.shape[0], 0, wi.shape[0], dtype=compute_dtype)
-             for (a, b), wi in zip(segments, w8.chunk(experts, dim=0))]
-    return None if any(p is None for p in parts) else torch.cat(parts, dim=1)
-
-
-def _make_block_linear(operations, in_features: int, out_features: int, experts: int, dtype, device) -> nn.Module:
-    fp8_direct = dtype == FP8_DTYPE and str(device) != "meta"  # fp8 cannot be randomly initialised: build fp32
-    layer = operations.Linear(in_features, out_features * experts, bias=False,
-                              dtype=torch.float32 if fp8_direct else dtype, device=device)
-    layer.num_experts = experts
-    layer.register_buffer("weight_scale", None, persistent=False)  # set with fp8 weights (ops.set_fp8_weight)
-    layer.weight_qtype = layer.weight_shape = None  # set with GGUF weights (ops.set_gguf_weight)
-    return tag_operations(layer, operations)
+def _block_linear(operations, in_features: int, out_features: int, experts: int, storage: Storage,
+                  device) -> BlockLinear:
+    """A block linear from ``operations.BlockLinear`` (a host's subclass, e.g. ComfyUI's offloading cast) or the
+    engine's own :class:`~magihuman.storage.BlockLinear`."""
+    return layer_class(operations, "BlockLinear", BlockLinear)(in_features, out_features, experts, storage=storage,
+                                                               device=device)
 
 
 def _make_fp32_linear(operations, in_features: int, out_features: int, bias: bool, device) -> nn.Module:
@@ -152,7 +120,6 @@ class _ForwardState:
     sin: torch.Tensor
     compute_dtype: torch.dtype
     attention: AttentionFn  # the model's kernel (MagiHumanDiT.set_attention_backend)
-    fp8_compute: str  # "off" | "tensor" | "token" (MagiHumanDiT.set_fp8_compute)
     use_masks: bool  # "mask" mode: dense calls with the boolean masks below (None: nothing masked)
     mask: Optional[torch.Tensor] = None  # global layers: key padding [B, 1, 1, L]
     local_mask: Optional[torch.Tensor] = None  # local layers: [B, 1, L, L]
@@ -185,22 +152,22 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: _Forwa
 
 
 class Attention(nn.Module):
-    def __init__(self, config: DiTConfig, experts: int, local: bool, operations, dtype, device):
+    def __init__(self, config: DiTConfig, experts: int, local: bool, operations, storage, device):
         super().__init__()
         h, d = config.hidden_size, config.head_dim
         self.num_heads_q, self.num_heads_kv, self.head_dim = config.num_heads_q, config.num_heads_kv, d
         self.gating = config.enable_attn_gating
         self.local = local
         self.pre_norm = RMSNorm(h, experts, device=device)
-        self.linear_qkv = _make_block_linear(operations, h, config.qkv_out_features, experts, dtype, device)
-        self.linear_proj = _make_block_linear(operations, self.num_heads_q * d, h, experts, dtype, device)
+        self.linear_qkv = _block_linear(operations, h, config.qkv_out_features, experts, storage, device)
+        self.linear_proj = _block_linear(operations, self.num_heads_q * d, h, experts, storage, device)
         self.q_norm = RMSNorm(d, experts, device=device)
         self.k_norm = RMSNorm(d, experts, device=device)
 
     def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
         b, n, _ = x.shape
         hq, hkv, d, cd = self.num_heads_q, self.num_heads_kv, self.head_dim, st.compute_dtype
-        qkv = block_linear(self.linear_qkv, self.pre_norm(x, st.segments), cd, st.segments, st.fp8_compute).float()
+        qkv = self.linear_qkv(self.pre_norm(x, st.segments), st.segments).float()
         q, k, v, g = qkv.split([hq * d, hkv * d, hkv * d, hq if self.gating else 0], dim=-1)
         q = self.q_norm(q.reshape(b, n, hq, d), st.segments)  # [B, L, Hq, D] fp32
         k = self.k_norm(k.reshape(b, n, hkv, d), st.segments)
@@ -215,31 +182,30 @@ class Attention(nn.Module):
             out = st.sequence.gather_heads(out)
         if self.gating:
             out = out.float() * torch.sigmoid(g).unsqueeze(-1)
-        return block_linear(self.linear_proj, out.reshape(b, n, hq * d), cd, st.segments, st.fp8_compute)
+        return self.linear_proj(out.reshape(b, n, hq * d), st.segments)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: DiTConfig, experts: int, gelu: bool, operations, dtype, device):
+    def __init__(self, config: DiTConfig, experts: int, gelu: bool, operations, storage, device):
         super().__init__()
         h = config.hidden_size
         inner = config.gelu_intermediate_size if gelu else config.swiglu_intermediate_size
         self.activation = gelu7 if gelu else swiglu7
         self.pre_norm = RMSNorm(h, experts, device=device)
-        self.up_gate_proj = _make_block_linear(operations, h, inner if gelu else 2 * inner, experts, dtype, device)
-        self.down_proj = _make_block_linear(operations, inner, h, experts, dtype, device)
+        self.up_gate_proj = _block_linear(operations, h, inner if gelu else 2 * inner, experts, storage, device)
+        self.down_proj = _block_linear(operations, inner, h, experts, storage, device)
 
     def forward(self, x: torch.Tensor, st: _ForwardState) -> torch.Tensor:
-        cd = st.compute_dtype
-        up = block_linear(self.up_gate_proj, self.pre_norm(x, st.segments), cd, st.segments, st.fp8_compute).float()
-        return block_linear(self.down_proj, self.activation(up), cd, st.segments, st.fp8_compute).float()
+        up = self.up_gate_proj(self.pre_norm(x, st.segments), st.segments).float()
+        return self.down_proj(self.activation(up), st.segments).float()
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, config: DiTConfig, index: int, operations, dtype, device):
+    def __init__(self, config: DiTConfig, index: int, operations, storage, device):
         super().__init__()
         experts = NUM_MODALITIES if index in config.mm_layers else 1
-        self.attention = Attention(config, experts, index in config.local_attn_layers, operations, dtype, device)
-        self.mlp = MLP(config, experts, index in config.gelu7_layers, operations, dtype, device)
+        self.attention = Attention(config, experts, index in config.local_attn_layers, operations, storage, device)
+        self.mlp = MLP(config, experts, index in config.gelu7_layers, operations, storage, device)
         self.post_norm = index in config.post_norm_layers
         if self.post_norm:
             self.attn_post_norm = RMSNorm(config.hidden_size, experts, device=device)
@@ -257,9 +223,10 @@ class TransformerLayer(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: DiTConfig, operations, dtype, device):
+    def __init__(self, config: DiTConfig, operations, storage, device):
         super().__init__()
-        self.layers = nn.ModuleList(TransformerLayer(config, i, operations, dtype, device) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(TransformerLayer(config, i, operations, storage, device)
+                                    for i in range(config.num_layers))
 
 
 class FourierRope(nn.Module):
@@ -286,17 +253,21 @@ class MagiHumanDiT(nn.Module):
     """The MagiHuman DiT. No timestep input: the model reads the noise level from the latents."""
 
     def __init__(self, config: DiTConfig, *, operations=nn, dtype: Optional[torch.dtype] = None,
-                 device=None, compute_dtype: torch.dtype | str = torch.bfloat16):
+                 device=None, compute_dtype: torch.dtype | str = torch.bfloat16, storage: StorageLike = None):
         super().__init__()
         self.config = config
-        block_dtype = torch.bfloat16 if dtype is None else dtype
+        # dtype (the official API) and storage name the same thing: how the block linears are kept
+        block_storage = parse_storage(storage if storage is not None else dtype, default=STORAGES["bf16"])
+        if block_storage.kind == KEEP_FILE:
+            block_storage = block_storage.default
         self.local_attention_mode, self.local_block_frames = "window", 1
         self.attention_backend = DEFAULT_BACKEND
         self.fp8_compute = "off"
+        self.compute_device: Optional[torch.device] = None  # where forwards run (a host may keep weights elsewhere)
         self.sequence_parallel: Optional[SequenceParallel] = None  # magihuman.parallel.enable_sequence_parallel
         self.adapter = Adapter(config, operations, device)
-        self.set_compute_dtype(compute_dtype)  # after the adapter: "auto" looks at its device
-        self.block = TransformerBlock(config, operations, block_dtype, device)
+        self.block = TransformerBlock(config, operations, block_storage, device)
+        self.set_compute_dtype(compute_dtype)  # after the layers: "auto" looks at the adapter's device
         h = config.hidden_size
         self.final_norm_video = RMSNorm(h, device=device)
         self.final_norm_audio = RMSNorm(h, device=device)
@@ -304,8 +275,8 @@ class MagiHumanDiT(nn.Module):
         self.final_linear_audio = _make_fp32_linear(operations, h, config.audio_in_channels, False, device)
         if operations is nn and str(device) != "meta":
             self.init_random_(0)
-        if block_dtype == FP8_DTYPE and str(device) != "meta":
-            self.quantize_block_linears_fp8_()
+        if str(device) != "meta":
+            self.store_block_linears_()
 
     # ------------------------------------------------------------ setup helpers
 
@@ -331,11 +302,20 @@ class MagiHumanDiT(nn.Module):
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES} or 'auto', got {dtype}")
         self.compute_dtype = dtype
+        for m in self.block_linears():
+            m.compute_dtype = dtype
         return dtype
 
     def _weight_device(self) -> torch.device:
+        if self.compute_device is not None:
+            return torch.device(self.compute_device)
         dev = self.adapter.video_embedder.weight.device
         return torch.device("cpu") if dev.type == "meta" else dev
+
+    def block_linears(self) -> list[BlockLinear]:
+        """The four block linears of every layer (``linear_qkv``, ``linear_proj``, ``up_gate_proj``, ``down_proj``)."""
+        return [m for layer in self.block.layers for m in (layer.attention.linear_qkv, layer.attention.linear_proj,
+                                                           layer.mlp.up_gate_proj, layer.mlp.down_proj)]
 
     def set_attention_backend(self, name: str) -> None:
         """The attention kernel of THIS model ("sdpa" by default; "flash", "sage", "math" or any name given to
@@ -351,13 +331,15 @@ class MagiHumanDiT(nn.Module):
         accuracy (measured: ``tests/test_fp8_compute.py``) for speed on GPUs with fp8 units. Returns the mode."""
         if mode == "auto":
             dev = torch.device(device) if device is not None else self._weight_device()
-            mode = "token" if dev.type == "cuda" and fp8_mm_supported(dev) else "off"
+            mode = "token" if dev.type == "cuda" and fp8_mm_supported(dev, "token", self.compute_dtype) else "off"
         if mode not in FP8_COMPUTE_MODES:
             raise ValueError(f"fp8 compute must be one of {FP8_COMPUTE_MODES} or 'auto', got {mode!r}")
-        if mode != "off" and not fp8_mm_supported(device or self._weight_device()):
+        if mode != "off" and not fp8_mm_supported(device or self._weight_device(), mode, self.compute_dtype):
             raise ValueError(f"fp8 compute: torch._scaled_mm does not run fp8 matmuls on {device or self._weight_device()}"
-                             " with this torch build; use 'off'")
+                             f" with {mode} scaling and {self.compute_dtype} output in this torch build; use 'off'")
         self.fp8_compute = mode
+        for m in self.block_linears():
+            m.fp8_compute = mode
         return mode
 
     def set_local_attention(self, mode: str = "window", block_frames: int = 1) -> None:
@@ -386,15 +368,11 @@ class MagiHumanDiT(nn.Module):
         return self
 
     @torch.no_grad()
-    def quantize_block_linears_fp8_(self) -> "MagiHumanDiT":
-        """Store every block linear weight as float8_e4m3fn with a per-tensor fp32 scale (quantised
-        from its current values; weights already stored compactly are left as they are)."""
-        for layer in self.block.layers:
-            for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
-                        layer.mlp.down_proj):
-                if storage_kind(mod) != "plain":
-                    continue
-                set_fp8_weight(mod, *quantize_fp8(mod.weight))
+    def store_block_linears_(self, storage: StorageLike = None) -> "MagiHumanDiT":
+        """Re-store every block linear's (plain) weight in ``storage`` (default: the storage the model was built
+        for), encoded from its current values; used after a random init."""
+        for m in self.block_linears():
+            m.encode_(storage)
         return self
 
     # ------------------------------------------------------------ forward
@@ -453,7 +431,7 @@ class MagiHumanDiT(nn.Module):
         cos, sin = rope_cos_sin(positions.to(device), adapter.rope.bands.to(device))
         st = _ForwardState(segments=layout.segments if shard is None else shard.segments, cos=cos.unsqueeze(2),
                            sin=sin.unsqueeze(2), compute_dtype=self.compute_dtype,
-                           attention=resolve_attention_backend(self.attention_backend), fp8_compute=self.fp8_compute,
+                           attention=resolve_attention_backend(self.attention_backend),
                            use_masks=self.local_attention_mode == "mask", sequence=sp)
         frf = int(frame_receptive_field)
         local = bool(self.config.local_attn_layers) and frf >= 0
@@ -478,3 +456,14 @@ class MagiHumanDiT(nn.Module):
         if shard is not None:  # every rank gets the whole velocity
             video, audio = sp.gather_outputs(shard, video, audio)
         return tokens_to_video(video, grid).float(), audio.float()
+
+
+@functools.lru_cache(maxsize=32)
+def _table(config_json: str) -> dict[str, WeightSpec]:
+    return _module_weight_table(MagiHumanDiT(DiTConfig.from_dict(json.loads(config_json)), device="meta"))
+
+
+def weight_table(config: DiTConfig) -> dict[str, WeightSpec]:
+    """Every state-dict key of the DiT of ``config`` (the official fused layout, in module order) with its shape;
+    block linears with (rows per expert, columns, experts). Built once per config on the meta device."""
+    return _table(json.dumps(config.to_dict(), sort_keys=True))

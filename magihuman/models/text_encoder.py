@@ -35,7 +35,8 @@ from torch import nn
 from ..attention import attention as shared_attention
 from ..attention import resolve_attention_backend
 from ..geometry import MAX_TEXT_TOKENS
-from ..ops import embedding_rows, fetch_weight, linear, tag_operations
+from ..ops import fetch_weight, layer_class, tag_operations
+from ..storage import KEEP_FILE, PLAIN, STORAGES, BlockLinear, CompactEmbedding, StorageLike, compact_layers, parse_storage
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +171,13 @@ def attention(q, k, v, mask, scale: float, softcap: float | None = None, backend
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
+    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, storage=None, device=None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = (cfg.num_attention_heads, cfg.num_key_value_heads,
                                                             cfg.head_dim)
         self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
         h, bias = cfg.hidden_size, cfg.attention_bias
-        lin = dict(bias=bias, dtype=dtype, device=device)
+        lin = dict(bias=bias, storage=storage, device=device)
         self.q_proj = _linear(operations, h, self.num_heads * self.head_dim, **lin)
         self.k_proj = _linear(operations, h, self.num_kv_heads * self.head_dim, **lin)
         self.v_proj = _linear(operations, h, self.num_kv_heads * self.head_dim, **lin)
@@ -184,42 +185,40 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, mask, softcap, backend: str = "sdpa"):
         b, n, _ = x.shape
-        dt = x.dtype
-        q = linear(self.q_proj, x, dt).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Hq, L, D]
-        k = linear(self.k_proj, x, dt).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
-        v = linear(self.v_proj, x, dt).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Hq, L, D]
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         out = attention(q, k, v, mask, self.scale, softcap, backend)
-        return linear(self.o_proj, out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim), dt)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
+    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, storage=None, device=None):
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = _linear(operations, h, i, bias=False, dtype=dtype, device=device)
-        self.up_proj = _linear(operations, h, i, bias=False, dtype=dtype, device=device)
-        self.down_proj = _linear(operations, i, h, bias=False, dtype=dtype, device=device)
+        self.gate_proj = _linear(operations, h, i, bias=False, storage=storage, device=device)
+        self.up_proj = _linear(operations, h, i, bias=False, storage=storage, device=device)
+        self.down_proj = _linear(operations, i, h, bias=False, storage=storage, device=device)
         self.approximate = "tanh" if cfg.hidden_activation in _GELU_TANH else "none"
 
     def forward(self, x):
-        dt = x.dtype
-        gate = F.gelu(linear(self.gate_proj, x, dt), approximate=self.approximate)
-        return linear(self.down_proj, gate * linear(self.up_proj, x, dt), dt)
+        gate = F.gelu(self.gate_proj(x), approximate=self.approximate)
+        return self.down_proj(gate * self.up_proj(x))
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: T5GemmaEncoderConfig, layer_type: str, *, operations=nn, dtype=None, device=None):
+    def __init__(self, cfg: T5GemmaEncoderConfig, layer_type: str, *, operations=nn, storage, dtype=None, device=None):
         super().__init__()
         self.layer_type = layer_type
-        kw = dict(operations=operations, dtype=dtype, device=device)
-        self.pre_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.self_attn = SelfAttention(cfg, **kw)
-        self.post_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.mlp = GatedMLP(cfg, **kw)
-        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
+        norm = dict(operations=operations, dtype=dtype, device=device)
+        self.pre_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.self_attn = SelfAttention(cfg, operations=operations, storage=storage, device=device)
+        self.post_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.mlp = GatedMLP(cfg, operations=operations, storage=storage, device=device)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
 
     def forward(self, x, cos, sin, mask, softcap, backend: str = "sdpa"):
         attn = self.self_attn(self.pre_self_attn_layernorm(x), cos, sin, mask, softcap, backend)
@@ -227,36 +226,21 @@ class EncoderLayer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
-def _linear(operations, in_features: int, out_features: int, *, bias: bool, dtype, device) -> nn.Module:
-    """``operations.Linear`` used through :func:`magihuman.ops.linear` (any storage: plain, fp8, GGUF)."""
-    layer = operations.Linear(in_features, out_features, bias=bias, dtype=dtype, device=device)
-    layer.register_buffer("weight_scale", None, persistent=False)
-    layer.weight_qtype = layer.weight_shape = None
-    return tag_operations(layer, operations)
-
-
-def _embedding(operations, num: int, dim: int, padding_idx: int, *, dtype, device) -> nn.Module:
-    """``operations.Embedding``. torch's own init (``normal_``) on the meta device imports torch._dynamo
-    (1-10 s), so a meta build with that init starts from an empty weight (the loader fills it anyway)."""
-    cls = operations.Embedding
-    kw = dict(padding_idx=padding_idx, dtype=dtype, device=device)
-    if cls.reset_parameters is nn.Embedding.reset_parameters and torch.empty(0, device=device).is_meta:
-        kw["_weight"] = torch.empty(num, dim, dtype=dtype, device="meta")
-    layer = cls(num, dim, **kw)
-    layer.register_buffer("weight_scale", None, persistent=False)
-    layer.weight_qtype = layer.weight_shape = None
-    return tag_operations(layer, operations)
+def _linear(operations, in_features: int, out_features: int, *, bias: bool, storage, device) -> BlockLinear:
+    """A projection: ``operations.BlockLinear`` (any storage: plain, fp8, GGUF)."""
+    return layer_class(operations, "BlockLinear", BlockLinear)(in_features, out_features, 1, bias, storage=storage,
+                                                               device=device)
 
 
 class _EncoderStack(nn.Module):
     """Holds the parameters under the checkpoint's names (``embed_tokens``, ``layers.N``, ``norm``)."""
 
-    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None):
+    def __init__(self, cfg: T5GemmaEncoderConfig, *, operations=nn, storage, dtype=None, device=None):
         super().__init__()
-        self.embed_tokens = _embedding(operations, cfg.vocab_size, cfg.hidden_size, cfg.pad_token_id,
-                                       dtype=dtype, device=device)
-        self.layers = nn.ModuleList(EncoderLayer(cfg, t, operations=operations, dtype=dtype, device=device)
-                                    for t in cfg.layer_types)
+        self.embed_tokens = layer_class(operations, "CompactEmbedding", CompactEmbedding)(
+            cfg.vocab_size, cfg.hidden_size, storage=storage, device=device, padding_idx=cfg.pad_token_id)
+        self.layers = nn.ModuleList(EncoderLayer(cfg, t, operations=operations, storage=storage, dtype=dtype,
+                                                 device=device) for t in cfg.layer_types)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, operations=operations, dtype=dtype, device=device)
 
 
@@ -266,7 +250,7 @@ def _compute_dtype(dtype) -> torch.dtype:
         return torch.float32
     if dtype == torch.float16:
         log.warning("T5Gemma in float16: Gemma-2 activations can overflow fp16; the official run used bfloat16")
-    if dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    if dtype.is_floating_point and dtype.itemsize >= 2:
         return dtype
     return torch.bfloat16
 
@@ -282,17 +266,28 @@ class T5GemmaEncoder(nn.Module):
     """The T5Gemma encoder; ``state_dict()`` keys are ``encoder.*`` as in a T5Gemma checkpoint."""
 
     def __init__(self, config: T5GemmaEncoderConfig, *, operations=nn, dtype=None, device=None,
-                 attn_softcap: bool = False):
+                 attn_softcap: bool = False, storage: StorageLike = None):
         super().__init__()
         self.config = config
         self.attn_softcap = attn_softcap
-        self.compute_dtype = _compute_dtype(dtype)
-        self.encoder = _EncoderStack(config, operations=operations, dtype=dtype, device=device)
+        # dtype (the official API) and storage name the same thing: how the projections and the embedding are kept;
+        # norms and activations are in the plain dtype (bf16 under compact storage), fp32 by default
+        st = parse_storage(storage if storage is not None else dtype, default=STORAGES["fp32"])
+        st = st.default if st.kind == KEEP_FILE else st
+        plain = st.dtype if st.kind == PLAIN else torch.bfloat16
+        self.compute_dtype = _compute_dtype(plain)
+        self.encoder = _EncoderStack(config, operations=operations, storage=st, dtype=plain, device=device)
+        for m in self.linear_layers():
+            m.compute_dtype = self.compute_dtype
+        if str(device) != "meta":
+            for _, m in compact_layers(self):
+                m.encode_()
         self.tokenizer = None
         self.attention_backend = "sdpa"
+        self.compute_device: torch.device | None = None  # where encoding runs (set by loaders and hosts)
 
-    def linear_layers(self) -> list[nn.Module]:
-        """The attention and MLP projections (what compact storage compacts; the embedding separately)."""
+    def linear_layers(self) -> list[BlockLinear]:
+        """The attention and MLP projections."""
         return [m for layer in self.encoder.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
                 layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
                 layer.mlp.down_proj)]
@@ -306,10 +301,10 @@ class T5GemmaEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, hf_config_dict: dict, *, operations=nn, dtype=None, device=None,
-                    attn_softcap: bool = False) -> "T5GemmaEncoder":
+                    attn_softcap: bool = False, storage: StorageLike = None) -> "T5GemmaEncoder":
         """Build from a Hugging Face T5Gemma config dict (its ``encoder`` part is used)."""
         return cls(T5GemmaEncoderConfig.from_hf(hf_config_dict), operations=operations, dtype=dtype,
-                   device=device, attn_softcap=attn_softcap)
+                   device=device, attn_softcap=attn_softcap, storage=storage)
 
     # ------------------------------------------------------------------ forward
     def _masks(self, attention_mask: torch.Tensor, length: int):
@@ -348,7 +343,7 @@ class T5GemmaEncoder(nn.Module):
                              f"[{int(input_ids.min())}, {int(input_ids.max())}] (tokenizer/model mismatch?)")
         dt = self.compute_dtype
         stack = self.encoder
-        x = embedding_rows(stack.embed_tokens, input_ids, dt)  # [B, L, H]
+        x = stack.embed_tokens(input_ids, dt)  # [B, L, H]
         x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=dt)  # normaliser rounded to dt, as HF
         cos, sin = rope_tables(torch.arange(n, device=x.device), self.config.head_dim, self.config.rope_theta, dt)
         masks = self._masks(attention_mask.to(x.device), n)
@@ -381,7 +376,7 @@ class T5GemmaEncoder(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         ids_list = self.tokenize(prompts)
-        device = self.encoder.embed_tokens.weight.device
+        device = self.compute_device or self.encoder.embed_tokens.weight.device  # a host may keep weights elsewhere
         if device.type == "meta":
             device = torch.device("cpu")
         out = torch.zeros(len(ids_list), max_length, self.config.hidden_size, dtype=torch.float32)
@@ -400,24 +395,25 @@ class T5GemmaEncoder(nn.Module):
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def from_pretrained(cls, folder_or_file: str | os.PathLike, *, dtype=torch.bfloat16, device="cpu",
-                        operations=nn, tokenizer: str | os.PathLike | None = None,
-                        attn_softcap: bool = False, gguf: str = "keep") -> "T5GemmaEncoder":
+    def from_pretrained(cls, folder_or_file: str | os.PathLike, *, storage: StorageLike = None, dtype=None,
+                        device="cpu", operations=nn, tokenizer: str | os.PathLike | None = None,
+                        attn_softcap: bool = False, gguf: str | None = None) -> "T5GemmaEncoder":
         """Load the encoder (only its tensors) from an HF folder or an encoder-only .safetensors file.
 
         Folder: config.json + model.safetensors or model.safetensors.index.json shards (+ tokenizer files).
         Keys ``model.encoder.*`` (full T5GemmaForConditionalGeneration save) or ``encoder.*`` are accepted;
         decoder and head tensors are never read. Single file: config JSON in metadata key ``config`` (or a
         config.json beside it); tokenizer.json/tokenizer.model beside it or given as ``tokenizer=``. A ``.gguf``
-        written by ``python -m magihuman convert`` carries config and tokenizer; its quantised weights stay
-        quantised (``gguf="keep"``). ``dtype=torch.float8_e4m3fn`` stores the projections as fp8 + scale.
-        The reading is :func:`magihuman.loaders.load_text_encoder` (the models hold no file code; this
-        SPEC entry point forwards to it).
+        written by ``python -m magihuman convert`` carries config and tokenizer. ``storage``: how the projections
+        and the embedding are kept ("file", the default: a GGUF's blocks stay, the rest bf16; "bf16", "fp8",
+        "Q8_0", ...); ``dtype=`` / ``gguf=`` are its older spelling. The reading is
+        :func:`magihuman.loaders.load_text_encoder` (the models hold no file code; this public entry point
+        forwards to it).
         """
         from ..loaders.text_encoder import load_text_encoder  # noqa: PLC0415 - the file code, imported when used
 
-        return load_text_encoder(cls, folder_or_file, dtype=dtype, device=device, operations=operations,
-                                 tokenizer=tokenizer, attn_softcap=attn_softcap, gguf=gguf)
+        return load_text_encoder(cls, folder_or_file, storage=storage, dtype=dtype, device=device,
+                                 operations=operations, tokenizer=tokenizer, attn_softcap=attn_softcap, gguf=gguf)
 
 
 # ----------------------------------------------------------------------------------------- tiny model

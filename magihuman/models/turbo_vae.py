@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import CheckpointError
 from ..ops import tag_operations
 from .latent_stats import WAN22_LATENT_MEAN, latent_mean_std
 from .video_vae import Upsample2x
@@ -35,8 +36,8 @@ __all__ = [
 CONFIG_METADATA_KEY = "turbo_vae_config"
 
 
-class TurboVAEError(ValueError):
-    """A Turbo VAE config or checkpoint cannot be used (message names the file and the fix)."""
+# a Turbo VAE config or checkpoint cannot be used (message names the file and the fix): the engine's one error family for weights files and their configs.
+TurboVAEError = CheckpointError
 
 
 # ----------------------------------------------------------------------------- config

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
 from .latent_stats import latent_mean_std
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ _CONFIG_KEYS = tuple(RELEASE_WAN_VAE_CONFIG)
 _FIXED_KEYS = {"attn_scales": [], "dropout": 0.0}
 
 
-class WanVAELoadError(ValueError):
-    """A Wan2.2 VAE checkpoint cannot be used (unsafe pickle, wrong keys or shapes, unknown layout)."""
+# a Wan2.2 VAE checkpoint cannot be used (unsafe pickle, wrong keys or shapes, unknown layout): the engine's one error family for weights files and their configs.
+WanVAELoadError = CheckpointError
 
 
 # ----------------------------------------------------------------------------- causal building blocks

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
@@ -43,9 +43,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..checkpoints import load_dit
-from ..compile import compile_dit_blocks, is_compiled
 from ..lora import apply_lora, remove_lora
-from ..ops import storage_kind
+from ..attention import attention_backend_names
+from ..options import RunOptions
+from ..storage import FILE
 from .sequence import SequenceParallel, check_world_size, enable_sequence_parallel, sequence_parallel
 
 log = logging.getLogger("magihuman.parallel")
@@ -55,8 +56,6 @@ __all__ = ["DiTSpec", "WorkerGroup", "WorkerGroupError", "ParallelDiT", "paralle
 
 ENGINE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the ``magihuman`` package
 FAULT_ENV = "MAGIHUMAN_TEST_WORKER_FAULT"  # tests only: a JSON file {"rank", "action": raise|kill|hang}, used once
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16,
-                                                        torch.float8_e4m3fn)}
 
 
 class WorkerGroupError(RuntimeError):
@@ -78,59 +77,43 @@ def _is_collective_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class DiTSpec:
-    """How a worker builds its copy of a DiT: the host copy's file, weight storage and run options (read from the
-    loaded model, so whatever loaded it, the workers match it), plus the LoRA files applied on top."""
+    """How a worker builds its copy of a DiT: the host copy's file, the storage it was loaded in and its run options
+    (read from the loaded model, so whatever loaded it, the workers match it), plus the LoRA files applied on top."""
 
     path: str
-    dtype: str  # storage of plain block linears (float32 / bfloat16 / float16 / float8_e4m3fn)
-    gguf: str  # "keep" (quantised blocks stay quantised) | "dequantize"
-    compute_dtype: str
-    attention: str
-    fp8_compute: str
-    local_attention: tuple[str, int]
-    compile: bool
+    storage: str  # Storage.spec of the load (e.g. "file", "fp8", "Q4_K")
+    options: RunOptions
     loras: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def of(cls, model, path: str, loras: Sequence[tuple[str, float]] = ()) -> "DiTSpec":
-        kinds, dtype = set(), None
-        for layer in model.block.layers:
-            for mod in (layer.attention.linear_qkv, layer.attention.linear_proj, layer.mlp.up_gate_proj,
-                        layer.mlp.down_proj):
-                kind = storage_kind(mod)
-                kinds.add(kind)
-                if dtype is None and kind != "gguf":
-                    dtype = mod.weight.dtype
-        dtype = dtype or torch.bfloat16
-        attention = model.attention_backend if isinstance(model.attention_backend, str) else "sdpa"
-        if attention not in ("sdpa", "math", "flash", "sage"):
-            log.warning("MagiHuman Multi-GPU: the workers run attention %r as 'sdpa' (host-only kernel)", attention)
-            attention = "sdpa"
-        return cls(path=str(path),
-                   dtype=str(dtype).removeprefix("torch."),
-                   gguf="keep" if "gguf" in kinds else "dequantize",
-                   compute_dtype=str(model.compute_dtype).removeprefix("torch."),
-                   attention=attention,
-                   fp8_compute=model.fp8_compute,
-                   local_attention=(model.local_attention_mode, int(model.local_block_frames)),
-                   compile=any(is_compiled(layer) for layer in model.block.layers),
+        options = RunOptions.of(model)
+        if options.attention not in attention_backend_names():
+            log.warning("MagiHuman Multi-GPU: the workers run attention %r as 'sdpa' (host-only kernel)",
+                        options.attention)
+            options = replace(options, attention="sdpa")
+        storage = getattr(model, "load_info", {}).get("storage", FILE.spec)
+        return cls(path=str(path), storage=storage, options=replace(options, blocks_on_device=None, loras=()),
                    loras=tuple((str(p), float(s)) for p, s in loras))
 
     @property
     def key(self) -> str:
         """The model a worker keeps (LoRAs are applied and removed on it, not part of the key)."""
-        d = asdict(self)
-        d.pop("loras")
-        return json.dumps(d, sort_keys=True)
+        return json.dumps({"path": self.path, "storage": self.storage, "options": self.options.to_dict()},
+                          sort_keys=True)
+
+    def to_payload(self) -> dict:
+        return {"path": self.path, "storage": self.storage, "options": self.options.to_dict(),
+                "loras": [list(x) for x in self.loras]}
+
+    @classmethod
+    def from_payload(cls, d: dict) -> "DiTSpec":
+        return cls(path=d["path"], storage=d["storage"], options=RunOptions.from_dict(d["options"]),
+                   loras=tuple((str(p), float(s)) for p, s in d.get("loras", ())))
 
     def build(self, device: torch.device):
-        model = load_dit(self.path, dtype=_DTYPES[self.dtype], device=device, gguf=self.gguf, show_progress=False)
-        model.set_compute_dtype(_DTYPES[self.compute_dtype])
-        model.set_attention_backend(self.attention)
-        model.set_fp8_compute(self.fp8_compute, device=device)
-        model.set_local_attention(*self.local_attention)
-        if self.compile:
-            compile_dit_blocks(model)
+        model = load_dit(self.path, storage=self.storage, device=device, show_progress=False)
+        self.options.apply(model, device)  # fp8 compute "auto" and compute dtype probed on this worker's GPU
         return model
 
 
@@ -416,7 +399,7 @@ class WorkerGroup:
         """Every worker holds ``spec``'s DiT (loaded once, kept) with ``spec``'s LoRAs applied."""
         if all(w.models.get(spec.key) == spec.loras for w in self.workers):
             return
-        self._send("loading the DiT", ("load", asdict(spec)))
+        self._send("loading the DiT", ("load", spec.to_payload()))
         self._replies("loading the DiT")
         for w in self.workers:
             w.models[spec.key] = spec.loras
@@ -555,7 +538,7 @@ def _worker_forward(models: dict, active: list, device: torch.device, rank: int,
         model.to(device)
     active[:] = [meta["key"]]
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensors = [torch.empty(s, dtype=_DTYPES.get(d) or getattr(torch, d), device=comm)
+    tensors = [torch.empty(s, dtype=getattr(torch, d), device=comm)
                for s, d in zip(meta["shapes"], meta["dtypes"])]
     for t in tensors:
         dist.broadcast(t, src=0)
@@ -587,8 +570,7 @@ def worker_main(args: dict) -> None:
             if kind == "exit":
                 break
             if kind == "load":
-                spec = DiTSpec(**{**payload, "local_attention": tuple(payload["local_attention"]),
-                                  "loras": tuple(tuple(x) for x in payload["loras"])})
+                spec = DiTSpec.from_payload(payload)
                 if spec.key not in models:
                     models[spec.key] = spec.build(device if not active or device.type != "cuda" else "cpu")
                     enable_sequence_parallel(models[spec.key])

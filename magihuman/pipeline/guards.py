@@ -37,6 +37,12 @@ def check_variant(model, allowed: Sequence[str], stage: str, hint: str) -> Optio
 
 
 def model_device(model) -> torch.device:
+    """Where ``model`` computes: its ``compute_device`` (set by the loaders and by hosts that load it partially:
+    ComfyUI offloads the small layers first, so the first parameter's device says nothing), else the device of its
+    first materialised parameter."""
+    device = getattr(model, "compute_device", None)
+    if device is not None:
+        return torch.device(device)
     for p in model.parameters():
         if p.device.type != "meta":
             return p.device

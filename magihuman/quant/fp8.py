@@ -1,15 +1,20 @@
-"""fp8 (float8_e4m3fn) weights with one fp32 scale per tensor: ``weight ~= float(stored) * scale``."""
+"""fp8 (float8_e4m3fn) weights with one fp32 scale per tensor: ``weight ~= float(stored) * scale``; fp8 matmuls."""
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 
-__all__ = ["FP8_DTYPE", "FP8_MAX", "FP8_COMPUTE_MODES", "quantize_fp8", "fp8_mm_supported", "fp8_linear"]
+__all__ = ["FP8_DTYPE", "FP8_MAX", "FP8_MM_MULTIPLE", "FP8_COMPUTE_MODES", "quantize_fp8", "fp8_mm_supported",
+           "fp8_linear"]
+
+log = logging.getLogger(__name__)
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
+FP8_MM_MULTIPLE = 16  # torch._scaled_mm: both dims of the weight (K and N) multiples of 16
 
 
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,45 +31,69 @@ def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------ fp8 matmuls (torch._scaled_mm)
 
 FP8_COMPUTE_MODES = ("off", "tensor", "token")  # activation scale: one per tensor, or one per token (row)
-_MM_SUPPORT: dict[str, bool] = {}
+_MM_SUPPORT: dict[tuple, bool] = {}
 
 
-def fp8_mm_supported(device: torch.device) -> bool:
-    """Whether ``torch._scaled_mm`` runs fp8 x fp8 on ``device`` (CUDA: Ada/Hopper and newer; CPU: this torch
-    build's kernel, probed once)."""
-    device = torch.device(device)
+def _device_key(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 9)
-    key = device.type
-    if key not in _MM_SUPPORT:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}"
+    return device.type
+
+
+def fp8_mm_supported(device, mode: str = "tensor", out_dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether ``torch._scaled_mm`` multiplies fp8 on ``device`` with this activation scaling ``mode`` and output
+    dtype: CUDA needs compute capability 8.9 (Ada) or newer; per-token ("rowwise") scales also need a recent torch
+    (2.7 for Ada) and, in older releases, a bf16 output, and do not exist on Windows builds. Probed once per
+    (device, mode, output dtype) with a 16x16 product; a refusal is logged once and the caller dequantises."""
+    device = torch.device(device)
+    key = (_device_key(device), mode, out_dtype)
+    if key in _MM_SUPPORT:
+        return _MM_SUPPORT[key]
+    ok, why = True, ""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        ok, why = False, f"compute capability {torch.cuda.get_device_capability(device)} < (8, 9)"
+    if ok:
         try:
-            a = torch.zeros(16, 16, dtype=FP8_DTYPE, device=device)
-            one = torch.ones((), device=device)
-            torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-            _MM_SUPPORT[key] = True
-        except (RuntimeError, NotImplementedError, AttributeError):
-            _MM_SUPPORT[key] = False
-    return _MM_SUPPORT[key]
+            x = torch.zeros(16, 16, dtype=torch.float32, device=device)
+            w8 = torch.zeros(16, 16, dtype=FP8_DTYPE, device=device)
+            _scaled(x, w8, torch.ones((), device=device), out_dtype, mode)
+        except (RuntimeError, NotImplementedError, AttributeError, TypeError) as e:
+            ok, why = False, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not ok:
+        log.info("fp8 compute (%s scaling, %s output) not available on %s: %s; fp8 weights are dequantised instead",
+                 mode, str(out_dtype).removeprefix("torch."), device, why)
+    _MM_SUPPORT[key] = ok
+    return ok
+
+
+def _scaled(x2: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, out_dtype: torch.dtype,
+            mode: str) -> torch.Tensor:
+    """``x2 [M, K]`` (float) times ``w8 [N, K]`` (e4m3) with scales -> ``[M, N]`` in ``out_dtype``."""
+    n = w8.shape[0]
+    if mode == "tensor":
+        xs = (x2.abs().amax() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+        ws = w_scale.to(device=x2.device, dtype=torch.float32).reshape(())
+    elif mode == "token":
+        xs = (x2.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)  # [M, 1]
+        ws = w_scale.to(device=x2.device, dtype=torch.float32).reshape(1, 1).expand(1, n).contiguous()
+    else:
+        raise ValueError(f"fp8 compute mode must be one of {FP8_COMPUTE_MODES[1:]}, got {mode!r}")
+    x8 = (x2 / xs).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return torch._scaled_mm(x8, w8.t(), scale_a=xs, scale_b=ws, out_dtype=out_dtype)
 
 
 def fp8_linear(x: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, out_dtype: torch.dtype,
                mode: str = "token") -> Optional[torch.Tensor]:
     """``x @ (w8 * w_scale).T`` as an fp8 matmul: the activation is quantised to e4m3 with its own scale (per
     tensor, or per token = per row), ``torch._scaled_mm`` multiplies and rescales, the result is ``out_dtype``.
-    Returns None when the shapes do not suit the kernel (widths not multiples of 16), so the caller takes the
-    dequantising path instead."""
+    ``w8 [N, K]`` must have both dims multiples of 16 (weights are stored padded for this); ``x [..., k]`` may be
+    narrower than K (zero-padded here) and the result keeps all N columns. Returns None when ``w8`` does not
+    suit the kernel, so the caller dequantises instead."""
     n, k = w8.shape
-    if k % 16 or n % 16:
+    if k % FP8_MM_MULTIPLE or n % FP8_MM_MULTIPLE or x.shape[-1] > k:
         return None
-    x2 = x.reshape(-1, k).float()  # [M, K]
-    if mode == "tensor":
-        xs = (x2.abs().amax() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-        ws = w_scale.to(device=x.device, dtype=torch.float32).reshape(())
-    elif mode == "token":
-        xs = (x2.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)  # [M, 1]
-        ws = w_scale.to(device=x.device, dtype=torch.float32).reshape(1, 1).expand(1, n).contiguous()
-    else:
-        raise ValueError(f"fp8 compute mode must be one of {FP8_COMPUTE_MODES[1:]}, got {mode!r}")
-    x8 = (x2 / xs).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    out = torch._scaled_mm(x8, w8.t(), scale_a=xs, scale_b=ws, out_dtype=out_dtype)  # [M, N]
-    return out.reshape(*x.shape[:-1], n)
+    x2 = x.reshape(-1, x.shape[-1]).float()  # [M, k]
+    if x2.shape[1] < k:
+        x2 = torch.nn.functional.pad(x2, (0, k - x2.shape[1]))
+    return _scaled(x2, w8, w_scale, out_dtype, mode).reshape(*x.shape[:-1], n)

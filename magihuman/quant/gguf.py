@@ -21,19 +21,24 @@ import math
 import operator
 import warnings
 from enum import IntEnum
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
 __all__ = [
     "GGMLType",
     "QK_K",
+    "TypeInfo",
+    "TYPES",
     "BLOCK_SIZES",
     "TORCH_DEQUANT_TYPES",
     "QUANTIZE_TYPES",
+    "ENCODE_TYPES",
     "byte_shape",
     "element_shape",
-    "storage_type",
+    "padded_width",
+    "chunk_elements",
+    "encode",
     "dequantize",
     "quantize",
     "encode_q4_k",
@@ -83,55 +88,6 @@ class GGMLType(IntEnum):
 QK_K = 256
 
 _T = GGMLType
-# (elements per block, bytes per block) for every type, so byte shapes of fallback types work too.
-BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
-    _T.F32: (1, 4),
-    _T.F16: (1, 2),
-    _T.Q4_0: (32, 2 + 16),
-    _T.Q4_1: (32, 2 + 2 + 16),
-    _T.Q5_0: (32, 2 + 4 + 16),
-    _T.Q5_1: (32, 2 + 2 + 4 + 16),
-    _T.Q8_0: (32, 2 + 32),
-    _T.Q8_1: (32, 4 + 4 + 32),
-    _T.Q2_K: (QK_K, 2 + 2 + QK_K // 16 + QK_K // 4),
-    _T.Q3_K: (QK_K, 2 + QK_K // 4 + QK_K // 8 + 12),
-    _T.Q4_K: (QK_K, 2 + 2 + QK_K // 2 + 12),
-    _T.Q5_K: (QK_K, 2 + 2 + QK_K // 2 + QK_K // 8 + 12),
-    _T.Q6_K: (QK_K, 2 + QK_K // 2 + QK_K // 4 + QK_K // 16),
-    _T.Q8_K: (QK_K, 4 + QK_K + QK_K // 8),
-    _T.IQ2_XXS: (QK_K, 2 + QK_K // 4),
-    _T.IQ2_XS: (QK_K, 2 + QK_K // 4 + QK_K // 32),
-    _T.IQ3_XXS: (QK_K, 2 + QK_K // 4 + QK_K // 8),
-    _T.IQ1_S: (QK_K, 2 + QK_K // 8 + QK_K // 16),
-    _T.IQ4_NL: (32, 2 + 16),
-    _T.IQ3_S: (QK_K, 2 + QK_K // 4 + QK_K // 8 + QK_K // 32 + 4),
-    _T.IQ2_S: (QK_K, 2 + QK_K // 4 + QK_K // 16),
-    _T.IQ4_XS: (QK_K, 2 + 2 + QK_K // 2 + QK_K // 64),
-    _T.I8: (1, 1),
-    _T.I16: (1, 2),
-    _T.I32: (1, 4),
-    _T.I64: (1, 8),
-    _T.F64: (1, 8),
-    _T.IQ1_M: (QK_K, QK_K // 8 + QK_K // 16 + QK_K // 32),
-    _T.BF16: (1, 2),
-    _T.TQ1_0: (QK_K, 2 + 4 * 13),
-    _T.TQ2_0: (QK_K, 2 + 64),
-    _T.MXFP4: (32, 1 + 16),
-    _T.NVFP4: (64, 4 + 32),
-    _T.Q1_0: (128, 2 + 16),
-}
-
-TORCH_DEQUANT_TYPES: frozenset[GGMLType] = frozenset({
-    _T.F32, _T.F16, _T.BF16,
-    _T.Q8_0, _T.Q5_0, _T.Q5_1, _T.Q4_0, _T.Q4_1,
-    _T.Q6_K, _T.Q5_K, _T.Q4_K, _T.Q3_K, _T.Q2_K,
-})
-
-# gguf itself has no quantiser for the K-quants, so there is no reference to be exact against.
-QUANTIZE_TYPES: frozenset[GGMLType] = frozenset({
-    _T.F32, _T.F16, _T.BF16,
-    _T.Q8_0, _T.Q5_0, _T.Q5_1, _T.Q4_0, _T.Q4_1,
-})
 
 
 def _as_type(qtype: GGMLType | int | str) -> GGMLType:
@@ -159,13 +115,6 @@ def byte_shape(shape: Sequence[int], qtype: GGMLType | int | str) -> tuple[int, 
         raise ValueError(f"last dim {shape[-1]} of shape {shape} is not a multiple of the "
                          f"{qt.name} block size ({block} elements)")
     return (*shape[:-1], shape[-1] // block * size)
-
-
-def storage_type(shape: Sequence[int], quant: str) -> GGMLType:
-    """The type a weight of ``shape`` is written as when ``quant`` is asked for: ``quant`` when its rows are whole
-    blocks, else BF16 (a row cannot be split into blocks)."""
-    qt = GGMLType[quant]
-    return qt if int(shape[-1]) % BLOCK_SIZES[qt][0] == 0 else GGMLType.BF16
 
 
 def element_shape(byte_shape: Sequence[int], qtype: GGMLType | int | str) -> tuple[int, ...]:
@@ -344,25 +293,16 @@ def _dq_q6_k(b: torch.Tensor) -> torch.Tensor:
     return (dl * q).reshape(n, QK_K)
 
 
-_DEQUANT: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
-    _T.F32: _dq_f32,
-    _T.F16: _dq_f16,
-    _T.BF16: _dq_bf16,
-    _T.Q8_0: _dq_q8_0,
-    _T.Q4_0: _dq_q4_0,
-    _T.Q4_1: _dq_q4_1,
-    _T.Q5_0: _dq_q5_0,
-    _T.Q5_1: _dq_q5_1,
-    _T.Q2_K: _dq_q2_k,
-    _T.Q3_K: _dq_q3_k,
-    _T.Q4_K: _dq_q4_k,
-    _T.Q5_K: _dq_q5_k,
-    _T.Q6_K: _dq_q6_k,
-}
-assert frozenset(_DEQUANT) == TORCH_DEQUANT_TYPES
-
-# Block tensors larger than this many elements are dequantised in chunks of about this size.
+# Block tensors larger than this many elements are dequantised in chunks of about this size: on a CPU a chunk's
+# float32 temporaries stay in cache; on a GPU each chunk is a few kernel launches, so chunks are 16x larger there
+# (64 Mi elements: the fused qkv of the release decodes in 1 chunk instead of 9).
 DEQUANT_CHUNK_ELEMENTS = 1 << 22
+DEVICE_CHUNK_ELEMENTS = 1 << 26
+
+
+def chunk_elements(device: torch.device | str) -> int:
+    """Elements dequantised per chunk on ``device`` (see :data:`DEQUANT_CHUNK_ELEMENTS`)."""
+    return DEQUANT_CHUNK_ELEMENTS if torch.device(device).type == "cpu" else DEVICE_CHUNK_ELEMENTS
 
 # Types for which the slow-fallback warning was already emitted.
 _FALLBACK_WARNED: set[GGMLType] = set()
@@ -411,18 +351,19 @@ def dequantize(raw: torch.Tensor, qtype: GGMLType | int | str, shape: Sequence[i
         if raw.dim() == 0:
             raise ValueError("raw must have at least one dimension (or pass shape=)")
         shape = element_shape(raw.shape, qt)
-    kernel = _DEQUANT.get(qt)
+    kernel = TYPES[qt].dequant
     if kernel is None:
         return _gguf_dequantize(raw, qt).reshape(shape).to(dtype)
     block, size = BLOCK_SIZES[qt]
     blocks = raw.reshape(-1, size)  # (n_blocks, bytes per block)
     n_blocks = blocks.shape[0]
-    if block == 1 or n_blocks * block <= DEQUANT_CHUNK_ELEMENTS:
+    chunk = chunk_elements(raw.device)
+    if block == 1 or n_blocks * block <= chunk:
         return kernel(blocks).reshape(shape).to(dtype)  # (n_blocks, block) -> element shape
-    # Large tensors go in chunks: the float32 temporaries stay small (cache-resident, reused by the
-    # allocator) and a low-precision output never needs a full float32 copy.
+    # Large tensors go in chunks: the float32 temporaries stay small (cache-resident on a CPU, a bounded
+    # workspace on a GPU) and a low-precision output never needs a full float32 copy.
     out = torch.empty((n_blocks, block), dtype=dtype, device=raw.device)
-    step = max(1, DEQUANT_CHUNK_ELEMENTS // block)
+    step = max(1, chunk // block)
     for start in range(0, n_blocks, step):
         out[start:start + step] = kernel(blocks[start:start + step])
     return out.reshape(shape)
@@ -512,15 +453,6 @@ def _q_q5_1(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((_f16_bytes(d), _f16_bytes(mn), _pack_high_bits(q), _pack_nibbles(q)), dim=-1)
 
 
-_QUANT: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
-    _T.Q8_0: _q_q8_0,
-    _T.Q4_0: _q_q4_0,
-    _T.Q4_1: _q_q4_1,
-    _T.Q5_0: _q_q5_0,
-    _T.Q5_1: _q_q5_1,
-}
-
-
 def _le16_bytes(v: torch.Tensor) -> torch.Tensor:
     """(..., k) int32 in [0, 65535] -> (..., 2k) little-endian bytes."""
     return torch.stack(((v & 0xFF), (v >> 8) & 0xFF), dim=-1).to(torch.uint8).flatten(-2)
@@ -572,7 +504,7 @@ def quantize(tensor: torch.Tensor, qtype: GGMLType | int | str) -> torch.Tensor:
         return _quantize_bf16(x).reshape(bshape)
     block, _ = BLOCK_SIZES[qt]
     blocks = x.reshape(-1, block)  # (n_blocks, block)
-    return _QUANT[qt](blocks).reshape(bshape)  # (n_blocks, bytes per block) -> byte shape
+    return TYPES[qt].quant(blocks).reshape(bshape)  # (n_blocks, bytes per block) -> byte shape
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,3 +549,100 @@ def encode_q4_k(tensor: torch.Tensor) -> torch.Tensor:
     qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, 128)
     blocks = torch.cat((_f16_bytes(d), _f16_bytes(dmin), table, qs), dim=-1)  # (n, 144)
     return blocks.reshape(bshape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The one table of GGML types: block geometry and, where this module has them, the kernels
+
+
+class TypeInfo(NamedTuple):
+    """One GGML type: ``block`` elements stored in ``size`` bytes; ``dequant``: its torch kernel on (n_blocks,
+    bytes) (None: only gguf's numpy code decodes it); ``quant``: a quantiser on (n_blocks, block) floats,
+    byte-exact with ``gguf.quants.quantize``; ``encoder``: a whole-tensor encoder of our own where gguf has no
+    quantiser to be exact against (Q4_K)."""
+
+    block: int
+    size: int
+    dequant: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    quant: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    encoder: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+TYPES: dict[GGMLType, TypeInfo] = {
+    _T.F32: TypeInfo(1, 4, _dq_f32),
+    _T.F16: TypeInfo(1, 2, _dq_f16),
+    _T.Q4_0: TypeInfo(32, 2 + 16, _dq_q4_0, quant=_q_q4_0),
+    _T.Q4_1: TypeInfo(32, 2 + 2 + 16, _dq_q4_1, quant=_q_q4_1),
+    _T.Q5_0: TypeInfo(32, 2 + 4 + 16, _dq_q5_0, quant=_q_q5_0),
+    _T.Q5_1: TypeInfo(32, 2 + 2 + 4 + 16, _dq_q5_1, quant=_q_q5_1),
+    _T.Q8_0: TypeInfo(32, 2 + 32, _dq_q8_0, quant=_q_q8_0),
+    _T.Q8_1: TypeInfo(32, 4 + 4 + 32),
+    _T.Q2_K: TypeInfo(QK_K, 2 + 2 + QK_K // 16 + QK_K // 4, _dq_q2_k),
+    _T.Q3_K: TypeInfo(QK_K, 2 + QK_K // 4 + QK_K // 8 + 12, _dq_q3_k),
+    _T.Q4_K: TypeInfo(QK_K, 2 + 2 + QK_K // 2 + 12, _dq_q4_k, encoder=encode_q4_k),
+    _T.Q5_K: TypeInfo(QK_K, 2 + 2 + QK_K // 2 + QK_K // 8 + 12, _dq_q5_k),
+    _T.Q6_K: TypeInfo(QK_K, 2 + QK_K // 2 + QK_K // 4 + QK_K // 16, _dq_q6_k),
+    _T.Q8_K: TypeInfo(QK_K, 4 + QK_K + QK_K // 8),
+    _T.IQ2_XXS: TypeInfo(QK_K, 2 + QK_K // 4),
+    _T.IQ2_XS: TypeInfo(QK_K, 2 + QK_K // 4 + QK_K // 32),
+    _T.IQ3_XXS: TypeInfo(QK_K, 2 + QK_K // 4 + QK_K // 8),
+    _T.IQ1_S: TypeInfo(QK_K, 2 + QK_K // 8 + QK_K // 16),
+    _T.IQ4_NL: TypeInfo(32, 2 + 16),
+    _T.IQ3_S: TypeInfo(QK_K, 2 + QK_K // 4 + QK_K // 8 + QK_K // 32 + 4),
+    _T.IQ2_S: TypeInfo(QK_K, 2 + QK_K // 4 + QK_K // 16),
+    _T.IQ4_XS: TypeInfo(QK_K, 2 + 2 + QK_K // 2 + QK_K // 64),
+    _T.I8: TypeInfo(1, 1),
+    _T.I16: TypeInfo(1, 2),
+    _T.I32: TypeInfo(1, 4),
+    _T.I64: TypeInfo(1, 8),
+    _T.F64: TypeInfo(1, 8),
+    _T.IQ1_M: TypeInfo(QK_K, QK_K // 8 + QK_K // 16 + QK_K // 32),
+    _T.BF16: TypeInfo(1, 2, _dq_bf16),
+    _T.TQ1_0: TypeInfo(QK_K, 2 + 4 * 13),
+    _T.TQ2_0: TypeInfo(QK_K, 2 + 64),
+    _T.MXFP4: TypeInfo(32, 1 + 16),
+    _T.NVFP4: TypeInfo(64, 4 + 32),
+    _T.Q1_0: TypeInfo(128, 2 + 16),
+}
+assert set(TYPES) == set(GGMLType)
+
+# Views of the table (not tables of their own).
+BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {t: (i.block, i.size) for t, i in TYPES.items()}
+TORCH_DEQUANT_TYPES: frozenset[GGMLType] = frozenset(t for t, i in TYPES.items() if i.dequant is not None)
+# Byte-exact with gguf.quants.quantize (plain float types included); gguf itself has no K-quant quantiser.
+QUANTIZE_TYPES: frozenset[GGMLType] = frozenset({_T.F32, _T.F16, _T.BF16} | {t for t, i in TYPES.items() if i.quant})
+# What a writer can produce: the exact quantisers and our own encoders (Q4_K).
+ENCODE_TYPES: frozenset[GGMLType] = frozenset(QUANTIZE_TYPES | {t for t, i in TYPES.items() if i.encoder})
+
+
+def padded_width(width: int, qtype: GGMLType | int | str) -> int:
+    """``width`` rounded up to whole blocks of ``qtype`` (a row shorter than that is zero-padded when stored)."""
+    block = BLOCK_SIZES[_as_type(qtype)][0]
+    return -(-int(width) // block) * block
+
+
+ENCODE_CHUNK_BYTES = 16 << 20  # float32 rows encoded at a time: the quantisers' temporaries stay this small
+
+
+def encode(tensor: torch.Tensor, qtype: GGMLType | int | str) -> torch.Tensor:
+    """Float tensor (last dim whole blocks) -> GGUF bytes with the writer's encoder of ``qtype``: the byte-exact
+    quantiser (:func:`quantize`) or our own (:func:`encode_q4_k`). Rows are encoded a chunk at a time (blocks never
+    span rows, so the bytes are those of one call; the quantisers hold several float copies of what they get)."""
+    qt = _as_type(qtype)
+    if qt in QUANTIZE_TYPES:
+        fn = functools.partial(quantize, qtype=qt)
+    elif TYPES[qt].encoder is not None:
+        fn = TYPES[qt].encoder
+    else:
+        raise NotImplementedError(f"no encoder for GGML type {qt.name}; supported: "
+                                  f"{', '.join(sorted(t.name for t in ENCODE_TYPES))}")
+    if tensor.dim() < 2:
+        return fn(tensor)
+    rows = tensor.reshape(-1, tensor.shape[-1])
+    step = max(1, ENCODE_CHUNK_BYTES // (4 * rows.shape[1]))
+    if rows.shape[0] <= step:
+        return fn(rows).reshape(byte_shape(tensor.shape, qt))
+    out = torch.empty(byte_shape(rows.shape, qt), dtype=torch.uint8, device=tensor.device)
+    for i in range(0, rows.shape[0], step):
+        out[i:i + step] = fn(rows[i:i + step])
+    return out.reshape(byte_shape(tensor.shape, qt))

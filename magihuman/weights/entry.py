@@ -26,10 +26,21 @@ class Entry:
     offset: int = 0               # byte position in its file, for file-order visits
     qtype: Optional[int] = None   # GGUF quantisation type; None for plain tensors
     ref: Any = field(default=None, compare=False, repr=False)  # the format reader's own handle
+    stored_shape: Optional[tuple[int, ...]] = None  # element shape in the file when rows are padded (GGUF)
 
     @property
     def quantized(self) -> bool:
         return self.qtype is not None
+
+    @property
+    def file_shape(self) -> tuple[int, ...]:
+        """The element shape as the file holds it (rows zero-padded to whole blocks where they were)."""
+        return self.stored_shape or self.shape
+
+    def renamed(self, key: str) -> "Entry":
+        """The same tensor under another model key."""
+        return Entry(key, self.name, self.file, self.dtype, self.shape, self.nbytes, self.offset, self.qtype, self.ref,
+                     self.stored_shape)
 
 
 class Reader:
@@ -59,5 +70,5 @@ class Reader:
 
     def read(self, entry: Entry) -> torch.Tensor:
         """The stored tensor as it is on disk (a fresh CPU tensor)."""
-        return self.read_into(entry, torch.empty(entry.shape if not entry.quantized else (entry.nbytes,),
+        return self.read_into(entry, torch.empty(entry.file_shape if not entry.quantized else (entry.nbytes,),
                                                  dtype=entry.dtype))

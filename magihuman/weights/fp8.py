@@ -17,14 +17,16 @@ from .report import listing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FP8_SCALE_SUFFIX", "COMFY_FP8_MARKER", "FP8_STORED", "split_fp8_scales"]
+__all__ = ["FP8_SCALE_SUFFIX", "COMFY_FP8_MARKER", "is_fp8", "split_fp8_scales"]
 
 FP8_SCALE_SUFFIX = ".__fp8_scale"
 COMFY_FP8_MARKER = "scaled_fp8"
-FP8_STORED = (torch.float8_e4m3fn, torch.float8_e5m2)
+def is_fp8(dtype: torch.dtype) -> bool:
+    """Whether a stored dtype is one of the 8-bit floats (e4m3fn, e5m2)."""
+    return dtype.is_floating_point and dtype.itemsize == 1
 
 
-def split_fp8_scales(src, error: type[Exception] = CheckpointError) -> None:
+def split_fp8_scales(src) -> None:
     """Move scale tensors out of ``src.entries`` (a :class:`~.source.WeightSource`) into ``src.scale_of`` (model key of the weight -> scale
     entry); ComfyUI's marker and activation scales go to ``src.ignored``. Refuses a file in which some fp8
     weights have scales and others do not (dequantising it would give wrong weights)."""
@@ -34,7 +36,7 @@ def split_fp8_scales(src, error: type[Exception] = CheckpointError) -> None:
 
     def take(scale_key: str, weight_key: str) -> None:
         if weight_key not in keys:
-            raise error(f"{src.describe()}: scale {src.entries[scale_key].name!r} has no weight {weight_key!r} to "
+            raise CheckpointError(f"{src.describe()}: scale {src.entries[scale_key].name!r} has no weight {weight_key!r} to "
                         "apply to")
         src.scale_of[weight_key] = src.entries[scale_key]
 
@@ -54,10 +56,10 @@ def split_fp8_scales(src, error: type[Exception] = CheckpointError) -> None:
                                      ("scaled_fp8", comfy)) if used]
     if kinds:
         src.quantization = "fp8 per-tensor scales (" + ", ".join(kinds) + ")"
-    fp8 = [k for k, e in src.entries.items() if e.dtype in FP8_STORED]
+    fp8 = [k for k, e in src.entries.items() if is_fp8(e.dtype)]
     unscaled = [k for k in fp8 if k not in src.scale_of]
     if unscaled and src.scale_of:
-        raise error(
+        raise CheckpointError(
             f"{src.describe()}: {len(unscaled)} fp8 weight(s) have no scale while {len(src.scale_of)} do (first "
             f"without: {listing(sorted(unscaled), None, 3)}); dequantising them would give wrong weights. The file "
             f"is incomplete or mixes two conversions: download the fp8 checkpoint again (every fp8 weight needs "

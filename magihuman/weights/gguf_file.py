@@ -14,6 +14,7 @@ scalar/string fields as strings in ``WeightSource.metadata``.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..quant import gguf as q
+from ..storage import PLAIN, STORAGES
 from .entry import Entry, OnBytes, Reader
 
 __all__ = ["GGUF_SUFFIX", "ARCH_KEY", "PLAIN_TYPES", "open_gguf", "GGUFSpec", "write_gguf", "gguf_package"]
@@ -32,26 +34,9 @@ __all__ = ["GGUF_SUFFIX", "ARCH_KEY", "PLAIN_TYPES", "open_gguf", "GGUFSpec", "w
 GGUF_SUFFIX = ".gguf"
 ARCH_KEY = "general.architecture"
 # GGML types read as plain tensors (everything else stays as raw blocks until dequantised).
-PLAIN_TYPES = {q.GGMLType.F32: torch.float32, q.GGMLType.F16: torch.float16, q.GGMLType.BF16: torch.bfloat16}
-# Types write_gguf can write: the byte-exact quantisers, plus Q4_K through the simple encoder q.encode_q4_k.
-WRITE_TYPES = q.QUANTIZE_TYPES | {q.GGMLType.Q4_K}
-
-
-ENCODE_CHUNK_BYTES = 16 << 20  # float32 rows quantised at a time: the quantisers' temporaries stay this small
-
-
-def _encode(t: torch.Tensor, qt: q.GGMLType) -> torch.Tensor:
-    """``t`` as GGUF bytes, a chunk of rows at a time (blocks never span rows, so the bytes are those of one
-    call; the quantisers hold several float copies of what they are given)."""
-    encode = q.encode_q4_k if qt == q.GGMLType.Q4_K else (lambda x: q.quantize(x, qt))
-    if t.dim() < 2:
-        return encode(t)
-    rows = t.reshape(-1, t.shape[-1])
-    step = max(1, ENCODE_CHUNK_BYTES // (4 * rows.shape[1]))
-    out = torch.empty(q.byte_shape(rows.shape, qt), dtype=torch.uint8)
-    for i in range(0, rows.shape[0], step):
-        out[i:i + step] = encode(rows[i:i + step])
-    return out.reshape(q.byte_shape(t.shape, qt))
+PLAIN_TYPES = {s.ggml: s.dtype for s in STORAGES.values() if s.kind == PLAIN}
+# Tensors whose rows were zero-padded to whole blocks: JSON {tensor name: logical shape}.
+PADDED_KEY = "magihuman.padded"
 
 
 def gguf_package():
@@ -90,9 +75,12 @@ class _GGUFReader(Reader):
             raise CheckpointError(f"{self.path}: tensor {entry.name!r} cannot be read ({e}); the file is truncated or "
                                   "corrupt: download it again") from e
         if entry.qtype is not None and dest.dtype != torch.uint8:  # decoded straight to the destination's dtype
-            src = q.dequantize(src, entry.qtype, entry.shape, dtype=torch.float32 if scale is not None else dest.dtype)
+            src = q.dequantize(src, entry.qtype, entry.file_shape,
+                               dtype=torch.float32 if scale is not None else dest.dtype)
         elif entry.dtype == torch.bfloat16:
             src = src.view(torch.bfloat16)  # numpy has no bf16: the reader hands its bytes
+        if dest.dtype != torch.uint8 and entry.stored_shape is not None:  # padded rows: the logical columns
+            src = src.reshape(entry.stored_shape)[..., :entry.shape[-1]]
         if scale is not None:
             src = src.to(torch.float32) * scale
         dest.copy_(src.reshape(dest.shape))
@@ -122,6 +110,7 @@ def open_gguf(path: Path) -> tuple[dict[str, Entry], dict[str, str], dict[Path, 
         value = _field_value(field)
         if value is not None:
             metadata[key] = value
+    padded = _padded_shapes(path, metadata.pop(PADDED_KEY, None))
     size = os.path.getsize(path)
     entries: dict[str, Entry] = {}
     for t in reader.tensors:
@@ -130,13 +119,26 @@ def open_gguf(path: Path) -> tuple[dict[str, Entry], dict[str, str], dict[Path, 
         if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
             raise CheckpointError(f"{path}: tensor {t.name!r} ends at byte {t.data_offset + t.n_bytes} but the file has "
                                   f"{size} bytes; the file is truncated: download it again")
-        if qtype in PLAIN_TYPES:
-            entries[t.name] = Entry(t.name, t.name, path, PLAIN_TYPES[qtype], shape, int(t.n_bytes), int(t.data_offset),
-                                    None, t.data)
-        else:
-            entries[t.name] = Entry(t.name, t.name, path, torch.uint8, shape, int(t.n_bytes), int(t.data_offset),
-                                    int(qtype), t.data)
+        logical, stored = shape, None
+        if t.name in padded:
+            logical, stored = padded[t.name], shape
+            if logical[:-1] != shape[:-1] or not 0 < logical[-1] <= shape[-1]:
+                raise CheckpointError(f"{path}: {PADDED_KEY} gives tensor {t.name!r} the shape {list(logical)}, which "
+                                      f"does not fit its stored shape {list(shape)}; the file is corrupt")
+        plain = qtype in PLAIN_TYPES
+        entries[t.name] = Entry(t.name, t.name, path, PLAIN_TYPES[qtype] if plain else torch.uint8, logical,
+                                int(t.n_bytes), int(t.data_offset), None if plain else int(qtype), t.data, stored)
     return entries, metadata, {path: lambda chunk: _GGUFReader(path)}
+
+
+def _padded_shapes(path: Path, raw: Optional[str]) -> dict[str, tuple[int, ...]]:
+    if not raw:
+        return {}
+    try:
+        return {str(k): tuple(int(d) for d in v) for k, v in json.loads(raw).items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: metadata {PADDED_KEY} is not a JSON object of shapes ({e}); the file is "
+                              "corrupt") from None
 
 
 # ------------------------------------------------------------------ writing
@@ -144,9 +146,9 @@ def open_gguf(path: Path) -> tuple[dict[str, Entry], dict[str, str], dict[Path, 
 
 @dataclass(frozen=True)
 class GGUFSpec:
-    """One tensor to write: name, element shape, GGML type and a function producing the float tensor (it is
-    quantised to ``qtype`` here, with :func:`magihuman.quant.gguf.quantize`, or
-    :func:`magihuman.quant.gguf.encode_q4_k` for Q4_K)."""
+    """One tensor to write: name, element shape, GGML type and a function producing the float tensor. It is encoded
+    to ``qtype`` here (:func:`magihuman.quant.gguf.encode`); rows that are not whole blocks are zero-padded to whole
+    blocks and the logical shape recorded under :data:`PADDED_KEY`."""
 
     name: str
     shape: tuple[int, ...]
@@ -154,9 +156,15 @@ class GGUFSpec:
     produce: Callable[[], torch.Tensor]
 
     @property
+    def stored_shape(self) -> tuple[int, ...]:
+        if not self.shape:
+            return self.shape
+        return (*self.shape[:-1], q.padded_width(self.shape[-1], self.qtype))
+
+    @property
     def nbytes(self) -> int:
         block, size = q.BLOCK_SIZES[q.GGMLType(self.qtype)]
-        n = int(np.prod(self.shape)) if self.shape else 1
+        n = int(np.prod(self.stored_shape)) if self.shape else 1
         return n // block * size
 
 
@@ -173,15 +181,16 @@ def write_gguf(path: str | Path, specs: Iterable[GGUFSpec], *, arch: str, metada
         warnings.simplefilter("ignore")
         writer = gguf.GGUFWriter(str(tmp), arch)
     total = 0
+    padded = {s.name: list(s.shape) for s in specs if s.stored_shape != s.shape}
     try:
-        for key, value in metadata.items():
+        for key, value in {**metadata, **({PADDED_KEY: json.dumps(padded)} if padded else {})}.items():
             writer.add_string(key, str(value))
         for s in specs:
             qt = q.GGMLType(s.qtype)
-            if qt not in WRITE_TYPES:
+            if qt not in q.ENCODE_TYPES:
                 raise ValueError(f"{s.name}: cannot write GGML type {qt.name}; choose one of "
-                                 f"{sorted(t.name for t in WRITE_TYPES)}")
-            writer.add_tensor_info(s.name, q.byte_shape(s.shape, qt), np.dtype(np.uint8), s.nbytes,
+                                 f"{sorted(t.name for t in q.ENCODE_TYPES)}")
+            writer.add_tensor_info(s.name, q.byte_shape(s.stored_shape, qt), np.dtype(np.uint8), s.nbytes,
                                    raw_dtype=gguf.GGMLQuantizationType(int(qt)))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -190,7 +199,10 @@ def write_gguf(path: str | Path, specs: Iterable[GGUFSpec], *, arch: str, metada
             t = s.produce()
             if tuple(t.shape) != tuple(s.shape):
                 raise ValueError(f"{s.name!r}: produced shape {tuple(t.shape)}, expected {s.shape}")
-            raw = _encode(t.detach().to("cpu"), q.GGMLType(s.qtype))
+            t = t.detach().to("cpu")
+            if s.stored_shape != s.shape:  # zero columns up to whole blocks
+                t = torch.nn.functional.pad(t.float(), (0, s.stored_shape[-1] - s.shape[-1]))
+            raw = q.encode(t, s.qtype)
             writer.write_tensor_data(raw.numpy())
             total += s.nbytes
             if on_bytes:

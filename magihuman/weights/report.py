@@ -43,8 +43,8 @@ def mismatch_report(where: str, found: Shapes, expected: Shapes, what: str,
 
 
 def check_keys(where: str, found: Shapes, expected: Shapes, what: str, *, allow_missing: Iterable[str] = (),
-               hint: str = "", error: type[Exception] = CheckpointError) -> None:
-    """Raise ``error`` with :func:`mismatch_report` (plus ``hint``) when the keys or shapes differ."""
+               hint: str = "") -> None:
+    """Raise :class:`CheckpointError` with :func:`mismatch_report` (plus ``hint``) when the keys or shapes differ."""
     msg = mismatch_report(where, found, expected, what, allow_missing)
     if msg:
-        raise error(msg + (f"\n  {hint}" if hint else ""))
+        raise CheckpointError(msg + (f"\n  {hint}" if hint else ""))

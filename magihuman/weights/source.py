@@ -165,8 +165,7 @@ class WeightSource:
         scales = {f"{k}\0scale": e for k, e in self.scale_of.items()}
         by_key = {f"{k}\0scale": k for k in self.scale_of}
         tmp = WeightSource(self.path, self.files, self.format,
-                           {sk: Entry(sk, e.name, e.file, e.dtype, e.shape, e.nbytes, e.offset, e.qtype, e.ref)
-                            for sk, e in scales.items()}, _readers=self._readers)
+                           {sk: e.renamed(sk) for sk, e in scales.items()}, _readers=self._readers)
         tmp.stream(list(tmp.entries), take)
         return {by_key[sk]: v for sk, v in values.items()}
 
@@ -280,8 +279,8 @@ def _safetensors_entries(files: list[Path], name_file: Optional[dict[str, Path]]
     return found, metadata, headers
 
 
-def _torch_state(path: Path, what: str, hint: str, containers: tuple[str, ...], error) -> dict[str, torch.Tensor]:
-    obj = load_torch_weights(path, what=what, hint=hint, error=error)
+def _torch_state(path: Path, what: str, hint: str, containers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    obj = load_torch_weights(path, what=what, hint=hint)
     if isinstance(obj, Mapping):
         for c in containers:
             if isinstance(obj.get(c), Mapping):
@@ -289,15 +288,14 @@ def _torch_state(path: Path, what: str, hint: str, containers: tuple[str, ...], 
                 break
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = list(obj)[:5] if isinstance(obj, Mapping) else "-"
-        raise error(f"{path}: expected a state dict of tensors"
+        raise CheckpointError(f"{path}: expected a state dict of tensors"
                     + (f" (or a checkpoint holding one under {', '.join(map(repr, containers))})" if containers else "")
                     + f"; found {type(obj).__name__} with keys {keys}")
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
 def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_files: bool = False,
-                containers: tuple[str, ...] = ("state_dict",), pickle_hint: str = "",
-                error: type[Exception] = CheckpointError) -> WeightSource:
+                containers: tuple[str, ...] = ("state_dict",), pickle_hint: str = "") -> WeightSource:
     """Open a checkpoint's files and map their names to model keys (headers only; nothing loaded).
 
     ``what`` names the expected model in messages. ``many_files``: a folder without an index may hold
@@ -305,53 +303,47 @@ def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_
     under which a torch pickle keeps its state dict (``ema_state_dict``, ``state_dict``). fp8 scale tensors
     are split off into :attr:`WeightSource.scale_of` (see :mod:`.fp8`).
     """
-    try:
-        where, files, index_path = _locate(Path(path).expanduser(), what, many_files)
-        name_file = None
-        if index_path is not None:
-            name_file, files = _index(where)
-        readers: dict[Path, Callable[[Optional[int]], Reader]] = {}
-        metadata: dict[str, str] = {}
-        raw: dict[str, Entry] = {}  # file name -> entry (key filled in below)
-        fmt = "safetensors"
-        if files[0].name.lower().endswith(GGUF_SUFFIX):
-            fmt = "gguf"
-            raw, metadata, readers = open_gguf(files[0])
-        elif is_pickle(files[0]):
-            fmt = "torch"
-            state = _torch_state(files[0], what, pickle_hint, containers, error)
-            raw = {n: Entry(n, n, files[0], t.dtype, tuple(t.shape), t.numel() * t.element_size(), i, None, t)
-                   for i, (n, t) in enumerate(state.items())}
-            readers[files[0]] = lambda chunk, state=state: Reader(state)
-        else:
-            found, metadata, headers = _safetensors_entries(files, name_file, index_path)
-            raw = {n: Entry(n, n, f, info.dtype, info.shape, info.nbytes, info.begin, None, info)
-                   for n, (f, info) in found.items()}
-            for f, h in headers.items():
-                readers[f] = lambda chunk, h=h: _SafetensorsReader(h, chunk)
-    except CheckpointError as e:
-        if isinstance(e, error):
-            raise
-        raise error(str(e)) from None
+    where, files, index_path = _locate(Path(path).expanduser(), what, many_files)
+    name_file = None
+    if index_path is not None:
+        name_file, files = _index(where)
+    readers: dict[Path, Callable[[Optional[int]], Reader]] = {}
+    metadata: dict[str, str] = {}
+    raw: dict[str, Entry] = {}  # file name -> entry (key filled in below)
+    fmt = "safetensors"
+    if files[0].name.lower().endswith(GGUF_SUFFIX):
+        fmt = "gguf"
+        raw, metadata, readers = open_gguf(files[0])
+    elif is_pickle(files[0]):
+        fmt = "torch"
+        state = _torch_state(files[0], what, pickle_hint, containers)
+        raw = {n: Entry(n, n, files[0], t.dtype, tuple(t.shape), t.numel() * t.element_size(), i, None, t)
+               for i, (n, t) in enumerate(state.items())}
+        readers[files[0]] = lambda chunk, state=state: Reader(state)
+    else:
+        found, metadata, headers = _safetensors_entries(files, name_file, index_path)
+        raw = {n: Entry(n, n, f, info.dtype, info.shape, info.nbytes, info.begin, None, info)
+               for n, (f, info) in found.items()}
+        for f, h in headers.items():
+            readers[f] = lambda chunk, h=h: _SafetensorsReader(h, chunk)
     mapped = keymap.apply(raw)
     if mapped.duplicates:
         key, a, b = mapped.duplicates[0]
-        raise error(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file mixes two "
+        raise CheckpointError(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file mixes two "
                     "layouts")
     entries = {}
     for key, name in mapped.names.items():
         e = raw[name]
-        entries[key] = Entry(key, e.name, e.file, e.dtype, e.shape, e.nbytes, e.offset, e.qtype, e.ref)
+        entries[key] = e.renamed(key)
     src = WeightSource(where, files, fmt, entries, metadata, index_path, mapped.prefix, list(mapped.ignored),
                        list(mapped.notes), _readers=readers)
-    split_fp8_scales(src, error)
+    split_fp8_scales(src)
     return src
 
 
-def no_model_keys(src: WeightSource, what: str, expected_like: str, hint: str = "",
-                  error: type[Exception] = CheckpointError):
+def no_model_keys(src: WeightSource, what: str, expected_like: str, hint: str = "") -> CheckpointError:
     """The error for a file in which the key map found nothing of the model."""
     names = [n for n in src.ignored][:5]
-    return error(f"{src.describe()} holds no {what} tensors (expected keys like {expected_like}; its "
+    return CheckpointError(f"{src.describe()} holds no {what} tensors (expected keys like {expected_like}; its "
                  f"{len(src.ignored)} tensors start with: {listing(names)}): it is another model's file"
                  + (f". {hint}" if hint else ""))

@@ -71,8 +71,8 @@ def load_into(model: torch.nn.Module, src: WeightSource, *, device="cpu", keys: 
     src.stream(list(src.entries if keys is None else keys), take, chunk_bytes=chunk_bytes)
 
 
-def check_materialized(model: torch.nn.Module, where: str, error: type[Exception] = CheckpointError) -> None:
+def check_materialized(model: torch.nn.Module, where: str) -> None:
     """Refuse a model that still has meta tensors after loading (a key the file lacked and nothing filled)."""
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
-        raise error(f"{where}: the model still has uninitialised tensors after loading: {left[:5]}")
+        raise CheckpointError(f"{where}: the model still has uninitialised tensors after loading: {left[:5]}")
