@@ -12,11 +12,16 @@
   ones the frontend gives a subgraph's nodes (``"<subgraph node id>:<inner node id>"``), so the twin is exactly
   the prompt the frontend queues.
 - ``web/docs/<NodeId>.md``: the help the frontend shows for each node.
+- ``example_inputs/``: the portrait and the voice-like clip the TI2V / A2V workflows' Load Image / Load Audio open
+  on (drawn and synthesised here; the pack copies them into ComfyUI's input folder, nodes/example_inputs.py).
+
+Each workflow opens at a zoom where the frontend draws its nodes: see VIEW / saved_view (1.3x frontends show the
+saved view) and the compact top graph (1.5x fits a template to it).
 
 Widget values are laid out from the nodes' own schemas (this pack's nodes, plus ``CORE_NODES``: the ComfyUI
 core nodes the workflows use), so the files always match the code. tests/test_templates.py and
 tests/test_workflows.py check the result; tests/test_comfyui_real_workflows.py loads every workflow in the
-real frontend and runs the tiny ones in a real ComfyUI.
+frontend ComfyUI 0.8 bundles and in the newest one and runs the tiny ones in a real ComfyUI.
 """
 
 from __future__ import annotations
