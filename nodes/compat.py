@@ -58,6 +58,11 @@ def folder_paths_for(kind: str) -> list[str]:
     return [os.path.join(root, k) for k in (kind, *_LEGACY_FOLDERS.get(kind, ()))] if root else []
 
 
+def input_directory() -> str | None:
+    """ComfyUI's input folder (where Load Image / Load Audio list files); None without ComfyUI."""
+    return _folder_paths.get_input_directory() if HAS_COMFY else None
+
+
 # The older folders ComfyUI also reads for a kind (its folder_paths.py registers them in the same list): models/unet
 # (where ComfyUI-GGUF users keep .gguf diffusion models) and models/clip. The stand-in reads them too.
 _LEGACY_FOLDERS = {"diffusion_models": ("unet",), "text_encoders": ("clip",)}

@@ -40,6 +40,29 @@ def frontend_available() -> tuple[bool, str]:
     return True, ""
 
 
+# The newest ComfyUI frontend the workflows are checked in besides the one ComfyUI 0.8.0 bundles (1.35.9): the
+# ``static`` folder of the comfyui-frontend-package wheel, served with ``main.py --front-end-root``. .ci/run
+# downloads it and sets $MAGIHUMAN_NEWEST_FRONTEND; without that variable the default cache path is used.
+NEWEST_FRONTEND_VERSION = "1.58.1"
+NEWEST_FRONTEND_CACHE = Path(os.environ.get("CI_CACHE", "/tmp/magihuman-ci-cache")) / \
+    f"comfyui-frontend-package-{NEWEST_FRONTEND_VERSION}" / "static"
+
+
+def newest_frontend() -> tuple[Path | None, str]:
+    """(static folder of comfyui-frontend-package NEWEST_FRONTEND_VERSION, "") or (None, why it is missing). A
+    $MAGIHUMAN_NEWEST_FRONTEND that does not hold a frontend build raises: CI asked for it."""
+    env = os.environ.get("MAGIHUMAN_NEWEST_FRONTEND")
+    root = Path(env) if env else NEWEST_FRONTEND_CACHE
+    if (root / "index.html").is_file():
+        return root, ""
+    if env:
+        raise FileNotFoundError(f"$MAGIHUMAN_NEWEST_FRONTEND={env} holds no frontend build (no index.html): "
+                                "point it at comfyui_frontend_package/static unpacked from the wheel")
+    return None, (f"no comfyui-frontend-package {NEWEST_FRONTEND_VERSION} at {root} (.ci/run downloads it; or "
+                  f"pip download --no-deps comfyui-frontend-package=={NEWEST_FRONTEND_VERSION}, unzip, and set "
+                  "$MAGIHUMAN_NEWEST_FRONTEND to its comfyui_frontend_package/static)")
+
+
 requires_comfyui = pytest.mark.skipif(not available()[0], reason=available()[1])
 requires_frontend = pytest.mark.skipif(not frontend_available()[0], reason=frontend_available()[1])
 

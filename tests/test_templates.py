@@ -1,11 +1,13 @@
-"""The template format, checked on the files (the real frontend loads them in tests/test_comfyui_real_workflows.py).
+"""The template format, checked on the files (the real frontends load them in tests/test_comfyui_real_workflows.py).
 
 Rules from ComfyUI 0.8.0 / frontend 1.35.9 (its zod schema and template browser): the template folder holds
 only templates and their thumbnails; UUID workflow and subgraph ids; subgraph definitions of version 1 with a
 state block and object links; flags/order/mode/properties on every node; proxyWidgets matching the subgraph
 node's widget values; downloadable models only as single files with a known folder. Plus what an artist needs:
 the subgraph exposes prompt, size, length, seed, steps and the model names; groups run left to right; the note
-says where every model comes from, how to write prompts and what memory to expect."""
+says where every model comes from, how to write prompts and what memory to expect; every workflow opens at a zoom
+where the frontend draws its nodes; the example image and speech clip the TI2V / A2V workflows open on are shipped
+(small, made by the builder) and the pack puts them into ComfyUI's input folder without replacing a user's file."""
 
 import json
 import re
@@ -59,7 +61,9 @@ def test_web_folder_has_only_the_gguf_extension_javascript():
 def test_frontend_schema_rules(path):
     ui, sg = load(path)
     assert is_uuid(ui["id"]) and ui["version"] == 0.4 and ui["revision"] == 0
-    assert ui["extra"].get("workflowRendererVersion") in ("LG", "Vue") and "ds" not in ui["extra"]  # fitted on load
+    assert ui["extra"].get("workflowRendererVersion") in ("LG", "Vue")
+    ds = ui["extra"]["ds"]  # the saved view (see test_opens_at_a_zoom_where_the_nodes_are_drawn)
+    assert set(ds) == {"scale", "offset"} and len(ds["offset"]) == 2
     assert all(isinstance(link, list) and len(link) == 6 for link in ui["links"])
     all_nodes = ui["nodes"] + sg["nodes"]
     for n in all_nodes:
@@ -195,3 +199,143 @@ def test_every_node_has_help(pack):
             assert s.description in doc
         for i in s.inputs:
             assert f"`{i.id}`" in doc, (s.node_id, i.id)
+
+
+# ------------------------------------------------------------------------------------------ the view on load
+VIEW = (1600, 900)           # a 1600x900 canvas (where 1.5x frontends opened four templates at 52-56 %)
+FREE = (60, 90, 20, 20)      # left, top, right, bottom: the frontend's side bar, tabs and run bar cover these
+READABLE = 0.6               # below ~0.57 (LiteGraph.Canvas.MinFontSizeForLOD) nodes are drawn as blank boxes
+TITLE = 30                   # the title bar above a node's pos
+
+
+def _rects(nodes):
+    return [(n["pos"][0], n["pos"][1] - TITLE, n["size"][0], n["size"][1] + TITLE) for n in nodes]
+
+
+def _box(rects):
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    return x0, y0, max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_opens_at_a_zoom_where_the_nodes_are_drawn(path):
+    """1.3x frontends (and 1.5x for a workflow file) show extra.ds and keep it when the subgraph is opened: there
+    every node of the top graph and of the subgraph must be inside the free part of a 1600x900 canvas at a zoom
+    >= 0.6. 1.5x opens a template from its browser fitted to the top graph (0.75 x the zoom at which the nodes
+    fill the canvas): that must be >= 0.7 (nodes drawn, with room for a smaller window)."""
+    ui, sg = load(path)
+    ds = ui["extra"]["ds"]
+    s, (ox, oy) = ds["scale"], ds["offset"]
+    assert READABLE <= s <= 1.0, s
+    rects = _rects(ui["nodes"]) + _rects(sg["nodes"]) + [tuple(g["bounding"]) for g in sg["groups"]]
+    rects += [tuple(sg["inputNode"]["bounding"]), tuple(sg["outputNode"]["bounding"])]
+    x0, y0, x1, y1 = _box(rects)
+    left, top, right, bottom = FREE
+    screen = ((x0 + ox) * s, (y0 + oy) * s, (x1 + ox) * s, (y1 + oy) * s)
+    assert screen[0] >= left - 0.5 and screen[1] >= top - 0.5, screen
+    assert screen[2] <= VIEW[0] - right + 0.5 and screen[3] <= VIEW[1] - bottom + 0.5, screen
+    # and not smaller than it has to be: the view is limited by the width or the height (or zoom 1)
+    fill = max((screen[2] - screen[0]) / (VIEW[0] - left - right), (screen[3] - screen[1]) / (VIEW[1] - top - bottom))
+    assert s == 1.0 or fill > 0.99, fill
+    tx0, ty0, tx1, ty1 = _box(_rects(ui["nodes"]))
+    fitted = 0.75 * min(VIEW[0] / (tx1 - tx0), VIEW[1] / (ty1 - ty0))
+    assert fitted >= 0.7, f"a 1.5x frontend opens the template at {fitted:.2f}"
+
+
+# ------------------------------------------------------------------------------------------ example inputs
+EXAMPLES = ROOT / "example_inputs"
+IMAGE, AUDIO = "magihuman_example_portrait.png", "magihuman_example_speech.wav"
+
+
+def test_example_inputs_are_small_and_what_the_workflows_name():
+    import wave
+
+    from PIL import Image
+
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == sorted([IMAGE, AUDIO])
+    assert (EXAMPLES / IMAGE).stat().st_size < 64_000 and (EXAMPLES / AUDIO).stat().st_size < 160_000
+    with Image.open(EXAMPLES / IMAGE) as im:
+        assert im.format == "PNG" and im.mode == "RGB" and im.size == (448, 256)  # the templates' size
+    with wave.open(str(EXAMPLES / AUDIO)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
+        clip_seconds = w.getnframes() / w.getframerate()
+    for path in UI_FILES:
+        ui, sg = load(path)
+        inner = {n["type"]: n for n in sg["nodes"]}
+        loaders = {n["type"]: n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("LoadImage", "LoadAudio")}
+        assert loaders == ({"LoadImage": IMAGE} if "MagiHumanImageToVideo" in inner else {}) | (
+            {"LoadAudio": AUDIO} if "MagiHumanReferenceAudio" in inner else {}), path.stem
+        if loaders.get("LoadAudio"):  # the clip covers the length the workflow asks for (trimmed to it)
+            inst = next(n for n in ui["nodes"] if n["type"] == sg["id"])
+            values = dict(zip([name for _, name in inst["properties"]["proxyWidgets"]], inst["widgets_values"]))
+            assert clip_seconds >= values["seconds"], (path.stem, clip_seconds)
+        if loaders and "tiny" not in path.stem:  # the note says what the file is and to pick your own
+            note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+            assert all(name in note for name in loaders.values()) and "pick or upload" in note
+
+
+def test_example_speech_sounds_like_a_voice():
+    """Voiced (a pitch in the human range most of the time it sounds), with pauses: not a tone, not noise."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(EXAMPLES / AUDIO)) as w:
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64) / 32768
+        rate = w.getframerate()
+    frame = int(0.04 * rate)
+    frames = x[: len(x) // frame * frame].reshape(-1, frame)
+    rms = np.sqrt((frames ** 2).mean(1))
+    loud = rms > 0.25 * rms.max()
+    assert 0.5 < loud.mean() < 0.9, loud.mean()          # sounding most of the time, with gaps
+    pitches = []
+    for f in frames[loud]:
+        ac = np.correlate(f, f, "full")[frame - 1:]
+        lo, hi = rate // 400, rate // 80                   # 80-400 Hz
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.3 * ac[0]:
+            pitches.append(rate / lag)
+    assert len(pitches) > 0.6 * loud.sum(), (len(pitches), loud.sum())
+    assert 120 < float(np.median(pitches)) < 260 and np.std(pitches) > 5  # a speaking voice with intonation
+
+
+def test_the_builder_makes_the_shipped_example_inputs(tmp_path):
+    """The shipped files are what workflows/build_workflows.py makes (compared decoded: encoders may differ)."""
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_workflows import load_builder
+
+    builder = load_builder()
+    builder.write_example_image(tmp_path / IMAGE)
+    builder.write_example_audio(tmp_path / AUDIO)
+    a = np.asarray(Image.open(tmp_path / IMAGE), dtype=np.int16)
+    b = np.asarray(Image.open(EXAMPLES / IMAGE), dtype=np.int16)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 2, "example_inputs/ is stale: run workflows/build_workflows.py"
+    read = lambda p: np.frombuffer(wave.open(str(p)).readframes(10 ** 7), "<i2").astype(np.int32)  # noqa: E731
+    a, b = read(tmp_path / AUDIO), read(EXAMPLES / AUDIO)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
+def test_the_pack_copies_the_example_inputs_and_never_replaces_a_file(pack, tmp_path, caplog):
+    import importlib
+
+    ex = importlib.import_module(f"{pack.__name__}.nodes.example_inputs")
+    folder = tmp_path / "input"
+    mine = folder / AUDIO
+    folder.mkdir()
+    mine.write_bytes(b"the user's own clip")
+    with caplog.at_level("INFO", logger="magihuman.nodes"):
+        assert ex.install_example_inputs(folder) == [IMAGE]
+    assert (folder / IMAGE).read_bytes() == (EXAMPLES / IMAGE).read_bytes()
+    assert mine.read_bytes() == b"the user's own clip"
+    assert f"copied the template example inputs {IMAGE} into {folder}" in caplog.text
+    assert ex.install_example_inputs(folder) == []              # nothing missing: nothing copied
+    assert ex.install_example_inputs() == []                    # no ComfyUI: no input folder to fill
+    blocked = tmp_path / "file_not_folder"
+    blocked.write_text("")
+    with caplog.at_level("WARNING", logger="magihuman.nodes"):
+        assert ex.install_example_inputs(blocked) == []          # cannot copy: a warning, not an error
+    assert "could not copy the example input" in caplog.text

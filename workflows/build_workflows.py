@@ -12,11 +12,16 @@
   ones the frontend gives a subgraph's nodes (``"<subgraph node id>:<inner node id>"``), so the twin is exactly
   the prompt the frontend queues.
 - ``web/docs/<NodeId>.md``: the help the frontend shows for each node.
+- ``example_inputs/``: the portrait and the voice-like clip the TI2V / A2V workflows' Load Image / Load Audio open
+  on (drawn and synthesised here; the pack copies them into ComfyUI's input folder, nodes/example_inputs.py).
+
+Each workflow opens at a zoom where the frontend draws its nodes: see VIEW / saved_view (1.3x frontends show the
+saved view) and the compact top graph (1.5x fits a template to it).
 
 Widget values are laid out from the nodes' own schemas (this pack's nodes, plus ``CORE_NODES``: the ComfyUI
 core nodes the workflows use), so the files always match the code. tests/test_templates.py and
 tests/test_workflows.py check the result; tests/test_comfyui_real_workflows.py loads every workflow in the
-real frontend and runs the tiny ones in a real ComfyUI.
+frontend ComfyUI 0.8 bundles and in the newest one and runs the tiny ones in a real ComfyUI.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
+import random
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -42,9 +49,9 @@ UUID_NAMESPACE = uuid.UUID("6f1f3c2e-6a43-4a55-9c1d-7d0f8a1e5b21")  # ids are uu
 # ComfyUI core nodes used by the workflows: inputs in schema order as (name, type, kind, default),
 # kind "socket" | "widget" | "optional_socket" | "upload_widget"; outputs as (name, type).
 CORE_NODES: dict[str, dict] = {
-    "LoadImage": {"inputs": [("image", "COMBO", "upload_widget", "example.png")],
+    "LoadImage": {"inputs": [("image", "COMBO", "upload_widget", None)],   # None: the pack's example file
                   "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "title": "Load Image"},
-    "LoadAudio": {"inputs": [("audio", "COMBO", "upload_widget", "speech.wav")], "outputs": [("AUDIO", "AUDIO")],
+    "LoadAudio": {"inputs": [("audio", "COMBO", "upload_widget", None)], "outputs": [("AUDIO", "AUDIO")],
                   "title": "Load Audio"},
     "CreateVideo": {"inputs": [("images", "IMAGE", "socket", None), ("fps", "FLOAT", "widget", 30.0),
                                ("audio", "AUDIO", "optional_socket", None)],
@@ -86,6 +93,11 @@ def engine(module: str):
     return importlib.import_module(f"{import_pack().__name__}.magihuman.{module}")
 
 
+def example_inputs():
+    """nodes/example_inputs.py: the example image and speech clip (names, folder) the pack copies into input/."""
+    return importlib.import_module(f"{import_pack().__name__}.nodes.example_inputs")
+
+
 def example_prompt(kind: str) -> str:
     prompts = getattr(engine("prompts"), "EXAMPLE_PROMPTS", None) or {}
     return prompts.get(kind) or prompts.get("t2v") or WORKFLOW_PROMPTS_FALLBACK["t2v"]
@@ -97,6 +109,10 @@ def node_specs() -> dict[str, dict]:
     pack = import_pack()
     nodes = importlib.import_module(f"{pack.__name__}.nodes")
     specs = {k: dict(v, options={}, multiline=set()) for k, v in CORE_NODES.items()}
+    examples = example_inputs()  # Load Image / Load Audio open on the files the pack puts into input/
+    for loader, name in (("LoadImage", examples.EXAMPLE_IMAGE), ("LoadAudio", examples.EXAMPLE_AUDIO)):
+        specs[loader]["inputs"] = [(i, t, k, name if k == "upload_widget" else d)
+                                   for i, t, k, d in CORE_NODES[loader]["inputs"]]
     for cls in nodes.NODE_CLASSES:
         s = cls.define_schema()
         ins = []
@@ -329,10 +345,25 @@ TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "d
 
 
 # ------------------------------------------------------------------------------------------ layout
-NODE_WIDTH = {"MagiHumanTextEncode": 420, "MagiHumanLatentSR": 320}
+NODE_WIDTH = {"MagiHumanTextEncode": 380, "MagiHumanLatentSR": 300}
+DEFAULT_NODE_WIDTH = 280
 ROW, WIDGET, TITLE, MULTILINE = 22, 26, 30, 150
-GAP, PAD, GROUP_TITLE, GROUP_GAP = 40, 20, 44, 40
+GAP, PAD, GROUP_TITLE, GROUP_GAP = 40, 20, 44, 30
 IN_NODE_X, IN_NODE_W, OUT_NODE_GAP, OUT_NODE_W = -170, 130, 40, 100   # the subgraph's input/output nodes
+# the top graph: one row of note, loaders, the MagiHuman node and Save Video
+TOP_NOTE_W, TOP_LOADER_W, TOP_SUB_W, TOP_SAVE_W, TOP_GAP, TOP_MULTILINE = 440, 300, 360, 360, 40, 110
+TOP_LOADER_H = {"LoadImage": 330, "LoadAudio": 180}
+TOP_SAVE_H = 420
+
+# The view a workflow opens at. ComfyUI 1.3x shows the saved view (extra.ds: screen = (graph + offset) * scale)
+# and keeps it when the subgraph is opened; 1.5x does so for workflow files, while a template from its browser is
+# always fitted to the top graph (fitView: 0.75 x the scale at which the nodes' bounds fill the canvas). Both are
+# made for a VIEW-sized canvas: the saved view holds the top graph and the subgraph inside the part the menus leave
+# free (VIEW_INSETS: left, top, right, bottom), and the top graph is small enough that the fitted zoom is readable.
+VIEW = (1600, 900)
+VIEW_INSETS = (60, 90, 20, 20)
+FIT_ZOOM = 0.75          # the frontend's fitView / fitToBounds margin factor
+READABLE_ZOOM = 0.6      # below ~0.57 (LiteGraph.Canvas.MinFontSizeForLOD 8 / 14 px) nodes are drawn as blank boxes
 
 
 def node_size(spec: dict, node_type: str, n_sockets: int) -> list:
@@ -342,7 +373,7 @@ def node_size(spec: dict, node_type: str, n_sockets: int) -> list:
     multi = sum(1 for i in widgets if i[0] in spec["multiline"])
     rows = max(n_sockets, len(spec["outputs"]))
     h = rows * ROW + (len(widgets) + extra) * WIDGET + multi * MULTILINE + 16
-    return [NODE_WIDTH.get(node_type, 300), h]
+    return [NODE_WIDTH.get(node_type, DEFAULT_NODE_WIDTH), h]
 
 
 def layout(nodes: list, specs: dict) -> tuple[dict, list]:
@@ -371,6 +402,35 @@ def layout(nodes: list, specs: dict) -> tuple[dict, list]:
         groups.append((gname, [gx, 0, gw, bottom + PAD]))
         x = gx + gw + GROUP_GAP
     return placed, groups
+
+
+def node_rects(nodes: list) -> list:
+    """[x, y, w, h] of nodes as the canvas draws them: the title bar sits above pos."""
+    return [[n["pos"][0], n["pos"][1] - TITLE, n["size"][0], n["size"][1] + TITLE] for n in nodes]
+
+
+def bounds(rects: list) -> list:
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    return [x0, y0, max(r[0] + r[2] for r in rects) - x0, max(r[1] + r[3] for r in rects) - y0]
+
+
+def fitted_zoom(rects: list, view: tuple = VIEW) -> float:
+    """The zoom the frontend's fitView gives nodes with these rectangles on a ``view``-sized canvas."""
+    _, _, w, h = bounds(rects)
+    return FIT_ZOOM * min(view[0] / max(w, 300), view[1] / max(h, 300))
+
+
+def saved_view(top_nodes: list, subgraph: dict, view: tuple = VIEW) -> dict:
+    """extra.ds: the largest zoom (at most 1) at which the top graph and the subgraph (nodes, groups, input and
+    output nodes) both fit the free part of the canvas, centred there."""
+    rects = node_rects(top_nodes) + node_rects(subgraph["nodes"]) + [g["bounding"] for g in subgraph["groups"]]
+    rects += [subgraph["inputNode"]["bounding"], subgraph["outputNode"]["bounding"]]
+    x0, y0, w, h = bounds(rects)
+    left, top, right, bottom = VIEW_INSETS
+    free_w, free_h = view[0] - left - right, view[1] - top - bottom
+    scale = round(min(1.0, free_w / w, free_h / h), 4)
+    return {"scale": scale, "offset": [round((left + free_w / 2) / scale - (x0 + w / 2), 1),
+                                                 round((top + free_h / 2) / scale - (y0 + h / 2), 1)]}
 
 
 # ------------------------------------------------------------------------------------------ writers
@@ -532,44 +592,41 @@ def build(mode: Mode, specs: dict) -> tuple[dict, dict]:
     sub_values.append("fixed")
     tl += 1
     video_link = tl
-    # the frontend fits the top graph into the window and opens the subgraph at that same view: the top graph
-    # spans at least the subgraph's width, so both are on screen without zooming (and big enough to read)
-    note_w, save_w, sub_w, loader_w = 560, 640, 440, 320
-    natural = note_w + save_w + sub_w + loader_w * len(mode.top_inputs) + 60 * (len(mode.top_inputs) + 2)
-    left = IN_NODE_X
-    right_edge = max(right + OUT_NODE_GAP + OUT_NODE_W, left + natural)
-    sub_h = TITLE + len(sub_inputs) * ROW + sum(WIDGET + (MULTILINE if e.type == "STRING" else 0)
+    # one compact row, centred over the subgraph's width (ComfyUI 1.5x opens a template fitted to the top graph,
+    # so its size sets the zoom there): note | loaders | MagiHuman | Save Video, all the MagiHuman node's height
+    sub_h = TITLE + len(sub_inputs) * ROW + sum(WIDGET + (TOP_MULTILINE if e.type == "STRING" else 0)
                                                  for e in mode.exposed if e.type in WIDGET_TYPES) + WIDGET + 20
-    middle = [loader_w] * len(mode.top_inputs) + [sub_w]
-    gap = (right_edge - left - note_w - save_w - sum(middle)) / (len(middle) + 1)
-    x = left + note_w + gap
-    top_nodes.append({"id": top_ids["note"], "type": "MarkdownNote", "pos": [left, 0], "size": [note_w, 960],
+    widths = [TOP_NOTE_W] + [TOP_LOADER_W] * len(mode.top_inputs) + [TOP_SUB_W, TOP_SAVE_W]
+    row_w = sum(widths) + TOP_GAP * (len(widths) - 1)
+    x = round((IN_NODE_X + right + OUT_NODE_GAP + OUT_NODE_W) / 2 - row_w / 2)
+    top_nodes.append({"id": top_ids["note"], "type": "MarkdownNote", "pos": [x, TITLE], "size": [TOP_NOTE_W, sub_h],
                       "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
                       "title": "Read me: models, prompts, speed", "properties": {},
                       "widgets_values": [note_text(mode)], "color": "#222", "bgcolor": "#000"})
+    x += TOP_NOTE_W + TOP_GAP
     for i, (name, loader) in enumerate(mode.top_inputs):
         spec = specs[loader]
         values, api_widgets = widget_values(spec, {}, loader)
         outputs = [{"localized_name": o, "name": o, "type": t, "links": [loader_links[name]] if s == 0 else None}
                    for s, (o, t) in enumerate(spec["outputs"])]
-        top_nodes.append({"id": top_ids[name], "type": loader, "pos": [round(x), 0],
-                          "size": [loader_w, 380 if loader == "LoadImage" else 160],
+        top_nodes.append({"id": top_ids[name], "type": loader, "pos": [x, TITLE],
+                          "size": [TOP_LOADER_W, TOP_LOADER_H[loader]],
                           "flags": {}, "order": 1 + i, "mode": 0, "inputs": [], "outputs": outputs,
                           "properties": {"Node name for S&R": loader}, "widgets_values": values})
         top_links.append([loader_links[name], top_ids[name], 0, top_ids["sub"], mode.exposed.index(
             next(e for e in mode.exposed if e.name == name)), spec["outputs"][0][1]])
         api[str(top_ids[name])] = {"class_type": loader, "inputs": api_widgets, "_meta": {"title": spec["title"]}}
-        x += loader_w + gap
-    top_nodes.append({"id": top_ids["sub"], "type": sub_id, "pos": [round(x), 0], "size": [sub_w, sub_h],
+        x += TOP_LOADER_W + TOP_GAP
+    top_nodes.append({"id": top_ids["sub"], "type": sub_id, "pos": [x, TITLE], "size": [TOP_SUB_W, sub_h],
                       "flags": {}, "order": len(mode.top_inputs) + 1, "mode": 0, "title": mode.title,
                       "inputs": sub_inputs,
                       "outputs": [{"localized_name": "VIDEO", "name": "VIDEO", "type": "VIDEO", "links": [video_link]}],
                       "properties": {"proxyWidgets": proxy}, "widgets_values": sub_values})
-    x = right_edge - save_w
+    x += TOP_SUB_W + TOP_GAP
     save_widgets = {"filename_prefix": f"magihuman/{mode.name.removeprefix('magihuman_')}", "format": "mp4",
                     "codec": "h264"}
     values, api_widgets = widget_values(specs["SaveVideo"], save_widgets, "SaveVideo")
-    top_nodes.append({"id": top_ids["save"], "type": "SaveVideo", "pos": [round(x), 0], "size": [save_w, 700],
+    top_nodes.append({"id": top_ids["save"], "type": "SaveVideo", "pos": [x, TITLE], "size": [TOP_SAVE_W, TOP_SAVE_H],
                       "flags": {},
                       "order": len(mode.top_inputs) + 2, "mode": 0,
                       "inputs": [{"localized_name": "video", "name": "video", "type": "VIDEO", "link": video_link}],
@@ -581,8 +638,8 @@ def build(mode: Mode, specs: dict) -> tuple[dict, dict]:
     ui = {"id": uid(mode.name, "workflow"), "revision": 0, "last_node_id": max(inner_ids.values()),
           "last_link_id": link_id, "nodes": top_nodes, "links": top_links, "groups": [],
           "definitions": {"subgraphs": [subgraph]}, "config": {},
-          # no "ds" (view offset/zoom): the frontend then fits the whole graph into the window
-          "extra": {"frontendVersion": FRONTEND_VERSION, "workflowRendererVersion": "LG"}, "version": 0.4}
+          "extra": {"ds": saved_view(top_nodes, subgraph), "frontendVersion": FRONTEND_VERSION,
+                    "workflowRendererVersion": "LG"}, "version": 0.4}
     return ui, dict(sorted(api.items(), key=lambda kv: [int(p) for p in kv[0].split(":")]))
 
 
@@ -596,7 +653,7 @@ MODEL_LINKS = {  # role -> (what to download, page)
     "sr_1080p": ("the folder `1080p_sr/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/1080p_sr"),
     "text_encoder": ("the whole repository (weights + tokenizer)", f"{HF}/google/t5gemma-9b-9b-ul2"),
     "turbo_vae": ("the folder `turbo_vae/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/turbo_vae"),
-    "video_vae": ("the file `split_files/vae/wan2.2_vae.safetensors`", WAN_VAE_URL),
+    "video_vae": ("the file `wan2.2_vae.safetensors` (in split_files/vae)", WAN_VAE_URL),
     "audio_vae": ("`model_config.json` + the `*.safetensors` (gated: accept the license first)",
                   f"{HF}/stabilityai/stable-audio-open-1.0"),
 }
@@ -652,18 +709,26 @@ def _has_fp8(est) -> bool:
 def note_text(mode: Mode) -> str:
     presets = engine("presets")
     if mode.tiny:
+        inputs = "".join(f" {loader.replace('Load', 'Load ')} opens on the example file this pack puts into "
+                         "ComfyUI/input." for _, loader in mode.top_inputs)
         return (f"# {mode.title}\n{mode.summary}\n\nTiny random models for checking the graph on a CPU in seconds: "
                 "`python -m magihuman tiny-models DIR`, then start ComfyUI with DIR as its models folder. The output "
-                "is noise-like by design.")
+                "is noise-like by design." + inputs)
     rows = []
     for role in roles_of(mode):
         m = presets.MODEL_FILES[role]
         what, url = MODEL_LINKS[role]
         rows.append(f"| {m.what} | `models/{m.folder}/{m.name}` | [{m.source.split(' ')[0]}]({url}): {what} |")
+    examples = example_inputs()
     a2v = ("\n- **Audio-driven (this graph):** Load Audio gives the speech; put its exact words in quotes in the "
-           "prompt. The audio is kept unchanged and sets the length (`seconds` trims it).") if mode.kind == "a2v" else ""
+           "prompt. The audio is kept unchanged and sets the length (`seconds` trims it). It opens on "
+           f"`{examples.EXAMPLE_AUDIO}`, which this pack puts into ComfyUI/input: a synthetic voice-like sound "
+           "without words, so the graph runs but the lips cannot match the quoted line. For a real clip pick or "
+           "upload a speech recording in Load Audio.") if mode.kind == "a2v" else ""
     ti2v = ("\n- **First frame (this graph):** Load Image gives the first frame (centre-cropped to the size); "
-            "describe the same person and scene in the prompt.") if mode.kind == "ti2v" else ""
+            "describe the same person and scene in the prompt. It opens on "
+            f"`{examples.EXAMPLE_IMAGE}`, a drawn portrait of the man in the example prompt that this pack puts "
+            "into ComfyUI/input; pick or upload your own photo in Load Image.") if mode.kind == "ti2v" else ""
     lora = ("\n- **LoRA (this graph):** put the file in `models/loras/` and pick it in `LoRA`; `LoRA strength` "
             "scales it (0 = off, negative inverts). PEFT, kohya and ComfyUI-style MagiHuman LoRAs load, also on "
             "fp8 or GGUF weights; `python -m magihuman extract-lora` makes one from two checkpoints. Chain "
@@ -763,6 +828,173 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [cur] if cur else lines
 
 
+# ------------------------------------------------------------------------------------------ example inputs
+EXAMPLE_IMAGE_SIZE = (448, 256)
+
+
+def write_example_image(path: Path) -> None:
+    """A drawn portrait for TI2V: the man of the example prompt (grey stubble, salt-and-pepper hair, navy crew
+    neck) in a study with bookshelves, warm light from the left. 448x256 (the template size), PNG."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    k = 2  # drawn at twice the size, then downsampled (smooth edges)
+    w, h = EXAMPLE_IMAGE_SIZE[0] * k, EXAMPLE_IMAGE_SIZE[1] * k
+    rng = random.Random(20240607)
+    s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
+    img = Image.new("RGB", (w, h), (92, 70, 52))
+    d = ImageDraw.Draw(img)
+    # wall and two bookshelves
+    d.rectangle(s(0, 0, 448, 256), fill=(104, 82, 62))
+    for x0 in (8, 300):
+        d.rectangle(s(x0, 6, x0 + 140, 236), fill=(58, 38, 24))
+        for y0 in (14, 72, 130, 188):
+            x = x0 + 6
+            while x < x0 + 132:
+                bw = rng.randint(5, 11)
+                bh = rng.randint(34, 48)
+                col = rng.choice([(120, 40, 36), (40, 70, 96), (70, 96, 60), (150, 120, 70), (90, 60, 100),
+                                  (170, 150, 120), (60, 60, 64), (130, 80, 40)])
+                d.rectangle(s(x, y0 + 52 - bh, min(x + bw, x0 + 134), y0 + 52), fill=col)
+                x += bw + 1
+            d.rectangle(s(x0, y0 + 52, x0 + 140, y0 + 57), fill=(74, 50, 32))
+    # sweater (navy crew neck) and neck
+    d.rounded_rectangle(s(130, 182, 318, 300), radius=40 * k, fill=(30, 40, 70))
+    d.rectangle(s(206, 150, 242, 190), fill=(196, 148, 118))
+    d.ellipse(s(198, 174, 250, 196), fill=(44, 56, 92))
+    d.ellipse(s(204, 170, 244, 188), fill=(196, 148, 118))
+    # head: ears, face, hair
+    d.ellipse(s(178, 96, 196, 128), fill=(200, 150, 120))
+    d.ellipse(s(252, 96, 270, 128), fill=(186, 138, 110))
+    d.ellipse(s(186, 52, 262, 168), fill=(214, 166, 134))
+    d.chord(s(184, 44, 264, 118), 180, 360, fill=(128, 126, 122))
+    d.rectangle(s(186, 78, 194, 100), fill=(128, 126, 122))
+    d.rectangle(s(254, 78, 262, 100), fill=(128, 126, 122))
+    for _ in range(260):  # salt and pepper
+        x, y = rng.uniform(188, 260), rng.uniform(50, 82)
+        c = rng.choice([(200, 200, 196), (70, 68, 66), (160, 158, 154)])
+        d.ellipse(s(x, y, x + 1.6, y + 1.6), fill=c)
+    for _ in range(300):  # grey stubble on the jaw and upper lip
+        a = rng.uniform(0.15, math.pi - 0.15)
+        r = rng.uniform(0.62, 0.98)
+        x, y = 224 + 36 * r * math.cos(a), 112 + 54 * r * math.sin(a)
+        if y > 118:
+            d.ellipse(s(x, y, x + 1.2, y + 1.2), fill=(158, 144, 136))
+    # brows, eyes, nose, closed-mouth smile
+    d.line(s(200, 94, 218, 91), fill=(110, 106, 100), width=3 * k)
+    d.line(s(230, 91, 248, 94), fill=(110, 106, 100), width=3 * k)
+    for cx in (209, 239):
+        d.ellipse(s(cx - 7, 100, cx + 7, 108), fill=(240, 236, 228))
+        d.ellipse(s(cx - 3, 100, cx + 3, 108), fill=(70, 50, 36))
+    d.line(s(224, 106, 220, 128, 227, 130), fill=(170, 120, 96), width=2 * k)
+    d.arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)
+    # desk in front
+    d.rectangle(s(0, 236, 448, 256), fill=(96, 62, 36))
+    d.line(s(0, 236, 448, 236), fill=(130, 90, 56), width=2 * k)
+    img = img.resize(EXAMPLE_IMAGE_SIZE, Image.LANCZOS)
+    # warm lamplight from the left, a dim fill on the right
+    arr = np.asarray(img).astype(np.float32)
+    x = np.linspace(0, 1, arr.shape[1])[None, :, None]
+    light = 1.18 - 0.38 * x
+    warm = np.array([1.0, 0.94, 0.82])[None, None, :]
+    arr = np.clip(arr * light * (warm + (1 - warm) * x), 0, 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(path, "PNG", optimize=True)
+
+
+EXAMPLE_AUDIO_RATE = 16000
+EXAMPLE_AUDIO_SECONDS = 4.4
+_TEMPO = 0.9  # syllable length factor: about 4.7 syllables a second
+
+# vowel formants (Hz), after the classic Peterson & Barney averages
+_VOWELS = {"a": (850, 1220, 2810), "e": (610, 1900, 2850), "i": (310, 2790, 3310), "o": (590, 920, 2710),
+           "u": (370, 950, 2670), "@": (560, 1480, 2680), "E": (600, 2330, 2990), "A": (860, 2050, 2850)}
+# two phrases with the rhythm of "Welcome back, everyone. Tonight we answer the question you sent in most."
+# (syllable vowel, seconds, stress 0-1, consonant noise before it: None | "s" | "t" | "k" | "sh")
+_SYLLABLES = [
+    [("E", .17, .8, None), ("@", .15, .3, "k"), ("A", .24, 1., "k"), ("E", .18, .9, None), ("i", .12, .3, None),
+     ("@", .14, .3, None), ("a", .26, .6, None)],
+    [("@", .12, .3, "t"), ("a", .26, 1., "t"), ("i", .12, .3, None), ("A", .22, .8, None), ("@", .14, .3, "s"),
+     ("@", .10, .2, None), ("E", .2, .7, "k"), ("@", .12, .3, "sh"), ("u", .12, .3, None), ("E", .2, .7, "s"),
+     ("i", .12, .3, None), ("o", .3, .8, "s")],
+]
+
+
+def _speech_seconds() -> float:
+    cons = {"s": .07, "sh": .07, "t": .03, "k": .03}
+    return 0.2 + sum(sum(d * _TEMPO + .015 + cons.get(c, 0) for _, d, _, c in ph) for ph in _SYLLABLES) + 0.3
+
+
+def example_speech(rate: int = EXAMPLE_AUDIO_RATE):
+    """A synthetic voice-like clip (no words): a glottal source with a falling pitch through gliding vowel
+    formants, syllable envelopes, consonant noise and a pause between two phrases. float32 mono in [-0.5, 0.5]."""
+    import numpy as np
+
+    n = int(EXAMPLE_AUDIO_SECONDS * rate)
+    assert _speech_seconds() < EXAMPLE_AUDIO_SECONDS
+    t = np.arange(n) / rate
+    rng = np.random.default_rng(7)
+    f_tracks = np.zeros((3, n))
+    env = np.zeros(n)
+    f0 = np.full(n, 185.0)
+    noise = np.zeros(n)
+    pos = 0.2
+    for p, phrase in enumerate(_SYLLABLES):
+        start = pos
+        for vowel, dur, stress, cons in phrase:
+            dur *= _TEMPO
+            if cons:
+                cd = .07 if cons in ("s", "sh") else .03
+                a, b = int(pos * rate), int((pos + cd) * rate)
+                band = {"s": (4200, 7000), "sh": (2200, 4500), "t": (2500, 6000), "k": (1200, 3500)}[cons]
+                seg = rng.standard_normal(b - a)
+                spec = np.fft.rfft(seg)
+                fr = np.fft.rfftfreq(b - a, 1 / rate)
+                spec[(fr < band[0]) | (fr > band[1])] = 0
+                seg = np.fft.irfft(spec, b - a) * np.hanning(b - a) * (0.5 if cons in ("s", "sh") else 0.8)
+                noise[a:b] += seg
+                pos += cd
+            a, b = int(pos * rate), int((pos + dur) * rate)
+            f_tracks[:, a:b] = np.array(_VOWELS[vowel], dtype=float)[:, None]
+            ramp = np.minimum(1, np.minimum(np.arange(b - a), np.arange(b - a)[::-1]) / (0.035 * rate))
+            env[a:b] = np.maximum(env[a:b], (0.55 + 0.45 * stress) * np.sin(ramp * np.pi / 2) ** 2)
+            f0[a:b] = 185 * (1 + 0.12 * stress)
+            pos += dur + 0.015
+        end = pos
+        a, b = int(start * rate), int(end * rate)
+        f0[a:b] *= np.linspace(1.08, 0.84, b - a)  # declination over the phrase
+        pos += 0.3  # the pause between the phrases
+    # smooth the tracks (formant glides, pitch changes) with a 40 ms moving average
+    m = int(0.04 * rate)
+    ker = np.ones(m) / m
+    f_tracks = np.stack([np.convolve(np.pad(f, (m, m), mode="edge"), ker, "same")[m:-m] for f in f_tracks])
+    f0 = np.convolve(np.pad(f0, (m, m), mode="edge"), ker, "same")[m:-m]
+    f0 *= 1 + 0.01 * np.sin(2 * np.pi * 5.5 * t)  # a little vibrato
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voice = np.zeros(n)
+    bw = np.array([90.0, 110.0, 170.0])[:, None]
+    for h in range(1, int(rate / 2 / 160)):
+        fh = h * f0
+        gain = sum(1 / (1 + ((fh - f_tracks[j]) / bw[j]) ** 2) * (1.0, 0.6, 0.3)[j] for j in range(3))
+        voice += np.where(fh < rate / 2 - 200, gain / h ** 0.6, 0) * np.sin(h * phase)
+    out = voice * env + noise
+    out += 0.003 * rng.standard_normal(n)  # room noise
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+def write_example_audio(path: Path) -> None:
+    """:func:`example_speech` as a 16-bit mono WAV."""
+    import wave
+
+    import numpy as np
+
+    pcm = np.round(example_speech() * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(EXAMPLE_AUDIO_RATE)
+        w.writeframes(pcm.tobytes())
+
+
 # ------------------------------------------------------------------------------------------ node help
 CONNECT = {  # node id -> what to connect (the help panel's "Connect" section)
     "MagiHumanDiTLoader": "`model` → MagiHuman Distilled Sampler (distill model) or Base Sampler (base model).",
@@ -848,10 +1080,18 @@ def all_modes() -> list[Mode]:
     return [build_mode(m) for m in TEMPLATE_MODES] + [build_mode(m, tiny=True) for m in TINY_MODES]
 
 
-def write_all(root: Path = ROOT, *, thumbnails: bool = True) -> list[Path]:
-    """Writes every generated file under ``root`` (the repository, or a temp dir for the up-to-date test)."""
+def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True) -> list[Path]:
+    """Writes every generated file under ``root`` (the repository, or a temp dir for the up-to-date test);
+    ``thumbnails`` / ``media``: also the template thumbnails / the example image and speech clip."""
     specs = node_specs()
     written = []
+    if media:
+        examples = example_inputs()
+        folder = root / examples.EXAMPLE_INPUTS_DIR.relative_to(ROOT)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_example_image(folder / examples.EXAMPLE_IMAGE)
+        write_example_audio(folder / examples.EXAMPLE_AUDIO)
+        written += [folder / examples.EXAMPLE_IMAGE, folder / examples.EXAMPLE_AUDIO]
 
     def put(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
