@@ -12,6 +12,7 @@
   ones the frontend gives a subgraph's nodes (``"<subgraph node id>:<inner node id>"``), so the twin is exactly
   the prompt the frontend queues.
 - ``web/docs/<NodeId>.md``: the help the frontend shows for each node.
+- ``web/storage.json``: what the frontend extension (``web/js/magihuman_gguf.js``) reads of the storage registry.
 - ``example_inputs/``: the portrait and the voice-like clip the TI2V / A2V workflows' Load Image / Load Audio open
   on (drawn and synthesised here; the pack copies them into ComfyUI's input folder, nodes/example_inputs.py).
 
@@ -1108,6 +1109,8 @@ def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True)
             thumb = folder / f"{mode.name}.jpg"
             write_thumbnail(mode, thumb)
             written.append(thumb)
+    storage = importlib.import_module(f"{import_pack().__name__}.magihuman.storage.registry")
+    put(root / "web" / "storage.json", json.dumps(storage.frontend_settings(), indent=2) + "\n")
     nodes = importlib.import_module(f"{import_pack().__name__}.nodes")
     keep = handwritten_docs()
     for cls in nodes.NODE_CLASSES:
