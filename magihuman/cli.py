@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import gc
 import json
 import logging
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -60,9 +64,13 @@ class UsageError(ValueError):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, exit 2
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
+    def error(self, message):  # argparse's own errors: one line (no usage block), exit 2
+        m = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(3)) or [c.strip() for c in m.group(3).split(",")]
+            close = difflib.get_close_matches(m.group(2), choices, n=1, cutoff=0.5)
+            message += f"; did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"{message} (`{self.prog} --help` lists the options)")
 
 
 # ============================================================================ timing
@@ -128,17 +136,54 @@ def _check_generate_args(args, preset) -> None:
     out = Path(args.output)
     if out.suffix.lower() != ".mp4":
         raise UsageError(f"--output must end in .mp4, got {args.output}")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"--output {out} is a folder")
+    _check_writable(out, "--output")
+
+
+def _check_writable(out: Path, flag: str) -> None:
+    """Refuse an output that cannot be written, before any work: a folder, or a place where no file can be created
+    (tried with a temporary file in the nearest existing folder; missing folders are made when writing)."""
+    if out.is_dir():
+        raise UsageError(f"{flag} {out} is a folder")
+    if out.exists():
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"{flag} {out}: the file exists and cannot be overwritten (permission denied)")
+        return
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {out}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {out}: cannot create a file in {folder} ({e.strerror or e})") from None
 
 
 def _device(name: Optional[str]) -> torch.device:
+    """``--device``: ``auto`` (CUDA if available), or a device this torch can use (one line otherwise, before
+    anything touches it: a CPU-only torch asserts deep inside ``torch.cuda``)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError as e:
         raise UsageError(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise UsageError(f"--device {name}: this torch ({torch.__version__}) is built without CUDA; use --device "
+                             "cpu, or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: torch finds no CUDA GPU (driver missing or no device visible); use "
+                             "--device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {name}: MPS (Apple GPU) is not available in this torch; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: the CLI runs on cpu, cuda[:N] or mps")
+    return dev
 
 
 def _lora_arg(text: str) -> tuple[Path, float]:
@@ -228,6 +273,7 @@ def generate(args) -> int:
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     _check_generate_args(args, preset)
+    _device(args.device)  # a device this torch cannot use: one line now, not a traceback after the models load
     if args.gpus is not None and args.gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {args.gpus}")
     if args.gpus is not None and args.gpus > 1 and sp_launch.torchrun_world_size() == 1:
@@ -450,7 +496,7 @@ def prompt_llm(args) -> int:
 def _add_prompt_parser(sub) -> None:
     p = sub.add_parser("prompt", help="Enhanced Prompts (the format the model was trained on): build, check, ask an "
                        "LLM")
-    ps = p.add_subparsers(dest="prompt_command", required=True, parser_class=_ArgumentParser)
+    ps = p.add_subparsers(dest="prompt_command", metavar="{build,check,llm}", parser_class=_ArgumentParser)
 
     b = ps.add_parser("build", help="print a prompt in the official three-part layout (warnings on stderr)")
     b.add_argument("--body", default=None, help="the main body: one English paragraph of 150-200 words that "
@@ -473,6 +519,7 @@ def _add_prompt_parser(sub) -> None:
     m.add_argument("--json", action="store_true", help="print the two chat messages as JSON "
                    "([{role, content}, ...])")
     m.set_defaults(func=prompt_llm)
+    p.set_defaults(func=None, subcommands=", ".join(ps.choices))
 
 
 def _add_prompt_fields(parser) -> None:
@@ -561,7 +608,7 @@ def presets(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="python -m magihuman", description="daVinci-MagiHuman audio+video generation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
 
     g = sub.add_parser("generate", help="generate an MP4 (video + audio) from a prompt")
     g.add_argument("--preset", default="distill_256p", choices=list(PRESETS), help="generation recipe")
@@ -656,7 +703,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prompt_parser(sub)
     fit_plan.add_parser(sub)  # python -m magihuman plan --preset NAME --vram GB [--ram GB] (magihuman/plan.py)
+    _add_debug(sub)
+    parser.set_defaults(func=None, subcommands=", ".join(sub.choices))
     return parser
+
+
+def _add_debug(subparsers) -> None:
+    """``--debug`` after the command too (``generate ... --debug``), in every (nested) subcommand; SUPPRESS keeps a
+    ``--debug`` given before the command."""
+    for p in set(subparsers.choices.values()):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for all "
+                       "errors")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -666,6 +726,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "func", None) is None:
+            what = f"`{args.command}` needs a subcommand" if args.command else "give a command"
+            raise UsageError(f"{what}: {args.subcommands} (`python -m magihuman{' ' + args.command if args.command else ''}"
+                             " --help` says what each does)")
         args.argv = list(sys.argv[1:] if argv is None else argv)  # generate --gpus re-launches the same command
         return args.func(args)
     except KeyboardInterrupt:
