@@ -20,6 +20,7 @@ import difflib
 import gc
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -129,6 +130,12 @@ def _check_generate_args(args, preset) -> None:
     if (args.sr_width or args.sr_height) and not preset.sr:
         raise UsageError(f"preset '{preset.name}' has no super-resolution stage; --sr-width/--sr-height need a preset "
                          "with SR (sr_540p, sr_1080p, distill_540p, tiny_sr)")
+    if args.sr_lora and not preset.sr:
+        raise UsageError(f"--sr-lora: preset '{preset.name}' has no super-resolution stage (give LoRAs for its DiT "
+                         "with --lora)")
+    for flag, texts in (("--lora", args.lora), ("--sr-lora", args.sr_lora)):
+        for text in texts:
+            _lora_arg(text, flag)  # the strength: checked now, the file once the models folder is known
     for name in ("image", "audio"):
         p = getattr(args, name)
         if p is not None and not Path(p).is_file():
@@ -186,26 +193,54 @@ def _device(name: Optional[str]) -> torch.device:
     return dev
 
 
-def _lora_arg(text: str) -> tuple[Path, float]:
-    """``PATH[:STRENGTH]`` (strength 1 when absent; a path may itself contain ':')."""
+LORA_STRENGTH = (-10.0, 10.0)  # the range of the LoRA node's strength widget
+LORA_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def _lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
+    """``PATH[:STRENGTH]`` -> (path text, strength): strength 1 when absent; a path may itself contain ':' (a
+    Windows drive, or an existing file named so). A strength that is not a number, or outside -10..10, is refused."""
     path, sep, strength = text.rpartition(":")
-    if sep:
-        try:
-            return Path(path), float(strength)
-        except ValueError:
-            pass
-    return Path(text), 1.0
+    if not sep or not path or Path(text).expanduser().is_file() or "/" in strength or "\\" in strength:
+        return text, 1.0
+    try:
+        value = float(strength)
+    except ValueError:
+        if not path.lower().endswith(LORA_SUFFIXES) and not Path(path).expanduser().is_file():
+            return text, 1.0  # no strength given: a name with a ':' in it (reported as missing if it is)
+        raise UsageError(f"{flag} {text}: the strength {strength!r} is not a number (PATH[:STRENGTH], e.g. "
+                         f"{path}:0.8)") from None
+    lo, hi = LORA_STRENGTH
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise UsageError(f"{flag} {text}: the strength must lie in {lo:g}..{hi:g} (as in the LoRA node), got "
+                         f"{strength}")
+    return path, value
+
+
+def _resolve_lora(text: str, models_dir: Optional[Path], flag: str) -> tuple[Path, float]:
+    """A ``--lora`` / ``--sr-lora`` value -> (file, strength): the path as given, else (a bare name or a path
+    relative to it) the same name in ``<models>/loras/``, with ``.safetensors`` added when it has no suffix."""
+    name, strength = _lora_arg(text, flag)
+    given = Path(name).expanduser()
+    tried = [given]
+    if models_dir is not None and not given.is_absolute():
+        tried.append(models_dir / "loras" / name)
+        if not given.suffix:
+            tried.append(models_dir / "loras" / f"{name}.safetensors")
+    for path in tried:
+        if path.is_file():
+            return path, strength
+    if given.is_dir():
+        raise UsageError(f"{flag} {text}: {given} is a folder; a LoRA is one file (.safetensors)")
+    raise UsageError(f"{flag} {text}: no such file (looked for {' and '.join(str(p) for p in tried)})")
 
 
 def _load_dit(path, dtype, device, show, args, loras=()):
     """Load a DiT and apply the speed options (compute dtype, attention kernel and local attention mode, block
-    offload, compile) and the LoRAs (``PATH[:STRENGTH]`` strings)."""
+    offload, compile) and the LoRAs ((file, strength) pairs from :func:`_resolve_lora`)."""
     offload = getattr(args, "blocks_on_device", None)
     model = load_dit(path, dtype=dtype, device="cpu" if offload else device, show_progress=show)
-    for text in loras or ():
-        lora_path, strength = _lora_arg(text)
-        if not lora_path.is_file():
-            raise UsageError(f"--lora {text}: no such file")
+    for lora_path, strength in loras or ():
         apply_lora(model, lora_path, strength)
     model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
     model.set_attention_backend(getattr(args, "attention", "sdpa"))
@@ -341,6 +376,8 @@ def _generate_run(args, preset) -> int:
                 overrides[role] = Path(given)
         files = resolve_model_files(preset, models_dir, [r for r in roles if r not in overrides])
         files.update(overrides)
+        loras = [_resolve_lora(t, models_dir, "--lora") for t in args.lora]
+        sr_loras = [_resolve_lora(t, models_dir, "--sr-lora") for t in args.sr_lora]
 
     # ---- inputs that need no model: fail early on bad files
     image = ref_wave = None
@@ -393,7 +430,7 @@ def _generate_run(args, preset) -> int:
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args, args.lora)
+        dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args, loras)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -404,7 +441,7 @@ def _generate_run(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args, args.sr_lora)
+            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args, sr_loras)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -628,9 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base-stage DiT file/folder to use instead of the one found in --models (e.g. a .gguf)")
     g.add_argument("--sr-dit", default=None, metavar="PATH", help="the SR DiT to use instead of --models' one")
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-                   help="a LoRA for the base-stage DiT (strength 1 by default); repeat to stack several")
+                   help="a LoRA for the base-stage DiT: a path, or a name in <models>/loras/; STRENGTH -10..10 "
+                   "(default 1); repeat to stack several")
     g.add_argument("--sr-lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-                   help="a LoRA for the SR DiT (repeatable)")
+                   help="a LoRA for the SR DiT (as --lora; repeatable)")
     g.add_argument("--text-encoder", default=None, metavar="PATH",
                    help="the T5Gemma folder or file (.safetensors / .gguf) to use instead of --models' one")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "

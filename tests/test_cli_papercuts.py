@@ -18,6 +18,18 @@ def errors(err: str) -> list[str]:
     return [ln for ln in err.splitlines() if ln.startswith("error:")]
 
 
+def stop_at_dit_load(monkeypatch) -> list:
+    """Replace the DiT load by a spy that records (path, loras) and stops the run there (exit 130)."""
+    seen = []
+
+    def spy(path, dtype, device, show, args, loras=()):
+        seen.append((path, list(loras)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_dit", spy)
+    return seen
+
+
 def generate(tiny_dir, tmp_path, *extra):
     return ["generate", "--preset", "tiny", "--prompt", "A man smiles.", "--models", str(tiny_dir),
             "--output", str(tmp_path / "o.mp4"), "--quiet", *extra]
@@ -107,3 +119,30 @@ def test_unwritable_output_is_refused_before_anything_loads(tiny_dir, tmp_path, 
         assert code == 2 and errors(err) == ["error: --output /proc/x.mp4: cannot create a file in /proc (No such "
                                              "file or directory)"]
     assert touched == []
+
+
+# ---------------------------------------------------------------- 4. --lora PATH:STRENGTH
+
+
+def test_lora_strength_and_lookup(tiny_dir, tmp_path, capsys, monkeypatch):
+    from magihuman.tiny import TINY_LORA
+
+    lora = tiny_dir / TINY_LORA
+    loaded = stop_at_dit_load(monkeypatch)
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--lora", f"{lora}:abc"))
+    assert code == 2 and errors(err) == [f"error: --lora {lora}:abc: the strength 'abc' is not a number "
+                                         f"(PATH[:STRENGTH], e.g. {lora}:0.8)"]
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--lora", f"{lora}:12.5"))
+    assert code == 2 and errors(err) == [f"error: --lora {lora}:12.5: the strength must lie in -10..10 (as in the "
+                                         "LoRA node), got 12.5"]
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--lora", "missing.safetensors"))
+    assert code == 2 and errors(err) == ["error: --lora missing.safetensors: no such file (looked for "
+                                         f"missing.safetensors and {tiny_dir / 'loras' / 'missing.safetensors'})"]
+    # a bare name is found in <models>/loras/ (with or without .safetensors); the strength is kept
+    for name, strength in (("magihuman_tiny_lora.safetensors:-0.5", -0.5), ("magihuman_tiny_lora", 1.0)):
+        loaded.clear()
+        code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--lora", name))
+        assert code == 130 and [loras for _, loras in loaded] == [[(lora, strength)]], err
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--sr-lora", "magihuman_tiny_lora"))
+    assert code == 2 and errors(err) == ["error: --sr-lora: preset 'tiny' has no super-resolution stage (give LoRAs "
+                                         "for its DiT with --lora)"]
