@@ -341,6 +341,23 @@ def _relaunch(args, preset) -> int:
     return sp_launch.relaunch(args.gpus, argv)
 
 
+def _audio_seconds(args, wave, sample_rate: int) -> float:
+    """A2V: the reference audio sets the clip's length, all of it without ``--seconds``, its first ``--seconds``
+    with it (said when that cuts it). Returns the seconds to plan and allocate for: those of its audio steps
+    (:func:`magihuman.media.reference_audio_steps`), so the plan's frame counts are the run's."""
+    total = wave.shape[-1] / sample_rate
+    steps = media.reference_audio_steps(wave.shape[-1], sample_rate, args.seconds)
+    if steps < 1:
+        raise UsageError(f"--audio {args.audio}: {total * 1000:.0f} ms is too short; the reference audio must last "
+                         "at least 0.04 s (one latent step)")
+    if args.seconds is not None and args.seconds < total:
+        print(f"--audio {args.audio}: {total:.2f} s, trimmed to {args.seconds:g} s (--seconds)", file=sys.stderr)
+    elif args.seconds is not None and args.seconds > total:
+        print(f"--audio {args.audio}: {total:.2f} s, shorter than --seconds {args.seconds:g}: the clip lasts as long "
+              "as the audio", file=sys.stderr)
+    return max(steps - 1, 1) / P.FPS
+
+
 def _generate_run(args, preset) -> int:
     timer = StageTimer()
     sp = sp_launch.torchrun_context(cpu=_device(args.device).type == "cpu")  # None unless torchrun, >1 process
@@ -387,6 +404,7 @@ def _generate_run(args, preset) -> int:
     if args.audio:
         with timer("read audio"):
             ref_wave, ref_sr = media.load_audio(args.audio)
+        seconds = _audio_seconds(args, ref_wave, ref_sr)
 
     with timer("estimate"):  # before any model is loaded or latent allocated
         _plan_and_check(args, preset, device, dtype, width, height, seconds, sp.world_size if sp else 1, files)
@@ -424,7 +442,8 @@ def _generate_run(args, preset) -> int:
             audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
     if ref_wave is not None and lead:
         with timer("audio encode"):
-            latent = P.encode_reference_audio(audio_vae, ref_wave, ref_sr, latent, seconds=args.seconds)
+            latent = P.encode_reference_audio(audio_vae, ref_wave, ref_sr, latent,
+                                              seconds=args.seconds if args.seconds is not None else math.inf)
     cond, latent = sp_launch.broadcast_object((cond, latent), sp)  # rank 0's conditioning on every rank
 
     # ---- base stage
@@ -652,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True, help="what happens and what is said")
     g.add_argument("--negative-prompt", default=None, help="negative prompt for CFG (default: the official one)")
     g.add_argument("--image", default=None, help="reference image (TI2V: becomes the first frame)")
-    g.add_argument("--audio", default=None, help="reference audio (A2V: the soundtrack; sets the length)")
-    g.add_argument("--seconds", type=float, default=None, help="clip length (default: the preset's)")
+    g.add_argument("--audio", default=None, help="reference audio (A2V: the soundtrack); the clip lasts as long as "
+                   "the audio, or --seconds when given (the audio is then trimmed to it)")
+    g.add_argument("--seconds", type=float, default=None, help="clip length (default: the preset's; with --audio, the audio's)")
     g.add_argument("--width", type=int, default=None, help="base width (snapped down to a multiple of 32)")
     g.add_argument("--height", type=int, default=None, help="base height (snapped down to a multiple of 32)")
     g.add_argument("--sr-width", type=int, default=None, help="super-resolution width (SR presets)")

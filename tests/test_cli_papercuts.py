@@ -3,6 +3,9 @@ and what the run does said where it is decided. Exact messages are asserted."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from magihuman import cli
@@ -65,8 +68,6 @@ def test_cuda_device_without_a_gpu_is_one_line(tiny_dir, tmp_path, capsys, monke
 
 
 def test_debug_is_accepted_after_the_command(tiny_dir, tmp_path, capsys):
-    import pytest
-
     argv = generate(tiny_dir, tmp_path, "--debug")
     argv[argv.index("--prompt") + 1] = " "
     with pytest.raises(cli.UsageError, match="--prompt is empty"):  # --debug: the traceback is shown
@@ -146,3 +147,46 @@ def test_lora_strength_and_lookup(tiny_dir, tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--sr-lora", "magihuman_tiny_lora"))
     assert code == 2 and errors(err) == ["error: --sr-lora: preset 'tiny' has no super-resolution stage (give LoRAs "
                                          "for its DiT with --lora)"]
+
+
+# ---------------------------------------------------------------- 5. the reference audio sets the length
+
+
+def test_reference_audio_sets_the_length_unless_seconds_trims_it(tiny_dir, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from magihuman import media
+
+    wav = tmp_path / "speech.wav"
+    t = np.arange(int(2.5 * 22050)) / 22050  # longer than the tiny preset's 2 s
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 220 * t), 22050)
+    out = tmp_path / "o.mp4"
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--audio", str(wav)))
+    assert code == 0, err
+    assert "trimmed" not in err  # the preset's default length does not cut the audio
+    steps = 2.5 * 51200 // 2048  # 62 audio steps -> 16 latent frames -> 61 video frames
+    info = media.read_mp4_info(out)
+    assert info["frames"] == 4 * ((steps - 1) // 4) + 1 == 61
+    assert info["audio_duration"] == pytest.approx(steps * 2048 / 51200, abs=0.03)
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--audio", str(wav), "--seconds", "1"))
+    assert code == 0, err
+    assert f"--audio {wav}: 2.50 s, trimmed to 1 s (--seconds)" in err.splitlines()
+    assert media.read_mp4_info(out)["frames"] == 25  # 1 s: 25 audio steps -> 7 latent frames -> 25 frames
+
+
+def test_reference_audio_steps_are_the_encoders(tiny_dir):
+    """The plan's count of audio steps (no model run) is what the audio VAE gives (the tiny one has the release's
+    strides and paddings)."""
+    from magihuman import media
+    from magihuman.loaders import load_audio_vae
+    from magihuman.tiny import TINY_FILES
+
+    vae = load_audio_vae(tiny_dir / TINY_FILES["audio_vae"])
+    g = torch.Generator().manual_seed(0)
+    for samples, rate, seconds in ((2048, 51200, None), (4095, 51200, None), (6615, 22050, None),
+                                   (73868, 22050, None), (73868, 22050, 2.0), (1000, 8000, None),
+                                   (132300, 44100, 1.37), (132300, 44100, math.inf)):
+        wave = media.prepare_reference_audio(torch.randn(1, samples, generator=g) * 0.1, rate, seconds=seconds)
+        n = media.encode_reference_audio(vae, wave).shape[-1]
+        assert media.reference_audio_steps(samples, rate, seconds) == n, (samples, rate, seconds)

@@ -96,7 +96,8 @@ def encode_reference_audio(audio_vae, waveform: torch.Tensor, sample_rate: int, 
     sampler and SETS the length: num_frames = N, T = (N - 1)//4 + 1 (the video latent is resized).
 
     ``seconds=None`` trims the audio to the latent's duration (as the official pipeline trims to its
-    ``--seconds``); a shorter reference makes a shorter clip. (The official distilled loop updates the
+    ``--seconds``); ``math.inf`` keeps all of it (the CLI without ``--seconds``); a shorter reference makes a
+    shorter clip. (The official distilled loop updates the
     reference audio anyway; we keep it fixed, as its base loop does.)
     """
     latent.validate("encode_reference_audio")
