@@ -297,7 +297,8 @@ def _plan_and_check(args, preset, device, dtype, width, height, seconds, ranks: 
     if not args.quiet:
         print(plan.format(), file=sys.stderr)
     host = est.device_memory("cpu")
-    est.check_fits(plan, est.device_memory(device), host_memory_bytes=host if device.type != "cpu" else None)
+    est.check_fits(plan, est.device_memory(device), host_memory_bytes=host if device.type != "cpu" else None,
+                   device_type=device.type)
 
 
 def generate(args) -> int:

@@ -190,3 +190,62 @@ def test_reference_audio_steps_are_the_encoders(tiny_dir):
         wave = media.prepare_reference_audio(torch.randn(1, samples, generator=g) * 0.1, rate, seconds=seconds)
         n = media.encode_reference_audio(vae, wave).shape[-1]
         assert media.reference_audio_steps(samples, rate, seconds) == n, (samples, rate, seconds)
+
+
+# ---------------------------------------------------------------- 6. RAM without psutil; CPU remedies; the install
+
+
+def test_ram_without_psutil_is_memavailable(tmp_path, monkeypatch):
+    import sys
+
+    from magihuman import estimate
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16303204 kB\nMemFree:         2055208 kB\n"
+                       "MemAvailable:   12163364 kB\nBuffers:          402248 kB\n")
+    monkeypatch.setattr(estimate, "MEMINFO", str(meminfo))
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError
+    assert estimate.device_memory("cpu") == 12163364 * 1024  # available (caches count), not the free pages
+    assert estimate.device_memory("cpu", free=True) == 12163364 * 1024
+
+
+def test_cpu_refusal_gives_cpu_remedies(tiny_dir, tmp_path, capsys, monkeypatch):
+    from magihuman import estimate
+
+    monkeypatch.setattr(estimate, "device_memory", lambda device=None, free=False: 4 << 20)
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--device", "cpu"))
+    assert code == 2
+    (line,) = errors(err)
+    assert "of RAM (CPU run)" in line and "but only 4M is available" in line
+    assert line.endswith(" Or store the DiT weights compactly (CLI --dtype fp8, half of bf16, or a Q8_0/Q4_K .gguf "
+                         "from `python -m magihuman convert`), close other programs, or run on a GPU.")
+    for gpu_remedy in ("lowvram", "block swap", "stream blocks", "device memory", "on the device"):
+        assert gpu_remedy not in line
+    plan = estimate.estimate("distill_256p")
+    with pytest.raises(estimate.MemoryEstimateError, match="ComfyUI lowvram / block swap"):  # a GPU: offload
+        estimate.check_fits(plan, 8 << 30)
+
+
+def test_install_gives_gguf_and_zstandard_without_torch():
+    """`pip install -e .` (the README's install) brings what GGUF files and the official .zst shards need, and
+    requirements.txt (ComfyUI-Manager) lists the same runtime packages; neither package pulls torch."""
+    import importlib.metadata as md
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def name(req: str) -> str:
+        return re.match(r"[A-Za-z0-9_.-]+", req.strip()).group(0).lower()
+
+    deps = {name(d) for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    reqs = {name(ln) for ln in (root / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")}
+    assert {"gguf", "zstandard"} <= deps
+    assert deps - {"torch", "comfyui-frontend-package"} <= reqs  # torch and the frontend come with ComfyUI
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "pip install -e . " in readme
+    for pkg in ("gguf", "zstandard"):
+        requires = md.requires(pkg) or []
+        assert not [r for r in requires if name(r) == "torch" and "extra ==" not in r], (pkg, requires)
