@@ -249,3 +249,28 @@ def test_install_gives_gguf_and_zstandard_without_torch():
     for pkg in ("gguf", "zstandard"):
         requires = md.requires(pkg) or []
         assert not [r for r in requires if name(r) == "torch" and "extra ==" not in r], (pkg, requires)
+
+
+# ---------------------------------------------------------------- 7. the built-in negative prompt is not the user's
+
+
+def test_builtin_negative_prompt_trim_is_not_blamed_on_the_user(tiny_dir, tmp_path, capsys, monkeypatch, caplog):
+    import logging
+
+    from magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
+
+    stop_at_dit_load(monkeypatch)  # the prompts are encoded before the DiT loads
+    argv = generate(tiny_dir, tmp_path)
+    argv[argv.index("tiny")] = "tiny_sr"  # CFG: the negative prompt is encoded
+    with caplog.at_level(logging.DEBUG, logger="magihuman"):
+        code, _, err = run(capsys, *argv)
+    assert code == 130, err
+    trims = [r for r in caplog.records if "tokens; the DiT takes" in r.getMessage()
+             or "built-in negative prompt is trimmed" in r.getMessage()]
+    assert [r.levelno for r in trims] == [logging.DEBUG], [r.getMessage() for r in trims]  # said once, at debug
+    assert "shorten the prompt" not in err and "shorten the prompt" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="magihuman"):  # a long negative prompt of one's own is still said
+        code, _, err = run(capsys, *argv, "--negative-prompt", DEFAULT_NEGATIVE_PROMPT + ", blurry" * 200)
+    assert code == 130, err
+    assert any(r.levelno == logging.WARNING and "shorten the prompt" in r.getMessage() for r in caplog.records)
