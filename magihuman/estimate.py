@@ -732,9 +732,14 @@ class Plan:
     def max_weight_bytes(self) -> int:
         return max([s.weight_bytes for s in self.stages] + [self.text_encoder_bytes, self.decoder_weight_bytes])
 
+    @property
+    def video_frames(self) -> int:
+        """Frames of the decoded video (the file's): ``4(T - 1) + 1`` (:func:`magihuman.geometry.frame_counts`)."""
+        return decoded_frames(self.latent_frames)
+
     def format(self) -> str:
-        rows = [f"MagiHuman plan: {self.preset}, {self.width}x{self.height}, {self.seconds:g} s "
-                f"({self.num_frames} frames, {self.latent_frames} latent), "
+        rows = [f"MagiHuman plan: {self.preset}, {self.width}x{self.height}, {self.seconds:g} s -> "
+                f"{self.video_frames} video frames ({self.latent_frames} latent), {self.num_frames} audio steps, "
                 f"DiT weights {_dtype_name(self.weight_dtype)}"
                 + "".join(f" ({s.name} {s.weight_format})" for s in self.stages[1:]
                           if s.weight_format != self.stages[0].weight_format)]

@@ -274,3 +274,25 @@ def test_builtin_negative_prompt_trim_is_not_blamed_on_the_user(tiny_dir, tmp_pa
         code, _, err = run(capsys, *argv, "--negative-prompt", DEFAULT_NEGATIVE_PROMPT + ", blurry" * 200)
     assert code == 130, err
     assert any(r.levelno == logging.WARNING and "shorten the prompt" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- 8. one frame rule: the plan says what the file has
+
+
+def test_plan_line_states_the_frames_of_the_file(tiny_dir, tmp_path, capsys):
+    from magihuman import estimate, media
+
+    # 2 s: 51 audio steps -> 13 latent frames -> 4*12+1 = 49 video frames; 4 s: 101 -> 26 -> 101
+    assert estimate.estimate("tiny", seconds=2).format().splitlines()[0] == (
+        "MagiHuman plan: tiny, 128x64, 2 s -> 49 video frames (13 latent), 51 audio steps, DiT weights bfloat16")
+    assert estimate.estimate("tiny", seconds=4).format().splitlines()[0] == (
+        "MagiHuman plan: tiny, 128x64, 4 s -> 101 video frames (26 latent), 101 audio steps, DiT weights bfloat16")
+    argv = generate(tiny_dir, tmp_path, "--seconds", "0.5")
+    argv.remove("--quiet")
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert ("MagiHuman plan: tiny, 128x64, 0.5 s -> 13 video frames (4 latent), 14 audio steps, DiT weights float32"
+            in err.splitlines())
+    info = media.read_mp4_info(tmp_path / "o.mp4")
+    assert info["frames"] == 13
+    assert info["audio_duration"] == pytest.approx(14 * 2048 / 51200, abs=0.03)
