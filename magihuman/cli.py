@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -35,11 +36,11 @@ from tqdm import tqdm
 from . import media
 from . import pipeline as P
 from . import prompts
-from .checkpoints import GGUF_QUANTS, convert_dit, load_dit
+from .checkpoints import GGUF_QUANTS, convert_dit, infer_variant, load_dit, open_checkpoint
 from .compile import compile_dit_blocks
 from . import estimate as est
 from . import plan as fit_plan
-from .lora import apply_lora
+from .lora import apply_lora, variant_with_loras
 from .lora_extract import extract_lora
 from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
 from .loaders.text_encoder import open_text_encoder
@@ -49,10 +50,11 @@ from .models.dit_config import DiTConfig
 from .parallel import check_world_size, enable_sequence_parallel
 from .parallel import launch as sp_launch
 from .parallel.cost import per_rank_plan
-from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
+from .presets import MODEL_FILES, PRESETS, describe_files, get_preset, required_roles, resolve_model_files
 from .quant.gguf import BLOCK_SIZES, GGMLType
 from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
 from .weights.gguf_file import open_gguf
+from .weights.safetensors_io import read_header
 
 log = logging.getLogger("magihuman.cli")
 
@@ -235,6 +237,81 @@ def _resolve_lora(text: str, models_dir: Optional[Path], flag: str) -> tuple[Pat
     raise UsageError(f"{flag} {text}: no such file (looked for {' and '.join(str(p) for p in tried)})")
 
 
+# ============================================================================ which flag takes which file
+
+SR_ROLES = ("sr_540p", "sr_1080p")
+_LORA_KEY = re.compile(r"(lora_[AB]|lora_down|lora_up)\.weight$|\.(alpha|diff|diff_b)$")
+_DIT_KEY = re.compile(r"(^|\.)(block\.layers\.\d+\.attention\.linear_qkv|adapter\.video_embedder)\.weight$")
+
+
+def _header(path: Path) -> Optional[tuple[list[str], dict]]:
+    """(tensor names, metadata) of a .safetensors(.zst) or .gguf file from its header; None for a folder or
+    another format (a pickle is not opened twice)."""
+    name = path.name.lower()
+    if path.is_file() and name.endswith((".safetensors", ".safetensors.zst")):
+        h = read_header(path)
+        return list(h.tensors), dict(h.metadata)
+    if path.is_file() and name.endswith(".gguf"):
+        entries, metadata, _ = open_gguf(path)
+        return list(entries), metadata
+    return None
+
+
+def _dit_variant(path: Path) -> tuple[str, str]:
+    """(variant, why) of a DiT checkpoint, headers only, as the loader will infer it (its warnings are the load's
+    to give, once)."""
+    logger = logging.getLogger("magihuman.checkpoints")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return infer_variant(open_checkpoint(path))
+    finally:
+        logger.setLevel(level)
+
+
+def _what(variant: str) -> str:
+    """'the distilled DiT', 'the 540p super-resolution DiT', ... (the model table's words, without the details)."""
+    return "the " + re.sub(r" \(.*\)$", "", MODEL_FILES[variant].what)
+
+
+def _check_dit_file(path: Path, flag: str, loras=()) -> None:
+    """A ``--dit`` / ``--sr-dit`` file that belongs to another flag is named with that flag, before it loads: a LoRA,
+    or a DiT of the other stage (with ``loras``, as they leave it: an extracted LoRA can change the variant)."""
+    lora_flag = "--lora" if flag == "--dit" else "--sr-lora"
+    header = _header(path)
+    if header is not None and any(_LORA_KEY.search(k) for k in header[0]):
+        raise UsageError(f"{flag} {path} is a LoRA, not a DiT: give it with {lora_flag} (the DiT it applies to with "
+                         f"{flag}, or the one found in --models)")
+    variant, why = _dit_variant(path)
+    metas = [(_header(p) or ([], {}))[1] for p, _ in loras]
+    became = variant_with_loras(variant, [(SimpleNamespace(metadata=m), s) for m, (_, s) in zip(metas, loras)])
+    if became != variant:
+        why = f"{why}, made {became} by its LoRA"
+        variant = became
+    if flag == "--dit" and variant in SR_ROLES:
+        sr = ", ".join(n for n, p in PRESETS.items() if p.sr)
+        raise UsageError(f"--dit {path} is {_what(variant)} (variant {variant}: {why}): give it with "
+                         f"--sr-dit, with a preset that has a super-resolution stage ({sr}); --dit takes the "
+                         "base-stage DiT (distill or base)")
+    if flag == "--sr-dit" and variant not in SR_ROLES:
+        raise UsageError(f"--sr-dit {path} is {_what(variant)} (variant {variant}: {why}): give it "
+                         "with --dit; --sr-dit takes a super-resolution DiT (540p_sr or 1080p_sr)")
+
+
+def _check_lora_file(path: Path, flag: str) -> None:
+    """A ``--lora`` / ``--sr-lora`` file that is a whole DiT is named with the flag that takes it (headers only)."""
+    header = _header(path)
+    if header is None or any(_LORA_KEY.search(k) for k in header[0]) or not any(_DIT_KEY.search(k) for k in header[0]):
+        return
+    try:
+        variant, why = _dit_variant(path)
+        what = f"{_what(variant)} (variant {variant}: {why})"
+    except ValueError:
+        variant, what = "distill", "a whole DiT checkpoint"
+    raise UsageError(f"{flag} {path} is {what}, not a LoRA: give it with "
+                     f"{'--sr-dit' if variant in SR_ROLES else '--dit'}")
+
+
 def _load_dit(path, dtype, device, show, args, loras=()):
     """Load a DiT and apply the speed options (compute dtype, attention kernel and local attention mode, block
     offload, compile) and the LoRAs ((file, strength) pairs from :func:`_resolve_lora`)."""
@@ -396,6 +473,13 @@ def _generate_run(args, preset) -> int:
         files.update(overrides)
         loras = [_resolve_lora(t, models_dir, "--lora") for t in args.lora]
         sr_loras = [_resolve_lora(t, models_dir, "--sr-lora") for t in args.sr_lora]
+        for flag, chosen in (("--lora", loras), ("--sr-lora", sr_loras)):
+            for path, _ in chosen:
+                _check_lora_file(path, flag)
+        if args.dit:
+            _check_dit_file(files[preset.dit], "--dit", loras)
+        if args.sr_dit:
+            _check_dit_file(files[preset.sr], "--sr-dit", sr_loras)
 
     # ---- inputs that need no model: fail early on bad files
     image = ref_wave = None

@@ -296,3 +296,37 @@ def test_plan_line_states_the_frames_of_the_file(tiny_dir, tmp_path, capsys):
     info = media.read_mp4_info(tmp_path / "o.mp4")
     assert info["frames"] == 13
     assert info["audio_duration"] == pytest.approx(14 * 2048 / 51200, abs=0.03)
+
+
+# ---------------------------------------------------------------- 9. CLI words: which flag takes the file
+
+
+def test_files_given_to_the_wrong_flag_name_the_right_one(tiny_dir, tmp_path, capsys, monkeypatch):
+    from magihuman.tiny import TINY_DISTILL_LORA, TINY_FILES, TINY_LORA
+
+    loaded = stop_at_dit_load(monkeypatch)
+    sr, distill, base = (tiny_dir / TINY_FILES[r] for r in ("sr_540p", "distill", "base"))
+    lora, distill_lora = tiny_dir / TINY_LORA, tiny_dir / TINY_DISTILL_LORA
+    cases = [
+        (generate(tiny_dir, tmp_path, "--dit", str(sr)),
+         f"error: --dit {sr} is the 540p super-resolution DiT (variant sr_540p: safetensors metadata "
+         "magihuman_variant='sr_540p'): give it with --sr-dit, with a preset that has a super-resolution stage "
+         "(sr_540p, sr_1080p, distill_540p, tiny_sr); --dit takes the base-stage DiT (distill or base)"),
+        (generate(tiny_dir, tmp_path, "--dit", str(lora)),
+         f"error: --dit {lora} is a LoRA, not a DiT: give it with --lora (the DiT it applies to with --dit, or the "
+         "one found in --models)"),
+        (generate(tiny_dir, tmp_path, "--lora", str(base)),
+         f"error: --lora {base} is the base DiT (variant base: safetensors metadata magihuman_variant='base'), not a "
+         "LoRA: give it with --dit"),
+        (generate(tiny_dir, tmp_path, "--preset", "tiny_sr", "--sr-dit", str(distill)),
+         f"error: --sr-dit {distill} is the distilled DiT (variant distill: safetensors metadata "
+         "magihuman_variant='distill'): give it with --dit; --sr-dit takes a super-resolution DiT (540p_sr or "
+         "1080p_sr)"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and errors(err) == [message], err
+    assert loaded == []
+    # the base DiT with the distill-from-base LoRA samples as the distilled model: accepted as --dit
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--dit", str(base), "--lora", str(distill_lora)))
+    assert code == 130 and loaded == [(base, [(distill_lora, 1.0)])], err
