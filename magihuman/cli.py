@@ -50,7 +50,8 @@ from .models.dit_config import DiTConfig
 from .parallel import check_world_size, enable_sequence_parallel
 from .parallel import launch as sp_launch
 from .parallel.cost import per_rank_plan
-from .presets import MODEL_FILES, PRESETS, describe_files, get_preset, required_roles, resolve_model_files
+from .presets import (MODEL_FILES, PRESETS, describe_files, found_model_files, get_preset, required_roles,
+                      resolve_model_files)
 from .quant.gguf import BLOCK_SIZES, GGMLType
 from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
 from .weights.gguf_file import open_gguf
@@ -125,10 +126,17 @@ def _check_generate_args(args, preset) -> None:
         raise UsageError("--prompt is empty: describe the video (and what is said)")
     if args.seconds is not None and not args.seconds > 0:
         raise UsageError(f"--seconds must be > 0, got {args.seconds}")
-    for name in ("width", "height", "sr_width", "sr_height", "steps", "sr_steps", "blocks_on_device"):
+    for name in ("width", "height", "sr_width", "sr_height", "steps", "sr_steps"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    for name in ("blocks_on_device", "sr_blocks_on_device"):
+        v = getattr(args, name)
+        if v is not None and v < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0 streams every layer), got {v}")
+    if (args.sr_dtype or args.sr_blocks_on_device is not None) and not preset.sr:
+        raise UsageError(f"preset '{preset.name}' has no super-resolution stage; --sr-dtype/--sr-blocks-on-device "
+                         "need a preset with SR")
     if (args.sr_width or args.sr_height) and not preset.sr:
         raise UsageError(f"preset '{preset.name}' has no super-resolution stage; --sr-width/--sr-height need a preset "
                          "with SR (sr_540p, sr_1080p, distill_540p, tiny_sr)")
@@ -269,9 +277,9 @@ def _dit_variant(path: Path) -> tuple[str, str]:
         logger.setLevel(level)
 
 
-def _what(variant: str) -> str:
+def _what(role: str) -> str:
     """'the distilled DiT', 'the 540p super-resolution DiT', ... (the model table's words, without the details)."""
-    return "the " + re.sub(r" \(.*\)$", "", MODEL_FILES[variant].what)
+    return "the " + re.sub(r" \(.*\)$", "", MODEL_FILES[role].what)
 
 
 def _check_dit_file(path: Path, flag: str, loras=()) -> None:
@@ -316,15 +324,15 @@ def _load_dit(path, dtype, device, show, args, loras=()):
     """Load a DiT and apply the speed options (compute dtype, attention kernel and local attention mode, block
     offload, compile) and the LoRAs ((file, strength) pairs from :func:`_resolve_lora`)."""
     offload = getattr(args, "blocks_on_device", None)
-    model = load_dit(path, dtype=dtype, device="cpu" if offload else device, show_progress=show)
+    model = load_dit(path, dtype=dtype, device="cpu" if offload is not None else device, show_progress=show)
     for lora_path, strength in loras or ():
         apply_lora(model, lora_path, strength)
     model.set_compute_dtype(getattr(args, "compute_dtype", "auto"), device=device)
     model.set_attention_backend(getattr(args, "attention", "sdpa"))
     model.set_fp8_compute(getattr(args, "fp8_compute", "off"), device=device)
     model.set_local_attention(getattr(args, "local_attention", "window"))
-    if offload:
-        enable_block_offload(model, device, offload)
+    if offload is not None:
+        enable_block_offload(model, device, min(offload, len(model.block.layers)))
     if getattr(args, "compile", False):
         compile_dit_blocks(model)
     enable_sequence_parallel(model)  # under torchrun: the sequence split over the ranks (nothing otherwise)
@@ -357,18 +365,26 @@ def _gguf_format(path) -> Optional[str]:
     return min(wider, key=bits) if wider else "bf16"
 
 
+def _sr_settings(args, dtype):
+    """(blocks_on_device, SR blocks_on_device, SR weight dtype): the ``--sr-*`` values, else the base stage's."""
+    blocks = getattr(args, "blocks_on_device", None)
+    sr_blocks = getattr(args, "sr_blocks_on_device", None)
+    sr_dtype = getattr(args, "sr_dtype", None)
+    return blocks, blocks if sr_blocks is None else sr_blocks, DTYPES[sr_dtype] if sr_dtype else dtype
+
+
 def _plan_and_check(args, preset, device, dtype, width, height, seconds, ranks: int = 1, files=None) -> None:
     """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit
     (``ranks``: sequence parallel, each rank holding 1/N of the DiT activations; ``files``: role -> path, so a
-    GGUF file is priced in its own format; ``--blocks-on-device``: block offload)."""
+    GGUF file is priced in its own format; ``--blocks-on-device``: block offload; ``--sr-*``: the SR stage's)."""
     files = files or {}
     sr_w = (args.sr_width or preset.sr_width) if preset.sr else None
     sr_h = (args.sr_height or preset.sr_height) if preset.sr else None
-    blocks = getattr(args, "blocks_on_device", None)
+    blocks, sr_blocks, sr_dtype = _sr_settings(args, dtype)
     plan = est.estimate(preset, width, height, seconds, sr_w, sr_h, weight_dtype=_gguf_format(files.get(preset.dit))
-                        or dtype, sr_weight_dtype=(_gguf_format(files.get(preset.sr)) or dtype) if preset.sr else None,
-                        steps=args.steps or None, sr_steps=args.sr_steps or None, blocks_on_device=blocks,
-                        sr_blocks_on_device=blocks,
+                        or dtype, sr_weight_dtype=(_gguf_format(files.get(preset.sr)) or sr_dtype) if preset.sr
+                        else None, steps=args.steps or None, sr_steps=args.sr_steps or None, blocks_on_device=blocks,
+                        sr_blocks_on_device=sr_blocks,
                         text_encoder_format=_gguf_format(files.get("text_encoder")) or "bf16")
     plan = per_rank_plan(plan, ranks)
     if not args.quiet:
@@ -417,6 +433,24 @@ def _relaunch(args, preset) -> int:
             continue
         argv.append(a)
     return sp_launch.relaunch(args.gpus, argv)
+
+
+def _say_other_files(preset, models_dir: Path, files: dict) -> None:
+    """When ``models_dir`` holds a role in more than one place (a DiT folder and a .gguf of it), which one the run
+    takes and how to take another."""
+    flags = {preset.dit: "--dit", preset.sr: "--sr-dit", "text_encoder": "--text-encoder"}
+    for role, path in files.items():
+        others = [p for p in found_model_files(preset, models_dir, role) if p != path]
+        if not others:
+            continue
+        how = (f"; to use another: {flags[role]} {others[0]}" if role in flags
+               else "; move the others away to use one of them")
+        print(f"{_what(role)}: using {_rel(path, models_dir)} (also in {models_dir}: "
+              f"{', '.join(_rel(p, models_dir) for p in others)}){how}", file=sys.stderr)
+
+
+def _rel(path: Path, folder: Path) -> str:
+    return str(path.relative_to(folder) if path.is_relative_to(folder) else path)
 
 
 def _audio_seconds(args, wave, sample_rate: int) -> float:
@@ -470,6 +504,8 @@ def _generate_run(args, preset) -> int:
             if given:
                 overrides[role] = Path(given)
         files = resolve_model_files(preset, models_dir, [r for r in roles if r not in overrides])
+        if not args.quiet:
+            _say_other_files(preset, models_dir, files)
         files.update(overrides)
         loras = [_resolve_lora(t, models_dir, "--lora") for t in args.lora]
         sr_loras = [_resolve_lora(t, models_dir, "--sr-lora") for t in args.sr_lora]
@@ -545,7 +581,9 @@ def _generate_run(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], dtype, device, show and not preset.tiny, args, sr_loras)
+            _, sr_blocks, sr_dtype = _sr_settings(args, dtype)
+            sr_args = argparse.Namespace(**dict(vars(args), blocks_on_device=sr_blocks))
+            sr_dit = _load_dit(files[preset.sr], sr_dtype, device, show and not preset.tiny, sr_args, sr_loras)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -758,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", default=None, help="reference image (TI2V: becomes the first frame)")
     g.add_argument("--audio", default=None, help="reference audio (A2V: the soundtrack); the clip lasts as long as "
                    "the audio, or --seconds when given (the audio is then trimmed to it)")
-    g.add_argument("--seconds", type=float, default=None, help="clip length (default: the preset's; with --audio, the audio's)")
+    g.add_argument("--seconds", type=float, default=None,
+                   help="clip length (default: the preset's; with --audio, the audio's)")
     g.add_argument("--width", type=int, default=None, help="base width (snapped down to a multiple of 32)")
     g.add_argument("--height", type=int, default=None, help="base height (snapped down to a multiple of 32)")
     g.add_argument("--sr-width", type=int, default=None, help="super-resolution width (SR presets)")
@@ -781,6 +820,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="DiT block-weight storage dtype (default: the preset's); fp8 = float8_e4m3fn with a "
                         "per-tensor scale (half the memory of bf16)")
+    g.add_argument("--sr-dtype", choices=list(DTYPES), default=None,
+                   help="the same for the SR DiT (default: --dtype)")
     g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
                    "faster of bf16/fp32 on CPUs (measured)")
@@ -794,7 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer layers (regional)")
     g.add_argument("--blocks-on-device", type=int, default=None, metavar="N",
                    help="keep only N transformer layers on the GPU and stream the others from RAM (GPUs smaller "
-                   "than the model)")
+                   "than the model; 0 streams every layer)")
+    g.add_argument("--sr-blocks-on-device", type=int, default=None, metavar="N",
+                   help="the same for the SR DiT (default: --blocks-on-device)")
     g.add_argument("--decoder", choices=["turbo", "wan"], default=None, help="video decoder (default turbo)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--gpus", type=int, default=None, metavar="N",
@@ -870,9 +913,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "func", None) is None:
-            what = f"`{args.command}` needs a subcommand" if args.command else "give a command"
-            raise UsageError(f"{what}: {args.subcommands} (`python -m magihuman{' ' + args.command if args.command else ''}"
-                             " --help` says what each does)")
+            what, prog = ((f"`{args.command}` needs a subcommand", f"python -m magihuman {args.command}")
+                          if args.command else ("give a command", "python -m magihuman"))
+            raise UsageError(f"{what}: {args.subcommands} (`{prog} --help` says what each does)")
         args.argv = list(sys.argv[1:] if argv is None else argv)  # generate --gpus re-launches the same command
         return args.func(args)
     except KeyboardInterrupt:

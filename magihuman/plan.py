@@ -40,7 +40,7 @@ import torch
 
 from . import estimate as est
 from .models.dit_config import DiTConfig
-from .presets import PRESETS, get_preset
+from .presets import MODEL_FILES, PRESETS, get_preset
 
 __all__ = ["DIT_FORMATS", "TEXT_ENCODER_FORMATS", "README_VRAM_GIB", "StageFit", "FitPlan", "plan_fit",
            "fit_table_markdown", "add_parser", "main"]
@@ -53,7 +53,7 @@ RELEASE_DTYPES = {"distill": torch.float32, "base": torch.bfloat16, "sr_540p": t
                   "sr_1080p": torch.float32}
 GIB = est.GIB
 EXIT_FITS, EXIT_NOTHING_FITS = 0, 1
-MIN_BLOCKS_ON_DEVICE = 1  # the CLI's --blocks-on-device takes N >= 1
+MIN_BLOCKS_ON_DEVICE = 1  # the fewest layers the planner keeps on the GPU (the CLI also takes 0: all streamed)
 
 
 @dataclass(frozen=True)
@@ -135,19 +135,26 @@ class FitPlan:
         p = PRESETS.get(self.preset)
         lines = []
         roles = [p.dit, p.sr] if p is not None else ["dit", "sr"]
-        for role, fmt, blocks in zip(roles, self.dit_formats, self.dit_blocks_on_device):
+        for i, (role, fmt, blocks) in enumerate(zip(roles, self.dit_formats, self.dit_blocks_on_device)):
             if fmt in est.GGUF_FORMATS:
-                lines.append(f"  {role} DiT {fmt}: python -m magihuman convert <{role} folder> "
-                             f"magihuman_{role}_{fmt}.gguf --quant {fmt} (DiT loader: the .gguf, weight_dtype auto)")
+                release = MODEL_FILES[role].official if role in MODEL_FILES else role  # the name --models finds
+                name = f"magihuman_{release}_{fmt}.gguf"
+                lines.append(f"  {role} DiT {fmt}: python -m magihuman convert <{release} folder> {name} --quant "
+                             f"{fmt} (DiT loader: the .gguf, weight_dtype auto; CLI {'--sr-dit' if i else '--dit'} "
+                             f"{name})")
             elif fmt == "fp8":
-                lines.append(f"  {role} DiT fp8: weight_dtype fp8 in the DiT loader (CLI --dtype fp8), "
-                             "quantised while loading")
+                flag = "--sr-dtype" if i else "--dtype"
+                lines.append(f"  {role} DiT fp8: weight_dtype fp8 in the DiT loader (CLI {flag} fp8), quantised while "
+                             "loading")
             if blocks is not None:
                 lines.append(f"  {role} DiT: {blocks}/{self.num_layers} layers on the GPU (ComfyUI loads it "
-                             f"partially by itself; CLI --blocks-on-device {blocks})")
+                             f"partially by itself; CLI {'--sr-blocks-on-device' if i else '--blocks-on-device'} "
+                             f"{blocks})")
         if self.text_encoder_format in est.GGUF_FORMATS:
+            name = f"t5gemma_{self.text_encoder_format}.gguf"
             lines.append(f"  text encoder {self.text_encoder_format}: python -m magihuman convert <t5gemma-9b-9b-ul2 "
-                         f"folder> t5gemma_{self.text_encoder_format}.gguf --quant {self.text_encoder_format}")
+                         f"folder> {name} --quant {self.text_encoder_format} (T5Gemma loader: the .gguf; CLI "
+                         f"--text-encoder {name})")
         if self.text_encoder_device == "CPU":
             lines.append("  text encoder on the CPU: ComfyUI does so in --lowvram mode (or set its text encoder "
                          "device to cpu)")

@@ -330,3 +330,84 @@ def test_files_given_to_the_wrong_flag_name_the_right_one(tiny_dir, tmp_path, ca
     # the base DiT with the distill-from-base LoRA samples as the distilled model: accepted as --dit
     code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--dit", str(base), "--lora", str(distill_lora)))
     assert code == 130 and loaded == [(base, [(distill_lora, 1.0)])], err
+
+
+# ---------------------------------------------------------------- 10. which file the CLI took, the flag to take another
+
+
+def test_models_folder_with_a_folder_and_a_gguf_says_which_it_took(tiny_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from magihuman.tiny import TINY_FILES
+
+    models = tmp_path / "models"  # ComfyUI layout, release names (tiny weights: only found, never loaded here)
+    for role, rel in (("distill", "diffusion_models/distill"), ("text_encoder", "text_encoders/t5gemma-9b-9b-ul2"),
+                      ("turbo_vae", "vae/turbo_vae"), ("audio_vae", "vae/stable-audio-open-1.0")):
+        shutil.copytree(tiny_dir / TINY_FILES[role], models / rel)
+    gguf = models / "diffusion_models" / "magihuman_distill_Q8_0.gguf"
+    gguf.write_bytes(b"GGUF")  # where it is, not what it holds, decides here
+    monkeypatch.setattr(cli, "_plan_and_check", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["generate", "--preset", "distill_256p", "--prompt", "x", "--models", str(models), "--output",
+            str(tmp_path / "o.mp4")]
+    code, _, err = run(capsys, *argv)
+    assert code == 130, err
+    assert (f"the distilled DiT: using diffusion_models/distill (also in {models}: "
+            f"diffusion_models/magihuman_distill_Q8_0.gguf); to use another: --dit {gguf}") in err.splitlines()
+    assert err.count("using") == 1
+
+
+def test_plan_gives_the_cli_flags_beside_the_node_settings(capsys):
+    """Every setting of `plan`'s how-to has its CLI flag, per stage, and a converted file's suggested name is one
+    the CLI finds in a models folder."""
+    import fnmatch
+    import re
+
+    from magihuman.presets import MODEL_FILES
+
+    lines = []
+    for vram in ("12", "20", "24"):
+        assert cli.main(["plan", "--preset", "sr_540p", "--vram", vram]) == 0
+        lines += capsys.readouterr().out.split("how:\n", 1)[1].splitlines()
+    flags = set()
+    for line in lines:
+        m = re.match(r"  (base|sr_540p) DiT (Q\w+): python -m magihuman convert <(\w+) folder> (\S+) --quant \2 "
+                     r"\(DiT loader: the \.gguf, weight_dtype auto; CLI (--dit|--sr-dit) \4\)$", line)
+        if m:
+            role, _, folder, name, flag = m.groups()
+            assert flag == ("--dit" if role == "base" else "--sr-dit") and folder == MODEL_FILES[role].official
+            assert any(fnmatch.fnmatch(name, pat) for pat in MODEL_FILES[role].also), (name, line)
+            flags.add(flag)
+            continue
+        m = re.match(r"  (base|sr_540p) DiT fp8: weight_dtype fp8 in the DiT loader \(CLI (--dtype|--sr-dtype) fp8\)",
+                     line) or re.match(r"  (base|sr_540p) DiT: \d+/40 layers on the GPU \(ComfyUI loads it partially by "
+                                       r"itself; CLI (--blocks-on-device|--sr-blocks-on-device) \d+\)$", line)
+        if m:
+            assert m.group(2).startswith("--sr-") == (m.group(1) == "sr_540p"), line
+            flags.add(m.group(2))
+            continue
+        m = re.match(r"  text encoder (Q\w+): python -m magihuman convert <t5gemma-9b-9b-ul2 folder> (t5gemma_\1\.gguf) "
+                     r"--quant \1 \(T5Gemma loader: the \.gguf; CLI --text-encoder \2\)$", line)
+        assert m, line
+        flags.add("--text-encoder")
+    assert flags == {"--dit", "--sr-dit", "--dtype", "--sr-dtype", "--blocks-on-device", "--sr-blocks-on-device",
+                     "--text-encoder"}, flags
+
+
+def test_sr_stage_takes_its_own_dtype_and_offload(tiny_dir, tmp_path, capsys, monkeypatch):
+    """The plan's per-stage settings exist on the CLI: --sr-dtype and --sr-blocks-on-device reach the SR DiT only."""
+    seen = []
+
+    def spy(path, dtype, device, show, args, loras=()):
+        seen.append((path.name, dtype, args.blocks_on_device))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(path, dtype, device, show, args, loras)
+
+    real = cli._load_dit
+    monkeypatch.setattr(cli, "_load_dit", spy)
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--preset", "tiny_sr", "--steps", "1", "--seconds",
+                                         "0.2", "--blocks-on-device", "2", "--sr-blocks-on-device", "0",
+                                         "--sr-dtype", "bf16"))
+    assert code == 130, err
+    assert seen == [("magihuman_tiny_base.safetensors", torch.float32, 2),
+                    ("magihuman_tiny_540p_sr", torch.bfloat16, 0)]
