@@ -53,7 +53,8 @@ from .parallel.cost import per_rank_plan
 from .presets import (MODEL_FILES, PRESETS, describe_files, found_model_files, get_preset, required_roles,
                       resolve_model_files)
 from .quant.gguf import BLOCK_SIZES, GGMLType
-from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
+from .tiny import (default_cache_dir, describe_tiny_files, ensure_tiny_models, tiny_models_ready, write_tiny_gguf,
+                   write_tiny_models)
 from .weights.gguf_file import open_gguf
 from .weights.safetensors_io import read_header
 
@@ -487,6 +488,9 @@ def _generate_run(args, preset) -> int:
 
     with timer("find/write models"):
         if preset.tiny:
+            target = Path(args.models).expanduser() if args.models else default_cache_dir()
+            if not tiny_models_ready(target) and (sp is None or sp.lead):
+                print(f"writing the tiny random models to {target} (first use)", file=sys.stderr)
             models_dir = sp_launch.lead_first(sp, lambda: ensure_tiny_models(args.models))
         else:
             if not args.models:

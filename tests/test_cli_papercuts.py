@@ -411,3 +411,47 @@ def test_sr_stage_takes_its_own_dtype_and_offload(tiny_dir, tmp_path, capsys, mo
     assert code == 130, err
     assert seen == [("magihuman_tiny_base.safetensors", torch.float32, 2),
                     ("magihuman_tiny_540p_sr", torch.bfloat16, 0)]
+
+
+# ---------------------------------------------------------------- 11. the tiny presets never touch a user's files
+
+
+def test_tiny_models_never_replace_or_join_user_files(tmp_path, capsys, monkeypatch):
+    from magihuman.tiny import STAMP_NAME, TINY_FILES, TinyModelsError, write_tiny_models
+
+    stop_at_dit_load(monkeypatch)
+    models = tmp_path / "ComfyUI_models"  # a user's models folder
+    mine = models / "diffusion_models" / "my_model.safetensors"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    argv = ["generate", "--preset", "tiny", "--prompt", "x", "--models", str(models), "--output",
+            str(tmp_path / "o.mp4"), "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and errors(err) == [
+        f"error: {models} holds other files and no tiny models: the tiny presets write random tiny models into "
+        "their models folder, so they take an empty or new one, or none (the cache, "
+        f"{cli.default_cache_dir()}); to add them to this folder on purpose: python -m magihuman tiny-models {models}"]
+    assert sorted(p.relative_to(models).as_posix() for p in models.rglob("*")) == [
+        "diffusion_models", "diffusion_models/my_model.safetensors"]
+    # a file of the user's at a tiny path is never replaced, also by tiny-models (even --force)
+    theirs = models / TINY_FILES["video_vae"]
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"their own VAE")
+    for force in ([], ["--force"]):
+        code, _, err = run(capsys, "tiny-models", str(models), *force)
+        assert code == 2 and errors(err) == [
+            f"error: {models} already holds {TINY_FILES['video_vae']}, which the tiny-model writer did not write (no "
+            f"{STAMP_NAME} stamp lists them); they are left as they are: write the tiny models to another folder, "
+            "or move those away first"]
+    with pytest.raises(TinyModelsError):
+        write_tiny_models(models)
+    assert theirs.read_bytes() == b"their own VAE" and mine.read_bytes() == b"mine"
+    theirs.unlink()
+    code, out, _ = run(capsys, "tiny-models", str(models))  # added on purpose, beside the user's files
+    assert code == 0 and mine.read_bytes() == b"mine" and (models / TINY_FILES["distill"]).is_dir()
+    code, _, err = run(capsys, *argv)  # now a tiny models folder: used
+    assert code == 130 and "writing the tiny" not in err, err
+    fresh = tmp_path / "fresh"
+    argv[argv.index(str(models))] = str(fresh)
+    code, _, err = run(capsys, *argv)  # a new folder: written, and said
+    assert code == 130 and f"writing the tiny random models to {fresh} (first use)" in err.splitlines(), err
