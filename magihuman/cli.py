@@ -68,7 +68,32 @@ class UsageError(ValueError):
     """Bad command-line input (exit code 2)."""
 
 
+def _upper(text: str) -> str:
+    """Case-insensitive choices: ``--quant q8_0`` is ``Q8_0``."""
+    return text.strip().upper()
+
+
+def _lower(text: str) -> str:
+    """Case-insensitive choices: ``--dtype BF16`` is ``bf16``."""
+    return text.strip().lower()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, unless its text already gives it or there is none to give."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # argparse's own errors: one line (no usage block), exit 2
         m = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if m:
@@ -454,6 +479,35 @@ def _rel(path: Path, folder: Path) -> str:
     return str(path.relative_to(folder) if path.is_relative_to(folder) else path)
 
 
+def _load_line(stage: str, model) -> str:
+    """What the loader inferred about a DiT and why (``model.load_info``), as one line: the README promises it."""
+    info = getattr(model, "load_info", None) or {}
+    line = (f"{stage}: {info.get('source', '?')}: variant {info.get('variant', '?')} ({info.get('reason', '?')}); "
+            f"{info.get('source_dtype', '?')} on disk -> {info.get('dtype', '?')} block linears")
+    effective = P.effective_variant(model)
+    if effective != info.get("variant"):
+        line += f"; samples as {effective} with its LoRA"
+    return line
+
+
+def _snap(width: int, height: int, label: str, say: bool, what: str = "") -> tuple[int, int]:
+    """(width, height) snapped down to multiples of 32, said once when that changes them."""
+    w, h = P.snap_size(width, height, what=what)
+    if say and (w, h) != (width, height):
+        print(f"{label} {width}x{height} snapped down to {w}x{h} (multiples of {P.SIZE_MULTIPLE})", file=sys.stderr)
+    return w, h
+
+
+def _say_crop(path, w: int, h: int, width: int, height: int) -> None:
+    """TI2V: the reference image is centre-cropped to the video's aspect before it is resized; say what is cut."""
+    left, top, right, bottom = media.crop_box(w, h, width, height)
+    if (right - left, bottom - top) != (w, h):
+        cut = (f"{left} px left and {w - right} px right" if (right - left) != w
+               else f"{top} px at the top and {h - bottom} px at the bottom")
+        print(f"--image {path}: {w}x{h} centre-cropped to {right - left}x{bottom - top} (the {width}x{height} "
+              f"video's aspect; {cut} cut off), then resized", file=sys.stderr)
+
+
 def _audio_seconds(args, wave, sample_rate: int) -> float:
     """A2V: the reference audio sets the clip's length, all of it without ``--seconds``, its first ``--seconds``
     with it (said when that cuts it). Returns the seconds to plan and allocate for: those of its audio steps
@@ -484,13 +538,18 @@ def _generate_run(args, preset) -> int:
     decoder = args.decoder or preset.decoder
     show = not args.quiet
     seconds = args.seconds if args.seconds is not None else preset.seconds
-    width, height = args.width or preset.width, args.height or preset.height
+    lead = sp is None or sp.lead
+    width, height = _snap(args.width or preset.width, args.height or preset.height, "size", lead)
+    if preset.sr:  # the SR size as the run will use it (super_resolve then has nothing to snap)
+        args.sr_width, args.sr_height = _snap(args.sr_width or preset.sr_width, args.sr_height or preset.sr_height,
+                                              "SR size", lead, what="SR ")
 
     with timer("find/write models"):
         if preset.tiny:
             target = Path(args.models).expanduser() if args.models else default_cache_dir()
             if not tiny_models_ready(target) and (sp is None or sp.lead):
-                print(f"writing the tiny random models to {target} (first use)", file=sys.stderr)
+                print(f"writing the tiny random models to {target} (missing or from an older version)",
+                      file=sys.stderr)
             models_dir = sp_launch.lead_first(sp, lambda: ensure_tiny_models(args.models))
         else:
             if not args.models:
@@ -526,6 +585,8 @@ def _generate_run(args, preset) -> int:
     if args.image:
         with timer("read image"):
             image = torch.from_numpy(media.load_image(args.image))
+        if lead:
+            _say_crop(args.image, image.shape[1], image.shape[0], width, height)
     if args.audio:
         with timer("read audio"):
             ref_wave, ref_sr = media.load_audio(args.audio)
@@ -534,13 +595,9 @@ def _generate_run(args, preset) -> int:
     with timer("estimate"):  # before any model is loaded or latent allocated
         _plan_and_check(args, preset, device, dtype, width, height, seconds, sp.world_size if sp else 1, files)
 
-    latent = P.empty_latents(width, height, seconds, device="cpu")
-    if latent.info["snapped"]:
-        print(f"size {width}x{height} snapped down to {latent.pixel_size[0]}x{latent.pixel_size[1]} "
-              "(multiples of 32)", file=sys.stderr)
+    latent = P.empty_latents(width, height, seconds, device="cpu")  # sizes already snapped (said once, above)
 
     # ---- text
-    lead = sp is None or sp.lead
     negative = args.negative_prompt if args.negative_prompt is not None else P.DEFAULT_NEGATIVE_PROMPT
     needs_negative = preset.cfg or preset.sr_cfg
     cond = None
@@ -575,6 +632,8 @@ def _generate_run(args, preset) -> int:
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
         dit = _load_dit(files[preset.dit], dtype, device, show and not preset.tiny, args, loras)
+    if show:
+        print(_load_line("base DiT", dit), file=sys.stderr)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -588,6 +647,8 @@ def _generate_run(args, preset) -> int:
             _, sr_blocks, sr_dtype = _sr_settings(args, dtype)
             sr_args = argparse.Namespace(**dict(vars(args), blocks_on_device=sr_blocks))
             sr_dit = _load_dit(files[preset.sr], sr_dtype, device, show and not preset.tiny, sr_args, sr_loras)
+        if show:
+            print(_load_line("SR DiT", sr_dit), file=sys.stderr)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -741,6 +802,9 @@ def convert(args) -> int:
         raise UsageError(f"the output must be a .safetensors or .gguf file, got {dst}")
     if args.quant and dst.suffix != ".gguf":
         raise UsageError(f"--quant writes GGUF: give an output ending in .gguf, got {dst}")
+    if not dst.parent.is_dir():
+        raise UsageError(f"the output folder {dst.parent} does not exist: create it first (convert makes no folders)")
+    _check_writable(dst, "output")
     if src.suffix in (".ckpt", ".pt", ".pth"):
         if dst.suffix != ".safetensors":
             raise UsageError("a Turbo VAE checkpoint converts to .safetensors only")
@@ -820,11 +884,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", default=None, metavar="PATH",
                    help="the T5Gemma folder or file (.safetensors / .gguf) to use instead of --models' one")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
-                   "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models")
-    g.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models (default "
+                   f"for them: {default_cache_dir()}, or $MAGIHUMAN_CACHE/tiny)")
+    g.add_argument("--dtype", type=_lower, choices=list(DTYPES), default=None,
                    help="DiT block-weight storage dtype (default: the preset's); fp8 = float8_e4m3fn with a "
                         "per-tensor scale (half the memory of bf16)")
-    g.add_argument("--sr-dtype", choices=list(DTYPES), default=None,
+    g.add_argument("--sr-dtype", type=_lower, choices=list(DTYPES), default=None,
                    help="the same for the SR DiT (default: --dtype)")
     g.add_argument("--compute-dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
@@ -867,8 +932,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ".safetensors or a quantised .gguf; a Turbo VAE .ckpt -> .safetensors")
     c.add_argument("src", help="official DiT folder / DiT file, the t5gemma-9b-9b-ul2 folder, or a Turbo VAE .ckpt")
     c.add_argument("dst", help="output .safetensors or .gguf")
-    c.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help=".safetensors output dtype")
-    c.add_argument("--quant", choices=list(GGUF_QUANTS), default=None,
+    c.add_argument("--dtype", type=_lower, choices=["bf16", "fp16", "fp32"], default="bf16", help=".safetensors output dtype")
+    c.add_argument("--quant", type=_upper, choices=list(GGUF_QUANTS), default=None,
                    help="GGUF quantisation of the block linears / encoder projections (default Q8_0 for .gguf); "
                         "rows that are not whole blocks and the small fp32 tensors stay BF16/F32")
     c.set_defaults(func=convert)
@@ -882,7 +947,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--energy", type=float, default=None,
                    help="per delta, the smallest rank keeping this fraction of its squared Frobenius norm (e.g. 0.99)")
     x.add_argument("--max-rank", type=int, default=None, help="cap for --energy")
-    x.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="dtype of the LoRA matrices")
+    x.add_argument("--dtype", type=_lower, choices=["bf16", "fp16", "fp32"], default="bf16", help="dtype of the LoRA matrices")
     x.add_argument("--device", default="cpu", help="where the SVDs run (cuda is much faster)")
     x.add_argument("--verbose", action="store_true", help="print every layer's rank and kept energy")
     x.add_argument("--quiet", action="store_true", help="no progress bar")

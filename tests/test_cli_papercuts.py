@@ -454,4 +454,123 @@ def test_tiny_models_never_replace_or_join_user_files(tmp_path, capsys, monkeypa
     fresh = tmp_path / "fresh"
     argv[argv.index(str(models))] = str(fresh)
     code, _, err = run(capsys, *argv)  # a new folder: written, and said
-    assert code == 130 and f"writing the tiny random models to {fresh} (first use)" in err.splitlines(), err
+    assert code == 130, err
+    assert f"writing the tiny random models to {fresh} (missing or from an older version)" in err.splitlines()
+
+
+# ---------------------------------------------------------------- 12. the smaller ones
+
+
+def test_snapped_size_is_said_once(tiny_dir, tmp_path, capsys, monkeypatch, caplog):
+    import logging
+
+    stop_at_dit_load(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--width", "130", "--preset", "tiny_sr",
+                                             "--sr-width", "140"))
+    assert code == 130, err
+    lines = err.splitlines() + [r.getMessage() for r in caplog.records]
+    assert [ln for ln in lines if "snapped" in ln] == ["size 130x64 snapped down to 128x64 (multiples of 32)",
+                                                       "SR size 140x128 snapped down to 128x128 (multiples of 32)"]
+
+
+def test_usage_errors_are_one_line_without_the_usage_block(tiny_dir, tmp_path, capsys):
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--preset", "tnyi"))
+    assert code == 2 and err.splitlines() == [
+        "error: argument --preset: invalid choice: 'tnyi' (choose from 'distill_256p', 'base_256p', 'sr_540p', "
+        "'sr_1080p', 'distill_540p', 'tiny', 'tiny_sr'); did you mean 'tiny'? (`python -m magihuman generate --help` "
+        "lists the options)"]
+    code, _, err = run(capsys, "prompt")
+    assert code == 2 and err.splitlines() == ["error: `prompt` needs a subcommand: build, check, llm (`python -m "
+                                              "magihuman prompt --help` says what each does)"]
+    code, _, err = run(capsys)
+    assert code == 2 and err.splitlines() == ["error: give a command: generate, tiny-models, convert, extract-lora, "
+                                              "presets, prompt, plan (`python -m magihuman --help` says what each "
+                                              "does)"]
+
+
+def test_quant_and_dtype_choices_ignore_case(tmp_path, capsys):
+    from magihuman.checkpoints import write_tiny_dit
+    from magihuman.quant.gguf import GGMLType
+    from magihuman.weights.gguf_file import open_gguf
+
+    src = write_tiny_dit(tmp_path / "distill", variant="distill")
+    dst = tmp_path / "d.gguf"
+    code, _, err = run(capsys, "convert", str(src), str(dst), "--quant", "q4_0")
+    assert code == 0, err
+    assert "Q4_0" in {GGMLType(e.qtype).name for e in open_gguf(dst)[0].values() if e.quantized}
+    code, _, err = run(capsys, "convert", str(src), str(tmp_path / "d.safetensors"), "--dtype", "FP16")
+    assert code == 0, err
+
+
+def test_blocks_on_device_zero_streams_every_layer(tiny_dir, tmp_path, capsys, monkeypatch):
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--blocks-on-device", "-1"))
+    assert code == 2 and errors(err) == ["error: --blocks-on-device must be >= 0 (0 streams every layer), got -1"]
+    seen = {}
+    real = cli._load_dit
+
+    def spy(path, dtype, device, show, args, loras=()):
+        model = real(path, dtype, device, show, args, loras)
+        seen["resident"] = model._magi_block_offload is not None and [
+            i for i, layer in enumerate(model.block.layers) if not getattr(layer, "_forward_pre_hooks", None)]
+        return model
+
+    monkeypatch.setattr(cli, "_load_dit", spy)
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--blocks-on-device", "0", "--seconds", "0.2"))
+    assert code == 0, err
+    assert seen == {"resident": []}  # offload on, no layer kept: every layer streamed
+
+
+def test_portrait_image_crop_is_said(tiny_dir, tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    stop_at_dit_load(monkeypatch)
+    img = tmp_path / "portrait.png"
+    Image.fromarray(np.zeros((1280, 720, 3), dtype=np.uint8)).save(img)
+    code, _, err = run(capsys, *generate(tiny_dir, tmp_path, "--image", str(img)))
+    assert code == 130, err
+    # 128x64 is 2:1: a 720-wide crop keeps 360 rows; (1280 - 360) / 2 = 460 cut at the top and at the bottom
+    assert (f"--image {img}: 720x1280 centre-cropped to 720x360 (the 128x64 video's aspect; 460 px at the top and "
+            "460 px at the bottom cut off), then resized") in err.splitlines()
+
+
+def test_prompt_build_capitalises_each_joined_part(capsys):
+    code, out, _ = run(capsys, "prompt", "build", "--character", "A woman on a bench, cheerful.", "--appearance",
+                       "short black bob", "--camera", "static close-up")
+    assert code == 0 and out.splitlines()[0] == ("A woman on a bench, cheerful. Short black bob. Static close-up.")
+
+
+def test_generate_help_shows_the_defaults(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MAGIHUMAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per option: argparse wraps at hyphens too
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "generation recipe (default: distill_256p)" in text
+    assert f"tiny presets: where to keep the tiny models (default for them: {tmp_path / 'cache' / 'tiny'}, or " \
+           "$MAGIHUMAN_CACHE/tiny)" in text
+    assert "(default: auto)" in text  # --compute-dtype
+
+
+def test_convert_refuses_a_missing_output_folder(tmp_path, capsys):
+    from magihuman.checkpoints import write_tiny_dit
+
+    src = write_tiny_dit(tmp_path / "distill", variant="distill")
+    dst = tmp_path / "new" / "sub" / "d.safetensors"
+    code, _, err = run(capsys, "convert", str(src), str(dst))
+    assert code == 2 and errors(err) == [f"error: the output folder {dst.parent} does not exist: create it first "
+                                         "(convert makes no folders)"]
+    assert not (tmp_path / "new").exists()
+
+
+def test_inferred_variant_is_shown_at_the_default_verbosity(tiny_dir, tmp_path, capsys):
+    from magihuman.tiny import TINY_FILES
+
+    argv = generate(tiny_dir, tmp_path, "--seconds", "0.2")
+    argv.remove("--quiet")
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    src = tiny_dir / TINY_FILES["distill"] / "model.safetensors.index.json"
+    assert (f"base DiT: {src} (2 shard(s)): variant distill (safetensors metadata magihuman_variant='distill'); "
+            "float32 on disk -> float32 block linears") in err.splitlines()
