@@ -508,7 +508,7 @@ def _say_crop(path, w: int, h: int, width: int, height: int) -> None:
               f"video's aspect; {cut} cut off), then resized", file=sys.stderr)
 
 
-def _audio_seconds(args, wave, sample_rate: int) -> float:
+def _audio_seconds(args, wave, sample_rate: int, say: bool = True) -> float:
     """A2V: the reference audio sets the clip's length, all of it without ``--seconds``, its first ``--seconds``
     with it (said when that cuts it). Returns the seconds to plan and allocate for: those of its audio steps
     (:func:`magihuman.media.reference_audio_steps`), so the plan's frame counts are the run's."""
@@ -517,9 +517,9 @@ def _audio_seconds(args, wave, sample_rate: int) -> float:
     if steps < 1:
         raise UsageError(f"--audio {args.audio}: {total * 1000:.0f} ms is too short; the reference audio must last "
                          "at least 0.04 s (one latent step)")
-    if args.seconds is not None and args.seconds < total:
+    if say and args.seconds is not None and args.seconds < total:
         print(f"--audio {args.audio}: {total:.2f} s, trimmed to {args.seconds:g} s (--seconds)", file=sys.stderr)
-    elif args.seconds is not None and args.seconds > total:
+    elif say and args.seconds is not None and args.seconds > total:
         print(f"--audio {args.audio}: {total:.2f} s, shorter than --seconds {args.seconds:g}: the clip lasts as long "
               "as the audio", file=sys.stderr)
     return max(steps - 1, 1) / P.FPS
@@ -547,7 +547,7 @@ def _generate_run(args, preset) -> int:
     with timer("find/write models"):
         if preset.tiny:
             target = Path(args.models).expanduser() if args.models else default_cache_dir()
-            if not tiny_models_ready(target) and (sp is None or sp.lead):
+            if not tiny_models_ready(target) and lead:
                 print(f"writing the tiny random models to {target} (missing or from an older version)",
                       file=sys.stderr)
             models_dir = sp_launch.lead_first(sp, lambda: ensure_tiny_models(args.models))
@@ -590,7 +590,7 @@ def _generate_run(args, preset) -> int:
     if args.audio:
         with timer("read audio"):
             ref_wave, ref_sr = media.load_audio(args.audio)
-        seconds = _audio_seconds(args, ref_wave, ref_sr)
+        seconds = _audio_seconds(args, ref_wave, ref_sr, say=lead)
 
     with timer("estimate"):  # before any model is loaded or latent allocated
         _plan_and_check(args, preset, device, dtype, width, height, seconds, sp.world_size if sp else 1, files)
@@ -932,7 +932,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ".safetensors or a quantised .gguf; a Turbo VAE .ckpt -> .safetensors")
     c.add_argument("src", help="official DiT folder / DiT file, the t5gemma-9b-9b-ul2 folder, or a Turbo VAE .ckpt")
     c.add_argument("dst", help="output .safetensors or .gguf")
-    c.add_argument("--dtype", type=_lower, choices=["bf16", "fp16", "fp32"], default="bf16", help=".safetensors output dtype")
+    c.add_argument("--dtype", type=_lower, choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help=".safetensors output dtype")
     c.add_argument("--quant", type=_upper, choices=list(GGUF_QUANTS), default=None,
                    help="GGUF quantisation of the block linears / encoder projections (default Q8_0 for .gguf); "
                         "rows that are not whole blocks and the small fp32 tensors stay BF16/F32")
@@ -947,7 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--energy", type=float, default=None,
                    help="per delta, the smallest rank keeping this fraction of its squared Frobenius norm (e.g. 0.99)")
     x.add_argument("--max-rank", type=int, default=None, help="cap for --energy")
-    x.add_argument("--dtype", type=_lower, choices=["bf16", "fp16", "fp32"], default="bf16", help="dtype of the LoRA matrices")
+    x.add_argument("--dtype", type=_lower, choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="dtype of the LoRA matrices")
     x.add_argument("--device", default="cpu", help="where the SVDs run (cuda is much faster)")
     x.add_argument("--verbose", action="store_true", help="print every layer's rank and kept energy")
     x.add_argument("--quiet", action="store_true", help="no progress bar")

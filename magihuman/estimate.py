@@ -1083,7 +1083,7 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
     if options:
         msg += " Requests that fit: " + "; ".join(options) + "."
     if max(s.weights_on_device for s in plan.stages) >= device_memory_bytes:
-        msg += " The DiT weights alone do not fit in RAM." if cpu else " The DiT weights alone do not fit on the device."
+        msg += f" The DiT weights alone do not fit {'in RAM' if cpu else 'on the device'}."
     if cpu:
         msg += (" Or store the DiT weights compactly (CLI --dtype fp8, half of bf16, or a Q8_0/Q4_K .gguf from "
                 "`python -m magihuman convert`), close other programs, or run on a GPU.")

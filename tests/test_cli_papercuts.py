@@ -378,15 +378,16 @@ def test_plan_gives_the_cli_flags_beside_the_node_settings(capsys):
             assert any(fnmatch.fnmatch(name, pat) for pat in MODEL_FILES[role].also), (name, line)
             flags.add(flag)
             continue
-        m = re.match(r"  (base|sr_540p) DiT fp8: weight_dtype fp8 in the DiT loader \(CLI (--dtype|--sr-dtype) fp8\)",
-                     line) or re.match(r"  (base|sr_540p) DiT: \d+/40 layers on the GPU \(ComfyUI loads it partially by "
-                                       r"itself; CLI (--blocks-on-device|--sr-blocks-on-device) \d+\)$", line)
+        m = (re.match(r"  (base|sr_540p) DiT fp8: weight_dtype fp8 in the DiT loader \(CLI (--dtype|--sr-dtype) "
+                      r"fp8\)", line)
+             or re.match(r"  (base|sr_540p) DiT: \d+/40 layers on the GPU \(ComfyUI loads it partially by itself; "
+                         r"CLI (--blocks-on-device|--sr-blocks-on-device) \d+\)$", line))
         if m:
             assert m.group(2).startswith("--sr-") == (m.group(1) == "sr_540p"), line
             flags.add(m.group(2))
             continue
-        m = re.match(r"  text encoder (Q\w+): python -m magihuman convert <t5gemma-9b-9b-ul2 folder> (t5gemma_\1\.gguf) "
-                     r"--quant \1 \(T5Gemma loader: the \.gguf; CLI --text-encoder \2\)$", line)
+        m = re.match(r"  text encoder (Q\w+): python -m magihuman convert <t5gemma-9b-9b-ul2 folder> "
+                     r"(t5gemma_\1\.gguf) --quant \1 \(T5Gemma loader: the \.gguf; CLI --text-encoder \2\)$", line)
         assert m, line
         flags.add("--text-encoder")
     assert flags == {"--dit", "--sr-dit", "--dtype", "--sr-dtype", "--blocks-on-device", "--sr-blocks-on-device",
