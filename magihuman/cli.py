@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import gc
 import json
 import logging
+import math
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -30,10 +36,11 @@ from tqdm import tqdm
 from . import media
 from . import pipeline as P
 from . import prompts
-from .checkpoints import convert_dit, file_storage, load_dit, open_checkpoint
+from .checkpoints import convert_dit, file_storage, infer_variant, load_dit, open_checkpoint
 from . import estimate as est
 from . import plan as fit_plan
 from .device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype
+from .lora import variant_with_loras
 from .lora_extract import extract_lora
 from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
 from .loaders.text_encoder import open_text_encoder, text_encoder_file_storage
@@ -44,9 +51,13 @@ from .options import choices as run_choices
 from .parallel import check_world_size, enable_sequence_parallel
 from .parallel import launch as sp_launch
 from .parallel.cost import per_rank_plan
-from .presets import PRESETS, describe_files, get_preset, required_roles, resolve_model_files
+from .presets import (MODEL_FILES, PRESETS, describe_files, found_model_files, get_preset, required_roles,
+                      resolve_model_files)
 from .storage import FILE, KEEP_FILE, PLAIN, STORAGES, Storage, convert_choices, load_choices, parse_storage
-from .tiny import describe_tiny_files, ensure_tiny_models, write_tiny_gguf, write_tiny_models
+from .tiny import (default_cache_dir, describe_tiny_files, ensure_tiny_models, tiny_models_ready, write_tiny_gguf,
+                   write_tiny_models)
+from .weights.gguf_file import open_gguf
+from .weights.safetensors_io import read_header
 
 log = logging.getLogger("magihuman.cli")
 
@@ -57,10 +68,29 @@ class UsageError(ValueError):
     """Bad command-line input (exit code 2)."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, unless its text already gives it or there is none to give."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, exit 2
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # argparse's own errors: one line (no usage block), exit 2
+        m = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(3)) or [c.strip() for c in m.group(3).split(",")]
+            close = difflib.get_close_matches(m.group(2), choices, n=1, cutoff=0.5)
+            message += f"; did you mean '{close[0]}'?" if close else ""
+        raise UsageError(f"{message} (`{self.prog} --help` lists the options)")
 
 
 # ============================================================================ timing
@@ -112,13 +142,26 @@ def _check_generate_args(args, preset) -> None:
         raise UsageError("--prompt is empty: describe the video (and what is said)")
     if args.seconds is not None and not args.seconds > 0:
         raise UsageError(f"--seconds must be > 0, got {args.seconds}")
-    for name in ("width", "height", "sr_width", "sr_height", "steps", "sr_steps", "blocks_on_device"):
+    for name in ("width", "height", "sr_width", "sr_height", "steps", "sr_steps"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    for name in ("blocks_on_device", "sr_blocks_on_device"):
+        v = getattr(args, name)
+        if v is not None and v < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (0 streams every layer), got {v}")
+    if (args.sr_dtype or args.sr_blocks_on_device is not None) and not preset.sr:
+        raise UsageError(f"preset '{preset.name}' has no super-resolution stage; --sr-dtype/--sr-blocks-on-device "
+                         "need a preset with SR")
     if (args.sr_width or args.sr_height) and not preset.sr:
         raise UsageError(f"preset '{preset.name}' has no super-resolution stage; --sr-width/--sr-height need a preset "
                          "with SR (sr_540p, sr_1080p, distill_540p, tiny_sr)")
+    if args.sr_lora and not preset.sr:
+        raise UsageError(f"--sr-lora: preset '{preset.name}' has no super-resolution stage (give LoRAs for its DiT "
+                         "with --lora)")
+    for flag, texts in (("--lora", args.lora), ("--sr-lora", args.sr_lora)):
+        for text in texts:
+            _lora_arg(text, flag)  # the strength: checked now, the file once the models folder is known
     for name in ("image", "audio"):
         p = getattr(args, name)
         if p is not None and not Path(p).is_file():
@@ -126,47 +169,185 @@ def _check_generate_args(args, preset) -> None:
     out = Path(args.output)
     if out.suffix.lower() != ".mp4":
         raise UsageError(f"--output must end in .mp4, got {args.output}")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"--output {out} is a folder")
+    _check_writable(out, "--output")
+
+
+def _check_writable(out: Path, flag: str) -> None:
+    """Refuse an output that cannot be written, before any work: a folder, or a place where no file can be created
+    (tried with a temporary file in the nearest existing folder; missing folders are made when writing)."""
+    if out.is_dir():
+        raise UsageError(f"{flag} {out} is a folder")
+    if out.exists():
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"{flag} {out}: the file exists and cannot be overwritten (permission denied)")
+        return
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {out}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {out}: cannot create a file in {folder} ({e.strerror or e})") from None
 
 
 def _device(name: Optional[str]) -> torch.device:
+    """``--device``: ``auto`` (CUDA if available), or a device this torch can use (one line otherwise, before
+    anything touches it: a CPU-only torch asserts deep inside ``torch.cuda``)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError as e:
         raise UsageError(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise UsageError(f"--device {name}: this torch ({torch.__version__}) is built without CUDA; use --device "
+                             "cpu, or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: torch finds no CUDA GPU (driver missing or no device visible); use "
+                             "--device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {name}: MPS (Apple GPU) is not available in this torch; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: the CLI runs on cpu, cuda[:N] or mps")
+    return dev
 
 
-def _lora_arg(text: str) -> tuple[Path, float]:
-    """``PATH[:STRENGTH]`` (strength 1 when absent; a path may itself contain ':')."""
+LORA_STRENGTH = (-10.0, 10.0)  # the range of the LoRA node's strength widget
+LORA_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def _lora_arg(text: str, flag: str = "--lora") -> tuple[str, float]:
+    """``PATH[:STRENGTH]`` -> (path text, strength): strength 1 when absent; a path may itself contain ':' (a
+    Windows drive, or an existing file named so). A strength that is not a number, or outside -10..10, is refused."""
     path, sep, strength = text.rpartition(":")
-    if sep:
-        try:
-            return Path(path), float(strength)
-        except ValueError:
-            pass
-    return Path(text), 1.0
+    if not sep or not path or Path(text).expanduser().is_file() or "/" in strength or "\\" in strength:
+        return text, 1.0
+    try:
+        value = float(strength)
+    except ValueError:
+        if not path.lower().endswith(LORA_SUFFIXES) and not Path(path).expanduser().is_file():
+            return text, 1.0  # no strength given: a name with a ':' in it (reported as missing if it is)
+        raise UsageError(f"{flag} {text}: the strength {strength!r} is not a number (PATH[:STRENGTH], e.g. "
+                         f"{path}:0.8)") from None
+    lo, hi = LORA_STRENGTH
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise UsageError(f"{flag} {text}: the strength must lie in {lo:g}..{hi:g} (as in the LoRA node), got "
+                         f"{strength}")
+    return path, value
 
 
-def _run_options(args, loras=()) -> RunOptions:
-    """The DiT run options the command line asks for (LoRAs as ``PATH[:STRENGTH]`` strings, checked here)."""
-    resolved = []
-    for text in loras or ():
-        lora_path, strength = _lora_arg(text)
-        if not lora_path.is_file():
-            raise UsageError(f"--lora {text}: no such file")
-        resolved.append((str(lora_path), strength))
+def _resolve_lora(text: str, models_dir: Optional[Path], flag: str) -> tuple[Path, float]:
+    """A ``--lora`` / ``--sr-lora`` value -> (file, strength): the path as given, else (a bare name or a path
+    relative to it) the same name in ``<models>/loras/``, with ``.safetensors`` added when it has no suffix."""
+    name, strength = _lora_arg(text, flag)
+    given = Path(name).expanduser()
+    tried = [given]
+    if models_dir is not None and not given.is_absolute():
+        tried.append(models_dir / "loras" / name)
+        if not given.suffix:
+            tried.append(models_dir / "loras" / f"{name}.safetensors")
+    for path in tried:
+        if path.is_file():
+            return path, strength
+    if given.is_dir():
+        raise UsageError(f"{flag} {text}: {given} is a folder; a LoRA is one file (.safetensors)")
+    raise UsageError(f"{flag} {text}: no such file (looked for {' and '.join(str(p) for p in tried)})")
+
+
+# ============================================================================ which flag takes which file
+
+SR_ROLES = ("sr_540p", "sr_1080p")
+_LORA_KEY = re.compile(r"(lora_[AB]|lora_down|lora_up)\.weight$|\.(alpha|diff|diff_b)$")
+_DIT_KEY = re.compile(r"(^|\.)(block\.layers\.\d+\.attention\.linear_qkv|adapter\.video_embedder)\.weight$")
+
+
+def _header(path: Path) -> Optional[tuple[list[str], dict]]:
+    """(tensor names, metadata) of a .safetensors(.zst) or .gguf file from its header; None for a folder or
+    another format (a pickle is not opened twice)."""
+    name = path.name.lower()
+    if path.is_file() and name.endswith((".safetensors", ".safetensors.zst")):
+        h = read_header(path)
+        return list(h.tensors), dict(h.metadata)
+    if path.is_file() and name.endswith(".gguf"):
+        entries, metadata, _ = open_gguf(path)
+        return list(entries), metadata
+    return None
+
+
+def _dit_variant(path: Path) -> tuple[str, str]:
+    """(variant, why) of a DiT checkpoint, headers only, as the loader will infer it (its warnings are the load's
+    to give, once)."""
+    logger = logging.getLogger("magihuman.checkpoints")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return infer_variant(open_checkpoint(path))
+    finally:
+        logger.setLevel(level)
+
+
+def _what(role: str) -> str:
+    """'the distilled DiT', 'the 540p super-resolution DiT', ... (the model table's words, without the details)."""
+    return "the " + re.sub(r" \(.*\)$", "", MODEL_FILES[role].what)
+
+
+def _check_dit_file(path: Path, flag: str, loras=()) -> None:
+    """A ``--dit`` / ``--sr-dit`` file that belongs to another flag is named with that flag, before it loads: a LoRA,
+    or a DiT of the other stage (with ``loras``, as they leave it: an extracted LoRA can change the variant)."""
+    lora_flag = "--lora" if flag == "--dit" else "--sr-lora"
+    header = _header(path)
+    if header is not None and any(_LORA_KEY.search(k) for k in header[0]):
+        raise UsageError(f"{flag} {path} is a LoRA, not a DiT: give it with {lora_flag} (the DiT it applies to with "
+                         f"{flag}, or the one found in --models)")
+    variant, why = _dit_variant(path)
+    metas = [(_header(p) or ([], {}))[1] for p, _ in loras]
+    became = variant_with_loras(variant, [(SimpleNamespace(metadata=m), s) for m, (_, s) in zip(metas, loras)])
+    if became != variant:
+        why = f"{why}, made {became} by its LoRA"
+        variant = became
+    if flag == "--dit" and variant in SR_ROLES:
+        sr = ", ".join(n for n, p in PRESETS.items() if p.sr)
+        raise UsageError(f"--dit {path} is {_what(variant)} (variant {variant}: {why}): give it with "
+                         f"--sr-dit, with a preset that has a super-resolution stage ({sr}); --dit takes the "
+                         "base-stage DiT (distill or base)")
+    if flag == "--sr-dit" and variant not in SR_ROLES:
+        raise UsageError(f"--sr-dit {path} is {_what(variant)} (variant {variant}: {why}): give it "
+                         "with --dit; --sr-dit takes a super-resolution DiT (540p_sr or 1080p_sr)")
+
+
+def _check_lora_file(path: Path, flag: str) -> None:
+    """A ``--lora`` / ``--sr-lora`` file that is a whole DiT is named with the flag that takes it (headers only)."""
+    header = _header(path)
+    if header is None or any(_LORA_KEY.search(k) for k in header[0]) or not any(_DIT_KEY.search(k) for k in header[0]):
+        return
+    try:
+        variant, why = _dit_variant(path)
+        what = f"{_what(variant)} (variant {variant}: {why})"
+    except ValueError:
+        variant, what = "distill", "a whole DiT checkpoint"
+    raise UsageError(f"{flag} {path} is {what}, not a LoRA: give it with "
+                     f"{'--sr-dit' if variant in SR_ROLES else '--dit'}")
+
+
+def _run_options(args, loras=(), blocks_on_device=None) -> RunOptions:
+    """The DiT run options the command line asks for (LoRAs as (file, strength) pairs from :func:`_resolve_lora`)."""
     return RunOptions(compute_dtype=getattr(args, "compute_dtype", "auto"), attention=getattr(args, "attention", "sdpa"),
                       local_attention=getattr(args, "local_attention", "window"),
                       fp8_compute=getattr(args, "fp8_compute", "off"), compile=bool(getattr(args, "compile", False)),
-                      blocks_on_device=getattr(args, "blocks_on_device", None), loras=tuple(resolved))
+                      blocks_on_device=blocks_on_device, loras=tuple((str(p), s) for p, s in loras or ()))
 
 
-def _load_dit(path, storage: Storage, device, show, args, loras=()):
-    """Load a DiT in ``storage`` and set the run options of the command line on it (:class:`RunOptions`)."""
-    options = _run_options(args, loras)
+def _load_dit(path, storage: Storage, device, show, args, loras=(), blocks_on_device=None):
+    """Load a DiT in ``storage`` and set the run options of the command line on it (:class:`RunOptions`; block
+    offload with ``blocks_on_device`` layers on the device)."""
+    options = _run_options(args, loras, blocks_on_device)
     offload = options.blocks_on_device is not None
     model = load_dit(path, storage=storage, device="cpu" if offload else device, show_progress=show)
     options.apply(model, device)
@@ -178,14 +359,14 @@ def _dtype_choice(dtype: torch.dtype) -> str:
     return next(name for name, dt in COMPUTE_DTYPE_NAMES.items() if dt == dtype)
 
 
-def _storage_arg(text: Optional[str], default: str) -> Storage:
+def _storage_arg(text: Optional[str], default: str, flag: str = "--dtype") -> Storage:
     """``--dtype``: a storage name (any case); unset: what a file holds, plain tensors in the preset's dtype."""
     if text is None:
         return FILE.keeping(STORAGES[default])
     try:
         return parse_storage(text)
     except ValueError as e:
-        raise UsageError(f"--dtype {text}: {e}") from None
+        raise UsageError(f"{flag} {text}: {e}") from None
 
 
 def _file_format(path, storage: Storage) -> str:
@@ -202,14 +383,23 @@ def _file_format(path, storage: Storage) -> str:
     return storage.resolve(held).name
 
 
+def _sr_settings(args, storage: Storage):
+    """(blocks_on_device, SR blocks_on_device, SR storage): the ``--sr-*`` values, else the base stage's."""
+    blocks = getattr(args, "blocks_on_device", None)
+    sr_blocks = getattr(args, "sr_blocks_on_device", None)
+    sr_dtype = getattr(args, "sr_dtype", None)
+    return blocks, blocks if sr_blocks is None else sr_blocks, _storage_arg(sr_dtype, "", "--sr-dtype") \
+        if sr_dtype else storage
+
+
 def _plan_and_check(args, preset, device, storage, width, height, seconds, ranks: int = 1, files=None) -> None:
     """Print the FLOP/memory estimate of the run and refuse it, before loading anything, if it cannot fit
     (``ranks``: sequence parallel, each rank holding 1/N of the DiT activations; ``files``: role -> path, so a
-    GGUF file is priced in its own format; ``--blocks-on-device``: block offload)."""
+    GGUF file is priced in its own format; ``--blocks-on-device``: block offload; ``--sr-*``: the SR stage's)."""
     files = files or {}
     sr_w = (args.sr_width or preset.sr_width) if preset.sr else None
     sr_h = (args.sr_height or preset.sr_height) if preset.sr else None
-    blocks = getattr(args, "blocks_on_device", None)
+    blocks, sr_blocks, sr_storage = _sr_settings(args, storage)
     te = files.get("text_encoder")
     te_format = "bf16"
     if te is not None and Path(te).exists():
@@ -219,15 +409,15 @@ def _plan_and_check(args, preset, device, storage, width, height, seconds, ranks
             pass
     plan = est.estimate(preset, width, height, seconds, sr_w, sr_h,
                         weight_dtype=_file_format(files.get(preset.dit), storage),
-                        sr_weight_dtype=_file_format(files.get(preset.sr), storage) if preset.sr else None,
+                        sr_weight_dtype=_file_format(files.get(preset.sr), sr_storage) if preset.sr else None,
                         steps=args.steps or None, sr_steps=args.sr_steps or None, blocks_on_device=blocks,
-                        sr_blocks_on_device=blocks,
-                        text_encoder_format=te_format)
+                        sr_blocks_on_device=sr_blocks, text_encoder_format=te_format)
     plan = per_rank_plan(plan, ranks)
     if not args.quiet:
         print(plan.format(), file=sys.stderr)
     host = est.device_memory("cpu")
-    est.check_fits(plan, est.device_memory(device), host_memory_bytes=host if device.type != "cpu" else None)
+    est.check_fits(plan, est.device_memory(device), host_memory_bytes=host if device.type != "cpu" else None,
+                   device_type=device.type)
 
 
 def generate(args) -> int:
@@ -238,6 +428,7 @@ def generate(args) -> int:
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     _check_generate_args(args, preset)
+    _device(args.device)  # a device this torch cannot use: one line now, not a traceback after the models load
     if args.gpus is not None and args.gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {args.gpus}")
     if args.gpus is not None and args.gpus > 1 and sp_launch.torchrun_world_size() == 1:
@@ -270,6 +461,70 @@ def _relaunch(args, preset) -> int:
     return sp_launch.relaunch(args.gpus, argv)
 
 
+def _say_other_files(preset, models_dir: Path, files: dict) -> None:
+    """When ``models_dir`` holds a role in more than one place (a DiT folder and a .gguf of it), which one the run
+    takes and how to take another."""
+    flags = {preset.dit: "--dit", preset.sr: "--sr-dit", "text_encoder": "--text-encoder"}
+    for role, path in files.items():
+        others = [p for p in found_model_files(preset, models_dir, role) if p != path]
+        if not others:
+            continue
+        how = (f"; to use another: {flags[role]} {others[0]}" if role in flags
+               else "; move the others away to use one of them")
+        print(f"{_what(role)}: using {_rel(path, models_dir)} (also in {models_dir}: "
+              f"{', '.join(_rel(p, models_dir) for p in others)}){how}", file=sys.stderr)
+
+
+def _rel(path: Path, folder: Path) -> str:
+    return str(path.relative_to(folder) if path.is_relative_to(folder) else path)
+
+
+def _load_line(stage: str, model) -> str:
+    """What the loader inferred about a DiT and why (``model.load_info``), as one line: the README promises it."""
+    info = getattr(model, "load_info", None) or {}
+    line = (f"{stage}: {info.get('source', '?')}: variant {info.get('variant', '?')} ({info.get('reason', '?')}); "
+            f"{info.get('source_dtype', '?')} on disk -> {info.get('dtype', '?')} block linears")
+    effective = P.effective_variant(model)
+    if effective != info.get("variant"):
+        line += f"; samples as {effective} with its LoRA"
+    return line
+
+
+def _snap(width: int, height: int, label: str, say: bool, what: str = "") -> tuple[int, int]:
+    """(width, height) snapped down to multiples of 32, said once when that changes them."""
+    w, h = P.snap_size(width, height, what=what)
+    if say and (w, h) != (width, height):
+        print(f"{label} {width}x{height} snapped down to {w}x{h} (multiples of {P.SIZE_MULTIPLE})", file=sys.stderr)
+    return w, h
+
+
+def _say_crop(path, w: int, h: int, width: int, height: int) -> None:
+    """TI2V: the reference image is centre-cropped to the video's aspect before it is resized; say what is cut."""
+    left, top, right, bottom = media.crop_box(w, h, width, height)
+    if (right - left, bottom - top) != (w, h):
+        cut = (f"{left} px left and {w - right} px right" if (right - left) != w
+               else f"{top} px at the top and {h - bottom} px at the bottom")
+        print(f"--image {path}: {w}x{h} centre-cropped to {right - left}x{bottom - top} (the {width}x{height} "
+              f"video's aspect; {cut} cut off), then resized", file=sys.stderr)
+
+
+def _audio_seconds(args, wave, sample_rate: int, say: bool = True) -> float:
+    """A2V: the reference audio sets the clip's length, all of it without ``--seconds``, its first ``--seconds``
+    with it (said when that cuts it). Returns the seconds to plan and allocate for: those of its audio steps
+    (:func:`magihuman.media.reference_audio_steps`), so the plan's frame counts are the run's."""
+    total = wave.shape[-1] / sample_rate
+    steps = media.reference_audio_steps(wave.shape[-1], sample_rate, args.seconds)
+    if steps < 1:
+        raise UsageError(f"--audio {args.audio}: {total * 1000:.0f} ms is too short; the reference audio must last "
+                         "at least 0.04 s (one latent step)")
+    if say and args.seconds is not None and args.seconds < total:
+        print(f"--audio {args.audio}: {total:.2f} s, trimmed to {args.seconds:g} s (--seconds)", file=sys.stderr)
+    elif say and args.seconds is not None and args.seconds > total:
+        print(f"--audio {args.audio}: {total:.2f} s, shorter than --seconds {args.seconds:g}: the clip lasts as long "
+              "as the audio", file=sys.stderr)
+    return max(steps - 1, 1) / P.FPS
+
+
 def _generate_run(args, preset) -> int:
     timer = StageTimer()
     sp = sp_launch.torchrun_context(cpu=_device(args.device).type == "cpu")  # None unless torchrun, >1 process
@@ -285,10 +540,18 @@ def _generate_run(args, preset) -> int:
     decoder = args.decoder or preset.decoder
     show = not args.quiet
     seconds = args.seconds if args.seconds is not None else preset.seconds
-    width, height = args.width or preset.width, args.height or preset.height
+    lead = sp is None or sp.lead
+    width, height = _snap(args.width or preset.width, args.height or preset.height, "size", lead)
+    if preset.sr:  # the SR size as the run will use it (super_resolve then has nothing to snap)
+        args.sr_width, args.sr_height = _snap(args.sr_width or preset.sr_width, args.sr_height or preset.sr_height,
+                                              "SR size", lead, what="SR ")
 
     with timer("find/write models"):
         if preset.tiny:
+            target = Path(args.models).expanduser() if args.models else default_cache_dir()
+            if not tiny_models_ready(target) and lead:
+                print(f"writing the tiny random models to {target} (missing or from an older version)",
+                      file=sys.stderr)
             models_dir = sp_launch.lead_first(sp, lambda: ensure_tiny_models(args.models))
         else:
             if not args.models:
@@ -306,27 +569,37 @@ def _generate_run(args, preset) -> int:
             if given:
                 overrides[role] = Path(given)
         files = resolve_model_files(preset, models_dir, [r for r in roles if r not in overrides])
+        if not args.quiet:
+            _say_other_files(preset, models_dir, files)
         files.update(overrides)
+        loras = [_resolve_lora(t, models_dir, "--lora") for t in args.lora]
+        sr_loras = [_resolve_lora(t, models_dir, "--sr-lora") for t in args.sr_lora]
+        for flag, chosen in (("--lora", loras), ("--sr-lora", sr_loras)):
+            for path, _ in chosen:
+                _check_lora_file(path, flag)
+        if args.dit:
+            _check_dit_file(files[preset.dit], "--dit", loras)
+        if args.sr_dit:
+            _check_dit_file(files[preset.sr], "--sr-dit", sr_loras)
 
     # ---- inputs that need no model: fail early on bad files
     image = ref_wave = None
     if args.image:
         with timer("read image"):
             image = torch.from_numpy(media.load_image(args.image))
+        if lead:
+            _say_crop(args.image, image.shape[1], image.shape[0], width, height)
     if args.audio:
         with timer("read audio"):
             ref_wave, ref_sr = media.load_audio(args.audio)
+        seconds = _audio_seconds(args, ref_wave, ref_sr, say=lead)
 
     with timer("estimate"):  # before any model is loaded or latent allocated
         _plan_and_check(args, preset, device, storage, width, height, seconds, sp.world_size if sp else 1, files)
 
-    latent = P.empty_latents(width, height, seconds, device="cpu")
-    if latent.info["snapped"]:
-        print(f"size {width}x{height} snapped down to {latent.pixel_size[0]}x{latent.pixel_size[1]} "
-              "(multiples of 32)", file=sys.stderr)
+    latent = P.empty_latents(width, height, seconds, device="cpu")  # sizes already snapped (said once, above)
 
     # ---- text
-    lead = sp is None or sp.lead
     negative = args.negative_prompt if args.negative_prompt is not None else P.DEFAULT_NEGATIVE_PROMPT
     needs_negative = preset.cfg or preset.sr_cfg
     cond = None
@@ -353,13 +626,17 @@ def _generate_run(args, preset) -> int:
             audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
     if ref_wave is not None and lead:
         with timer("audio encode"):
-            latent = P.encode_reference_audio(audio_vae, ref_wave, ref_sr, latent, seconds=args.seconds)
+            latent = P.encode_reference_audio(audio_vae, ref_wave, ref_sr, latent,
+                                              seconds=args.seconds if args.seconds is not None else math.inf)
     cond, latent = sp_launch.broadcast_object((cond, latent), sp)  # rank 0's conditioning on every rank
 
     # ---- base stage
     generator = torch.Generator(device=device).manual_seed(int(args.seed))  # one stream, as the official run
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], storage, device, show and not preset.tiny, args, args.lora)
+        dit = _load_dit(files[preset.dit], storage, device, show and not preset.tiny, args, loras,
+                        getattr(args, "blocks_on_device", None))
+    if show:
+        print(_load_line("base DiT", dit), file=sys.stderr)
     steps = args.steps or preset.steps
     with timer("DiT"), _progress(f"DiT {preset.dit}", steps, show) as bar:
         latent = P.denoise(dit, latent, cond, sampler=preset.sampler, steps=steps, cfg=preset.cfg,
@@ -370,7 +647,10 @@ def _generate_run(args, preset) -> int:
     # ---- super-resolution
     if preset.sr:
         with timer("load SR DiT"):
-            sr_dit = _load_dit(files[preset.sr], storage, device, show and not preset.tiny, args, args.sr_lora)
+            _, sr_blocks, sr_storage = _sr_settings(args, storage)
+            sr_dit = _load_dit(files[preset.sr], sr_storage, device, show and not preset.tiny, args, sr_loras, sr_blocks)
+        if show:
+            print(_load_line("SR DiT", sr_dit), file=sys.stderr)
         sr_steps = args.sr_steps or preset.sr_steps
         with timer("SR"), _progress(f"DiT {preset.sr}", sr_steps, show) as bar:
             latent = P.super_resolve(sr_dit, latent, cond, width=args.sr_width or preset.sr_width,
@@ -462,7 +742,7 @@ def prompt_llm(args) -> int:
 def _add_prompt_parser(sub) -> None:
     p = sub.add_parser("prompt", help="Enhanced Prompts (the format the model was trained on): build, check, ask an "
                        "LLM")
-    ps = p.add_subparsers(dest="prompt_command", required=True, parser_class=_ArgumentParser)
+    ps = p.add_subparsers(dest="prompt_command", metavar="{build,check,llm}", parser_class=_ArgumentParser)
 
     b = ps.add_parser("build", help="print a prompt in the official three-part layout (warnings on stderr)")
     b.add_argument("--body", default=None, help="the main body: one English paragraph of 150-200 words that "
@@ -485,6 +765,7 @@ def _add_prompt_parser(sub) -> None:
     m.add_argument("--json", action="store_true", help="print the two chat messages as JSON "
                    "([{role, content}, ...])")
     m.set_defaults(func=prompt_llm)
+    p.set_defaults(func=None, subcommands=", ".join(ps.choices))
 
 
 def _add_prompt_fields(parser) -> None:
@@ -523,6 +804,9 @@ def convert(args) -> int:
         raise UsageError(f"the output must be a .safetensors or .gguf file, got {dst}")
     if args.quant and dst.suffix != ".gguf":
         raise UsageError(f"--quant writes GGUF: give an output ending in .gguf, got {dst}")
+    if not dst.parent.is_dir():
+        raise UsageError(f"the output folder {dst.parent} does not exist: create it first (convert makes no folders)")
+    _check_writable(dst, "output")
     if src.suffix in (".ckpt", ".pt", ".pth"):
         if dst.suffix != ".safetensors":
             raise UsageError("a Turbo VAE checkpoint converts to .safetensors only")
@@ -590,15 +874,17 @@ def _choice(names: list[str]):
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="python -m magihuman", description="daVinci-MagiHuman audio+video generation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
 
     g = sub.add_parser("generate", help="generate an MP4 (video + audio) from a prompt")
     g.add_argument("--preset", default="distill_256p", choices=list(PRESETS), help="generation recipe")
     g.add_argument("--prompt", required=True, help="what happens and what is said")
     g.add_argument("--negative-prompt", default=None, help="negative prompt for CFG (default: the official one)")
     g.add_argument("--image", default=None, help="reference image (TI2V: becomes the first frame)")
-    g.add_argument("--audio", default=None, help="reference audio (A2V: the soundtrack; sets the length)")
-    g.add_argument("--seconds", type=float, default=None, help="clip length (default: the preset's)")
+    g.add_argument("--audio", default=None, help="reference audio (A2V: the soundtrack); the clip lasts as long as "
+                   "the audio, or --seconds when given (the audio is then trimmed to it)")
+    g.add_argument("--seconds", type=float, default=None,
+                   help="clip length (default: the preset's; with --audio, the audio's)")
     g.add_argument("--width", type=int, default=None, help="base width (snapped down to a multiple of 32)")
     g.add_argument("--height", type=int, default=None, help="base height (snapped down to a multiple of 32)")
     g.add_argument("--sr-width", type=int, default=None, help="super-resolution width (SR presets)")
@@ -610,17 +896,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base-stage DiT file/folder to use instead of the one found in --models (e.g. a .gguf)")
     g.add_argument("--sr-dit", default=None, metavar="PATH", help="the SR DiT to use instead of --models' one")
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-                   help="a LoRA for the base-stage DiT (strength 1 by default); repeat to stack several")
+                   help="a LoRA for the base-stage DiT: a path, or a name in <models>/loras/; STRENGTH -10..10 "
+                   "(default 1); repeat to stack several")
     g.add_argument("--sr-lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-                   help="a LoRA for the SR DiT (repeatable)")
+                   help="a LoRA for the SR DiT (as --lora; repeatable)")
     g.add_argument("--text-encoder", default=None, metavar="PATH",
                    help="the T5Gemma folder or file (.safetensors / .gguf) to use instead of --models' one")
     g.add_argument("--models", default=None, help="models folder: ComfyUI layout (diffusion_models/, text_encoders/, "
-                   "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models")
+                   "vae/) or the official checkpoints folder; tiny presets: where to keep the tiny models (default "
+                   f"for them: {default_cache_dir()}, or $MAGIHUMAN_CACHE/tiny)")
     g.add_argument("--dtype", type=_choice(load_choices()), metavar="{" + ",".join(load_choices()) + "}", default=None,
                    help="DiT block-weight storage (default: what the file holds, plain files in the preset's dtype): "
                         "file; bf16/fp16/fp32; fp8 = float8_e4m3fn with a per-tensor scale (half the memory of bf16); "
                         "a GGUF type (Q8_0 ... Q4_0) quantises every block linear while loading")
+    g.add_argument("--sr-dtype", type=_choice(load_choices()), metavar="{" + ",".join(load_choices()) + "}",
+                   default=None, help="the same for the SR DiT (default: --dtype)")
     g.add_argument("--compute-dtype", choices=run_choices()["compute_dtype"], default="auto",
                    help="DiT matmul dtype: bf16 = official numerics; auto = bf16 on GPUs (fp16 without bf16), the "
                    "faster of bf16/fp32 on CPUs (measured)")
@@ -635,7 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer layers (regional)")
     g.add_argument("--blocks-on-device", type=int, default=None, metavar="N",
                    help="keep only N transformer layers on the GPU and stream the others from RAM (GPUs smaller "
-                   "than the model)")
+                   "than the model; 0 streams every layer)")
+    g.add_argument("--sr-blocks-on-device", type=int, default=None, metavar="N",
+                   help="the same for the SR DiT (default: --blocks-on-device)")
     g.add_argument("--decoder", choices=["turbo", "wan"], default=None, help="video decoder (default turbo)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--gpus", type=int, default=None, metavar="N",
@@ -689,7 +981,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prompt_parser(sub)
     fit_plan.add_parser(sub)  # python -m magihuman plan --preset NAME --vram GB [--ram GB] (magihuman/plan.py)
+    _add_debug(sub)
+    parser.set_defaults(func=None, subcommands=", ".join(sub.choices))
     return parser
+
+
+def _add_debug(subparsers) -> None:
+    """``--debug`` after the command too (``generate ... --debug``), in every (nested) subcommand; SUPPRESS keeps a
+    ``--debug`` given before the command."""
+    for p in set(subparsers.choices.values()):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for all "
+                       "errors")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -699,6 +1004,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "func", None) is None:
+            what, prog = ((f"`{args.command}` needs a subcommand", f"python -m magihuman {args.command}")
+                          if args.command else ("give a command", "python -m magihuman"))
+            raise UsageError(f"{what}: {args.subcommands} (`{prog} --help` says what each does)")
         args.argv = list(sys.argv[1:] if argv is None else argv)  # generate --gpus re-launches the same command
         return args.func(args)
     except KeyboardInterrupt:

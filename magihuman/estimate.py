@@ -84,7 +84,8 @@ from .sampling import DEFAULT_NEGATIVE_PROMPT
 from .weights.safetensors_io import CHUNK_BYTES
 
 __all__ = [
-    "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "suggest_smaller",
+    "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "available_ram",
+    "suggest_smaller",
     "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
     "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
     "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
@@ -642,10 +643,15 @@ class Plan:
     def max_weight_bytes(self) -> int:
         return max([s.weight_bytes for s in self.stages] + [self.text_encoder_bytes, self.decoder_weight_bytes])
 
+    @property
+    def video_frames(self) -> int:
+        """Frames of the decoded video (the file's): ``4(T - 1) + 1`` (:func:`magihuman.geometry.frame_counts`)."""
+        return decoded_frames(self.latent_frames)
+
     def format(self) -> str:
-        rows = [f"MagiHuman plan: {self.preset}, {self.width}x{self.height}, {self.seconds:g} s "
-                f"({self.num_frames} frames, {self.latent_frames} latent), "
-                f"DiT weights {_dtype_name(self.weight_dtype)}"
+        rows = [f"MagiHuman plan: {self.preset}, {self.width}x{self.height}, {self.seconds:g} s -> "
+                f"{self.video_frames} video frames ({self.latent_frames} latent), {self.num_frames} audio steps, "
+                f"DiT weights {weight_format(self.weight_dtype)}"
                 + "".join(f" ({s.name} {s.weight_format})" for s in self.stages[1:]
                           if s.weight_format != self.stages[0].weight_format)]
         rows.append(f"{'stage':<6}{'model':<10}{'size':>10}{'tokens v+a+t':>20}{'steps':>6}{'fwd':>4}"
@@ -873,9 +879,30 @@ def _turbo_params(tiny: bool) -> int:
 
 # ============================================================================ fitting
 
+MEMINFO = "/proc/meminfo"  # Linux: MemAvailable, what the kernel can give without swapping (page cache counted)
+
+
+def available_ram() -> int:
+    """RAM that can still be allocated, in bytes: psutil's ``available``; without psutil, ``MemAvailable`` of
+    /proc/meminfo (Linux); else the free pages (``os.sysconf``; less than is available: caches not counted)."""
+    try:
+        import psutil  # noqa: PLC0415 - optional
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open(MEMINFO, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
 def device_memory(device: Union[str, torch.device, None] = None, *, free: bool = False) -> int:
     """Memory of ``device`` in bytes: CUDA total (or free) from ``torch.cuda.mem_get_info``; CPU the
-    available RAM (psutil, else ``os.sysconf``)."""
+    available RAM (:func:`available_ram`)."""
     dev = torch.device("cpu" if device is None else device)
     if dev.type == "cuda":
         free_b, total = torch.cuda.mem_get_info(dev)
@@ -884,11 +911,7 @@ def device_memory(device: Union[str, torch.device, None] = None, *, free: bool =
         return int(torch.mps.recommended_max_memory())
     if dev.type != "cpu":
         raise ValueError(f"device_memory: unsupported device type {dev.type!r} (cuda, mps or cpu)")
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return available_ram()
 
 
 def _smaller_requests(plan: Plan, device_memory_bytes: int):
@@ -945,29 +968,37 @@ def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
     return out
 
 
-def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optional[int] = None) -> None:
+def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optional[int] = None,
+               device_type: str = "cuda") -> None:
     """Raise :class:`MemoryEstimateError` when ``plan`` needs more device (or host) memory than given.
-    The message gives the estimate, the memory, smaller requests that fit and the offload options."""
+    The message gives the estimate, the memory, smaller requests that fit and the offload options; for
+    ``device_type="cpu"`` (the device memory is the RAM) the remedies of a CPU run instead of GPU offload."""
     need = plan.peak_device_bytes
     if host_memory_bytes is not None and plan.max_weight_bytes > host_memory_bytes:
         raise MemoryEstimateError(
             f"the largest model needs ~{_gib(plan.max_weight_bytes)} of host RAM to load "
-            f"(DiT weights {_dtype_name(plan.weight_dtype)}), but only {_gib(host_memory_bytes)} is available. "
+            f"(DiT weights {weight_format(plan.weight_dtype)}), but only {_gib(host_memory_bytes)} is available. "
             "Load the DiT with fp8 weights (half of bf16), close other programs, add swap, or use a machine with "
             "more RAM (the DiT is streamed from disk tensor by tensor, so loading needs no second copy).")
     if need <= device_memory_bytes:
         return
+    cpu = device_type == "cpu"
     worst = max(plan.stages, key=lambda s: s.peak_bytes)
     msg = (f"{plan.preset} at {plan.width}x{plan.height}"
            + (f" -> {plan.sr_width}x{plan.sr_height}" if plan.sr_width else "")
-           + f", {plan.seconds:g} s needs ~{_gib(need)} of device memory (largest phase: {worst.name} DiT weights "
-           f"{_gib(worst.weights_on_device)} + activations {_gib(worst.activation_bytes)}; decode "
-           f"{_gib(plan.decode_peak_bytes)}), but only {_gib(device_memory_bytes)} is available.")
+           + f", {plan.seconds:g} s needs ~{_gib(need)} of {'RAM (CPU run)' if cpu else 'device memory'} (largest "
+           f"phase: {worst.name} DiT weights {_gib(worst.weights_on_device)} + activations "
+           f"{_gib(worst.activation_bytes)}; decode {_gib(plan.decode_peak_bytes)}), but only "
+           f"{_gib(device_memory_bytes)} is available.")
     options = suggest_smaller(plan, device_memory_bytes)
     if options:
         msg += " Requests that fit: " + "; ".join(options) + "."
     if max(s.weights_on_device for s in plan.stages) >= device_memory_bytes:
-        msg += " The DiT weights alone do not fit on the device."
-    msg += (" Or offload: keep the DiT weights in host RAM and stream blocks to the device (ComfyUI lowvram / "
-            "block swap), decode with the output on the CPU, run the text encoder on the CPU.")
+        msg += f" The DiT weights alone do not fit {'in RAM' if cpu else 'on the device'}."
+    if cpu:
+        msg += (" Or store the DiT weights compactly (CLI --dtype fp8, half of bf16, or a Q8_0/Q4_K .gguf from "
+                "`python -m magihuman convert`), close other programs, or run on a GPU.")
+    else:
+        msg += (" Or offload: keep the DiT weights in host RAM and stream blocks to the device (ComfyUI lowvram / "
+                "block swap), decode with the output on the CPU, run the text encoder on the CPU.")
     raise MemoryEstimateError(msg)

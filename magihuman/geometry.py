@@ -1,4 +1,4 @@
-"""Latent geometry and pipeline constants of daVinci-MagiHuman (SPEC §2), in one leaf module.
+"""Latent geometry and pipeline constants of daVinci-MagiHuman, in one leaf module.
 
 Everything that turns seconds and pixels into latent shapes, and back, reads its numbers from here.
 """
@@ -52,8 +52,13 @@ def decoded_frames(latent_frames: int) -> int:
 
 
 def frame_counts(seconds: float) -> tuple[int, int]:
-    """(num_frames, latent_frames) for a duration: ``25·s + 1`` (fractional seconds are rounded to whole
-    1/25 s frames, at least one) and ``(num_frames - 1)//4 + 1``."""
+    """(num_frames, latent_frames) for a duration: THE frame rule, as the official code has it.
+
+    ``num_frames = 25·s + 1`` (fractional seconds rounded to whole 1/25 s frames, at least one) is the number of
+    audio latent steps (2048 samples each: the audio lasts num_frames/25 s); the video latent has
+    ``T = (num_frames - 1)//4 + 1`` frames, and the video decoders give ``4(T - 1) + 1`` frames
+    (:func:`decoded_frames`). The file has num_frames video frames only when 25·s is a multiple of 4: 4 s ->
+    101 steps, T = 26, 101 frames; 2 s -> 51 steps, T = 13, 49 frames (1.96 s of video, 2.04 s of audio)."""
     try:
         s = float(seconds)
     except (TypeError, ValueError):

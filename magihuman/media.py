@@ -34,7 +34,7 @@ import soundfile as sf
 import torch
 from PIL import Image, ImageOps
 
-from .geometry import AUDIO_SAMPLE_RATE
+from .geometry import AUDIO_HOP, AUDIO_SAMPLE_RATE
 
 __all__ = [
     "REFERENCE_SAMPLE_RATE",
@@ -430,8 +430,21 @@ def prepare_reference_audio(waveform: Any, sample_rate: int, *, seconds: float |
     if seconds is not None:
         if not seconds > 0:
             raise MediaError(f"seconds must be positive; got {seconds}")
-        mono = mono[:, : min(int(seconds * REFERENCE_SAMPLE_RATE), mono.shape[-1])]
+        if math.isfinite(seconds):  # math.inf: the whole clip
+            mono = mono[:, : min(int(seconds * REFERENCE_SAMPLE_RATE), mono.shape[-1])]
     return mono.expand(2, -1).contiguous()
+
+
+def reference_audio_steps(samples: int, sample_rate: int, seconds: float | None = None) -> int:
+    """Audio latent steps (= video frames of the clip) that :func:`prepare_reference_audio` then
+    :func:`encode_reference_audio` give for ``samples`` at ``sample_rate``, without running them: the resampled
+    length ``ceil(samples·51200/rate)``, trimmed to ``seconds``; one step per whole 2048 samples up to one 29 s
+    window (the encoder's strided convolutions drop a partial hop), ``ceil`` beyond (the windows' trim)."""
+    n = int(samples) if int(sample_rate) == REFERENCE_SAMPLE_RATE else \
+        -(-int(samples) * REFERENCE_SAMPLE_RATE // int(sample_rate))
+    if seconds is not None and math.isfinite(seconds):
+        n = min(int(seconds * REFERENCE_SAMPLE_RATE), n)
+    return n // AUDIO_HOP if n <= int(AUDIO_WINDOW_SECONDS * REFERENCE_SAMPLE_RATE) else -(-n // AUDIO_HOP)
 
 
 def merge_overlapping_latents(chunks: Sequence[torch.Tensor], overlap_ratio: float = AUDIO_WINDOW_OVERLAP) -> torch.Tensor:

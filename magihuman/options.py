@@ -64,8 +64,8 @@ class RunOptions:
         model.set_attention_backend(self.attention)
         fp8 = model.set_fp8_compute(self.fp8_compute, device=device)
         model.set_local_attention(self.local_attention, self.local_block_frames)
-        if self.blocks_on_device is not None:
-            enable_block_offload(model, device, int(self.blocks_on_device))
+        if self.blocks_on_device is not None:  # more layers than the model has: every layer stays
+            enable_block_offload(model, device, min(int(self.blocks_on_device), len(model.block.layers)))
         if self.compile:
             compile_dit_blocks(model)
         return replace(self, compute_dtype=_dtype_name(model.compute_dtype), fp8_compute=fp8)

@@ -50,7 +50,7 @@ README_VRAM_GIB = (8, 12, 16, 24, 32, 48, 80)
 MIN_SAVING = 0.05  # a less accurate format is offered only when it is at least this much smaller
 GIB = est.GIB
 EXIT_FITS, EXIT_NOTHING_FITS = 0, 1
-MIN_BLOCKS_ON_DEVICE = 1  # the CLI's --blocks-on-device takes N >= 1
+MIN_BLOCKS_ON_DEVICE = 1  # the fewest layers the planner keeps on the GPU (the CLI also takes 0: all streamed)
 
 
 def ranked_formats(size_of) -> tuple[str, ...]:
@@ -162,21 +162,26 @@ class FitPlan:
         p = PRESETS.get(self.preset)
         lines = []
         roles = [p.dit, p.sr] if p is not None else ["dit", "sr"]
-        for role, fmt, blocks in zip(roles, self.dit_formats, self.dit_blocks_on_device):
+        for i, (role, fmt, blocks) in enumerate(zip(roles, self.dit_formats, self.dit_blocks_on_device)):
+            flag = "--sr-dtype" if i else "--dtype"
             if fmt in STORAGES and STORAGES[fmt].kind == GGUF:
-                lines.append(f"  {role} DiT {fmt}: python -m magihuman convert <{role} folder> "
-                             f"magihuman_{role}_{fmt}.gguf --quant {fmt} (DiT loader: the .gguf, weight_dtype auto; "
-                             f"CLI --dit magihuman_{role}_{fmt}.gguf), or weight_dtype {fmt} / --dtype {fmt} to "
-                             "quantise while loading")
+                release = MODEL_FILES[role].official if role in MODEL_FILES else role  # the name --models finds
+                name = f"magihuman_{release}_{fmt}.gguf"
+                lines.append(f"  {role} DiT {fmt}: python -m magihuman convert <{release} folder> {name} --quant "
+                             f"{fmt} (DiT loader: the .gguf, weight_dtype auto; CLI {'--sr-dit' if i else '--dit'} "
+                             f"{name}), or quantised while loading: weight_dtype {fmt} (CLI {flag} {fmt})")
             elif fmt == "fp8":
-                lines.append(f"  {role} DiT fp8: weight_dtype fp8 in the DiT loader (CLI --dtype fp8), "
-                             "quantised while loading")
+                lines.append(f"  {role} DiT fp8: weight_dtype fp8 in the DiT loader (CLI {flag} fp8), quantised while "
+                             "loading")
             if blocks is not None:
                 lines.append(f"  {role} DiT: {blocks}/{self.num_layers} layers on the GPU (ComfyUI loads it "
-                             f"partially by itself; CLI --blocks-on-device {blocks})")
+                             f"partially by itself; CLI {'--sr-blocks-on-device' if i else '--blocks-on-device'} "
+                             f"{blocks})")
         if self.text_encoder_format in STORAGES and STORAGES[self.text_encoder_format].kind == GGUF:
+            name = f"t5gemma_{self.text_encoder_format}.gguf"
             lines.append(f"  text encoder {self.text_encoder_format}: python -m magihuman convert <t5gemma-9b-9b-ul2 "
-                         f"folder> t5gemma_{self.text_encoder_format}.gguf --quant {self.text_encoder_format}")
+                         f"folder> {name} --quant {self.text_encoder_format} (T5Gemma loader: the .gguf; CLI "
+                         f"--text-encoder {name})")
         if self.text_encoder_device == "CPU":
             lines.append("  text encoder on the CPU: ComfyUI does so in --lowvram mode (or set its text encoder "
                          "device to cpu)")

@@ -21,7 +21,8 @@ from typing import Optional
 from .errors import PipelineError
 
 __all__ = ["ModelFile", "MODEL_FILES", "Preset", "PRESETS", "ROLES", "TINY_FILES", "MissingModelFiles",
-           "get_preset", "required_roles", "resolve_model_files", "describe_files", "comfy_name", "model_files_markdown"]
+           "get_preset", "required_roles", "resolve_model_files", "found_model_files", "describe_files", "comfy_name",
+           "model_files_markdown"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,18 @@ def _exists(path: Path) -> bool:
     if path.is_dir():
         return any(path.iterdir())
     return path.is_file() or Path(str(path) + ".zst").is_file()
+
+
+def found_model_files(preset: Preset, models_dir: str | os.PathLike, role: str) -> list[Path]:
+    """Every place in ``models_dir`` that holds ``role``, in the order :func:`resolve_model_files` tries them (it
+    takes the first): e.g. ``diffusion_models/distill/`` and a ``magihuman_distill_Q8_0.gguf`` beside it."""
+    out = []
+    for c in _candidates(role, Path(models_dir).expanduser(), preset.tiny):
+        if _exists(c):
+            p = c if c.exists() else Path(str(c) + ".zst")
+            if p not in out:
+                out.append(p)
+    return out
 
 
 def resolve_model_files(preset: Preset, models_dir: str | os.PathLike, roles: list[str]) -> dict[str, Path]:

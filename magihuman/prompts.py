@@ -303,7 +303,10 @@ def _nospace(text: str) -> str:
 
 
 def _sentence(text: str) -> str:
+    """One field as a sentence of the main body: capital first letter, closing punctuation."""
     text = _squash(text)
+    if text and text[0].islower():
+        text = text[0].upper() + text[1:]
     if text and text[-1] not in ".!?…。！？\"'”’」』)":
         text += "."
     return text
@@ -335,8 +338,8 @@ def build_enhanced_prompt(
     ``main_body`` is the first paragraph. When it is empty the paragraph is composed from the fields
     in this order: ``character`` (who and where), ``appearance``, ``performance`` (the chronological
     facial/vocal narration, which should quote each spoken line), ``camera`` (angle, shot size,
-    lighting, focus -- static). Each field becomes a sentence (a final ``.`` is added when it has no
-    closing punctuation); the fields are joined with single spaces. Any whitespace run in the body
+    lighting, focus -- static). Each field becomes a sentence (first letter capitalised, a final ``.`` added
+    when it has no closing punctuation); the fields are joined with single spaces. Any whitespace run in the body
     (including newlines) becomes a single space, since the body is one paragraph.
 
     ``dialogue`` is text for :func:`parse_dialogue` or a list of :class:`DialogueLine`; with no lines

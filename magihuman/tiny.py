@@ -35,7 +35,8 @@ from .weights.safetensors_io import write_file
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
-__all__ = ["TINY_FILES", "TINY_VERSION", "write_tiny_models", "default_cache_dir", "ensure_tiny_models",
+__all__ = ["TINY_FILES", "TINY_VERSION", "TinyModelsError", "write_tiny_models", "default_cache_dir",
+           "ensure_tiny_models", "tiny_models_ready",
            "describe_tiny_files", "write_tiny_lora", "TINY_LORA", "TINY_DISTILL_LORA", "write_tiny_gguf", "tiny_gguf_files", "write_tiny_t5gemma", "write_tiny_turbo_vae", "write_tiny_wan_vae",
            "write_tiny_audio_vae"]
 
@@ -49,19 +50,49 @@ def default_cache_dir() -> Path:
     return base / "tiny"
 
 
-def _stamp() -> dict:
-    return {"version": TINY_VERSION, "files": TINY_FILES}
+class TinyModelsError(ValueError):
+    """The tiny models would replace files they did not write (they never do), or go into a user's folder."""
+
+
+def _stamp(complete: bool = True) -> dict:
+    """The stamp of a tiny models folder: written first (``complete`` False), completed last; the files it lists
+    are the ones the tiny writer may replace."""
+    return {"version": TINY_VERSION, "files": TINY_FILES, "complete": complete}
+
+
+def _read_stamp(models_dir: Path) -> Optional[dict]:
+    try:
+        data = json.loads((models_dir / STAMP_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _is_complete(models_dir: Path) -> bool:
-    stamp = models_dir / STAMP_NAME
-    if not stamp.is_file():
-        return False
-    try:
-        data = json.loads(stamp.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return data == _stamp() and all((models_dir / p).exists() for p in TINY_FILES.values())
+    return _read_stamp(models_dir) == _stamp() and all((models_dir / p).exists() for p in TINY_FILES.values())
+
+
+def tiny_models_ready(models_dir: PathLike) -> bool:
+    """True when ``models_dir`` holds a complete set of the current tiny models (nothing to write)."""
+    return _is_complete(Path(models_dir).expanduser())
+
+
+def _own_paths(models_dir: Path) -> set[str]:
+    """Paths (relative) the tiny writer put in ``models_dir`` earlier, by its stamp (any version); empty without."""
+    stamp = _read_stamp(models_dir)
+    files = stamp.get("files") if stamp else None
+    return (set(files.values()) | {TINY_LORA, TINY_DISTILL_LORA}) if isinstance(files, dict) else set()
+
+
+def _refuse_foreign(models_dir: Path) -> None:
+    """Never replace a file the tiny writer did not write: existing files at tiny paths must be listed in its stamp."""
+    own = _own_paths(models_dir)
+    foreign = [rel for rel in [*TINY_FILES.values(), TINY_LORA, TINY_DISTILL_LORA]
+               if (models_dir / rel).exists() and rel not in own]
+    if foreign:
+        raise TinyModelsError(f"{models_dir} already holds {', '.join(foreign)}, which the tiny-model writer did not "
+                              f"write (no {STAMP_NAME} stamp lists them); they are left as they are: write the tiny "
+                              "models to another folder, or move those away first")
 
 
 # ------------------------------------------------------------------ one writer per model (the DiT's: checkpoints)
@@ -189,7 +220,9 @@ def _write_one(role: str, target: Path, seed: int) -> None:
 def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bool = False) -> dict[str, Path]:
     """Write every tiny checkpoint under ``models_dir`` (ComfyUI layout, names in :data:`TINY_FILES`).
 
-    Idempotent: a complete folder with the current version stamp is left as it is. Returns role -> path.
+    Idempotent: a complete folder with the current version stamp is left as it is. Other files in the folder are
+    never touched: a file at a tiny path that the stamp does not list is refused (:class:`TinyModelsError`), not
+    replaced (an interrupted write leaves an incomplete stamp, so it is finished next time). Returns role -> path.
     The generators touch torch's global RNG, so its state is saved and restored around them.
     """
     models_dir = Path(models_dir).expanduser()
@@ -197,8 +230,9 @@ def write_tiny_models(models_dir: str | os.PathLike, *, seed: int = 0, force: bo
     if not force and _is_complete(models_dir):
         _write_tiny_loras(models_dir, paths, seed)
         return paths
+    _refuse_foreign(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    (models_dir / STAMP_NAME).unlink(missing_ok=True)
+    (models_dir / STAMP_NAME).write_text(json.dumps(_stamp(complete=False), indent=2), encoding="utf-8")
     rng = torch.random.get_rng_state()
     try:
         for role, target in paths.items():
@@ -288,8 +322,15 @@ def write_tiny_gguf(models_dir: str | os.PathLike, quants=TINY_GGUF_QUANTS) -> d
 
 
 def ensure_tiny_models(models_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny models folder (default: :func:`default_cache_dir`), written on first use."""
+    """The tiny models folder (default: :func:`default_cache_dir`), written on first use. A given folder that
+    holds other files and no tiny models is refused (:class:`TinyModelsError`): random models never go into a
+    user's models folder unasked (``python -m magihuman tiny-models DIR`` adds them on purpose)."""
     folder = Path(models_dir).expanduser() if models_dir is not None else default_cache_dir()
+    if models_dir is not None and folder.is_dir() and _read_stamp(folder) is None and any(folder.iterdir()):
+        raise TinyModelsError(f"{folder} holds other files and no tiny models: the tiny presets write random tiny "
+                              "models into their models folder, so they take an empty or new one, or none (the "
+                              f"cache, {default_cache_dir()}); to add them to this folder on purpose: "
+                              f"python -m magihuman tiny-models {folder}")
     write_tiny_models(folder)
     return folder
 

@@ -35,8 +35,8 @@ def test_speed_options_are_applied(tiny_dir, tmp_path, capsys, monkeypatch):
     seen = {}
     real = cli._load_dit
 
-    def spy(path, dtype, device, show, args, loras=()):
-        model = real(path, dtype, device, show, args, loras)
+    def spy(path, storage, device, show, args, loras=(), blocks_on_device=None):
+        model = real(path, storage, device, show, args, loras, blocks_on_device)
         seen["compute"] = model.compute_dtype
         seen["offloaded"] = any(getattr(m, "_forward_pre_hooks", None) for m in model.block.layers)
         return model

@@ -46,7 +46,7 @@ def test_builder_from_fields_warns_about_unquoted_line_and_speaker(env):
                            appearance="grey beard and a yellow raincoat", performance="He squints at the sea",
                            camera="Static medium shot, overcast light", dialogue="fisherman | English | Storm's coming.",
                            background_sound="").args
-    assert prompt == ("An old fisherman on a pier. grey beard and a yellow raincoat. He squints at the sea. "
+    assert prompt == ("An old fisherman on a pier. Grey beard and a yellow raincoat. He squints at the sea. "
                       "Static medium shot, overcast light.\n"
                       "\n"
                       "Dialogue:\n"

@@ -64,9 +64,11 @@ def test_idempotent_and_force(tiny_dir):
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
-def test_unstamped_folder_is_rewritten_deterministically(tiny_dir, tmp_path):
+def test_interrupted_folder_is_rewritten_deterministically(tiny_dir, tmp_path):
     (tmp_path / TINY_FILES["base"]).parent.mkdir(parents=True)
-    (tmp_path / TINY_FILES["base"]).write_bytes(b"half-written")  # an interrupted earlier run: no stamp
+    (tmp_path / TINY_FILES["base"]).write_bytes(b"half-written")  # an interrupted earlier run: incomplete stamp
+    stamp = json.loads((tiny_dir / STAMP_NAME).read_text())
+    (tmp_path / STAMP_NAME).write_text(json.dumps(dict(stamp, complete=False)))
     state = torch.random.get_rng_state()
     write_tiny_models(tmp_path)
     assert torch.equal(torch.random.get_rng_state(), state)  # the writers' torch.manual_seed is undone

@@ -20,6 +20,31 @@ log = logging.getLogger("magihuman.pipeline")
 __all__ = ["encode_prompt", "encode_image", "encode_reference_audio", "image_hw3", "encode_image_at", "vae_device"]
 
 
+class _BuiltinNegativeTrim(logging.Filter):
+    """The official negative prompt is longer than the DiT's 640 text tokens on purpose and the official code trims
+    it the same way: its trim is a debug line, never advice to shorten a prompt the user did not write."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and "tokens; the DiT takes" in record.getMessage():
+            log.debug("MagiHuman: the built-in negative prompt is trimmed to %d tokens, as in the official code",
+                      MAX_TEXT_TOKENS)
+            return False
+        return True
+
+
+def _encode(text_encoder, text: str, max_length: int, builtin: bool):
+    """``text_encoder.encode([text])``; for the built-in negative prompt its trim warning becomes a debug line (the
+    T5Gemma encoder's logger, for this call only)."""
+    if not builtin:
+        return text_encoder.encode([text], max_length=max_length)
+    logger, quiet = logging.getLogger("magihuman.models.text_encoder"), _BuiltinNegativeTrim()
+    logger.addFilter(quiet)
+    try:
+        return text_encoder.encode([text], max_length=max_length)
+    finally:
+        logger.removeFilter(quiet)
+
+
 def encode_prompt(text_encoder, prompt: str, negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
                   *, max_length: int = MAX_TEXT_TOKENS, cjk_spacing: bool = True) -> TextConditioning:
     """Prompt (+ negative prompt for CFG; ``None`` skips it, as the distilled model needs none) ->
@@ -27,7 +52,8 @@ def encode_prompt(text_encoder, prompt: str, negative_prompt: Optional[str] = DE
 
     ``cjk_spacing`` (default on): one space between CJK characters (``"你好"`` -> ``"你 好"``), the form the
     model was trained on (:func:`magihuman.prompts.space_cjk`; idempotent, Latin text unchanged). The
-    conditioning keeps the texts as encoded."""
+    conditioning keeps the texts as encoded. Texts longer than ``max_length`` tokens are trimmed with a warning,
+    except the built-in negative prompt (long on purpose, trimmed as the official code does: a debug line)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise PipelineError("the prompt is empty: describe the video (and what is said) in the prompt")
     if negative_prompt is not None and (not isinstance(negative_prompt, str) or not negative_prompt.strip()):
@@ -39,7 +65,8 @@ def encode_prompt(text_encoder, prompt: str, negative_prompt: Optional[str] = DE
     embeds, lens = text_encoder.encode([prompt], max_length=max_length)
     cond = TextConditioning(embeds=embeds.float(), lens=[int(lens[0])], prompt=prompt)
     if negative_prompt is not None:
-        neg, neg_lens = text_encoder.encode([negative_prompt], max_length=max_length)
+        builtin = negative_prompt.strip() in (DEFAULT_NEGATIVE_PROMPT, space_cjk(DEFAULT_NEGATIVE_PROMPT))
+        neg, neg_lens = _encode(text_encoder, negative_prompt, max_length, builtin)
         cond.negative_embeds, cond.negative_lens = neg.float(), [int(neg_lens[0])]
         cond.negative_prompt = negative_prompt
     return cond
@@ -96,7 +123,8 @@ def encode_reference_audio(audio_vae, waveform: torch.Tensor, sample_rate: int, 
     sampler and SETS the length: num_frames = N, T = (N - 1)//4 + 1 (the video latent is resized).
 
     ``seconds=None`` trims the audio to the latent's duration (as the official pipeline trims to its
-    ``--seconds``); a shorter reference makes a shorter clip. (The official distilled loop updates the
+    ``--seconds``); ``math.inf`` keeps all of it (the CLI without ``--seconds``); a shorter reference makes a
+    shorter clip. (The official distilled loop updates the
     reference audio anyway; we keep it fixed, as its base loop does.)
     """
     latent.validate("encode_reference_audio")

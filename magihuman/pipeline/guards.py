@@ -132,9 +132,11 @@ def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, 
     fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
     hint = (f"at {width}x{height} at most ~{fits[0]:g} s fits" if fits
             else f"even 0.2 s does not fit at {width}x{height}: lower the size")
+    has = (f"only {have / 2**30:.1f} GiB of RAM is available" if device.type == "cpu"
+           else f"the {device.type} has {have / 2**30:.1f} GiB")
     raise PipelineError(f"{where}: {width}x{height}, {seconds:g} s (batch {latent.batch}) needs ~{n / 2**30:.1f} GiB "
-                        f"for the DiT activations alone (estimate), but the {device.type} has {have / 2**30:.1f} GiB; "
-                        f"{hint} (generate small, then super-resolve)")
+                        f"for the DiT activations alone (estimate), but {has}; {hint} (generate small, then "
+                        "super-resolve)")
 
 
 def check_numbers(where: str, **values) -> None:

@@ -122,7 +122,7 @@ def empty_latents(width: int, height: int, seconds: float, *, batch: int = 1, de
 
     The values are zeros, ComfyUI-style: :func:`denoise` draws the starting noise from its own seed and
     only uses the shapes. ``seconds`` may be fractional (rounded to whole 1/25 s frames; the official
-    CLI takes whole seconds): num_frames = 25·s + 1, T = (num_frames - 1)//4 + 1, audio N = num_frames.
+    CLI takes whole seconds): the frame rule is :func:`magihuman.geometry.frame_counts`.
     The snap is logged and reported in ``latent.info``.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -135,8 +135,8 @@ def empty_latents(width: int, height: int, seconds: float, *, batch: int = 1, de
     if info["snapped"]:
         log.warning("MagiHuman: size %dx%d snapped down to %dx%d (multiples of %d)", width, height, w, h,
                     SIZE_MULTIPLE)
-    log.info("MagiHuman latents: %dx%d, %s s -> %d frames, %d latent frames", w, h, seconds, num_frames,
-             latent_frames)
+    log.info("MagiHuman latents: %dx%d, %s s -> %d video frames (%d latent), %d audio steps", w, h, seconds,
+             info["decoded_frames"], latent_frames, num_frames)
     check_alloc(4 * batch * (VIDEO_LATENT_CHANNELS * latent_frames * (h // SPATIAL_STRIDE) * (w // SPATIAL_STRIDE)
                               + AUDIO_LATENT_CHANNELS * num_frames), device,
                  f"empty_latents({w}x{h}, {seconds} s{f', batch {batch}' if batch > 1 else ''})")

@@ -45,7 +45,7 @@ def gguf_package():
         import gguf  # noqa: PLC0415 - optional dependency, needed only for .gguf files
     except ImportError as e:
         raise CheckpointError("reading or writing .gguf files needs the 'gguf' package: pip install gguf "
-                              "(or pip install \".[gguf]\" in this project)") from e
+                              "(a dependency of this project: `pip install -e .` installs it)") from e
     return gguf
 
 
