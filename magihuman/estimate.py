@@ -346,10 +346,17 @@ def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=tor
                                                              * src)
 
 
+# Alignment padding of one streamed layer in the pinned host arena (magihuman.offload.HostArena): under
+# HOST_ALIGNMENT bytes per tensor, at most 16 tensors per DiT layer (8 weights and norms, fp8 scales).
+HOST_ARENA_SLACK_PER_LAYER = 16 * 256
+
+
 def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]) -> dict:
     """Where the weights sit with block offload (:func:`magihuman.offload.enable_block_offload`): the first
     ``blocks_on_device`` layers and everything outside the layers on the device, the other layers in host RAM,
     and at most two streamed layers on the device at once (the one running and the next, prefetched on CUDA).
+    ``host`` is the pinned arena: the streamed bytes plus at most :data:`HOST_ARENA_SLACK_PER_LAYER` of
+    alignment per layer (one exactly-sized registration, not per-tensor power-of-two pinned blocks).
     ``None``: no offload. Returns ``device``, ``host``, ``in_flight`` and ``streamed_per_forward`` bytes."""
     layers = storage.layers
     n = len(layers)
@@ -360,9 +367,10 @@ def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]
         raise ValueError(f"blocks_on_device must be >= 0, got {blocks_on_device}")
     outside = storage.total - sum(layers)
     in_flight = max(layers[i] + (layers[i + 1] if i + 1 < n else 0) for i in range(k, n))
-    host = sum(layers[k:])
+    streamed = sum(layers[k:])
+    host = streamed + (n - k) * HOST_ARENA_SLACK_PER_LAYER
     return dict(device=outside + sum(layers[:k]) + in_flight, host=host, in_flight=in_flight,
-                streamed_per_forward=host)
+                streamed_per_forward=streamed)
 
 
 def t5gemma_encoder_shapes(cfg: Optional[dict] = None) -> dict[str, tuple[int, ...]]:
