@@ -124,7 +124,7 @@ def _rank_timing(repeats: int) -> dict:
     model = _mid_model()
     sp = enable_sequence_parallel(model)
     seconds = _time_forwards(model, repeats)
-    stats = dict(vars(sp.stats))
+    stats = sp.stats.as_dict()
     return dict(seconds=seconds, stats=stats, forwards=repeats + 1)
 
 

@@ -46,6 +46,8 @@ from ..checkpoints import load_dit
 from ..compile import compile_dit_blocks, is_compiled
 from ..lora import apply_lora, remove_lora
 from ..ops import storage_kind
+from ..quant.fp8 import fp8_mm_supported
+from .launch import collective_backend
 from .sequence import SequenceParallel, check_world_size, enable_sequence_parallel, sequence_parallel
 
 log = logging.getLogger("magihuman.parallel")
@@ -123,11 +125,13 @@ class DiTSpec:
         d.pop("loras")
         return json.dumps(d, sort_keys=True)
 
-    def build(self, device: torch.device):
+    def build(self, device: torch.device, compute_device: Optional[torch.device] = None):
+        """The worker's copy, loaded on ``device``; it computes on ``compute_device`` (default ``device``). A worker
+        keeping another DiT on its GPU builds this one on the CPU: its fp8 support is still that of the GPU."""
         model = load_dit(self.path, dtype=_DTYPES[self.dtype], device=device, gguf=self.gguf, show_progress=False)
         model.set_compute_dtype(_DTYPES[self.compute_dtype])
         model.set_attention_backend(self.attention)
-        model.set_fp8_compute(self.fp8_compute, device=device)
+        model.set_fp8_compute(self.fp8_compute, device=compute_device if compute_device is not None else device)
         model.set_local_attention(*self.local_attention)
         if self.compile:
             compile_dit_blocks(model)
@@ -182,6 +186,15 @@ def worker_devices(host_device: torch.device | str, world_size: int) -> list[tor
     return [torch.device("cuda", index)] + [torch.device("cuda", i) for i in others[:world_size - 1]]
 
 
+def host_nccl_env(backend: str) -> dict:
+    """Environment of the host's (rank 0's) NCCL group. A timed-out collective must not have NCCL's watchdog
+    tear down the host process (e.g. the ComfyUI server): error handling 2 aborts the communicators only, and
+    the next collective raises. No TORCH_NCCL_BLOCKING_WAIT: it makes the host thread wait for every
+    collective to finish (a host stall per all-to-all, 2 per layer), where NCCL otherwise only orders the
+    compute stream after it; a dead or silent worker is still caught by the replies' timeout."""
+    return dict(TORCH_NCCL_ASYNC_ERROR_HANDLING="2") if backend == "nccl" else {}
+
+
 @dataclass
 class _Worker:
     rank: int
@@ -215,7 +228,7 @@ class WorkerGroup:
         self.devices = [torch.device(d) for d in devices]
         self.world_size = len(self.devices)
         self.timeout = float(timeout)
-        self.backend = "nccl" if self.devices[0].type == "cuda" else "gloo"
+        self.backend = collective_backend(self.devices[0])
         self.closed = False
         self.workers: list[_Worker] = []
         self._sp: dict[tuple[int, int], SequenceParallel] = {}
@@ -251,11 +264,7 @@ class WorkerGroup:
         try:
             if self.backend == "nccl":
                 torch.cuda.set_device(self.devices[0])
-            # NCCL on the host: a timed-out collective must raise here (blocking wait), not have the watchdog tear
-            # down the host process (NCCL's default), e.g. the ComfyUI server
-            nccl = dict(TORCH_NCCL_BLOCKING_WAIT="1", TORCH_NCCL_ASYNC_ERROR_HANDLING="2") \
-                if self.backend == "nccl" else {}
-            with _environ(GLOO_SOCKET_IFNAME=gloo_if, **nccl):
+            with _environ(GLOO_SOCKET_IFNAME=gloo_if, **host_nccl_env(self.backend)):
                 dist.init_process_group(self.backend, store=store, rank=0, world_size=self.world_size,
                                         timeout=datetime.timedelta(seconds=self.timeout))
             self._replies("start")
@@ -521,7 +530,14 @@ def parallel_dit(model, path: str, world_size: int, *, timeout: float = 600.0, h
                          f"{model.local_attention_mode!r}")
     host = host_device if host_device is not None else model.adapter.video_embedder.weight.device
     spec = DiTSpec.of(model, path, loras)
-    return ParallelDiT(model, spec, worker_devices(host, world_size), timeout, threads)
+    devices = worker_devices(host, world_size)
+    if spec.fp8_compute != "off":  # every rank computes like the host: each GPU needs fp8 matmuls of its own
+        lacking = [str(d) for d in devices if not fp8_mm_supported(d)]
+        if lacking:
+            raise ValueError(f"fp8 compute {spec.fp8_compute!r} runs on every GPU of the group, but "
+                             f"{', '.join(lacking)} has no fp8 matmuls (CUDA Ada/Hopper or newer); load the DiT with "
+                             "fp8_compute 'off' for this group")
+    return ParallelDiT(model, spec, devices, timeout, threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -590,8 +606,10 @@ def worker_main(args: dict) -> None:
                 spec = DiTSpec(**{**payload, "local_attention": tuple(payload["local_attention"]),
                                   "loras": tuple(tuple(x) for x in payload["loras"])})
                 if spec.key not in models:
-                    models[spec.key] = spec.build(device if not active or device.type != "cuda" else "cpu")
-                    enable_sequence_parallel(models[spec.key])
+                    build = device if not active or device.type != "cuda" else torch.device("cpu")
+                    models[spec.key] = spec.build(build, compute_device=device)
+                    # numerics are the host's (the spec): no agreement round, the host is not in this call
+                    enable_sequence_parallel(models[spec.key], agree=False)
                 _set_loras(models[spec.key], spec.loras)
                 conn.send(("ok", models[spec.key].variant))
             elif kind == "forward":
