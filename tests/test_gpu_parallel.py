@@ -191,3 +191,13 @@ def test_every_rank_samples_with_rank_0_noise_and_one_set_of_numerics():
             assert (ref - got).abs().max().item() <= RTOL * ref.abs().max().item()
     assert all(torch.equal(a, b) for a, b in zip(ranks[0]["sampled"], ranks[1]["sampled"]))
     assert ranks[0]["numerics"] == ranks[1]["numerics"] == (torch.float16, "off")
+
+
+def test_worker_store_asks_for_no_libuv_on_windows(monkeypatch):
+    """torch on Windows is built without libuv, the default TCPStore backend since torch 2.4."""
+    made = []
+    monkeypatch.setattr(dist, "TCPStore", lambda *a, **kw: made.append(kw) or "store")
+    timeout = L.DEFAULT_TIMEOUT
+    assert L.tcp_store("127.0.0.1", 0, 2, is_master=True, timeout=timeout, platform="win32") == "store"
+    L.tcp_store("127.0.0.1", 0, 2, is_master=True, timeout=timeout, platform="linux")
+    assert made == [dict(is_master=True, timeout=timeout, use_libuv=False), dict(is_master=True, timeout=timeout)]

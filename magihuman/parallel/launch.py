@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "torchrun_world_size", "torchrun_context", "torchrun_command", "relaunch", "to_cpu",
-           "broadcast_object", "lead_first", "run_local", "free_port", "collective_backend"]
+           "broadcast_object", "lead_first", "run_local", "free_port", "collective_backend", "tcp_store"]
 
 log = logging.getLogger("magihuman.parallel")
 
@@ -74,6 +74,15 @@ def collective_backend(device: torch.device) -> str:
     log.warning("MagiHuman Multi-GPU: this torch has no NCCL (Windows builds do not ship it); the GPUs exchange "
                 "through host memory with gloo, slower than NCCL")
     return "gloo"
+
+
+def tcp_store(host: str, port: int, world_size: int, *, is_master: bool, timeout: datetime.timedelta,
+              platform: str = sys.platform, **kwargs) -> "dist.TCPStore":
+    """A ``TCPStore`` that also starts on Windows: its torch builds lack libuv, the default store backend since
+    torch 2.4 ("use_libuv was requested but PyTorch was build without libuv support")."""
+    if platform == "win32":
+        kwargs["use_libuv"] = False
+    return dist.TCPStore(host, port, world_size, is_master=is_master, timeout=timeout, **kwargs)
 
 
 def torchrun_world_size() -> int:
@@ -157,6 +166,8 @@ def relaunch(nproc: int, argv: Sequence[str], module: str = "magihuman") -> int:
     root = str(Path(__file__).resolve().parents[2])  # so the ranks import this engine, installed or not
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(
         os.pathsep))]))
+    if sys.platform == "win32":  # torch on Windows has no libuv: torchrun's rendezvous store must not ask for it
+        env.setdefault("USE_LIBUV", "0")
     return subprocess.run(torchrun_command(nproc, [module, *argv]), env=env).returncode
 
 

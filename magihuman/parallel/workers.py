@@ -47,7 +47,7 @@ from ..compile import compile_dit_blocks, is_compiled
 from ..lora import apply_lora, remove_lora
 from ..ops import storage_kind
 from ..quant.fp8 import fp8_mm_supported
-from .launch import collective_backend
+from .launch import collective_backend, tcp_store
 from .sequence import SequenceParallel, check_world_size, enable_sequence_parallel, sequence_parallel
 
 log = logging.getLogger("magihuman.parallel")
@@ -239,8 +239,8 @@ class WorkerGroup:
         # group is created; NCCL moves tensors over NVLink/PCIe and is left to its own interface choice)
         gloo_if = (os.environ.get("GLOO_SOCKET_IFNAME") or _loopback_interface()) if self.backend == "gloo" else None
         t0 = time.monotonic()
-        store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True, wait_for_workers=False,
-                              timeout=datetime.timedelta(seconds=self.timeout))
+        store = tcp_store("127.0.0.1", 0, self.world_size, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=self.timeout))
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
         try:
             paths = [str(ENGINE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -593,8 +593,8 @@ def worker_main(args: dict) -> None:
     try:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        store = dist.TCPStore("127.0.0.1", int(args["store_port"]), int(args["world_size"]), is_master=False,
-                              timeout=timeout)
+        store = tcp_store("127.0.0.1", int(args["store_port"]), int(args["world_size"]), is_master=False,
+                          timeout=timeout)
         dist.init_process_group(args["backend"], store=store, rank=rank, world_size=int(args["world_size"]),
                                 timeout=timeout)
         conn.send(("ok", None))
