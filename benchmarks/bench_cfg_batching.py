@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,9 @@ try:
     import magihuman  # noqa: F401
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import now  # noqa: E402
 from magihuman.models.dit import DiTConfig, MagiHumanDiT
 from magihuman.sampling import AUDIO_GUIDANCE_SCALE, cfg_combine, make_generator, randn_like_gen, video_guidance_scale
 
@@ -66,9 +67,9 @@ def timed_interleaved(fns, repeats: int):
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = now()
             outs[i] = fn()
-            times[i].append(time.perf_counter() - start)
+            times[i].append(now() - start)
     return [(min(ts), statistics.median(ts)) for ts in times], outs
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import now  # noqa: E402
 from magihuman.models.dit import DiTConfig, MagiHumanDiT
 
 
@@ -41,23 +42,23 @@ def best_gemm_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 
     torch.nn.functional.linear(a, w)
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         torch.nn.functional.linear(a, w)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, now() - t0)
     return 2.0 * m * k * n / best / 1e9
 
 
 def time_forward(model, inputs, repeats: int) -> tuple[float, float]:
     """(first call, best of ``repeats`` later calls; inf when 0) in seconds."""
     with torch.inference_mode():
-        t0 = time.perf_counter()
+        t0 = now()
         model(*inputs[:3], inputs[3])  # warm-up (compiles when compiled)
-        first = time.perf_counter() - t0
+        first = now() - t0
         best = float("inf")
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = now()
             model(*inputs[:3], inputs[3])
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, now() - t0)
     return first, best
 
 

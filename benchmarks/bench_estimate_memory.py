@@ -60,6 +60,8 @@ CONFIGS = {"tiny": lambda: DiTConfig.preset("tiny"), "mid": mid_config}
 CHILD = r"""
 import gc, json, sys, threading, time
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {bench!r})
+from _timing import now
 import torch
 torch.set_num_threads({threads})
 from magihuman.checkpoints import load_dit
@@ -105,9 +107,9 @@ stored = sum(t.numel() * t.element_size() for t in list(model.parameters()) + li
 model.set_compute_dtype(torch.bfloat16)
 reset_peak()
 with torch.inference_mode():
-    t0 = time.perf_counter()
+    t0 = now()
     out = model(*inputs)
-    seconds = time.perf_counter() - t0
+    seconds = now() - t0
 fwd_peak = status("VmHWM")
 del out
 # the same forward again, its tensor allocations traced (torch's CPU allocator; no malloc/oneDNN runtime overhead)
@@ -125,7 +127,8 @@ print(json.dumps(dict(base=base, load_peak=load_peak, loaded=loaded, fwd_peak=fw
 
 def run_case(path: Path, fmt: str, cfg: DiTConfig, geometry: tuple, threads: int, env: dict | None = None) -> dict:
     dtype = {"bf16": "torch.bfloat16", "fp8": "torch.float8_e4m3fn"}.get(fmt, "None")
-    code = CHILD.format(root=str(ROOT), threads=threads, config=json.dumps(cfg.to_dict()), geometry=geometry,
+    code = CHILD.format(root=str(ROOT), bench=str(Path(__file__).resolve().parent), threads=threads,
+                        config=json.dumps(cfg.to_dict()), geometry=geometry,
                         path=str(path), dtype=dtype)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, **(env or {})))

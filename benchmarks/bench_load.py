@@ -18,25 +18,29 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
+
+from _timing import now  # noqa: E402
 
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys
 import psutil, torch
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {bench!r})
+from _timing import now
 from magihuman.checkpoints import load_dit, open_checkpoint, resolve_config
 from magihuman.models.dit import MagiHumanDiT
 proc = psutil.Process()
 path, mode = {path!r}, {mode!r}
 src = open_checkpoint(path)  # headers only
 base = proc.memory_info().rss
-t0 = time.perf_counter()
+t0 = now()
 if mode == "stream":
     model = load_dit(path, dtype=torch.bfloat16, show_progress=False)
 else:  # the usual way: whole state dict in fp32, then copy into a bf16 model
@@ -47,7 +51,7 @@ else:  # the usual way: whole state dict in fp32, then copy into a bf16 model
     model = MagiHumanDiT(resolve_config(src, "distill")[0], dtype=torch.bfloat16)
     model.load_state_dict(sd, strict=True)
     del sd
-seconds = time.perf_counter() - t0
+seconds = now() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
 print(json.dumps({{"base": base, "peak": peak, "model_bytes": model_bytes, "seconds": seconds,
@@ -56,7 +60,7 @@ print(json.dumps({{"base": base, "peak": peak, "model_bytes": model_bytes, "seco
 
 
 def measure(path: Path, mode: str) -> dict:
-    code = CHILD.format(root=str(ROOT), path=str(path), mode=mode)
+    code = CHILD.format(root=str(ROOT), bench=str(Path(__file__).resolve().parent), path=str(path), mode=mode)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -78,12 +82,12 @@ def main() -> None:
                     mm_layers=[0, args.layers - 1], gelu7_layers=[0])
     tmp = Path(tempfile.mkdtemp(prefix="magihuman_bench_load_", dir=args.dir))
     try:
-        t0 = time.perf_counter()
+        t0 = now()
         path = write_tiny_dit(tmp / "distill", config=cfg, dtype=torch.float32, shards=args.shards,
                               zst=args.zst, metadata=False)
         size = sum(f.stat().st_size for f in path.iterdir())
         print(f"wrote fp32 checkpoint: {size / 2**30:.2f} GiB in {args.shards} shard(s){' (.zst)' if args.zst else ''}"
-              f", {time.perf_counter() - t0:.1f} s  [hidden {args.hidden}, {args.layers} layers]")
+              f", {now() - t0:.1f} s  [hidden {args.hidden}, {args.layers} layers]")
         for mode in (["stream", "naive"] if args.naive else ["stream"]):
             r = measure(path, mode)
             extra = r["peak"] - r["base"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import now  # noqa: E402
 from magihuman import attention as A
 from magihuman.packing import SequenceLayout, attention_mask, local_attention_allowed
 
@@ -30,13 +31,13 @@ def peak_rss_mib() -> float:
 
 def best_of(fn, repeats):
     """Best of ``repeats`` timed calls after a warm-up (``repeats`` 0: the one call, timed)."""
-    t0 = time.perf_counter()
+    t0 = now()
     fn()
-    best = time.perf_counter() - t0 if repeats == 0 else float("inf")
+    best = now() - t0 if repeats == 0 else float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, now() - t0)
     return best
 
 

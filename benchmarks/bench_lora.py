@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import now  # noqa: E402
 from magihuman.checkpoints import load_dit, write_tiny_dit  # noqa: E402
 from magihuman.lora import apply_lora, remove_lora  # noqa: E402
 from magihuman.lora_extract import extract_lora  # noqa: E402
@@ -76,9 +77,9 @@ def forward(model, x, repeats=3):
     best = float("inf")
     with torch.no_grad():
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = now()
             out = model(*x)
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, now() - t0)
     return out, best
 
 
@@ -113,9 +114,9 @@ def main() -> None:
               f"{'extract s':>10}")
         for rank in (int(r) for r in args.ranks.split(",")):
             out = root / f"r{rank}.safetensors"
-            t0 = time.perf_counter()
+            t0 = now()
             rep = extract_lora(base, target, out, rank=rank, dtype=torch.bfloat16, show_progress=False)
-            t_ext = time.perf_counter() - t0
+            t_ext = now() - t0
             h = apply_lora(model, out)
             got, _ = forward(model, x, 1)
             remove_lora(model, h)
@@ -128,9 +129,9 @@ def main() -> None:
             for _ in range(3):  # interleaved, best of each: a shared machine's load drifts between measurements
                 _, t = forward(model, x, 1)
                 t_plain = min(t_plain, t)
-                t0 = time.perf_counter()
+                t0 = now()
                 h = apply_lora(model, lora)
-                t_apply = min(t_apply, time.perf_counter() - t0)
+                t_apply = min(t_apply, now() - t0)
                 _, t = forward(model, x, 1)
                 t_lora = min(t_lora, t)
                 remove_lora(model, h)

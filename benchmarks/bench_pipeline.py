@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import now  # noqa: E402
 from magihuman import media  # noqa: E402
 from magihuman import pipeline as P  # noqa: E402
 from magihuman.checkpoints import load_dit  # noqa: E402
@@ -50,15 +51,15 @@ def run(name: str, dit, models: Path, width: int, height: int, seconds: float, s
         audio_vae = load_audio_vae(models / TINY_FILES["audio_vae"])
     latent = P.empty_latents(width, height, seconds)
     step_times = []
-    last = [time.perf_counter()]
+    last = [now()]
 
     def tick(i, n, x0):
-        now = time.perf_counter()
-        step_times.append(now - last[0])
-        last[0] = now
+        t = now()
+        step_times.append(t - last[0])
+        last[0] = t
 
     with timer("DiT"):
-        last[0] = time.perf_counter()
+        last[0] = now()
         latent = P.denoise(dit, latent, cond, sampler="distilled", steps=steps, seed=0, callback=tick)
     with timer("decode video"):
         frames = P.decode_video(turbo, latent)
@@ -90,9 +91,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t0 = time.perf_counter()
+        t0 = now()
         write_tiny_models(tmp / "models")
-        print(f"tiny models written in {time.perf_counter() - t0:.2f} s")
+        print(f"tiny models written in {now() - t0:.2f} s")
         models = tmp / "models"
         if args.only in (None, "tiny"):
             dit = load_dit(models / TINY_FILES["distill"], dtype=torch.float32, show_progress=False)

@@ -32,13 +32,14 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
+from _timing import now  # noqa: E402
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
 
 from magihuman.storage import PLAIN, STORAGES  # noqa: E402
@@ -136,12 +137,12 @@ def main() -> None:
             forward(models[fmt], x, torch.bfloat16)
         for _ in range(args.repeats):
             for fmt in order:
-                t0 = time.perf_counter()
+                t0 = now()
                 forward(models[fmt], x, torch.bfloat16)
-                best[fmt] = min(best[fmt], time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                best[fmt] = min(best[fmt], now() - t0)
+                t0 = now()
                 decode_all(models[fmt], torch.bfloat16)
-                decode[fmt] = min(decode[fmt], time.perf_counter() - t0)
+                decode[fmt] = min(decode[fmt], now() - t0)
 
         base_size = src.stat().st_size
         print("\nCPU forward (bf16 compute, best of %d) and size" % args.repeats)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/_timing.py
 
 import torch  # noqa: E402
 
+from _timing import now  # noqa: E402
 from magihuman.estimate import dit_forward_flops, estimate  # noqa: E402
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
 from magihuman.parallel.cost import H100_NVLINK, PCIE4_CONSUMER, exchange_bytes, speedup  # noqa: E402
@@ -106,10 +107,10 @@ def _time_forwards(model, repeats: int) -> float:
     inputs = _mid_inputs()
     with torch.no_grad():
         model(*inputs)  # warm-up
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(repeats):
             model(*inputs)
-    return (time.perf_counter() - t0) / repeats
+    return (now() - t0) / repeats
 
 
 def _mid_model():
@@ -124,7 +125,7 @@ def _rank_timing(repeats: int) -> dict:
     model = _mid_model()
     sp = enable_sequence_parallel(model)
     seconds = _time_forwards(model, repeats)
-    stats = dict(vars(sp.stats))
+    stats = sp.stats.as_dict()
     return dict(seconds=seconds, stats=stats, forwards=repeats + 1)
 
 

@@ -18,13 +18,14 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
 import torch  # noqa: E402
 
+from _timing import now  # noqa: E402
 from magihuman.models.turbo_vae import (  # noqa: E402
     RELEASE_TURBO_CONFIG,
     TINY_TURBO_CONFIG,
@@ -74,7 +75,7 @@ def child(args: argparse.Namespace) -> None:
     z = torch.randn(1, 48, args.frames, args.lat_h, args.lat_w)
     reset_peak_rss()
     base = rss_bytes()
-    t0 = time.perf_counter()
+    t0 = now()
     with torch.no_grad():
         if args.mode == "chunked":
             video = model.decode(z)
@@ -83,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
             x = model.denormalize(z)
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], 2) if pad else x
             video = model.decoder(x, is_first_chunk=True)[:, :, : 4 * args.frames - 3]
-    dt = time.perf_counter() - t0
+    dt = now() - t0
     peak = peak_rss_bytes()
     print(json.dumps({"peak_increase": peak - base, "output_bytes": video.numel() * video.element_size(),
                       "seconds": dt, "frames": video.shape[2]}))
@@ -104,9 +105,9 @@ def speed(config: str, dtype: torch.dtype, frames: int, lat_h: int, lat_w: int, 
     model.decode(z[:, :, : min(frames, 2)])  # warm-up
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = now()
         video = model.decode(z)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, now() - t0)
     return video.shape[2] / best, best
 
 

@@ -8,7 +8,8 @@ It returns ``[B, Hq, L, D]`` in the dtype of ``q``. Hosts add kernels by name wi
 through ``MagiHumanDiT.set_attention_backend`` / ``T5GemmaEncoder.set_attention_backend``): two models in
 one process can use different kernels, and no choice leaks from one model to another.
 
-Built in: ``"sdpa"`` (default, torch SDPA), ``"math"`` (fp32 reference), and two optional CUDA
+Built in: ``"sdpa"`` (default, torch SDPA; native GQA only where a fused kernel takes it, key/value heads
+repeated otherwise, see :func:`flash_serves_gqa`), ``"math"`` (fp32 reference), and two optional CUDA
 backends loaded on first selection, never required: ``"flash"`` (``flash_attn_interface``, i.e.
 FlashAttention 3, else ``flash_attn`` 2) and ``"sage"`` (``sageattention``). These take no masks;
 the DiT's default attention plan never passes one (see ``MagiHumanDiT.set_local_attention``).
@@ -39,9 +40,72 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key/value heads")
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """torch ``scaled_dot_product_attention`` with native GQA (no repeated key/value copies)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+# Largest head_dim torch's CUDA flash SDPA kernel takes (sdp_utils check_head_dim_size_flash).
+FLASH_MAX_HEAD_DIM = 256
+
+
+def _cuda_flash_enabled() -> bool:
+    """torch was built with flash SDPA and it is not switched off. Inside a compiled layer these flag reads
+    would break the graph, so there flash is taken as built and on (the shape/dtype/arch checks still hold)."""
+    if torch.compiler.is_compiling():
+        return True
+    return bool(torch.backends.cuda.is_flash_attention_available() and torch.backends.cuda.flash_sdp_enabled())
+
+
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def _torch_flash_accepts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """torch's own verdict (eager only): it also knows the architecture range of this torch build."""
+    try:
+        params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, False, True)
+    except (TypeError, AttributeError):  # a torch without the enable_gqa field: the rule alone decides
+        return True
+    return bool(torch.backends.cuda.can_use_flash_attention(params))
+
+
+def flash_serves_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> bool:
+    """True when torch SDPA runs this grouped-query call (``enable_gqa=True``) in a fused kernel.
+
+    Why: on CUDA only the flash kernel takes ``enable_gqa``; any other case (a mask, fp32, a GPU below
+    sm80 such as the 2080 Ti / T4 / V100, head_dim > 256) falls to the math kernel, which holds the
+    whole ``[B, Hq, L, L]`` score matrix (~13 GB at 480p / 5 s). CPU: torch's CPU flash kernel takes
+    GQA with or without a mask in every float dtype. Conditions follow torch's sdp_utils (flash built and
+    enabled, all on CUDA, sm80+, fp16/bf16, no mask, head_dim <= 256, unit last-dim stride).
+    """
+    if q.device.type == "cpu":
+        return True
+    if q.device.type != "cuda" or mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    d = q.shape[-1]
+    if d > FLASH_MAX_HEAD_DIM or d % 8 or any(t.stride(-1) != 1 for t in (q, k, v)):
+        return False
+    if not _cuda_flash_enabled() or _cuda_capability(q.device) < (8, 0):
+        return False
+    return torch.compiler.is_compiling() or _torch_flash_accepts(q, k, v)
+
+
+def repeat_kv_heads(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v ``[B, Hkv, L, D] -> [B, heads, L, D]``: query head ``h`` gets kv head ``h // (heads // Hkv)``."""
+    b, hkv, n, d = k.shape
+    if heads == hkv:
+        return k, v
+    g = heads // hkv
+    k = k.unsqueeze(2).expand(b, hkv, g, n, d).reshape(b, heads, n, d)  # [B, Hkv, g, L, D] -> [B, Hq, L, D]
+    v = v.unsqueeze(2).expand(b, hkv, g, n, d).reshape(b, heads, n, d)
+    return k, v
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
+                   scale: Optional[float] = None) -> torch.Tensor:
+    """torch ``scaled_dot_product_attention``: native GQA where a fused kernel takes it, else key/value heads
+    repeated first (a copy of k/v, not an O(L^2) score matrix; see :func:`flash_serves_gqa`)."""
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and not flash_serves_gqa(q, k, v, mask):
+        k, v = repeat_kv_heads(k, v, q.shape[1])
+        gqa = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -78,16 +78,26 @@ def gemm_rates(device: DeviceLike = "cpu", dtypes: Iterable[torch.dtype] = CPU_C
     return out
 
 
+def cuda_bf16_native(device: torch.device) -> bool:
+    """bf16 runs in hardware on this CUDA device: ``torch.cuda.is_bf16_supported(including_emulation=False)``
+    asked of ``device`` itself (that call looks at the current device only)."""
+    if torch.version.hip:
+        return bool(torch.cuda.is_bf16_supported())
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def pick_compute_dtype(device: DeviceLike = None, *, rates: Optional[dict[torch.dtype, float]] = None) -> torch.dtype:
     """Fastest compute dtype that keeps bf16-level accuracy on ``device``.
 
-    CUDA: bf16 when supported, else fp16. CPU: bf16 unless fp32 GEMMs measure faster by
+    CUDA: bf16 when the GPU computes it natively (sm80+, ROCm), else fp16: torch reports bf16 as
+    "supported" on a 2080 Ti / T4 / V100 by emulating it, several times slower than fp16 there.
+    CPU: bf16 unless fp32 GEMMs measure faster by
     :data:`CPU_FP32_MARGIN` (CPUs without bf16 units). Other devices: bf16. ``rates`` overrides the
     measurement (for tests and callers that measured already).
     """
     dev = as_device(device)
     if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_bf16_native(dev) else torch.float16
     if dev.type != "cpu":
         return torch.bfloat16
     if rates is not None:

@@ -88,6 +88,7 @@ __all__ = [
     "suggest_smaller",
     "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
     "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
+    "wan_decode_bytes", "wan_encode_bytes", "audio_vae_bytes",
     "DEFAULT_PROMPT_TOKENS", "MAX_TEXT_TOKENS",
     "WeightStorage", "weight_format", "dit_weight_storage", "dequant_working_bytes",
     "dit_load_working_bytes", "offload_weight_bytes", "decode_phase_bytes", "t5gemma_encoder_shapes", "t5gemma_weight_table",
@@ -276,10 +277,17 @@ def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=tor
     return 0 if st.dtype == source_dtype else min(CHUNK_BYTES, storage.largest_compact * src)
 
 
+# Alignment padding of one streamed layer in the pinned host arena (magihuman.offload.HostArena): under
+# HOST_ALIGNMENT bytes per tensor, at most 16 tensors per DiT layer (8 weights and norms, fp8 scales).
+HOST_ARENA_SLACK_PER_LAYER = 16 * 256
+
+
 def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]) -> dict:
     """Where the weights sit with block offload (:func:`magihuman.offload.enable_block_offload`): the first
     ``blocks_on_device`` layers and everything outside the layers on the device, the other layers in host RAM,
     and at most two streamed layers on the device at once (the one running and the next, prefetched on CUDA).
+    ``host`` is the pinned arena: the streamed bytes plus at most :data:`HOST_ARENA_SLACK_PER_LAYER` of
+    alignment per layer (one exactly-sized registration, not per-tensor power-of-two pinned blocks).
     ``None``: no offload. Returns ``device``, ``host``, ``in_flight`` and ``streamed_per_forward`` bytes."""
     layers = storage.layers
     n = len(layers)
@@ -290,9 +298,10 @@ def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]
         raise ValueError(f"blocks_on_device must be >= 0, got {blocks_on_device}")
     outside = storage.total - sum(layers)
     in_flight = max(layers[i] + (layers[i + 1] if i + 1 < n else 0) for i in range(k, n))
-    host = sum(layers[k:])
+    streamed = sum(layers[k:])
+    host = streamed + (n - k) * HOST_ARENA_SLACK_PER_LAYER
     return dict(device=outside + sum(layers[:k]) + in_flight, host=host, in_flight=in_flight,
-                streamed_per_forward=host)
+                streamed_per_forward=streamed)
 
 
 def t5gemma_weight_table(cfg: Optional[dict] = None) -> dict[str, WeightSpec]:
@@ -325,7 +334,8 @@ def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, com
     """Estimated peak activation bytes of encoding one prompt of ``tokens`` tokens (each prompt is encoded
     alone, batch 1). Per token, c = compute dtype bytes: the residual and the normed input (2h·c) plus the larger
     of the attention phase (q, k, v and their rotated copies: 2·(Hq + 2·Hkv)·D·c, output Hq·D·c) and the MLP
-    phase (gelu(gate), up and their product: 3I·c); fp32 norm temporaries (12h); two boolean [L, L] masks; the
+    phase (gelu(gate), up and their product: 3I·c); fp32 norm temporaries (12h); two boolean [L, L] masks and the
+    int64 [L, L] distances the sliding-window mask is built from (16 B per pair, alive while it is built); the
     fp32 output. ``overhead`` as in :func:`forward_activation_bytes`."""
     c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
     h, hd, inner = c["hidden_size"], c["head_dim"], c["intermediate_size"]
@@ -334,7 +344,7 @@ def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, com
     attn = (2 * (hq + 2 * hkv) * hd + hq * hd) * cb
     mlp = 3 * inner * cb
     per_token = 2 * h * cb + max(attn, mlp) + 12 * h + 4 * h
-    return int(overhead * per_token * tokens) + 2 * tokens * tokens
+    return int(overhead * per_token * tokens) + (2 + 16) * tokens * tokens
 
 
 def t5gemma_encoder_param_count(cfg: Optional[dict] = None) -> int:
@@ -501,8 +511,12 @@ def turbo_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, dtyp
     A chunk has at most ``max(first+1, step+2)`` latent frames (one context frame each inner side). The
     decoder widens to its top width at latent size and each up block doubles time and/or space; the
     largest tensor is ``max over stages of channels·t·h·w``. A resnet block holds about ``live_tensors``
-    (4) tensors of that size at once: ``peak ≈ 4 · largest · dtype_bytes``, plus the fp32 chunk output.
-    The whole decoded clip [3, F, 16h, 16w] in fp32 is reported separately (``video``).
+    (4) tensors of that size at once, and its norms compute in fp32: with 16-bit weights the block's input
+    and output stay in the dtype while the norm holds two fp32 copies, so ``peak ≈ largest · max(4·c, 2·c + 8)``
+    (c = ``dtype_bytes``; traced: 11.5 B per element in bf16, 16 in fp32), plus the fp32 chunk output. The
+    decoded clip is reported separately: ``video`` [3, F, 16h, 16w] in fp32 and ``pieces``, the finished chunks
+    in the dtype while they wait to be concatenated (the chunks, their concatenation and the last chunk's
+    uncut output: up to three clips; traced within 0.98-1.09 of the release decoder's live tensors).
     """
     c = dict(RELEASE_TURBO_CONFIG, **(config or {}))
     first, step = int(c["first_chunk_size"]), int(c["step_size"])
@@ -527,8 +541,59 @@ def turbo_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, dtyp
     chunk_out = 3 * out_frames * hh * p * ww * p * 4
     frames = decoded_frames(latent_frames)
     video = 3 * frames * latent_h * SPATIAL_STRIDE * latent_w * SPATIAL_STRIDE * 4
+    per_element = max(live_tensors * dtype_bytes, 2 * dtype_bytes + 8)
     return dict(chunk_latent_frames=chunk, largest_elements=largest,
-                peak=live_tensors * largest * dtype_bytes + chunk_out, video=video)
+                peak=per_element * largest + chunk_out, video=video, pieces=3 * video // 4 * dtype_bytes)
+
+
+# The Wan2.2 VAE decoder keeps, per latent cell of the decoded tile and per unit of its width ``dec_dim``, about
+# this many elements alive at its peak (one 4-frame chunk at every resolution: the block activations plus the
+# 2-frame causal caches of every 3-D conv, fp32 norm temporaries included): traced on the release and tiny
+# configs, 9.9 kB per cell and width unit in bf16, 19.7 kB in fp32 (meta-device trace of the live tensors).
+WAN_DECODE_ELEMENTS_PER_CELL = 2500
+
+
+def wan_decode_bytes(latent_frames: int, latent_h: int, latent_w: int, *, tile=None, dtype_bytes: int = 2,
+                     dec_dim: int = 256) -> dict:
+    """Estimated peak bytes of a Wan2.2 VAE decode (weights excluded; :meth:`WanVAE.decode`).
+
+    The decoder runs one latent frame at a time over a spatial tile (``tile`` latent cells, None = the whole
+    frame), so its working set depends on the tile's area, not on the clip length:
+    ``cells · dec_dim · WAN_DECODE_ELEMENTS_PER_CELL · 2 · c``. The decoded clip [3, F, 16h, 16w] adds fp32 buffers
+    (tiled: the blended output, its weights and one decoded tile; untiled: the chunks in the dtype and their
+    concatenation): ``video`` is the clip in fp32, ``peak`` includes them."""
+    th, tw = (latent_h, latent_w) if tile is None else ((tile, tile) if isinstance(tile, int) else tuple(tile))
+    cells = min(int(th), latent_h) * min(int(tw), latent_w)
+    frames = decoded_frames(latent_frames)
+    video = 3 * frames * latent_h * SPATIAL_STRIDE * latent_w * SPATIAL_STRIDE * 4
+    work = cells * int(dec_dim) * WAN_DECODE_ELEMENTS_PER_CELL * 2 * dtype_bytes
+    clip = video + (video // 4 * 2 * dtype_bytes if tile is None else video * cells // (latent_h * latent_w))
+    return dict(work=work, video=video, peak=work + clip)
+
+
+def wan_encode_bytes(height: int, width: int, *, dtype_bytes: int = 2, dim: int = 160) -> int:
+    """Estimated peak bytes of a Wan2.2 VAE encode of one ``height x width`` frame (the TI2V image), weights
+    excluded: the encoder's first block runs at the resolution of the patchified frame with ``dim`` channels,
+    ``(2.8·dim + 12)·c + 12`` bytes per pixel (traced: 910 B per pixel for the release in bf16, 1808 in fp32, 112
+    and 213 for the tiny config)."""
+    per_pixel = (2.8 * int(dim) + 12) * dtype_bytes + 12
+    return int(per_pixel * int(height) * int(width))
+
+
+def audio_vae_bytes(latent_steps: int, *, channels: int = 128, strides=(2, 4, 4, 8, 8),
+                    c_mults=(1, 2, 4, 8, 16), live_tensors: int = 4) -> int:
+    """Estimated peak bytes of an Oobleck (Stable Audio) VAE encode or decode of ``latent_steps`` steps (2048 audio
+    samples each), weights excluded. The largest activation is at the audio end (``channels · c_mults[0]`` channels
+    over all samples); a residual unit holds about ``live_tensors`` tensors of that size, and its Snake activations
+    compute in fp32 whatever the weights' dtype, so 4 bytes per element. Traced (release and tiny, fp32 and bf16):
+    decode 4.5 MiB per step for the release, encode 11 % more; the estimate is 1.25x the four tensors."""
+    samples = int(latent_steps) * math.prod(strides)
+    largest = 0
+    length, mults = samples, [1, *c_mults]
+    for i, stride in enumerate(strides):
+        largest = max(largest, channels * mults[i] * length, channels * mults[i + 1] * (length // stride))
+        length //= stride
+    return int(live_tensors * largest * 4 * 1.25)
 
 
 # ============================================================================ plan

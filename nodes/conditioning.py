@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from collections.abc import Mapping
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..magihuman import pipeline
+from ..magihuman.geometry import AUDIO_SAMPLE_RATE
 from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
 from . import compat
 from .v3 import MagiNode, io, ui
@@ -53,8 +55,9 @@ class MagiHumanTextEncode(MagiNode):
             raise pipeline.PipelineError(f"{where}: the negative prompt is empty: write one (the default is the "
                                          "official negative prompt) or turn 'encode_negative' off (distilled "
                                          "sampler, no CFG)")
-        model = text_encoder.use()
         neg = negative_prompt if encode_negative else None
+        need = pipeline.memory.text_encode_bytes(text_encoder.model, [prompt, neg], cjk_spacing=cjk_spacing is not False)
+        model = text_encoder.use(memory_required=need)
         # an API prompt written before this input existed leaves it out: the schema default (on) applies
         cond = pipeline.encode_prompt(model, prompt, neg, cjk_spacing=cjk_spacing is not False)
         device = compat.intermediate_device()
@@ -134,7 +137,8 @@ class MagiHumanImageToVideo(MagiNode):
     def execute(cls, latent, video_vae, image):
         av = from_latent(latent, cls.name())
         image = image_input(image, cls.name())
-        out = pipeline.encode_image(video_vae.use(), image, av)
+        need = pipeline.memory.image_encode_bytes(video_vae.model, *av.pixel_size)
+        out = pipeline.encode_image(video_vae.use(memory_required=need), image, av)
         device = compat.intermediate_device()
         out.image_latent = out.image_latent.to(device)
         return io.NodeOutput(to_latent(out))
@@ -221,7 +225,10 @@ class MagiHumanReferenceAudio(MagiNode):
                 log.warning("%s: %d audio clips given; using the first", where, wave.shape[0])
             wave = wave[0]
         seconds = None if trim_to_latent or rate <= 0 else wave.shape[-1] / float(rate)
-        out = pipeline.encode_reference_audio(audio_vae.use(), wave.float(), rate, av, seconds=seconds)
+        samples = math.ceil(wave.shape[-1] * AUDIO_SAMPLE_RATE / rate) if rate > 0 else wave.shape[-1]
+        need = pipeline.memory.reference_audio_encode_bytes(audio_vae.model, samples)  # at 51.2 kHz, untrimmed
+        out = pipeline.encode_reference_audio(audio_vae.use(memory_required=need), wave.float(), rate, av,
+                                              seconds=seconds)
         out.audio = out.audio.to(compat.intermediate_device())
         return io.NodeOutput(to_latent(out))
 

@@ -44,7 +44,8 @@ class MagiHumanTurboVAEDecode(MagiNode):
     @classmethod
     def execute(cls, turbo_vae, latent, offload_frames):
         av = from_latent(latent, cls.name())
-        return io.NodeOutput(_frames_all(turbo_vae.use(), av, output_offload=offload_frames))
+        need = pipeline.memory.video_decode_bytes(turbo_vae.model, av, output_offload=offload_frames)
+        return io.NodeOutput(_frames_all(turbo_vae.use(memory_required=need), av, output_offload=offload_frames))
 
 
 class MagiHumanVideoVAEDecode(MagiNode):
@@ -69,7 +70,8 @@ class MagiHumanVideoVAEDecode(MagiNode):
             raise ValueError(f"{cls.name()}: tile_size {tile_size} is not larger than the "
                              f"{WAN_TILE_OVERLAP}-cell overlap between tiles; use 0 (no tiling) or 16 and more")
         tile = None if tile_size <= 0 else (tile_size, tile_size)
-        return io.NodeOutput(_frames_all(video_vae.use(), av, tile=tile))
+        need = pipeline.memory.video_decode_bytes(video_vae.model, av, tile=tile)
+        return io.NodeOutput(_frames_all(video_vae.use(memory_required=need), av, tile=tile))
 
 
 class MagiHumanAudioDecode(MagiNode):
@@ -98,7 +100,7 @@ class MagiHumanAudioDecode(MagiNode):
         rate = AUDIO_RATES[sample_rate]
         check_rate_fits_consumers(rate, sample_rate, _hidden(cls, "prompt"), _hidden(cls, "unique_id"), where)
         z = audio_latent(latent, where)  # [B, 64, N]
-        vae = audio_vae.use()
+        vae = audio_vae.use(memory_required=pipeline.memory.audio_decode_bytes(audio_vae.model, z.shape[-1]))
         waves = []
         with torch.no_grad():
             for b in range(z.shape[0]):

@@ -68,7 +68,7 @@ def _cases(world_size: int, gguf_path: str) -> dict:
         sp = enable_sequence_parallel(model)
         assert sp is not None and sp.world_size == world_size
         out[name] = fn(model)
-        stats[name] = dict(vars(sp.stats))
+        stats[name] = sp.stats.as_dict()
 
     run("forward", _model("tiny"), _forward)
     run("math_attention", _math(_model("tiny")), _forward)  # any backend: attention sees the whole sequence

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention as shared_attention
-from ..attention import resolve_attention_backend
+from ..attention import repeat_kv_heads, resolve_attention_backend, sdpa_attention
 from ..geometry import MAX_TEXT_TOKENS
 from ..ops import fetch_weight, layer_class, tag_operations
 from ..storage import KEEP_FILE, PLAIN, STORAGES, BlockLinear, CompactEmbedding, StorageLike, compact_layers, parse_storage
@@ -155,13 +155,9 @@ def attention(q, k, v, mask, scale: float, softcap: float | None = None, backend
     """
     if softcap is None and scale == q.shape[-1] ** -0.5 and backend != "sdpa":
         return shared_attention(q, k, v, mask, backend=backend)  # the model's kernel (same math, default scale)
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:  # repeat each kv head for its query group
-        b, h, n, d = k.shape
-        k = k[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
-        v = v[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
-    if softcap is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if softcap is None:  # native GQA only where a fused kernel takes it (never the O(L^2) math fallback)
+        return sdpa_attention(q, k, v, mask, scale=scale)
+    k, v = repeat_kv_heads(k, v, q.shape[1])  # [B, Hq, L, D]
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:

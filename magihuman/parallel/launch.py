@@ -1,8 +1,8 @@
 """Process groups for sequence parallelism: torchrun for the command line, a local gloo group for tests/benchmarks.
 
 - :func:`torchrun_context` reads what ``torchrun`` (``python -m torch.distributed.run``) sets (``WORLD_SIZE``,
-  ``RANK``, ``LOCAL_RANK``) and initialises the default group: NCCL with ``cuda:LOCAL_RANK`` when CUDA is there,
-  else gloo on the CPU.
+  ``RANK``, ``LOCAL_RANK``) and initialises the default group: ``cuda:LOCAL_RANK`` when CUDA is there (NCCL, or
+  gloo where torch has no NCCL, e.g. Windows: see :func:`collective_backend`), else gloo on the CPU.
 - :func:`torchrun_command` is the command that re-launches ``python -m magihuman ...`` on N local processes.
 - :func:`run_local` runs a function on N spawned CPU processes that form a gloo group and returns their results.
 """
@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import logging
+
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "torchrun_world_size", "torchrun_context", "torchrun_command", "relaunch", "to_cpu",
-           "broadcast_object", "lead_first", "run_local", "free_port"]
+           "broadcast_object", "lead_first", "run_local", "free_port", "collective_backend", "tcp_store"]
+
+log = logging.getLogger("magihuman.parallel")
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -59,6 +63,28 @@ class DistContext:
             dist.destroy_process_group()
 
 
+def collective_backend(device: torch.device) -> str:
+    """The process-group backend for ranks computing on ``device``: NCCL for CUDA where this torch has it, gloo
+    otherwise. Windows builds of torch ship without NCCL (``dist.is_nccl_available()`` is False): there gloo
+    moves every exchange through host memory (works, slower)."""
+    if torch.device(device).type != "cuda":
+        return "gloo"
+    if dist.is_nccl_available():
+        return "nccl"
+    log.warning("MagiHuman Multi-GPU: this torch has no NCCL (Windows builds do not ship it); the GPUs exchange "
+                "through host memory with gloo, slower than NCCL")
+    return "gloo"
+
+
+def tcp_store(host: str, port: int, world_size: int, *, is_master: bool, timeout: datetime.timedelta,
+              platform: str = sys.platform, **kwargs) -> "dist.TCPStore":
+    """A ``TCPStore`` that also starts on Windows: its torch builds lack libuv, the default store backend since
+    torch 2.4 ("use_libuv was requested but PyTorch was build without libuv support")."""
+    if platform == "win32":
+        kwargs["use_libuv"] = False
+    return dist.TCPStore(host, port, world_size, is_master=is_master, timeout=timeout, **kwargs)
+
+
 def torchrun_world_size() -> int:
     """``WORLD_SIZE`` as torchrun sets it (1 when not launched by torchrun)."""
     try:
@@ -69,8 +95,8 @@ def torchrun_world_size() -> int:
 
 def torchrun_context(timeout: datetime.timedelta = DEFAULT_TIMEOUT, *, cpu: bool = False) -> Optional[DistContext]:
     """Under torchrun with more than one process: initialise the default group (once) and say where this rank
-    runs; None otherwise. The device is ``cuda:LOCAL_RANK`` when CUDA is available (NCCL), else (or with ``cpu``)
-    the CPU (gloo)."""
+    runs; None otherwise. The device is ``cuda:LOCAL_RANK`` when CUDA is available (NCCL, or gloo without it), else
+    (or with ``cpu``) the CPU (gloo)."""
     world = torchrun_world_size()
     if world <= 1:
         return None
@@ -79,7 +105,8 @@ def torchrun_context(timeout: datetime.timedelta = DEFAULT_TIMEOUT, *, cpu: bool
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA "
                                "device(s): launch at most one process per GPU")
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        device = torch.device("cuda", local_rank)
+        backend = collective_backend(device)
         torch.cuda.set_device(device)
     else:
         device, backend = torch.device("cpu"), "gloo"
@@ -139,6 +166,8 @@ def relaunch(nproc: int, argv: Sequence[str], module: str = "magihuman") -> int:
     root = str(Path(__file__).resolve().parents[2])  # so the ranks import this engine, installed or not
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(
         os.pathsep))]))
+    if sys.platform == "win32":  # torch on Windows has no libuv: torchrun's rendezvous store must not ask for it
+        env.setdefault("USE_LIBUV", "0")
     return subprocess.run(torchrun_command(nproc, [module, *argv]), env=env).returncode
 
 

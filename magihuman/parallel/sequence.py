@@ -27,15 +27,18 @@ sequence parallelism (the command line, the worker group and the ComfyUI loaders
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
 from ..packing import PAD_COORD, SequenceLayout
+
+log = logging.getLogger("magihuman.parallel")
 
 __all__ = ["SequenceParallel", "SequenceShard", "ExchangeStats", "check_world_size", "enable_sequence_parallel",
            "disable_sequence_parallel", "sequence_parallel", "valid_world_sizes"]
@@ -62,17 +65,39 @@ def valid_world_sizes(num_heads_q: int, num_heads_kv: int) -> list[int]:
 @dataclass
 class ExchangeStats:
     """What this rank sent through the collectives of the DiT (bytes include the part a rank keeps: an
-    all-to-all moves ``(N-1)/N`` of its buffer over the wire)."""
+    all-to-all moves ``(N-1)/N`` of its buffer over the wire).
+
+    Time: NCCL collectives return before they ran, so a host clock around them measures only the launch. On
+    CUDA each collective is bracketed by two CUDA events on the current stream instead, read (one wait for the
+    last one) only when :attr:`seconds` is asked for, so timing adds no host stall per exchange."""
 
     all_to_all_calls: int = 0
     all_to_all_bytes: int = 0
     all_gather_calls: int = 0
     all_gather_bytes: int = 0
-    seconds: float = 0.0  # wall time inside the collectives (includes waiting for slower ranks)
+    host_seconds: float = 0.0  # CPU collectives (gloo): they are done when the call returns
+    pending: list = field(default_factory=list, repr=False)  # CUDA (start, end) event pairs not read yet
+    event_seconds: float = 0.0  # CUDA collectives already read from their events
+
+    @property
+    def seconds(self) -> float:
+        """Time inside the collectives (includes waiting for slower ranks)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()  # events complete in stream order: the last one covers the rest
+            self.event_seconds += sum(start.elapsed_time(end) for start, end in self.pending) / 1000.0
+            self.pending.clear()
+        return self.host_seconds + self.event_seconds
+
+    def as_dict(self) -> dict:
+        """Counts, bytes and :attr:`seconds` (picklable: no events)."""
+        return dict(all_to_all_calls=self.all_to_all_calls, all_to_all_bytes=self.all_to_all_bytes,
+                    all_gather_calls=self.all_gather_calls, all_gather_bytes=self.all_gather_bytes,
+                    seconds=self.seconds)
 
     def reset(self) -> None:
         self.all_to_all_calls = self.all_to_all_bytes = self.all_gather_calls = self.all_gather_bytes = 0
-        self.seconds = 0.0
+        self.host_seconds = self.event_seconds = 0.0
+        self.pending.clear()
 
 
 @dataclass(frozen=True)
@@ -149,6 +174,10 @@ class SequenceParallel:
         self.num_heads_q, self.num_heads_kv = int(num_heads_q), int(num_heads_kv)
         self.kv_repeat = max(1, self.world_size // self.num_heads_kv)  # each kv head sent N/Hkv times when N > Hkv
         self.stats = ExchangeStats()
+        # gloo (CPU ranks; CUDA ranks on a torch without NCCL, e.g. Windows) exchanges host memory: CUDA tensors
+        # go through it explicitly, and its collectives are done when they return (host clock)
+        self.backend = dist.get_backend(group)
+        self.lead_rank = 0 if group is None else dist.get_global_rank(group, 0)
         # torch.compile must not trace the collectives (graph breaks around them). Wrapped here, and only once
         # torch._dynamo is loaded (compiling loads it, and layers are compiled before they go sequence-parallel):
         # importing it costs ~1.3 s per rank that an eager run should not pay.
@@ -169,14 +198,42 @@ class SequenceParallel:
 
     # ------------------------------------------------------------ collectives (never traced by torch.compile)
 
+    @contextlib.contextmanager
+    def _timed(self, device: torch.device) -> Iterator[None]:
+        """Time one collective: CUDA events around it under NCCL (it returns before it ran; no host wait), the host
+        clock otherwise (gloo is done when it returns)."""
+        if self.backend == "nccl":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.stats.pending.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.stats.host_seconds += time.perf_counter() - t0
+
+    def _on_wire(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` where this backend's collectives take it: host memory for gloo, in place for NCCL."""
+        return t.cpu() if self.backend == "gloo" and t.device.type != "cpu" else t
+
     def _all_to_all(self, send: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)  # dim 0 = the N peers
+        with self._timed(send.device):
+            wire = self._on_wire(send)
+            recv = torch.empty_like(wire)
+            dist.all_to_all_single(recv, wire, group=self.group)  # dim 0 = the N peers
+            recv = recv.to(send.device)
         self.stats.all_to_all_calls += 1
         self.stats.all_to_all_bytes += send.numel() * send.element_size()
-        self.stats.seconds += time.perf_counter() - t0
         return recv
+
+    @torch.no_grad()
+    def broadcast_from_lead(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``t`` on every rank (same shape and dtype everywhere). Sampler noise goes through it: every
+        rank samples, and generators need not agree across GPU models, torch builds or devices."""
+        wire = self._on_wire(t.contiguous())
+        dist.broadcast(wire, src=self.lead_rank, group=self.group)
+        return wire.to(t.device)
 
     @torch.no_grad()  # inference only: the collectives carry no autograd
     def scatter_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -207,16 +264,16 @@ class SequenceParallel:
     @torch.no_grad()  # inference only: the collectives carry no autograd
     def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, s, C]`` on every rank -> ``[B, N·s, C]`` (tokens in global order) on every rank."""
-        t0 = time.perf_counter()
         n = self.world_size
         b, s, c = x.shape
-        x = x.contiguous()
-        out = x.new_empty(n * b, s, c)  # the ranks' tensors concatenated along dim 0
-        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        gather(out, x, group=self.group)
+        with self._timed(x.device):
+            wire = self._on_wire(x.contiguous())
+            out = wire.new_empty(n * b, s, c)  # the ranks' tensors concatenated along dim 0
+            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            gather(out, wire, group=self.group)
+            out = out.to(x.device)
         self.stats.all_gather_calls += 1
         self.stats.all_gather_bytes += x.numel() * x.element_size()
-        self.stats.seconds += time.perf_counter() - t0
         return out.reshape(n, b, s, c).permute(1, 0, 2, 3).reshape(b, n * s, c)
 
     def gather_outputs(self, shard: SequenceShard, video: torch.Tensor, audio: torch.Tensor):
@@ -232,10 +289,12 @@ class SequenceParallel:
         return full[:, gv0:gv1, :cv], full[:, ga0:ga1, :ca]
 
 
-def enable_sequence_parallel(model, group: Optional[dist.ProcessGroup] = None) -> Optional[SequenceParallel]:
+def enable_sequence_parallel(model, group: Optional[dist.ProcessGroup] = None, *,
+                             agree: bool = True) -> Optional[SequenceParallel]:
     """Run ``model`` (a :class:`~magihuman.models.dit.MagiHumanDiT`) sequence-parallel over ``group`` (default: the
-    whole world); every rank of the group must hold the same weights. A group of one rank changes nothing (returns
-    None). Raises ValueError when the group size cannot split the model's heads."""
+    whole world); every rank of the group must hold the same weights. With ``agree`` (a collective: every rank
+    calls this together) the ranks settle on one compute dtype and fp8 mode. A group of one rank changes nothing
+    (returns None). Raises ValueError when the group size cannot split the model's heads."""
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
         model.sequence_parallel = None
         return None
@@ -243,8 +302,33 @@ def enable_sequence_parallel(model, group: Optional[dist.ProcessGroup] = None) -
     if model.local_attention_mode != "window":
         raise ValueError("sequence parallel runs the default 'window' attention plan; this DiT is set to "
                          f"{model.local_attention_mode!r} (set_local_attention('window'))")
+    if agree:
+        _agree_on_numerics(model, group)
     model.sequence_parallel = sp
     return sp
+
+
+# most constrained first: a dtype some rank picked because it cannot run the next one well
+_DTYPE_PRECEDENCE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _agree_on_numerics(model, group: Optional[dist.ProcessGroup]) -> None:
+    """One compute dtype and fp8 mode on every rank. "auto" resolves per GPU (bf16 on an RTX 3090, fp16 on a
+    2080 Ti; fp8 matmuls on Ada only), but the exchange sends q/k/v in the compute dtype: bf16 bytes read as
+    fp16 on a peer would be silent garbage. Mixed ranks take the most constrained choice (fp32 > fp16 > bf16;
+    fp8 off if any rank has it off)."""
+    mine = (str(model.compute_dtype).removeprefix("torch."), model.fp8_compute)
+    every = [None] * dist.get_world_size(group)
+    dist.all_gather_object(every, mine, group=group)
+    if len(set(every)) == 1:
+        return
+    dtypes = {getattr(torch, d) for d, _ in every}
+    dtype = next(d for d in _DTYPE_PRECEDENCE if d in dtypes)
+    fp8 = "off" if any(m == "off" for _, m in every) else every[0][1]
+    if dist.get_rank(group) == 0:
+        log.warning("MagiHuman sequence parallel: the ranks resolved different numerics %s; all of them run %s with "
+                    "fp8 compute %s", sorted(set(every)), str(dtype).removeprefix("torch."), fp8)
+    model.compute_dtype, model.fp8_compute = dtype, fp8
 
 
 def disable_sequence_parallel(model) -> None:

@@ -45,8 +45,11 @@ import torch.nn as nn
 from ..checkpoints import load_dit
 from ..lora import apply_lora, remove_lora
 from ..attention import attention_backend_names
+from ..device import COMPUTE_DTYPE_NAMES
 from ..options import RunOptions
+from ..quant.fp8 import fp8_mm_supported
 from ..storage import FILE
+from .launch import collective_backend, tcp_store
 from .sequence import SequenceParallel, check_world_size, enable_sequence_parallel, sequence_parallel
 
 log = logging.getLogger("magihuman.parallel")
@@ -111,9 +114,11 @@ class DiTSpec:
         return cls(path=d["path"], storage=d["storage"], options=RunOptions.from_dict(d["options"]),
                    loras=tuple((str(p), float(s)) for p, s in d.get("loras", ())))
 
-    def build(self, device: torch.device):
+    def build(self, device: torch.device, compute_device: Optional[torch.device] = None):
+        """The worker's copy, loaded on ``device``; it computes on ``compute_device`` (default ``device``). A worker
+        keeping another DiT on its GPU builds this one on the CPU: its fp8 support is still that of the GPU."""
         model = load_dit(self.path, storage=self.storage, device=device, show_progress=False)
-        self.options.apply(model, device)  # fp8 compute "auto" and compute dtype probed on this worker's GPU
+        self.options.apply(model, compute_device if compute_device is not None else device)
         return model
 
 
@@ -165,6 +170,15 @@ def worker_devices(host_device: torch.device | str, world_size: int) -> list[tor
     return [torch.device("cuda", index)] + [torch.device("cuda", i) for i in others[:world_size - 1]]
 
 
+def host_nccl_env(backend: str) -> dict:
+    """Environment of the host's (rank 0's) NCCL group. A timed-out collective must not have NCCL's watchdog
+    tear down the host process (e.g. the ComfyUI server): error handling 2 aborts the communicators only, and
+    the next collective raises. No TORCH_NCCL_BLOCKING_WAIT: it makes the host thread wait for every
+    collective to finish (a host stall per all-to-all, 2 per layer), where NCCL otherwise only orders the
+    compute stream after it; a dead or silent worker is still caught by the replies' timeout."""
+    return dict(TORCH_NCCL_ASYNC_ERROR_HANDLING="2") if backend == "nccl" else {}
+
+
 @dataclass
 class _Worker:
     rank: int
@@ -198,7 +212,7 @@ class WorkerGroup:
         self.devices = [torch.device(d) for d in devices]
         self.world_size = len(self.devices)
         self.timeout = float(timeout)
-        self.backend = "nccl" if self.devices[0].type == "cuda" else "gloo"
+        self.backend = collective_backend(self.devices[0])
         self.closed = False
         self.workers: list[_Worker] = []
         self._sp: dict[tuple[int, int], SequenceParallel] = {}
@@ -209,8 +223,8 @@ class WorkerGroup:
         # group is created; NCCL moves tensors over NVLink/PCIe and is left to its own interface choice)
         gloo_if = (os.environ.get("GLOO_SOCKET_IFNAME") or _loopback_interface()) if self.backend == "gloo" else None
         t0 = time.monotonic()
-        store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True, wait_for_workers=False,
-                              timeout=datetime.timedelta(seconds=self.timeout))
+        store = tcp_store("127.0.0.1", 0, self.world_size, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=self.timeout))
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
         try:
             paths = [str(ENGINE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -234,11 +248,7 @@ class WorkerGroup:
         try:
             if self.backend == "nccl":
                 torch.cuda.set_device(self.devices[0])
-            # NCCL on the host: a timed-out collective must raise here (blocking wait), not have the watchdog tear
-            # down the host process (NCCL's default), e.g. the ComfyUI server
-            nccl = dict(TORCH_NCCL_BLOCKING_WAIT="1", TORCH_NCCL_ASYNC_ERROR_HANDLING="2") \
-                if self.backend == "nccl" else {}
-            with _environ(GLOO_SOCKET_IFNAME=gloo_if, **nccl):
+            with _environ(GLOO_SOCKET_IFNAME=gloo_if, **host_nccl_env(self.backend)):
                 dist.init_process_group(self.backend, store=store, rank=0, world_size=self.world_size,
                                         timeout=datetime.timedelta(seconds=self.timeout))
             self._replies("start")
@@ -502,9 +512,19 @@ def parallel_dit(model, path: str, world_size: int, *, timeout: float = 600.0, h
     if model.local_attention_mode != "window":
         raise ValueError("the Multi-GPU group runs the default 'window' attention plan; this DiT is set to "
                          f"{model.local_attention_mode!r}")
-    host = host_device if host_device is not None else model.adapter.video_embedder.weight.device
+    host = host_device if host_device is not None else (model.compute_device or
+                                                         model.adapter.video_embedder.weight.device)
     spec = DiTSpec.of(model, path, loras)
-    return ParallelDiT(model, spec, worker_devices(host, world_size), timeout, threads)
+    devices = worker_devices(host, world_size)
+    mode = spec.options.fp8_compute
+    if mode != "off":  # every rank computes like the host: each GPU needs fp8 matmuls of its own
+        compute = COMPUTE_DTYPE_NAMES[spec.options.compute_dtype]
+        lacking = [str(d) for d in devices if not fp8_mm_supported(d, mode, compute)]
+        if lacking:
+            raise ValueError(f"fp8 compute {mode!r} runs on every GPU of the group, but "
+                             f"{', '.join(lacking)} has no fp8 matmuls (CUDA Ada/Hopper or newer); load the DiT with "
+                             "fp8_compute 'off' for this group")
+    return ParallelDiT(model, spec, devices, timeout, threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,8 +580,8 @@ def worker_main(args: dict) -> None:
     try:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        store = dist.TCPStore("127.0.0.1", int(args["store_port"]), int(args["world_size"]), is_master=False,
-                              timeout=timeout)
+        store = tcp_store("127.0.0.1", int(args["store_port"]), int(args["world_size"]), is_master=False,
+                          timeout=timeout)
         dist.init_process_group(args["backend"], store=store, rank=rank, world_size=int(args["world_size"]),
                                 timeout=timeout)
         conn.send(("ok", None))
@@ -572,8 +592,10 @@ def worker_main(args: dict) -> None:
             if kind == "load":
                 spec = DiTSpec.from_payload(payload)
                 if spec.key not in models:
-                    models[spec.key] = spec.build(device if not active or device.type != "cuda" else "cpu")
-                    enable_sequence_parallel(models[spec.key])
+                    build = device if not active or device.type != "cuda" else torch.device("cpu")
+                    models[spec.key] = spec.build(build, compute_device=device)
+                    # numerics are the host's (the spec): no agreement round, the host is not in this call
+                    enable_sequence_parallel(models[spec.key], agree=False)
                 _set_loras(models[spec.key], spec.loras)
                 conn.send(("ok", models[spec.key].variant))
             elif kind == "forward":

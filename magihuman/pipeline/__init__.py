@@ -33,11 +33,12 @@ from .decoding import decode, decode_audio, decode_video, resample_audio
 from .denoising import Callback, denoise, super_resolve
 from .guards import check_fits, dit_activation_bytes, effective_variant
 from .latents import AVLatent, TextConditioning, empty_latents
+from . import memory  # noqa: E402 - bytes a host reserves for the VAE / text-encoder calls
 
 __all__ = [
     "AVLatent", "TextConditioning", "PipelineError", "FPS", "VIDEO_LATENT_CHANNELS", "AUDIO_LATENT_CHANNELS",
     "SIZE_MULTIPLE", "SPATIAL_STRIDE", "TEMPORAL_STRIDE", "snap_size", "frame_counts", "empty_latents",
     "encode_prompt", "encode_image", "encode_reference_audio", "denoise", "super_resolve", "decode", "decode_video",
     "decode_audio", "resample_audio", "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS", "DEFAULT_FRAME_RECEPTIVE_FIELD",
-    "DEFAULT_NEGATIVE_PROMPT", "check_fits", "dit_activation_bytes", "effective_variant", "Callback",
+    "DEFAULT_NEGATIVE_PROMPT", "check_fits", "dit_activation_bytes", "effective_variant", "Callback", "memory",
 ]

@@ -71,6 +71,18 @@ def _resolve_sampler(sampler: str, steps: Optional[int], variant: Optional[str])
 
 
 @torch.no_grad()
+def _shared(model, noise: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``noise`` on every rank when ``model`` runs sequence-parallel (under torchrun every rank samples):
+    the ranks' generators need not agree (another GPU model, torch build or device draws other numbers), and
+    ranks stepping on different noise would feed the split DiT inconsistent halves of one latent."""
+    sp = getattr(model, "sequence_parallel", None)
+    return noise if sp is None else sp.broadcast_from_lead(noise)
+
+
+def _noise(model, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return _shared(model, randn_like_gen(x, gen))
+
+
 def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler: str = "auto",
             steps: Optional[int] = None, seed: int = 0, shift: float = DEFAULT_SHIFT,
             video_guidance: float = VIDEO_GUIDANCE_HIGH, video_guidance_low: float = VIDEO_GUIDANCE_LOW,
@@ -108,8 +120,8 @@ def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler:
     fixed = latent.audio_fixed
     audio = latent.audio.to(device=device, dtype=torch.float32).clone()
     if not fixed:
-        audio = randn_like_gen(audio, gen)
-    video = randn_like_gen(latent.video.to(device=device, dtype=torch.float32), gen)
+        audio = _noise(model, audio, gen)
+    video = _noise(model, latent.video.to(device=device, dtype=torch.float32), gen)
     image_latent = None if latent.image_latent is None else latent.image_latent.to(device=device,
                                                                                   dtype=torch.float32)
     timesteps, sigmas = flow_schedule(steps, shift)
@@ -125,8 +137,8 @@ def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler:
                                         video_scale=v_scale, audio_scale=audio_guidance)
         x0_preview = video - sigmas[i] * v_vel
         if sampler == "distilled":
-            video = distilled_step(v_vel, video, sigmas[i], sigmas[i + 1], randn_like_gen(video, gen))
-            audio_noise = randn_like_gen(audio, gen)  # drawn even when fixed: keeps the official noise stream
+            video = distilled_step(v_vel, video, sigmas[i], sigmas[i + 1], _noise(model, video, gen))
+            audio_noise = _noise(model, audio, gen)  # drawn even when fixed: keeps the official noise stream
             if not fixed:
                 audio = distilled_step(a_vel, audio, sigmas[i], sigmas[i + 1], audio_noise)
         else:
@@ -209,11 +221,12 @@ def super_resolve(sr_model, latent: AVLatent, conditioning: TextConditioning, *,
     size = (t_lat, sr_h // SPATIAL_STRIDE, sr_w // SPATIAL_STRIDE)
     if int(noise_index) != 0:
         up_shape = base_video.shape[:2] + size
-        noise = torch.randn(up_shape, generator=gen, device=gen.device, dtype=torch.float32).to(device)
+        noise = _shared(sr_model, torch.randn(up_shape, generator=gen, device=gen.device, dtype=torch.float32)
+                        .to(device))
         video = upscale_and_renoise(base_video, size, noise, sigma_table[int(noise_index)])
     else:  # official: noise_value 0 means no re-noising (and no draw)
         video = torch.nn.functional.interpolate(base_video, size=size, mode="trilinear", align_corners=True)
-    audio_in = renoise_audio(base_audio, randn_like_gen(base_audio, gen), audio_noise_scale)
+    audio_in = renoise_audio(base_audio, _noise(sr_model, base_audio, gen), audio_noise_scale)
     if image_latent is not None:
         image_latent = image_latent.expand(video.shape[0], -1, -1, -1, -1)
 

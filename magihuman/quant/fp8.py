@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Optional
 
 import torch
 
 __all__ = ["FP8_DTYPE", "FP8_MAX", "FP8_MM_MULTIPLE", "FP8_COMPUTE_MODES", "quantize_fp8", "fp8_mm_supported",
-           "fp8_linear"]
+           "note_refusal", "fp8_linear"]
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +42,60 @@ def _device_key(device: torch.device) -> str:
     return device.type
 
 
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def _known_refusal(device: torch.device, mode: str, out_dtype: torch.dtype) -> str:
+    """Why ``torch._scaled_mm`` is known not to run this product on a CUDA device (empty: not known to refuse)."""
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 9):
+        return f"compute capability {cap} < (8, 9)"
+    if mode == "token":
+        if sys.platform == "win32":
+            return "row-wise scaling is not built into Windows torch"
+        if _torch_version() < ((2, 7) if cap < (9, 0) else (2, 5)):
+            return f"row-wise scaling on compute capability {cap} needs a newer torch than {torch.__version__}"
+        if out_dtype != torch.bfloat16 and _torch_version() < (2, 8):
+            return "row-wise scaling gives bf16 only in this torch"
+    return ""
+
+
 def fp8_mm_supported(device, mode: str = "tensor", out_dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether ``torch._scaled_mm`` multiplies fp8 on ``device`` with this activation scaling ``mode`` and output
-    dtype: CUDA needs compute capability 8.9 (Ada) or newer; per-token ("rowwise") scales also need a recent torch
-    (2.7 for Ada) and, in older releases, a bf16 output, and do not exist on Windows builds. Probed once per
-    (device, mode, output dtype) with a 16x16 product; a refusal is logged once and the caller dequantises."""
+    dtype: CUDA needs compute capability 8.9 (Ada) or newer; per-token ("row-wise") scales also need a recent torch
+    (2.7 for Ada, 2.5 for Hopper) and, before 2.8, a bf16 output, and are not built into Windows torch. Decided once
+    per (device, mode, output dtype): by those rules and, where a kernel can run (the CPU, an initialised CUDA
+    device), a 16x16 product. A refusal is logged once and the caller dequantises (also when a kernel refuses
+    later: :func:`note_refusal`)."""
     device = torch.device(device)
     key = (_device_key(device), mode, out_dtype)
     if key in _MM_SUPPORT:
         return _MM_SUPPORT[key]
-    ok, why = True, ""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        ok, why = False, f"compute capability {torch.cuda.get_device_capability(device)} < (8, 9)"
-    if ok:
+    why = _known_refusal(device, mode, out_dtype) if device.type == "cuda" else ""
+    if not why and (device.type != "cuda" or torch.cuda.is_initialized()):
         try:
             x = torch.zeros(16, 16, dtype=torch.float32, device=device)
             w8 = torch.zeros(16, 16, dtype=FP8_DTYPE, device=device)
             _scaled(x, w8, torch.ones((), device=device), out_dtype, mode)
         except (RuntimeError, NotImplementedError, AttributeError, TypeError) as e:
-            ok, why = False, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if not ok:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if why:
+        note_refusal(device, mode, out_dtype, why)
+    else:
+        _MM_SUPPORT[key] = True
+    return _MM_SUPPORT[key]
+
+
+def note_refusal(device, mode: str, out_dtype: torch.dtype, why: str) -> None:
+    """Remember (and log once) that fp8 products of this kind do not run on ``device``."""
+    device = torch.device(device)
+    key = (_device_key(device), mode, out_dtype)
+    if _MM_SUPPORT.get(key) is not False:
         log.info("fp8 compute (%s scaling, %s output) not available on %s: %s; fp8 weights are dequantised instead",
                  mode, str(out_dtype).removeprefix("torch."), device, why)
-    _MM_SUPPORT[key] = ok
-    return ok
+    _MM_SUPPORT[key] = False
 
 
 def _scaled(x2: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor, out_dtype: torch.dtype,

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..quant.fp8 import fp8_linear, fp8_mm_supported
+from ..quant.fp8 import fp8_linear, fp8_mm_supported, note_refusal
 from .registry import FP8, GGUF, KEEP_FILE, PLAIN, STORAGES, Storage, StorageLike, parse_storage
 
 __all__ = ["BlockLinear", "CompactEmbedding", "Fetched", "Patch", "Segments", "WeightSpec", "compact_layers", "weight_table"]
@@ -207,7 +207,11 @@ class BlockLinear(_StoredWeight):
             if xs.numel() == 0:  # an empty segment (a sequence-parallel shard)
                 parts.append(xs.new_zeros(*xs.shape[:-1], n, dtype=cd))
                 continue
-            y = fp8_linear(xs, got.data[e * per:(e + 1) * per], got.scale, cd, self.fp8_compute)
+            try:
+                y = fp8_linear(xs, got.data[e * per:(e + 1) * per], got.scale, cd, self.fp8_compute)
+            except (RuntimeError, NotImplementedError) as err:  # a kernel that refuses: dequantise from now on
+                note_refusal(x.device, self.fp8_compute, cd, str(err).strip().splitlines()[0])
+                y = None
             if y is None:
                 self.release(got.token)
                 return None
