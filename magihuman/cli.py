@@ -588,7 +588,8 @@ def _generate_long(args, preset, timer: StageTimer, models_dir, files: dict, dev
                 denoise_options=dict(sampler=preset.sampler, steps=steps, cfg=preset.cfg),
                 sr_size=sr_size, sr_options=dict(steps=sr_steps, cfg=preset.sr_cfg) if preset.sr else None,
                 image=image, reference_audio=None if ref_wave is None else (ref_wave, ref_sr), continue_from=clip,
-                generator_device=device, callback=on_step, on_frames=writer.add_frames, on_plan=on_plan)
+                generator_device=device, callback=on_step, on_frames=writer.add_frames, on_plan=on_plan,
+                on_note=lambda text: print(f"note: {text}", file=sys.stderr))
         for bar in bars:
             bar.close()
         with timer("mux"):

@@ -95,9 +95,19 @@ def split_prompts(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _note(notes: list, text: str) -> None:
-    log.warning("MagiHuman long video: %s", text)
-    notes.append(text)
+class _Notes(list):
+    """What the run adjusted: each note goes to ``on_note`` (default: a logged warning) as it happens."""
+
+    def __init__(self, on_note) -> None:
+        super().__init__()
+        self.on_note = on_note
+
+    def add(self, text: str) -> None:
+        self.append(text)
+        if self.on_note is not None:
+            self.on_note(text)
+        else:
+            log.warning("MagiHuman long video: %s", text)
 
 
 def _frame_float(frame) -> torch.Tensor:
@@ -198,7 +208,8 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
                         callback: Optional[WindowCallback] = None, check_cancel: Optional[Callable[[], None]] = None,
                         on_frames: Optional[Callable[[torch.Tensor], None]] = None,
                         on_window: Optional[Callable[[Window, AVLatent, torch.Tensor], None]] = None,
-                        on_plan: Optional[Callable[[WindowPlan], None]] = None) -> LongVideoResult:
+                        on_plan: Optional[Callable[[WindowPlan], None]] = None,
+                        on_note: Optional[Callable[[str], None]] = None) -> LongVideoResult:
     """A clip of ``seconds`` (or, continuing ``continue_from``, ``seconds`` more) in windows of ``window_seconds``
     (one pass when it fits one window), ``overlap_frames`` made twice and cross-faded at every seam.
 
@@ -209,10 +220,11 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
     ``sr_size`` (width, height) and ``models.sr_dit`` every window is super-resolved. ``check_cancel()`` runs
     before every window and decode (it may raise); ``on_frames(frames [n, H, W, 3])`` receives the output frames
     in order as they become final (otherwise the result holds them); ``on_window(window, latent, frames)`` sees
-    each window's final latent and decoded frames; ``on_plan(plan)`` the plan before any work.
+    each window's final latent and decoded frames; ``on_plan(plan)`` the plan before any work; ``on_note(text)``
+    each adjustment the run makes (default: logged as a warning; all are in ``result.notes``).
     Returns the frames (or their count) and the whole soundtrack at 51.2 kHz.
     """
-    notes: list[str] = []
+    notes = _Notes(on_note)
     if not prompts:
         raise PipelineError("a long video needs at least one prompt")
     if image is not None and continue_from is not None:
@@ -237,11 +249,11 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
         if seconds is None:
             seconds = speech_seconds
         elif seconds > speech_seconds + 1e-9:
-            _note(notes, f"the reference audio lasts {speech_seconds:.2f} s, less than the {seconds:g} s asked: "
+            notes.add(f"the reference audio lasts {speech_seconds:.2f} s, less than the {seconds:g} s asked: "
                          f"the clip follows the audio ({speech_seconds:.2f} s)")
             seconds = speech_seconds
         elif seconds < speech_seconds - 1 / FPS:
-            _note(notes, f"{seconds:g} s trims the {speech_seconds:.2f} s reference audio (its first {seconds:g} s "
+            notes.add(f"{seconds:g} s trims the {speech_seconds:.2f} s reference audio (its first {seconds:g} s "
                          "are used)")
     if seconds is None:
         raise PipelineError("give the length in seconds (only an A2V reference audio sets it by itself)")
@@ -249,7 +261,7 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
                            continued=continue_from is not None)
     if speech is not None and len(plan.windows) == 1 and continue_from is None and \
             seconds < (plan.window_frames - 1) / FPS:
-        _note(notes, f"the reference audio ({seconds:.2f} s) is shorter than one window "
+        notes.add(f"the reference audio ({seconds:.2f} s) is shorter than one window "
                      f"({(plan.window_frames - 1) / FPS:g} s): one pass of {seconds:.2f} s")
     if on_plan is not None:
         on_plan(plan)
@@ -269,7 +281,7 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
             if resized is None:
                 resized = tuple(f.shape[:2]) != (out_h, out_w)
                 if resized:
-                    _note(notes, f"the clip to continue is {f.shape[1]}x{f.shape[0]}; its frames are centre-cropped "
+                    notes.add(f"the clip to continue is {f.shape[1]}x{f.shape[0]}; its frames are centre-cropped "
                                  f"and resized to {out_w}x{out_h}, as a TI2V image is")
             f = _fit_frame(f, out_w, out_h)
             if len(tail) == tail.maxlen and continue_from.keep_original:
@@ -289,7 +301,7 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
             clip_audio = _fit_samples(_stereo_51k(wave, rate), clip_len * AUDIO_HOP)
         else:
             clip_audio = torch.zeros(2, clip_len * AUDIO_HOP)
-            _note(notes, "the clip to continue has no sound: its part of the soundtrack is silent")
+            notes.add("the clip to continue has no sound: its part of the soundtrack is silent")
 
     # ---- output geometry: the timeline (window 0's frame 0 = timeline frame 0) placed in the output
     if continue_from is None:
@@ -421,4 +433,4 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
     if out.written != frame_count:
         raise AssertionError(f"wrote {out.written} of {frame_count} frames")
     return LongVideoResult(plan=plan, frames=out.frames, frame_count=frame_count, audio=out.audio,
-                           sample_rate=AUDIO_SAMPLE_RATE, size=(out_w, out_h), notes=notes)
+                           sample_rate=AUDIO_SAMPLE_RATE, size=(out_w, out_h), notes=list(notes))
