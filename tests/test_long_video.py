@@ -571,3 +571,44 @@ def test_memory_stays_at_one_window(tiny_dir, tmp_path):
     short, long = peak(4), peak(24)
     print(f"peak RSS: 4 s {short / 1024:.0f} MiB, 24 s {long / 1024:.0f} MiB, ratio {long / short:.3f}")
     assert long <= 1.5 * short
+
+
+# ============================================================================ the estimator and plan price a window
+
+
+def test_a_request_that_does_not_fit_suggests_windows(monkeypatch, capsys):
+    import re
+
+    from magihuman import estimate as est
+    from magihuman.plan import plan_fit
+
+    problem = plan_fit("sr_1080p", 24, seconds=30).problem
+    m = re.search(r"A (\d+) s clip fits \(--seconds \1\), or the whole 30 s in windows of \1 s "
+                  r"\(--window-seconds \1\)\.$", problem)
+    assert m, problem
+    plan = est.estimate("distill_256p", seconds=30)
+    budget = est.estimate("distill_256p", seconds=4).peak_device_bytes + est.GIB // 8
+    with pytest.raises(est.MemoryEstimateError) as e:
+        est.check_fits(plan, budget)
+    m = re.search(r"The whole 30 s fits as windows of (\d+) s \(generate --window-seconds \1; the MagiHuman Long "
+                  r"Video node\)\.", str(e.value))
+    assert m and est.estimate("distill_256p", seconds=int(m.group(1))).peak_device_bytes <= budget
+    # the pipeline's own guard says it too
+    from magihuman.models.dit import MagiHumanDiT
+    from magihuman.models.dit_config import DiTConfig
+
+    model = MagiHumanDiT(DiTConfig.preset("tiny"))
+    lat = P.empty_latents(448, 256, 20)
+    need = P.dit_activation_bytes(model.config, lat, cfg=False, seconds=4)
+    monkeypatch.setattr(est, "device_memory", lambda *a, **k: need)
+    with pytest.raises(PipelineError, match=r"at most ~4 s fits, or the whole clip in windows of 4 s \(MagiHuman "
+                                            r"Long Video, generate --window-seconds\)"):
+        P.check_fits(model, lat, "test", cfg=False)
+
+
+def test_plan_command_prices_one_window(capsys):
+    assert cli.main(["plan", "--preset", "distill_256p", "--vram", "24", "--seconds", "30", "--window-seconds",
+                     "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("one window of 4 s (a longer clip is made window by window)\n")
+    assert "distill_256p, 448x256, 4 s on 24 GiB VRAM" in out

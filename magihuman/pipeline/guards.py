@@ -126,6 +126,8 @@ def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, 
     fits = [s for s in (30, 20, 10, 5, 4, 3, 2, 1, 0.5, 0.2) if s < seconds and need(s) <= have]
     hint = (f"at {width}x{height} at most ~{fits[0]:g} s fits" if fits
             else f"even 0.2 s does not fit at {width}x{height}: lower the size")
+    if fits and fits[0] >= 1:  # a long clip fits as windows of that length (generate_long_video)
+        hint += f", or the whole clip in windows of {fits[0]:g} s (MagiHuman Long Video, generate --window-seconds)"
     raise PipelineError(f"{where}: {width}x{height}, {seconds:g} s (batch {latent.batch}) needs ~{n / 2**30:.1f} GiB "
                         f"for the DiT activations alone (estimate), but the {device.type} has {have / 2**30:.1f} GiB; "
                         f"{hint} (generate small, then super-resolve)")
