@@ -237,7 +237,7 @@ def test_a2v_windows_take_the_reference_slices(tiny):
     wave = speech(2.3)
     result, seen = run(models, conds[:1], reference_audio=(wave, 16000), window_seconds=1, overlap_frames=2, seed=1)
     plan = result.plan
-    assert plan.total_frames == P.clip_frames(2.3) == 57 and result.notes == []
+    assert plan.total_frames == 61 and result.notes == []  # 57.5 steps of speech, rounded up to 4j + 1 frames
     prepared = media.prepare_reference_audio(wave, 16000)  # [2, S] mono mix at 51.2 kHz
     padded = torch.nn.functional.pad(prepared, (0, plan.audio_steps * AUDIO_HOP - prepared.shape[-1]))
     z = media.encode_reference_audio(models.audio_vae, padded).transpose(1, 2)  # [1, N, 64]
@@ -333,12 +333,12 @@ def test_continue_a2v_keeps_the_clip_sound_and_the_speech(tiny):
     wave = speech(1.0, AUDIO_SAMPLE_RATE)
     result, seen = run(models, conds[:1], reference_audio=(wave, AUDIO_SAMPLE_RATE), window_seconds=1,
                        overlap_frames=2, continue_from=P.ClipToContinue(frames=clip, audio=(sound, AUDIO_SAMPLE_RATE)))
-    assert result.frame_count == 12 + P.clip_frames(1) - 1
+    assert result.frame_count == 12 + 28  # 25 steps of speech after the clip, rounded up to whole latent frames
     assert torch.equal(result.frames[:10], clip[:10].float() / 255)
     prepared = media.prepare_reference_audio(wave, AUDIO_SAMPLE_RATE)
     assert torch.equal(result.audio[:, :12 * AUDIO_HOP], sound.expand(2, -1))  # the clip's sound, then the speech
-    n = result.audio.shape[-1] - 12 * AUDIO_HOP
-    assert torch.equal(result.audio[:, 12 * AUDIO_HOP:], prepared[:, :n])
+    assert torch.equal(result.audio[:, 12 * AUDIO_HOP:37 * AUDIO_HOP], prepared)
+    assert not result.audio[:, 37 * AUDIO_HOP:].any()
     # the model hears the clip's last 3 steps, then the speech
     timeline = torch.cat([sound[:, -3 * AUDIO_HOP:].expand(2, -1), prepared], 1)
     steps = result.plan.audio_steps

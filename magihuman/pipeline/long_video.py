@@ -14,6 +14,7 @@ write them out and memory stays at one window's.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -28,7 +29,7 @@ from .decoding import decode_audio, decode_video
 from .denoising import denoise, super_resolve
 from .guards import effective_variant
 from .latents import AVLatent, TextConditioning, empty_latents
-from .windows import Window, WindowPlan, plan_long_video
+from .windows import MIN_CLIP_FRAMES, Window, WindowPlan, aligned_up, plan_long_video
 
 log = logging.getLogger("magihuman.pipeline")
 
@@ -214,8 +215,8 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
     (one pass when it fits one window), ``overlap_frames`` made twice and cross-faded at every seam.
 
     ``prompts``: one conditioning per window, or fewer (the last one carries on). ``image``: TI2V first frame of a
-    new clip. ``reference_audio`` (waveform [C, S], rate): A2V; ``seconds=None`` takes its whole length, a shorter
-    ``seconds`` trims it. ``denoise_options`` / ``sr_options`` / ``decode_options``: keyword arguments of
+    new clip. ``reference_audio`` (waveform [C, S], rate): A2V; ``seconds=None`` takes all of it (rounded up to
+    whole latent frames, silence after its end), a shorter ``seconds`` trims it. ``denoise_options`` / ``sr_options`` / ``decode_options``: keyword arguments of
     :func:`denoise` / :func:`super_resolve` / :func:`decode_video` (seeds and generators are the windows'). With
     ``sr_size`` (width, height) and ``models.sr_dit`` every window is super-resolved. ``check_cancel()`` runs
     before every window and decode (it may raise); ``on_frames(frames [n, H, W, 3])`` receives the output frames
@@ -246,8 +247,9 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
         wave, rate = reference_audio
         speech = media.prepare_reference_audio(wave, int(rate))  # [2, S] mono mix at 51.2 kHz
         speech_seconds = speech.shape[-1] / AUDIO_SAMPLE_RATE
-        if seconds is None:
-            seconds = speech_seconds
+        if seconds is None:  # the whole speech: whole latent frames covering it (silence after its end)
+            need = math.ceil(speech.shape[-1] / AUDIO_HOP) + (continue_from is not None)  # + the shared frame
+            seconds = (max(aligned_up(need), MIN_CLIP_FRAMES) - 1) / FPS
         elif seconds > speech_seconds + 1e-9:
             notes.add(f"the reference audio lasts {speech_seconds:.2f} s, less than the {seconds:g} s asked: "
                          f"the clip follows the audio ({speech_seconds:.2f} s)")

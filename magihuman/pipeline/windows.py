@@ -28,7 +28,7 @@ from ..errors import PipelineError
 from ..geometry import FPS, TEMPORAL_STRIDE, decoded_frames, frame_counts, latent_frames_for
 
 __all__ = ["MIN_WINDOW_SECONDS", "MAX_WINDOW_SECONDS", "SEED_MODULUS", "Window", "WindowPlan", "clip_frames",
-           "window_frames_for", "plan_windows", "plan_long_video", "prompt_for_window"]
+           "window_frames_for", "aligned_up", "plan_windows", "plan_long_video"]
 
 MIN_WINDOW_SECONDS = 1.0
 # Longest window: twice the official examples' 4-5 s. The model was trained on clips of a few seconds; longer
@@ -44,7 +44,7 @@ def clip_frames(seconds: float) -> int:
     return decoded_frames(latent_frames_for(num_frames))
 
 
-def _aligned_up(frames: int) -> int:
+def aligned_up(frames: int) -> int:
     """The smallest latent-aligned frame count (4j + 1) holding ``frames``."""
     return TEMPORAL_STRIDE * math.ceil((int(frames) - 1) / TEMPORAL_STRIDE) + 1
 
@@ -151,7 +151,7 @@ def plan_windows(total_frames: int, window_frames: int, overlap: int = 0, *, see
     windows = []
     for k, s in enumerate(starts):
         keep = min(wf, total - s)
-        frames = min(wf, max(_aligned_up(keep), _aligned_up(FPS * MIN_WINDOW_SECONDS) if k or continued else 1))
+        frames = min(wf, max(aligned_up(keep), aligned_up(FPS * MIN_WINDOW_SECONDS) if k or continued else 1))
         windows.append(Window(index=k, start=s, frames=frames, keep=keep,
                               seed=(int(seed) + k) % SEED_MODULUS, prompt=min(k, int(prompts) - 1),
                               conditioned=k > 0 or bool(continued)))
@@ -173,7 +173,3 @@ def plan_long_video(seconds: float, window_seconds: float, overlap_frames: int =
         total += overlap_frames
     return plan_windows(total, wf, overlap_frames, seed=seed, prompts=prompts, continued=continued)
 
-
-def prompt_for_window(plan: WindowPlan, prompts: list, index: int):
-    """The prompt of window ``index`` (the last prompt carries on when there are fewer prompts than windows)."""
-    return prompts[plan.windows[index].prompt]
