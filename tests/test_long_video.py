@@ -257,8 +257,8 @@ def test_a2v_length_messages(tiny, caplog):
     result, _ = run(models, conds[:1], reference_audio=(wave, 16000), seconds=3, window_seconds=2)
     assert result.notes == ["the reference audio lasts 1.50 s, less than the 3 s asked: the clip follows the audio "
                             "(1.50 s)", "the reference audio (1.50 s) is shorter than one window (1.92 s): one pass "
-                            "of 1.50 s"]
-    assert result.frame_count == P.clip_frames(1.5) and "less than the 3 s asked" in caplog.text
+                            "of 1.6 s"]
+    assert result.frame_count == 41 and "less than the 3 s asked" in caplog.text  # 37.5 steps -> 4j + 1 frames
 
 
 def test_cancel_between_windows(tiny):
@@ -354,7 +354,8 @@ def test_super_resolution_runs_per_window(tiny, tiny_dir, monkeypatch):
                                   sr_dit=load_dit(tiny_dir / TINY_FILES["sr_540p"], dtype=torch.float32))
     base_inputs = []
     orig = P.long_video.denoise
-    monkeypatch.setattr(P.long_video, "denoise", lambda m, lat, c, **kw: base_inputs.append(lat) or orig(m, lat, c, **kw))
+    monkeypatch.setattr(P.long_video, "denoise",
+                        lambda m, lat, c, **kw: base_inputs.append(lat) or orig(m, lat, c, **kw))
     result, seen = run(sr_models, conds[:1], seconds=1.5, window_seconds=1, sr_size=(128, 96),
                        sr_options=dict(steps=1))
     assert result.size == (128, 96) and result.frames.shape == (P.clip_frames(1.5), 96, 128, 3)

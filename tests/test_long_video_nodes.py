@@ -121,9 +121,14 @@ def test_progress_per_window_and_step_and_cancel(env, monkeypatch):
     assert [u[0] for u in updates] == [1, 2, 3]
     # between windows: the interrupt is checked before each window starts
     calls = []
+
+    def check_interrupt():
+        calls.append(1)
+        if len(calls) == 3:
+            raise compat.InterruptedByUser("processing interrupted")
+
     monkeypatch.setattr(compat, "progress_callback", orig)
-    monkeypatch.setattr(compat, "check_interrupt", lambda: calls.append(1) or (len(calls) == 3 and (_ for _ in ()).throw(
-        compat.InterruptedByUser("processing interrupted"))))
+    monkeypatch.setattr(compat, "check_interrupt", check_interrupt)
     with pytest.raises(compat.InterruptedByUser):
         long_video(env, positive=pos, seconds=1.5)
     assert len(calls) == 3  # before window 0, before its decode, before window 1

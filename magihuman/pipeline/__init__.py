@@ -36,7 +36,8 @@ from .denoising import Callback, denoise, super_resolve
 from .guards import check_fits, dit_activation_bytes, effective_variant
 from .latents import AVLatent, TextConditioning, empty_latents
 from .long_video import ClipToContinue, LongVideoModels, LongVideoResult, generate_long_video, split_prompts
-from .windows import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, Window, WindowPlan, clip_frames, plan_long_video, plan_windows
+from .windows import (MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, Window, WindowPlan, clip_frames, plan_long_video,
+                      plan_windows)
 
 __all__ = [
     "AVLatent", "TextConditioning", "PipelineError", "FPS", "VIDEO_LATENT_CHANNELS", "AUDIO_LATENT_CHANNELS",

@@ -215,9 +215,10 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
     (one pass when it fits one window), ``overlap_frames`` made twice and cross-faded at every seam.
 
     ``prompts``: one conditioning per window, or fewer (the last one carries on). ``image``: TI2V first frame of a
-    new clip. ``reference_audio`` (waveform [C, S], rate): A2V; ``seconds=None`` takes all of it (rounded up to
-    whole latent frames, silence after its end), a shorter ``seconds`` trims it. ``denoise_options`` / ``sr_options`` / ``decode_options``: keyword arguments of
-    :func:`denoise` / :func:`super_resolve` / :func:`decode_video` (seeds and generators are the windows'). With
+    new clip. ``reference_audio`` (waveform [C, S], rate): A2V; ``seconds=None`` (or longer than the audio) takes
+    all of it (rounded up to whole latent frames, silence after its end), a shorter ``seconds`` trims it.
+    ``denoise_options`` / ``sr_options`` / ``decode_options``: keyword arguments of :func:`denoise` /
+    :func:`super_resolve` / :func:`decode_video` (seeds and generators are the windows'). With
     ``sr_size`` (width, height) and ``models.sr_dit`` every window is super-resolved. ``check_cancel()`` runs
     before every window and decode (it may raise); ``on_frames(frames [n, H, W, 3])`` receives the output frames
     in order as they become final (otherwise the result holds them); ``on_window(window, latent, frames)`` sees
@@ -247,24 +248,24 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
         wave, rate = reference_audio
         speech = media.prepare_reference_audio(wave, int(rate))  # [2, S] mono mix at 51.2 kHz
         speech_seconds = speech.shape[-1] / AUDIO_SAMPLE_RATE
+        if seconds is not None and seconds > speech_seconds + 1e-9:
+            notes.add(f"the reference audio lasts {speech_seconds:.2f} s, less than the {seconds:g} s asked: the "
+                      f"clip follows the audio ({speech_seconds:.2f} s)")
+            seconds = None
+        elif seconds is not None and seconds < speech_seconds - 1 / FPS:
+            notes.add(f"{seconds:g} s trims the {speech_seconds:.2f} s reference audio (its first {seconds:g} s are "
+                      "used)")
         if seconds is None:  # the whole speech: whole latent frames covering it (silence after its end)
             need = math.ceil(speech.shape[-1] / AUDIO_HOP) + (continue_from is not None)  # + the shared frame
             seconds = (max(aligned_up(need), MIN_CLIP_FRAMES) - 1) / FPS
-        elif seconds > speech_seconds + 1e-9:
-            notes.add(f"the reference audio lasts {speech_seconds:.2f} s, less than the {seconds:g} s asked: "
-                         f"the clip follows the audio ({speech_seconds:.2f} s)")
-            seconds = speech_seconds
-        elif seconds < speech_seconds - 1 / FPS:
-            notes.add(f"{seconds:g} s trims the {speech_seconds:.2f} s reference audio (its first {seconds:g} s "
-                         "are used)")
     if seconds is None:
         raise PipelineError("give the length in seconds (only an A2V reference audio sets it by itself)")
     plan = plan_long_video(seconds, window_seconds, k_over, seed=seed, prompts=len(prompts),
                            continued=continue_from is not None)
     if speech is not None and len(plan.windows) == 1 and continue_from is None and \
             seconds < (plan.window_frames - 1) / FPS:
-        notes.add(f"the reference audio ({seconds:.2f} s) is shorter than one window "
-                     f"({(plan.window_frames - 1) / FPS:g} s): one pass of {seconds:.2f} s")
+        notes.add(f"the reference audio ({speech_seconds:.2f} s) is shorter than one window "
+                  f"({(plan.window_frames - 1) / FPS:g} s): one pass of {seconds:g} s")
     if on_plan is not None:
         on_plan(plan)
     log.info("MagiHuman long video: %s, %d frames", plan.describe(), plan.total_frames)
@@ -284,7 +285,7 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
                 resized = tuple(f.shape[:2]) != (out_h, out_w)
                 if resized:
                     notes.add(f"the clip to continue is {f.shape[1]}x{f.shape[0]}; its frames are centre-cropped "
-                                 f"and resized to {out_w}x{out_h}, as a TI2V image is")
+                              f"and resized to {out_w}x{out_h}, as a TI2V image is")
             f = _fit_frame(f, out_w, out_h)
             if len(tail) == tail.maxlen and continue_from.keep_original:
                 if on_frames is not None:
