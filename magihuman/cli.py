@@ -427,6 +427,7 @@ def generate(args) -> int:
     threads = args.threads if args.threads is not None else (1 if preset.tiny else None)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
+    _check_long_video_args(args, preset)  # long videos (issue 22): see their block below
     _check_generate_args(args, preset)
     _device(args.device)  # a device this torch cannot use: one line now, not a traceback after the models load
     if args.gpus is not None and args.gpus < 1:
@@ -583,7 +584,7 @@ def _generate_run(args, preset) -> int:
             _check_dit_file(files[preset.sr], "--sr-dit", sr_loras)
 
     # ---- inputs that need no model: fail early on bad files
-    image = ref_wave = None
+    image = ref_wave = ref_sr = None
     if args.image:
         with timer("read image"):
             image = torch.from_numpy(media.load_image(args.image))
@@ -592,6 +593,10 @@ def _generate_run(args, preset) -> int:
     if args.audio:
         with timer("read audio"):
             ref_wave, ref_sr = media.load_audio(args.audio)
+    if _is_long_video(args, preset, ref_wave, ref_sr):  # windows or continuation (issue 22): their own run
+        return _generate_long(args, preset, timer, models_dir, files, device, image, (ref_wave, ref_sr), storage,
+                              (loras, sr_loras))
+    if ref_wave is not None:
         seconds = _audio_seconds(args, ref_wave, ref_sr, say=lead)
 
     with timer("estimate"):  # before any model is loaded or latent allocated
@@ -684,6 +689,216 @@ def _generate_run(args, preset) -> int:
     print(timer.table(), file=sys.stderr)
     if sp is not None:
         sp.close()
+    return EXIT_OK
+
+
+# ============================================================================ long videos (issue 22)
+# generate --seconds 24 [--window-seconds 4] [--overlap-frames K] [--prompt-file FILE] [--continue-from clip.mp4]:
+# the clip is made window by window with magihuman.pipeline.generate_long_video, frames written to the MP4 as
+# windows finish. Single-window runs without these flags keep the one-pass path above.
+
+
+def _add_long_video_args(g) -> None:
+    g.add_argument("--window-seconds", type=float, default=None, metavar="W",
+                   help="make the clip in windows of W seconds, each starting from the previous one's last frame "
+                   f"(default: the preset's clip length; {P.MIN_WINDOW_SECONDS:g}-{P.MAX_WINDOW_SECONDS:g} s); a "
+                   "clip longer than a window is always made in windows")
+    g.add_argument("--overlap-frames", type=int, default=0, metavar="K",
+                   help="frames each window makes again over the end of the previous one, cross-faded (default 0)")
+    g.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="one prompt per window, separated by lines holding only '---' (the last one carries on)")
+    g.add_argument("--continue-from", default=None, metavar="CLIP",
+                   help="continue this video (25 fps): its last frame starts the new part, its sound is kept; "
+                   "--seconds is the length added (with --audio: the speech's length)")
+    g.add_argument("--continue-output", choices=["full", "new"], default="full",
+                   help="with --continue-from: write the clip followed by the new part (full, default) or the new "
+                   "part alone")
+
+
+def _check_long_video_args(args, preset) -> None:
+    """The long-video flags, before anything is loaded (``--prompt-file`` read into ``args.prompts``)."""
+    args.prompts = None
+    w = args.window_seconds
+    if w is not None and not P.MIN_WINDOW_SECONDS <= w <= P.MAX_WINDOW_SECONDS:
+        raise UsageError(f"--window-seconds {w:g}: windows last {P.MIN_WINDOW_SECONDS:g} to {P.MAX_WINDOW_SECONDS:g} s "
+                         "(the model was trained on clips of a few seconds; 4-5 s as the official examples)")
+    if args.overlap_frames < 0:
+        raise UsageError(f"--overlap-frames must be >= 0, got {args.overlap_frames}")
+    window = P.clip_frames(w if w is not None else preset.seconds)
+    if args.overlap_frames + 1 >= window:
+        raise UsageError(f"--overlap-frames {args.overlap_frames} is not shorter than the window ({window} frames): "
+                         f"use at most {window - 2}")
+    if args.prompt_file is not None:
+        if args.prompt is not None:
+            raise UsageError("give --prompt or --prompt-file, not both")
+        if args.dialogue or args.background_sound is not None:
+            raise UsageError("--dialogue/--background-sound build one prompt; with --prompt-file write each window's "
+                             "prompt in full")
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise UsageError(f"--prompt-file {path}: no such file")
+        args.prompts = P.split_prompts(path.read_text(encoding="utf-8"))
+        if not args.prompts:
+            raise UsageError(f"--prompt-file {path} holds no prompt (prompts are separated by lines holding only "
+                             "'---')")
+        args.prompt = args.prompts[0]
+    elif args.prompt is None:
+        raise UsageError("give --prompt (or --prompt-file with one prompt per window)")
+    if args.continue_from is not None:
+        if not Path(args.continue_from).is_file():
+            raise UsageError(f"--continue-from {args.continue_from}: no such file")
+        if args.image is not None:
+            raise UsageError("--image and --continue-from both set the first frame: give one")
+    elif args.continue_output != "full":
+        raise UsageError("--continue-output needs --continue-from")
+    if _uses_windows_flags(args) and ((args.gpus or 1) > 1 or sp_launch.torchrun_world_size() > 1):
+        raise UsageError("long videos run on one device for now: drop --gpus (or torchrun) with --window-seconds, "
+                         "--overlap-frames, --prompt-file or --continue-from")
+
+
+def _uses_windows_flags(args) -> bool:
+    return (args.window_seconds is not None or args.prompt_file is not None or args.continue_from is not None
+            or args.overlap_frames > 0)
+
+
+def _is_long_video(args, preset, ref_wave, ref_sr) -> bool:
+    """A windowed run: a long-video flag is given, or the clip (``--seconds``, else the whole ``--audio``, else the
+    preset's length) is longer than one window (the preset's length) on one device."""
+    if _uses_windows_flags(args):
+        return True
+    if args.seconds is not None:
+        total = args.seconds
+    elif ref_wave is not None:
+        total = ref_wave.shape[-1] / ref_sr
+    else:
+        total = preset.seconds
+    # several GPUs (torchrun): one sequence-parallel pass, as before windows existed
+    return P.clip_frames(total) > P.clip_frames(preset.seconds) and sp_launch.torchrun_world_size() == 1
+
+
+def _dit_swapper(device: torch.device, keep: bool):
+    """``use`` hook of the long-video engine: with two DiTs (base + SR) on a GPU only the running one is there
+    (``keep``: leave the models where they are, e.g. with block offload)."""
+    dits: dict = {}
+
+    def use(role, model, latent, **fit):
+        if role in ("dit", "sr_dit") and device.type == "cuda" and not keep:
+            dits[role] = model
+            for other, m in dits.items():
+                if other != role:
+                    m.to("cpu")
+            model.to(device)
+        return model
+
+    return use
+
+
+def _read_clip(path: str, keep_original: bool):
+    """The clip to continue: its frames (read as they are needed) and its sound, checked first."""
+    info = media.read_mp4_info(path)
+    if not info.get("frames"):
+        raise UsageError(f"--continue-from {path}: the file has no video frames")
+    if info.get("fps") and abs(info["fps"] - P.FPS) > 0.01:
+        raise UsageError(f"--continue-from {path} is {info['fps']:g} fps; MagiHuman makes {P.FPS} fps video: convert "
+                         f"it first (e.g. ffmpeg -i clip.mp4 -r {P.FPS} clip{P.FPS}.mp4)")
+    sound = media.load_audio(path) if info.get("audio_codec") else None
+    return P.ClipToContinue(frames=media.iter_video_frames(path), audio=sound, keep_original=keep_original)
+
+
+def _generate_long(args, preset, timer: StageTimer, models_dir, files: dict, device, image, ref, storage: Storage,
+                   loras: tuple) -> int:
+    """One long video (windows and/or continuation), written to ``--output`` as its windows finish."""
+    vae_dtype = torch.float32 if (preset.tiny or device.type == "cpu") else torch.bfloat16
+    decoder = args.decoder or preset.decoder
+    show = not args.quiet
+    width, height = args.width or preset.width, args.height or preset.height
+    window = args.window_seconds if args.window_seconds is not None else preset.seconds
+    ref_wave, ref_sr = ref
+    seconds = args.seconds if args.seconds is not None or ref_wave is not None else preset.seconds
+    if "video_vae" not in files:  # every window after the first re-encodes a frame with the Wan2.2 VAE
+        files.update(resolve_model_files(preset, models_dir, ["video_vae"]))
+    clip = None
+    if args.continue_from:
+        with timer("read clip"):
+            clip = _read_clip(args.continue_from, args.continue_output == "full")
+
+    with timer("estimate"):  # a run holds one window at a time: price one
+        _plan_and_check(args, preset, device, storage, width, height, min(window, seconds or window), 1, files)
+
+    prompts = args.prompts or [args.prompt]
+    negative = args.negative_prompt if args.negative_prompt is not None else P.DEFAULT_NEGATIVE_PROMPT
+    with timer("load text encoder"):
+        text_encoder = T5GemmaEncoder.from_pretrained(files["text_encoder"], dtype=vae_dtype if preset.tiny
+                                                      else torch.bfloat16, device=device)
+    with timer("text encode"):
+        encoded: dict = {}
+        for text in prompts:
+            if text not in encoded:
+                encoded[text] = P.encode_prompt(text_encoder, text, negative if (preset.cfg or preset.sr_cfg) else None,
+                                                cjk_spacing=not getattr(args, "no_cjk_spacing", False))
+        conds = [encoded[t] for t in prompts]
+    del text_encoder, encoded
+    _free()
+
+    with timer("load VAEs"):
+        video_vae = load_wan_vae(files["video_vae"], dtype=vae_dtype, device=device)
+        audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
+        video_decoder = (load_turbo_vae(None, files["turbo_vae"], dtype=vae_dtype, device=device)
+                         if decoder == "turbo" else None)
+    with timer("load DiT"):
+        dit = _load_dit(files[preset.dit], storage, device, show and not preset.tiny, args, loras[0],
+                        getattr(args, "blocks_on_device", None))
+        if show:
+            print(_load_line("base DiT", dit), file=sys.stderr)
+        sr_dit = None
+        if preset.sr:
+            _, sr_blocks, sr_storage = _sr_settings(args, storage)
+            sr_dit = _load_dit(files[preset.sr], sr_storage, device, show and not preset.tiny, args, loras[1], sr_blocks)
+            if show:
+                print(_load_line("SR DiT", sr_dit), file=sys.stderr)
+    models = P.LongVideoModels(dit=dit, video_vae=video_vae, audio_vae=audio_vae, video_decoder=video_decoder,
+                               sr_dit=sr_dit, use=_dit_swapper(device, bool(getattr(args, "blocks_on_device", None))))
+    steps = args.steps or preset.steps
+    sr_steps = (args.sr_steps or preset.sr_steps) if preset.sr else 0
+    sr_size = (args.sr_width or preset.sr_width, args.sr_height or preset.sr_height) if preset.sr else None
+
+    out = Path(args.output)
+    part = out.with_name(f".{out.stem}.partial{out.suffix}")  # renamed when done: the output may be the clip read
+    writer = media.MP4Writer(part, fps=P.FPS, sample_rate=media.REFERENCE_SAMPLE_RATE, channels=2)
+    bars = []
+
+    def on_plan(plan):
+        print(f"long video: {plan.describe()}", file=sys.stderr)
+        bars.append(_progress("windows", len(plan.windows) * (steps + sr_steps), show))
+
+    def on_step(win, stage, i, n, x0):
+        bars[0].set_postfix_str(f"window {win.index + 1} {stage}", refresh=False)
+        bars[0].update(1)
+
+    try:
+        with timer("windows"):
+            result = P.generate_long_video(
+                models, conds, width=width, height=height, seconds=seconds, window_seconds=window,
+                overlap_frames=args.overlap_frames, seed=int(args.seed),
+                denoise_options=dict(sampler=preset.sampler, steps=steps, cfg=preset.cfg),
+                sr_size=sr_size, sr_options=dict(steps=sr_steps, cfg=preset.sr_cfg) if preset.sr else None,
+                image=image, reference_audio=None if ref_wave is None else (ref_wave, ref_sr), continue_from=clip,
+                generator_device=device, callback=on_step, on_frames=writer.add_frames, on_plan=on_plan,
+                on_note=lambda text: print(f"note: {text}", file=sys.stderr))
+        for bar in bars:
+            bar.close()
+        with timer("mux"):
+            writer.close(result.audio)
+        part.replace(out)
+    except BaseException:  # interrupted or failed: the partial file goes, the inputs are untouched
+        for bar in bars:
+            bar.close()
+        writer.abort()
+        raise
+    w, h = result.size
+    print(f"wrote {out}: {result.frame_count} frames {w}x{h} @ {P.FPS} fps ({result.frame_count / P.FPS:.2f} s), "
+          f"audio {result.audio.shape[-1] / result.sample_rate:.2f} s", file=sys.stderr)
+    print(timer.table(), file=sys.stderr)
     return EXIT_OK
 
 
@@ -878,7 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate an MP4 (video + audio) from a prompt")
     g.add_argument("--preset", default="distill_256p", choices=list(PRESETS), help="generation recipe")
-    g.add_argument("--prompt", required=True, help="what happens and what is said")
+    g.add_argument("--prompt", default=None, help="what happens and what is said (or --prompt-file)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt for CFG (default: the official one)")
     g.add_argument("--image", default=None, help="reference image (TI2V: becomes the first frame)")
     g.add_argument("--audio", default=None, help="reference audio (A2V: the soundtrack); the clip lasts as long as "
@@ -940,6 +1155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the tiny presets, whose tensors are too small to gain from more and lose a lot on a busy CPU)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_prompt_fields(g)  # with --dialogue/--background-sound, --prompt is the main body of an Enhanced Prompt
+    _add_long_video_args(g)
     g.set_defaults(func=generate)
 
     t = sub.add_parser("tiny-models", help="write tiny random checkpoints (ComfyUI layout) and list them")

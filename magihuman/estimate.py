@@ -1058,6 +1058,10 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
     options = suggest_smaller(plan, device_memory_bytes)
     if options:
         msg += " Requests that fit: " + "; ".join(options) + "."
+    shorter = [o.split()[0].split("=")[1] for o in options if o.startswith("seconds=")]
+    if shorter and float(shorter[0]) >= 1:  # long videos are made in windows of a length that fits (issue 22)
+        msg += (f" The whole {plan.seconds:g} s fits as windows of {shorter[0]} s (generate --window-seconds "
+                f"{shorter[0]}; the MagiHuman Long Video node).")
     if max(s.weights_on_device for s in plan.stages) >= device_memory_bytes:
         msg += f" The DiT weights alone do not fit {'in RAM' if cpu else 'on the device'}."
     if cpu:

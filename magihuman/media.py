@@ -5,7 +5,8 @@
 - Audio: :func:`load_audio` (soundfile, PyAV fallback), :func:`resample` (band-limited Kaiser-windowed
   sinc, any rational ratio), :func:`prepare_reference_audio` (mono at 51 200 Hz, 2 channels) and
   :func:`encode_reference_audio` (29 s windows, 50 % overlap, official latent cross-fade).
-- Video: :func:`write_mp4` (H.264 yuv420p + AAC via PyAV) and :func:`read_mp4_info`.
+- Video: :func:`write_mp4` / :class:`MP4Writer` (H.264 yuv420p + AAC via PyAV; the writer takes frames as they
+  are made), :func:`iter_video_frames` and :func:`read_mp4_info`.
 
 Differences from the official pipeline, all deliberate and small:
 - The official code decodes audio with ffmpeg (``whisper.load_audio``: mono downmix, s16 samples,
@@ -51,7 +52,9 @@ __all__ = [
     "encode_reference_audio",
     "encode_audio_file",
     "write_audio",
+    "MP4Writer",
     "write_mp4",
+    "iter_video_frames",
     "read_mp4_info",
 ]
 
@@ -565,10 +568,138 @@ def _video_encoder() -> str:
                      "official PyAV wheel: pip install av")
 
 
+def _prepare_mp4_audio(audio: Any, sample_rate: int | None) -> tuple[np.ndarray | None, int | None]:
+    """``[C, S]`` float audio -> (clamped numpy array at an AAC rate, that rate); (None, None) for no audio."""
+    if audio is None:
+        return None, None
+    if sample_rate is None:
+        raise MediaError("audio needs its sample_rate")
+    wave = _as_2d_float(audio, "audio").float()
+    if wave.shape[0] not in (1, 2):
+        raise MediaError(f"audio must have 1 or 2 channels; got {wave.shape[0]} (mix it down first)")
+    if wave.shape[-1] == 0:
+        return None, None
+    sample_rate = int(sample_rate)
+    if sample_rate not in AAC_SAMPLE_RATES:
+        wave = resample(wave, sample_rate, 48000)
+        sample_rate = 48000
+    return wave.clamp(-1.0, 1.0).numpy(), sample_rate
+
+
+class MP4Writer:
+    """An MP4 written as frames arrive (H.264 yuv420p, ``crf``), the audio (AAC) added by :meth:`close`.
+
+    Only the frames of one :meth:`add_frames` call are held, so a long clip made piece by piece never sits in
+    memory whole. The size is fixed by the first frames; later ones must match. yuv420p needs even sizes: an odd
+    width or height is padded by repeating the last column/row (nothing is cut off). An MP4 declares its streams
+    before the first packet, so a sound track is announced here: ``sample_rate`` (the rate the audio will come
+    at; AAC takes its standard rates only, others are resampled to 48 kHz) and ``channels`` (1 or 2). A writer
+    left by an exception inside ``with`` (or by :meth:`abort`) removes its file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25, *, sample_rate: int | None = None, channels: int = 2,
+                 crf: int = 18, preset: str = "medium", audio_bitrate: int = 192_000) -> None:
+        self.path = Path(path)
+        self.rate = Fraction(fps).limit_denominator(1001)
+        if self.rate <= 0:
+            raise MediaError(f"fps must be positive; got {fps}")
+        if channels not in (1, 2):
+            raise MediaError(f"audio must have 1 or 2 channels; got {channels} (mix it down first)")
+        if sample_rate is not None and int(sample_rate) <= 0:
+            raise MediaError(f"the audio sample rate must be positive; got {sample_rate}")
+        self.sample_rate = None if sample_rate is None else int(sample_rate)
+        self.channels, self.audio_bitrate = channels, int(audio_bitrate)
+        self.crf, self.preset = int(crf), preset
+        self.frames = 0
+        self.size: tuple[int, int] | None = None  # (width, height) of the frames given
+        self._container = self._vstream = self._astream = None
+
+    def _open(self, width: int, height: int) -> None:
+        codec = _video_encoder()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), mode="w", format="mp4")
+        self._vstream = self._container.add_stream(codec, rate=self.rate)
+        self._vstream.width, self._vstream.height = width + width % 2, height + height % 2
+        self._vstream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self._vstream.options = {"crf": str(self.crf), "preset": self.preset}
+        if self.sample_rate is not None:
+            rate = self.sample_rate if self.sample_rate in AAC_SAMPLE_RATES else 48000
+            self._astream = self._container.add_stream("aac", rate=rate,
+                                                       layout="stereo" if self.channels == 2 else "mono")
+            self._astream.bit_rate = self.audio_bitrate
+        self.size = (width, height)
+
+    def add_frames(self, frames: Any) -> None:
+        """Encode ``[F, H, W, 3]`` frames (uint8, or float in [0, 1])."""
+        rgb = _frames_uint8(frames)
+        f, h, w, _ = rgb.shape
+        if self._container is None:
+            if self.frames:
+                raise MediaError(f"{self.path}: this video is already closed")
+            self._open(w, h)
+        elif (w, h) != self.size:
+            raise MediaError(f"frames of {w}x{h} do not fit this video of {self.size[0]}x{self.size[1]}")
+        if h % 2 or w % 2:
+            rgb = np.pad(rgb, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for i in range(f):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[i]), format="rgb24")
+            frame.pts = self.frames + i
+            for packet in self._vstream.encode(frame):
+                self._container.mux(packet)
+        self.frames += f
+
+    def close(self, audio: Any = None) -> Path:
+        """Finish the video and add ``audio`` (``[C, S]`` float in [-1, 1] at the ``sample_rate`` given to the
+        writer; C = its ``channels``)."""
+        if self._container is None:
+            raise MediaError("no frames to write")
+        if audio is not None and self._astream is None:
+            raise MediaError("this MP4 was opened without a sound track: give MP4Writer its sample_rate")
+        wave, rate = _prepare_mp4_audio(audio, self.sample_rate) if audio is not None else (None, None)
+        if wave is not None and wave.shape[0] != self.channels:
+            raise MediaError(f"the audio has {wave.shape[0]} channel(s); this MP4 was opened for {self.channels}")
+        container, self._container = self._container, None
+        try:
+            for packet in self._vstream.encode():
+                container.mux(packet)
+            if wave is not None:
+                layout = "stereo" if wave.shape[0] == 2 else "mono"
+                n = 1024  # AAC frame size
+                for s0 in range(0, wave.shape[1], n):
+                    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, s0 : s0 + n]), format="fltp",
+                                                       layout=layout)
+                    frame.sample_rate, frame.pts = rate, s0
+                    for packet in self._astream.encode(frame):
+                        container.mux(packet)
+                for packet in self._astream.encode():
+                    container.mux(packet)
+        finally:
+            container.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop without finishing: the partial file is removed."""
+        if self._container is not None:
+            container, self._container = self._container, None
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - the file goes anyway
+                pass
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "MP4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
 def write_mp4(path: str | os.PathLike, frames: Any, fps: float = 25, audio: Any = None,
               sample_rate: int | None = None, *, crf: int = 18, preset: str = "medium",
               audio_bitrate: int = 192_000) -> Path:
-    """Write an MP4: H.264 (yuv420p, ``crf``) video and, if given, AAC audio.
+    """Write an MP4: H.264 (yuv420p, ``crf``) video and, if given, AAC audio (:class:`MP4Writer` in one go).
 
     ``frames``: ``[F, H, W, 3]`` uint8, or float in [0, 1]. yuv420p needs even sizes: an odd width
     or height is padded by repeating the last column/row (nothing is cut off).
@@ -576,61 +707,31 @@ def write_mp4(path: str | os.PathLike, frames: Any, fps: float = 25, audio: Any 
     standard rates (51 200 Hz is not one): other rates are resampled to 48 kHz with :func:`resample`.
     """
     rgb = _frames_uint8(frames)
-    f, h, w, _ = rgb.shape
-    pad_h, pad_w = h % 2, w % 2
-    if pad_h or pad_w:
-        rgb = np.pad(rgb, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    rate = Fraction(fps).limit_denominator(1001)
-    if rate <= 0:
-        raise MediaError(f"fps must be positive; got {fps}")
-    wave = None
-    if audio is not None:
-        if sample_rate is None:
-            raise MediaError("audio needs its sample_rate")
-        wave = _as_2d_float(audio, "audio").float()
-        if wave.shape[0] not in (1, 2):
-            raise MediaError(f"audio must have 1 or 2 channels; got {wave.shape[0]} (mix it down first)")
-        if wave.shape[-1] == 0:
-            wave = None
-        else:
-            sample_rate = int(sample_rate)
-            if sample_rate not in AAC_SAMPLE_RATES:
-                wave = resample(wave, sample_rate, 48000)
-                sample_rate = 48000
-            wave = wave.clamp(-1.0, 1.0).numpy()
+    wave, rate = _prepare_mp4_audio(audio, sample_rate)  # bad audio fails before any file is written
+    channels = 2 if wave is None else wave.shape[0]
+    with MP4Writer(path, fps, sample_rate=rate, channels=channels, crf=crf, preset=preset,
+                   audio_bitrate=audio_bitrate) as writer:
+        writer.add_frames(rgb)
+        return writer.close(None if wave is None else torch.from_numpy(wave))
+
+
+def iter_video_frames(path: str | os.PathLike, *, start: int = 0):
+    """Decoded frames of a video file, one ``[H, W, 3]`` uint8 array at a time, from frame ``start`` on
+    (one frame in memory at a time)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    codec = _video_encoder()
-    with av.open(str(path), mode="w", format="mp4") as container:
-        vstream = container.add_stream(codec, rate=rate)
-        vstream.width, vstream.height = rgb.shape[2], rgb.shape[1]
-        vstream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            vstream.options = {"crf": str(int(crf)), "preset": preset}
-        astream = None
-        if wave is not None:
-            layout = "stereo" if wave.shape[0] == 2 else "mono"
-            astream = container.add_stream("aac", rate=sample_rate, layout=layout)
-            astream.bit_rate = int(audio_bitrate)
-        for i in range(f):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[i]), format="rgb24")
-            frame.pts = i
-            for packet in vstream.encode(frame):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-        if astream is not None:
-            n = 1024  # AAC frame size
-            for s0 in range(0, wave.shape[1], n):
-                piece = np.ascontiguousarray(wave[:, s0 : s0 + n])
-                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
-                frame.sample_rate = sample_rate
-                frame.pts = s0
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
-    return path
+    if not path.is_file():
+        raise MediaError(f"{path}: no such video file")
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # noqa: BLE001 - PyAV raises its own error classes per FFmpeg error
+        raise MediaError(f"{path}: cannot read this video ({type(e).__name__}: {e}); use an MP4, MOV, MKV or WebM "
+                         "file") from e
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: the file has no video stream")
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i >= start:
+                yield frame.to_ndarray(format="rgb24")
 
 
 def read_mp4_info(path: str | os.PathLike) -> dict:

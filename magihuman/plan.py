@@ -376,7 +376,8 @@ def _shorter_clip(preset: str, vram_gib, ram_gib, seconds: float, **kw) -> str:
     candidates = [x for x in range(math.ceil(seconds) - 1, 0, -1) if x < seconds] + ([0.5] if seconds > 0.5 else [])
     for x in candidates:
         if plan_fit(preset, vram_gib, ram_gib, seconds=x, suggest=False, **kw).fits:
-            return f" A {x:g} s clip fits (--seconds {x:g})."
+            windows = f", or the whole {seconds:g} s in windows of {x:g} s (--window-seconds {x:g})" if x >= 1 else ""
+            return f" A {x:g} s clip fits (--seconds {x:g}){windows}."
     return " No shorter clip fits either: use a larger GPU (or more RAM), or a smaller size (--width/--height)."
 
 
@@ -409,6 +410,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     pl.add_argument("--vram", type=float, required=True, metavar="GB", help="GPU memory (GiB, as the card reports)")
     pl.add_argument("--ram", type=float, default=None, metavar="GB", help="host RAM (default: not limited)")
     pl.add_argument("--seconds", type=float, default=None, help="clip length (default: the preset's)")
+    pl.add_argument("--window-seconds", type=float, default=None, metavar="W",
+                    help="a long clip made in windows of W seconds: one window is what must fit (generate "
+                    "--window-seconds)")
     pl.add_argument("--width", type=int, default=None, help="base width (default: the preset's)")
     pl.add_argument("--height", type=int, default=None, help="base height (default: the preset's)")
     pl.set_defaults(func=main)
@@ -423,6 +427,13 @@ def main(args) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name} must be positive, got {v}")
-    plan = plan_fit(args.preset, args.vram, args.ram, seconds=args.seconds, width=args.width, height=args.height)
+    seconds = args.seconds
+    window = getattr(args, "window_seconds", None)
+    if window is not None:  # a long video holds one window at a time: price one
+        if not window > 0:
+            raise ValueError(f"--window-seconds must be > 0, got {window}")
+        seconds = min(window, seconds if seconds is not None else get_preset(args.preset).seconds)
+        print(f"one window of {seconds:g} s (a longer clip is made window by window)", file=sys.stdout)
+    plan = plan_fit(args.preset, args.vram, args.ram, seconds=seconds, width=args.width, height=args.height)
     print(plan.format(), file=sys.stdout)
     return EXIT_FITS if plan.fits else EXIT_NOTHING_FITS

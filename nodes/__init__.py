@@ -5,13 +5,14 @@ from .conditioning import CONDITIONING_NODES
 from .decode import DECODE_NODES
 from .example_inputs import install_example_inputs
 from .loaders import LOADER_NODES
+from .long_video import LONG_VIDEO_NODES
 from .lora import LORA_NODES
 from .multigpu import MULTIGPU_NODES
 from .prompt import PROMPT_NODES
 from .sampling import SAMPLING_NODES
 
 NODE_CLASSES = [*LOADER_NODES, *LORA_NODES, *MULTIGPU_NODES, *CONDITIONING_NODES, *SAMPLING_NODES, *DECODE_NODES,
-                *PROMPT_NODES]
+                *PROMPT_NODES, *LONG_VIDEO_NODES]
 
 
 class MagiHumanExtension(ComfyExtension):

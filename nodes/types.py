@@ -38,6 +38,8 @@ NODES: dict[str, tuple[str, str]] = {
     "MagiHumanEnhancedPrompt": ("MagiHuman Enhanced Prompt", "prompt"),
     "MagiHumanLLMPromptRequest": ("MagiHuman LLM Prompt Request", "prompt"),
     "MagiHumanCheckEnhancedPrompt": ("MagiHuman Check Enhanced Prompt", "prompt"),
+    "MagiHumanLongVideo": ("MagiHuman Long Video", "long video"),
+    "MagiHumanExtend": ("MagiHuman Extend", "long video"),
 }
 
 

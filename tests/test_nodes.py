@@ -35,7 +35,7 @@ def models(node_env):
 
 
 def test_node_ids_and_categories(nodes):
-    assert len(nodes) == 25
+    assert len(nodes) == 27
     for nid, cls in nodes.items():
         s = cls.define_schema()
         assert nid.startswith("MagiHuman") and s.category.startswith("MagiHuman/")

@@ -61,5 +61,5 @@ def test_comfy_entrypoint_lists_every_node(pack):
     nodes = asyncio.run(ext.get_node_list())
     ids = [n.define_schema().node_id for n in nodes]
     types = importlib.import_module(f"{pack.__name__}.nodes.types")
-    assert sorted(ids) == sorted(types.NODES) and len(ids) == 25  # every row of the names table, once
+    assert sorted(ids) == sorted(types.NODES) and len(ids) == 27  # every row of the names table, once
     assert all(i.startswith("MagiHuman") for i in ids)

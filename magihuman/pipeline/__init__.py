@@ -2,10 +2,12 @@
 
     empty_latents -> [encode_image] -> [encode_reference_audio] -> denoise -> [super_resolve] -> decode
     encode_prompt (text conditioning) feeds denoise and super_resolve.
+    generate_long_video: all of that per window of a long clip (or to continue a clip).
 
 Where things are: :mod:`.latents` (the AVLatent / TextConditioning containers, empty_latents),
 :mod:`.conditioning` (prompt, TI2V image, A2V audio), :mod:`.denoising` (denoise, super_resolve),
-:mod:`.decoding` (frames and waveform), :mod:`.guards` (what every stage checks before allocating:
+:mod:`.decoding` (frames and waveform), :mod:`.windows` and :mod:`.long_video` (long clips in windows),
+:mod:`.guards` (what every stage checks before allocating:
 model kind, input widths, finite numbers, memory). This package is their one public face.
 
 Each stage is what one ComfyUI node calls. Stages write no files and read none except an image given
@@ -34,6 +36,9 @@ from .denoising import Callback, denoise, super_resolve
 from .guards import check_fits, dit_activation_bytes, effective_variant
 from .latents import AVLatent, TextConditioning, empty_latents
 from . import memory  # noqa: E402 - bytes a host reserves for the VAE / text-encoder calls
+from .long_video import ClipToContinue, LongVideoModels, LongVideoResult, generate_long_video, split_prompts
+from .windows import (MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, Window, WindowPlan, clip_frames, plan_long_video,
+                      plan_windows)
 
 __all__ = [
     "AVLatent", "TextConditioning", "PipelineError", "FPS", "VIDEO_LATENT_CHANNELS", "AUDIO_LATENT_CHANNELS",
@@ -41,4 +46,6 @@ __all__ = [
     "encode_prompt", "encode_image", "encode_reference_audio", "denoise", "super_resolve", "decode", "decode_video",
     "decode_audio", "resample_audio", "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS", "DEFAULT_FRAME_RECEPTIVE_FIELD",
     "DEFAULT_NEGATIVE_PROMPT", "check_fits", "dit_activation_bytes", "effective_variant", "Callback", "memory",
+    "generate_long_video", "LongVideoModels", "ClipToContinue", "LongVideoResult", "split_prompts", "Window",
+    "WindowPlan", "plan_windows", "plan_long_video", "clip_frames", "MIN_WINDOW_SECONDS", "MAX_WINDOW_SECONDS",
 ]

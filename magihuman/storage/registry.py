@@ -185,13 +185,13 @@ _ENTRIES = (
     Storage("bf16", PLAIN, torch.bfloat16, ggml.GGMLType.BF16, ("bfloat16",), 0.0),
     Storage("fp16", PLAIN, torch.float16, ggml.GGMLType.F16, ("float16", "f16", "half")),
     Storage("fp32", PLAIN, torch.float32, ggml.GGMLType.F32, ("float32", "f32", "float")),
-    Storage("fp8", FP8, FP8_DTYPE, None, ("float8_e4m3fn", "e4m3"), 0.070),
-    _gguf(ggml.GGMLType.Q8_0, 0.012),
-    _gguf(ggml.GGMLType.Q5_1, 0.085),
-    _gguf(ggml.GGMLType.Q5_0),
-    _gguf(ggml.GGMLType.Q4_K, 0.18),
-    _gguf(ggml.GGMLType.Q4_1),
-    _gguf(ggml.GGMLType.Q4_0, 0.19),
+    Storage("fp8", FP8, FP8_DTYPE, None, ("float8_e4m3fn", "e4m3"), 0.078),
+    _gguf(ggml.GGMLType.Q8_0, 0.016),
+    _gguf(ggml.GGMLType.Q5_1, 0.111),
+    _gguf(ggml.GGMLType.Q5_0, 0.124),
+    _gguf(ggml.GGMLType.Q4_K, 0.240),
+    _gguf(ggml.GGMLType.Q4_1, 0.227),
+    _gguf(ggml.GGMLType.Q4_0, 0.250),
 )
 STORAGES: dict[str, Storage] = {s.name: s for s in _ENTRIES}
 # Every other GGML block type a file may hold (read, decoded by its torch kernel or, once, by gguf's numpy code).
