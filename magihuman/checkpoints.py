@@ -337,7 +337,7 @@ def dit_storage(storage: StorageLike = None, *, dtype=_UNSET, gguf: Optional[str
     if storage is not None:
         if dtype is not _UNSET or gguf is not None:
             raise ValueError("give storage= alone (dtype= and gguf= are its older spelling)")
-        return parse_storage(storage)
+        return parse_storage(storage).check_loadable()
     if gguf not in (None, "keep", "dequantize"):
         raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
     if dtype is _UNSET or dtype is None:

@@ -230,7 +230,7 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
             def _load_from_state_dict(self, *args, **kwargs):
                 return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
-        Eager.__name__ = Eager.__qualname__ = cls.__name__
+        Eager.__name__, Eager.__qualname__ = cls.__name__, f"MagiOps.{cls.__name__}"
         return Eager
 
     class MagiOps(_comfy_ops.manual_cast):

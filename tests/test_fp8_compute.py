@@ -184,3 +184,29 @@ def test_capability_below_ada_is_refused_without_running_a_kernel(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: pytest.fail("no kernel may run on sm86"))
     assert fp8_mm_supported(torch.device("cuda", 0), "tensor", torch.bfloat16) is False
+
+
+def test_generate_with_fp8_weights_and_fp8_compute_runs_every_kind_in_fp8(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Issue gate, through the command line: ``generate --dtype fp8 --fp8-compute tensor`` on a DiT with the release's
+    awkward widths scaled down (hidden 1280: qkv 1802, swiglu up 6824, down 3412 wide) runs all four block-linear
+    kinds in fp8, every step."""
+    from magihuman import cli
+    from magihuman.checkpoints import write_tiny_dit
+
+    cfg = DiTConfig(num_layers=2, hidden_size=1280, head_dim=128, num_query_groups=2, mm_layers=[0],
+                    gelu7_layers=[0], text_in_channels=64)  # the tiny text encoder's width
+    dit = write_tiny_dit(tmp_path / "magihuman_distill_mid.safetensors", config=cfg, layout="file",
+                         dtype=torch.bfloat16)
+    widths = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **k: widths.append((b.shape[0], b.shape[1]))
+                        or real(a, b, **k))
+    code = cli.main(["generate", "--preset", "tiny", "--prompt", "A man smiles.", "--seconds", "0.2", "--models",
+                     str(tiny_dir), "--dit", str(dit), "--dtype", "fp8", "--fp8-compute", "tensor",
+                     "--compute-dtype", "bf16", "--output", str(tmp_path / "o.mp4"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    steps = 8  # the distilled sampler
+    per_step = 4 * 1 + 4 * 3  # a shared layer and a multi-modal one (3 experts)
+    assert len(widths) == steps * per_step
+    kinds = {(1280, 1808), (1280, 1280), (1280, 6832), (3424, 1280), (1280, 5120), (5120, 1280)}  # (K, N), padded
+    assert set(widths) <= kinds and {(1280, 1808), (1280, 6832), (3424, 1280)} <= set(widths), set(widths)

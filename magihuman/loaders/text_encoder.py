@@ -112,7 +112,7 @@ def text_encoder_storage(storage: StorageLike = None, *, dtype=None, gguf: Optio
     if storage is not None:
         if dtype is not None or gguf is not None:
             raise ValueError("give storage= alone (dtype= and gguf= are its older spelling)")
-        return parse_storage(storage)
+        return parse_storage(storage).check_loadable()
     if gguf not in (None, "keep", "dequantize"):
         raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
     if dtype is None:

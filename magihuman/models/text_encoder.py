@@ -372,9 +372,10 @@ class T5GemmaEncoder(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         ids_list = self.tokenize(prompts)
-        device = self.compute_device or self.encoder.embed_tokens.weight.device  # a host may keep weights elsewhere
-        if device.type == "meta":
-            device = torch.device("cpu")
+        device = self.compute_device  # a host may keep the weights (the embedding table) elsewhere
+        if device is None:
+            device = self.encoder.embed_tokens.weight.device
+            device = torch.device("cpu") if device.type == "meta" else device
         out = torch.zeros(len(ids_list), max_length, self.config.hidden_size, dtype=torch.float32)
         lens = []
         for i, ids in enumerate(ids_list):

@@ -152,6 +152,14 @@ class Storage:
             return w if c == cols else w[:, :cols]
         return w.reshape(experts, r, c)[:, :rows, :cols].reshape(experts * rows, cols)
 
+    def check_loadable(self) -> "Storage":
+        """This storage, if a loader can keep weights in it (``file`` always); else a clear error."""
+        if self.kind == KEEP_FILE or (self.decodes_on_device and self.encodable):
+            return self
+        why = "no torch kernel decodes it" if not self.decodes_on_device else "no encoder writes it"
+        raise ValueError(f"{self.name} cannot be kept in memory: {why}; load a file of that type with 'file' (it is "
+                         f"decoded once, while loading) or choose one of {', '.join(load_choices())}")
+
     # ------------------------------------------------------------ the "file" policy
     def resolve(self, stored: "Storage") -> "Storage":
         """The storage a weight held in ``stored`` in a file is kept in: this one, or for ``file``, the file's own
