@@ -38,6 +38,8 @@ class ModelFile:
     tiny: str                      # the tiny preset's stand-in inside the same folder
     also: tuple[str, ...] = ()     # other accepted names in the same folder (older names, single-file repacks; * globs)
     release_storage: str = ""      # how the released files hold the weights (what loading converts from)
+    download: str = ""             # what to download from ``url`` (the templates' model notes)
+    url: str = ""                  # the page (or, for a single file, the file itself) to download from
 
     @property
     def comfy_path(self) -> str:
@@ -49,11 +51,15 @@ class ModelFile:
         return f"{self.folder}/{self.tiny.rstrip('/')}"
 
 
+HF = "https://huggingface.co"
+
+
 def _dit(role: str, what: str, release: str, tiny: str, release_storage: str) -> ModelFile:
     stem = f"magihuman_{release}"
     return ModelFile(role, what, "diffusion_models", f"{release}/", release,
                      f"GAIR/daVinci-MagiHuman `{release}/`", tiny,
-                     also=(f"{stem}/", f"{stem}*.safetensors", f"{stem}*.gguf"), release_storage=release_storage)
+                     also=(f"{stem}/", f"{stem}*.safetensors", f"{stem}*.gguf"), release_storage=release_storage,
+                     download=f"the folder `{release}/`", url=f"{HF}/GAIR/daVinci-MagiHuman/tree/main/{release}")
 
 
 MODEL_FILES: dict[str, ModelFile] = {m.role: m for m in (
@@ -63,16 +69,22 @@ MODEL_FILES: dict[str, ModelFile] = {m.role: m for m in (
     _dit("sr_1080p", "1080p super-resolution DiT", "1080p_sr", "magihuman_tiny_1080p_sr/", "fp32"),
     ModelFile("text_encoder", "T5Gemma-9B text encoder (google/t5gemma-9b-9b-ul2)", "text_encoders",
               "t5gemma-9b-9b-ul2/", "t5gemma-9b-9b-ul2", "google/t5gemma-9b-9b-ul2", "t5gemma_tiny/",
-              also=("t5gemma*.safetensors", "t5gemma*.gguf"), release_storage="bf16"),
+              also=("t5gemma*.safetensors", "t5gemma*.gguf"), release_storage="bf16",
+              download="the whole repository (weights + tokenizer)", url=f"{HF}/google/t5gemma-9b-9b-ul2"),
     ModelFile("turbo_vae", "Turbo VAE video decoder (TurboV3-Wan22-TinyShallow_7_7 config + checkpoint)", "vae",
-              "turbo_vae/", "turbo_vae", "GAIR/daVinci-MagiHuman `turbo_vae/`", "turbo_vae_tiny/"),
+              "turbo_vae/", "turbo_vae", "GAIR/daVinci-MagiHuman `turbo_vae/`", "turbo_vae_tiny/",
+              download="the folder `turbo_vae/`", url=f"{HF}/GAIR/daVinci-MagiHuman/tree/main/turbo_vae"),
     ModelFile("video_vae", "Wan2.2 VAE (image encode for TI2V, full-quality decode)", "vae",
               "wan2.2_vae.safetensors", "Wan2.2-TI2V-5B/Wan2.2_VAE.pth",
               "Comfy-Org/Wan_2.2_ComfyUI_Repackaged `split_files/vae/wan2.2_vae.safetensors` (or Wan-AI/Wan2.2-TI2V-5B "
-              "`Wan2.2_VAE.pth`)", "wan2.2_vae_tiny.safetensors", also=("Wan2.2_VAE.pth",)),
+              "`Wan2.2_VAE.pth`)", "wan2.2_vae_tiny.safetensors", also=("Wan2.2_VAE.pth",),
+              download="the file `wan2.2_vae.safetensors` (in split_files/vae)",
+              url=f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors"),
     ModelFile("audio_vae", "Stable Audio Open 1.0 VAE (Oobleck)", "vae", "stable-audio-open-1.0/",
               "stable-audio-open-1.0", "stabilityai/stable-audio-open-1.0", "stable_audio_open_tiny/",
-              also=("stable_audio_open_vae.safetensors",)),
+              also=("stable_audio_open_vae.safetensors",),
+              download="`model_config.json` + the `*.safetensors` (gated: accept the license first)",
+              url=f"{HF}/stabilityai/stable-audio-open-1.0"),
 )}
 
 ROLES = {role: m.what for role, m in MODEL_FILES.items()}

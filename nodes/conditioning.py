@@ -17,16 +17,19 @@ from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
 from . import compat
 from .v3 import MagiNode, io, ui
 from .latent_io import from_latent, to_conditioning, to_latent
-from .types import node_name, node_schema, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
+from .types import node_name, MagiAudioVAE, MagiTextEncoder, MagiVideoVAE
 
 log = logging.getLogger("magihuman.nodes")
 
 
 class MagiHumanTextEncode(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Text Encode", "conditioning"
+    CONNECT = ("In: `text_encoder` from the T5Gemma Loader. Out: `positive` → sampler / SR; `negative` → Base "
+               "Sampler (CFG) or SR with CFG.")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanTextEncode",
+        return cls.schema(
             description="Encodes the prompt (and the negative prompt for CFG) with T5Gemma into 640-token features.",
             inputs=[
                 MagiTextEncoder.Input("text_encoder"),
@@ -86,10 +89,12 @@ def check_latent_request(width, height, seconds, batch_size, where: str) -> None
 
 
 class MagiHumanEmptyAVLatent(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Empty AV Latent", "latent"
+    CONNECT = "`latent` → a sampler, or first through Image To Video (TI2V) / Reference Audio (A2V)."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanEmptyAVLatent",
+        return cls.schema(
             description="Empty joint video+audio latent. Sizes snap down to multiples of 32; 25 fps; the audio latent "
                         "has one step per video frame.",
             inputs=[
@@ -119,10 +124,13 @@ class MagiHumanEmptyAVLatent(MagiNode):
 
 
 class MagiHumanImageToVideo(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Image To Video (TI2V)", "conditioning"
+    CONNECT = ("In: the empty AV latent, `video_vae` (Wan2.2 VAE Loader), an IMAGE (Load Image). Out: `latent` → a "
+               "sampler.")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanImageToVideo",
+        return cls.schema(
             description="Uses an image as the first frame: centre-cropped to the latent's aspect, resized and encoded "
                         "with the Wan2.2 VAE; the samplers keep latent frame 0 equal to it.",
             inputs=[
@@ -197,10 +205,12 @@ def image_input(image, where: str):
 
 
 class MagiHumanReferenceAudio(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Reference Audio (A2V)", "conditioning"
+    CONNECT = "In: the empty AV latent, `audio_vae`, an AUDIO (Load Audio). Out: `latent` → a sampler."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanReferenceAudio",
+        return cls.schema(
             description="Audio-driven video: the reference audio (any rate/channels; mixed to mono, resampled to "
                         "51.2 kHz) becomes the fixed audio latent and sets the clip length.",
             inputs=[

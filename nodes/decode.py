@@ -10,7 +10,7 @@ from ..magihuman import pipeline
 from . import compat
 from .v3 import MagiNode, io
 from .latent_io import TRUE_AUDIO_RATE, audio_latent, from_latent, join_latent, split_latent
-from .types import node_name, node_schema, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
+from .types import node_name, MagiAudioVAE, MagiTurboVAE, MagiVideoVAE
 
 WAN_TILE_OVERLAP = 8  # WanVAE.decode's default overlap between tiles (latent cells)
 AUDIO_RATES = {"51200 (true rate)": TRUE_AUDIO_RATE, "48000": 48000, "44100 (official file rate)": 44100}
@@ -26,10 +26,12 @@ def _frames_all(decoder, av, **kw) -> torch.Tensor:
 
 
 class MagiHumanTurboVAEDecode(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Turbo VAE Decode", "decode"
+    CONNECT = "`images` → Create Video (fps 25) → Save Video."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanTurboVAEDecode",
+        return cls.schema(
             description="Fast video decode (the official default): sliding-window chunks, bounded memory. "
                         "Gives 4(T-1)+1 frames at 25 fps.",
             inputs=[
@@ -49,10 +51,12 @@ class MagiHumanTurboVAEDecode(MagiNode):
 
 
 class MagiHumanVideoVAEDecode(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Wan2.2 VAE Decode (tiled)", "decode"
+    CONNECT = "`images` → Create Video (fps 25) → Save Video."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanVideoVAEDecode",
+        return cls.schema(
             description="Full-quality Wan2.2 decode, spatially tiled so high resolutions fit in memory.",
             inputs=[
                 MagiVideoVAE.Input("video_vae"),
@@ -75,10 +79,12 @@ class MagiHumanVideoVAEDecode(MagiNode):
 
 
 class MagiHumanAudioDecode(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Audio Decode", "decode"
+    CONNECT = "`audio` → the `audio` input of Create Video (48000 or 44100 Hz), or Save Audio (any rate, FLAC)."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanAudioDecode",
+        return cls.schema(
             description="Decodes the audio latent with the Oobleck VAE. The model's audio is really 51.2 kHz; "
                         "48000 (default) and 44100 are resampled properly. Connect its AUDIO to Create Video "
                         "(then Save Video) or to Save Audio.",
@@ -154,10 +160,13 @@ def check_rate_fits_consumers(rate: int, label: str, prompt, node_id, where: str
 
 
 class MagiHumanSplitAVLatent(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Split AV Latent", "latent"
+    CONNECT = ("`video_latent` → other latent nodes or a video decoder; `audio_latent` → Audio Decode. Join them "
+               "again before a MagiHuman sampler.")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanSplitAVLatent",
+        return cls.schema(
             description="Separates the video latent [B,48,T,h,w] and the audio latent [B,64,N] to route them apart "
                         "(e.g. decode only the audio, or process the video latent with other latent nodes); "
                         "join them again before a MagiHuman sampler.",
@@ -171,10 +180,12 @@ class MagiHumanSplitAVLatent(MagiNode):
 
 
 class MagiHumanJoinAVLatent(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Join AV Latent", "latent"
+    CONNECT = "In: the two outputs of Split AV Latent. Out: `latent` → any MagiHuman node."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanJoinAVLatent",
+        return cls.schema(
             description="Joins a video latent and an audio latent from the split node back into one AV latent "
                         "(N audio steps need (N-1)//4+1 latent frames).",
             inputs=[io.Latent.Input("video_latent"), io.Latent.Input("audio_latent")],

@@ -33,8 +33,7 @@ from ..magihuman.pipeline import AVLatent, TextConditioning
 from . import compat
 from .types import node_name
 
-JOIN, SPLIT, EMPTY, TEXT = (node_name(n) for n in ("MagiHumanJoinAVLatent", "MagiHumanSplitAVLatent",
-                                                    "MagiHumanEmptyAVLatent", "MagiHumanTextEncode"))
+JOIN, SPLIT, EMPTY, TEXT = "MagiHumanJoinAVLatent", "MagiHumanSplitAVLatent", "MagiHumanEmptyAVLatent", "MagiHumanTextEncode"
 
 AUDIO_KEY = "magihuman_audio"
 META_KEY = "magihuman"
@@ -105,13 +104,14 @@ def unpack_av(packed) -> tuple[torch.Tensor, torch.Tensor, int] | None:
 # --------------------------------------------------------------------------------------------
 # The samples object inside ComfyUI: a comfy NestedTensor that core latent nodes can index
 # --------------------------------------------------------------------------------------------
-_UNSUPPORTED_HINT = (f"core nodes that work on it: Latent From Batch, Repeat Latent Batch, Latent Batch, "
-                     f"Save Latent / Load Latent, Latent Add / Subtract / Multiply, VAE Decode (video only); use "
-                     f"'{SPLIT}' to work on the video or the audio latent alone")
+def _unsupported_hint() -> str:
+    return ("core nodes that work on it: Latent From Batch, Repeat Latent Batch, Latent Batch, Save Latent / Load "
+            "Latent, Latent Add / Subtract / Multiply, VAE Decode (video only); use "
+            f"'{node_name(SPLIT)}' to work on the video or the audio latent alone")
 
 
 def _unsupported(what: str) -> TypeError:
-    return TypeError(f"MagiHuman audio+video latent: {what} is not supported on the joint latent ({_UNSUPPORTED_HINT})")
+    return TypeError(f"MagiHuman audio+video latent: {what} is not supported on the joint latent ({_unsupported_hint()})")
 
 
 def _parts(x) -> list | None:
@@ -266,7 +266,7 @@ def _video_audio(latent: Mapping, where: str) -> tuple[torch.Tensor, torch.Tenso
     parts = _parts(samples)
     foreign = (f"{where}: this LATENT ({_describe(samples)}) is not a MagiHuman audio+video latent (video [B, "
                f"{VIDEO_LATENT_CHANNELS}, T, h, w] + audio [B, N, {AUDIO_LATENT_CHANNELS}]; another model's latent?); "
-               f"start from '{EMPTY}'")
+               f"start from '{node_name(EMPTY)}'")
     if parts is not None:
         if len(parts) != 2 or not _is_video(parts[0]) or not _is_audio(parts[1]):
             raise LatentTypeError(foreign)
@@ -278,7 +278,7 @@ def _video_audio(latent: Mapping, where: str) -> tuple[torch.Tensor, torch.Tenso
         raise LatentTypeError(foreign)
     if AUDIO_KEY not in latent:
         raise LatentTypeError(f"{where}: this LATENT has only a video latent, no MagiHuman audio latent (was it split, "
-                              f"or made by another model's nodes?); use '{EMPTY}' or '{JOIN}'")
+                              f"or made by another model's nodes?); use '{node_name(EMPTY)}' or '{node_name(JOIN)}'")
     return samples, latent[AUDIO_KEY], None
 
 
@@ -287,7 +287,7 @@ def from_latent(latent, where: str) -> AVLatent:
         raise LatentTypeError(f"{where}: expected a LATENT, got {type(latent).__name__}")
     if latent.get("type") == "audio":
         raise LatentTypeError(f"{where}: got an audio-only LATENT; join it with its video latent using "
-                              f"'{JOIN}'")
+                              f"'{node_name(JOIN)}'")
     video, audio, flags = _video_audio(latent, where)
     meta = latent.get(META_KEY)
     meta = dict(meta) if isinstance(meta, Mapping) else ({} if flags is None else _unflag(flags))
@@ -317,11 +317,11 @@ def join_latent(video, audio, where: str) -> dict:
     v = video.get("samples") if isinstance(video, Mapping) else None
     a = audio.get("samples") if isinstance(audio, Mapping) else None
     if not _is_video(v):
-        raise LatentTypeError(f"{where}: video_latent must be [B, {VIDEO_LATENT_CHANNELS}, T, h, w] (from '{SPLIT}'), "
+        raise LatentTypeError(f"{where}: video_latent must be [B, {VIDEO_LATENT_CHANNELS}, T, h, w] (from '{node_name(SPLIT)}'), "
                               f"got {_describe(v)}")
     if not isinstance(a, torch.Tensor) or a.dim() != 3 or a.shape[1] != AUDIO_LATENT_CHANNELS:
         raise LatentTypeError(f"{where}: audio_latent must be a MagiHuman audio latent "
-                              f"[B, {AUDIO_LATENT_CHANNELS}, N] (from '{SPLIT}'), got {_describe(a)}")
+                              f"[B, {AUDIO_LATENT_CHANNELS}, N] (from '{node_name(SPLIT)}'), got {_describe(a)}")
     meta = dict(video.get(META_KEY) or {})
     meta["audio_fixed"] = bool((audio.get(META_KEY) or {}).get("audio_fixed", False))
     plain = {"samples": v, AUDIO_KEY: a.transpose(1, 2).contiguous(), META_KEY: meta}
@@ -349,11 +349,11 @@ def text_conditioning(positive, negative=None, *, where: str) -> TextConditionin
             raise LatentTypeError(f"{where}: {name} is not a CONDITIONING")
         embeds, extra = cond[0][0], cond[0][1] if len(cond[0]) > 1 else {}
         if "magihuman_len" not in extra:
-            raise LatentTypeError(f"{where}: {name} was not made by '{TEXT}' (T5Gemma); other text "
+            raise LatentTypeError(f"{where}: {name} was not made by '{node_name(TEXT)}' (T5Gemma); other text "
                                   "encoders' conditioning does not fit this model")
         if int(extra["magihuman_len"]) <= 0:
             raise LatentTypeError(f"{where}: the {name} prompt was not encoded (empty); enable the negative prompt in "
-                                  f"'{TEXT}' or use a sampler without CFG")
+                                  f"'{node_name(TEXT)}' or use a sampler without CFG")
         return embeds.float(), [int(extra["magihuman_len"])], extra.get("magihuman_prompt", "")
 
     e, lens, text = unpack(positive, "positive")

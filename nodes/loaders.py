@@ -15,7 +15,7 @@ from ..magihuman.models.text_encoder import T5GemmaEncoder
 from ..magihuman.presets import comfy_name
 from . import compat
 from .v3 import MagiNode, io
-from .types import node_name, node_schema, MagiAudioVAE, MagiDiT, MagiSRDiT, MagiTextEncoder, MagiTurboVAE, MagiVideoVAE
+from .types import node_name, MagiAudioVAE, MagiDiT, MagiSRDiT, MagiTextEncoder, MagiTurboVAE, MagiVideoVAE
 
 DIT_FOLDERS = ("diffusion_models",)
 TEXT_FOLDERS = ("text_encoders",)
@@ -54,7 +54,6 @@ class _DiTLoader(MagiNode):
     """The DiT and SR DiT loaders: one schema and one code path, two output types (never registered itself:
     ComfyUI caches schema facts per class, so the two nodes are siblings, not parent and child)."""
 
-    NODE_ID: str
     OUTPUT: object
     WANT_SR: bool
     DESCRIPTION: str
@@ -63,8 +62,7 @@ class _DiTLoader(MagiNode):
 
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            cls.NODE_ID,
+        return cls.schema(
             description=cls.DESCRIPTION,
             inputs=[
                 _model_input("model_name", DIT_FOLDERS, cls.ROLE,
@@ -120,22 +118,28 @@ class _DiTLoader(MagiNode):
 
 
 class MagiHumanDiTLoader(_DiTLoader):
-    NODE_ID, OUTPUT, WANT_SR = "MagiHumanDiTLoader", MagiDiT, False
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman DiT Loader", "loaders"
+    CONNECT = "`model` → MagiHuman Distilled Sampler (distill model) or Base Sampler (base model)."
+    OUTPUT, WANT_SR = MagiDiT, False
     DESCRIPTION = "Loads the base or distilled MagiHuman joint audio+video denoiser (variant inferred from the files)."
     ROLE, OUTPUT_NAME = "distill", "model"
 
 
 class MagiHumanSRDiTLoader(_DiTLoader):
-    NODE_ID, OUTPUT, WANT_SR = "MagiHumanSRDiTLoader", MagiSRDiT, True
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman SR DiT Loader", "loaders"
+    CONNECT = "`sr_model` → MagiHuman Latent Super-Resolution."
+    OUTPUT, WANT_SR = MagiSRDiT, True
     DESCRIPTION = "Loads a MagiHuman super-resolution DiT (540p or 1080p; 1080p uses local attention)."
     ROLE, OUTPUT_NAME = "sr_540p", "sr_model"
 
 
 class MagiHumanTextEncoderLoader(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman T5Gemma Loader", "loaders"
+    CONNECT = "`text_encoder` → MagiHuman Text Encode."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanTextEncoderLoader",
+        return cls.schema(
             description="Loads the T5Gemma-9B encoder (only the encoder tensors are read) with its tokenizer.",
             inputs=[
                 _model_input("text_encoder", TEXT_FOLDERS, "text_encoder",
@@ -161,10 +165,12 @@ class MagiHumanTextEncoderLoader(MagiNode):
 
 
 class MagiHumanTurboVAELoader(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Turbo VAE Loader", "loaders"
+    CONNECT = "`turbo_vae` → MagiHuman Turbo VAE Decode."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanTurboVAELoader",
+        return cls.schema(
             description="Loads the fast Turbo video decoder: its folder (TurboV3 JSON + checkpoint .ckpt, read "
                         "with weights_only) or a converted .safetensors.",
             inputs=[
@@ -183,10 +189,13 @@ class MagiHumanTurboVAELoader(MagiNode):
 
 
 class MagiHumanVideoVAELoader(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Wan2.2 VAE Loader", "loaders"
+    CONNECT = ("`video_vae` → MagiHuman Image To Video (TI2V), Wan2.2 VAE Decode, or the `video_vae` input of Latent "
+               "Super-Resolution (TI2V + SR).")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanVideoVAELoader",
+        return cls.schema(
             description="Loads the Wan2.2 (TI2V-5B) video VAE: image encoding for TI2V and the full-quality decoder.",
             inputs=[
                 _model_input("vae_name", VAE_FOLDERS, "video_vae",
@@ -207,10 +216,12 @@ class MagiHumanVideoVAELoader(MagiNode):
 
 
 class MagiHumanAudioVAELoader(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Audio VAE Loader", "loaders"
+    CONNECT = "`audio_vae` → MagiHuman Audio Decode and MagiHuman Reference Audio (A2V)."
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanAudioVAELoader",
+        return cls.schema(
             description="Loads the Stable Audio Open 1.0 (Oobleck) audio VAE; only its VAE tensors are read.",
             inputs=[
                 _model_input("vae_name", AUDIO_VAE_FOLDERS, "audio_vae",

@@ -14,8 +14,7 @@ from .conditioning import audio_input, image_input
 from .decode import AUDIO_RATES, TRUE_AUDIO_RATE, _hidden, check_rate_fits_consumers
 from .latent_io import LatentTypeError, text_conditioning
 from .sampling import SEED_MAX, SR_SIZES, prepare
-from .types import (MagiAudioVAE, MagiDiT, MagiSRDiT, MagiTextEncoder, MagiTurboVAE, MagiVideoVAE, node_name,
-                    node_schema)
+from .types import MagiAudioVAE, MagiDiT, MagiSRDiT, MagiTextEncoder, MagiTurboVAE, MagiVideoVAE, node_name
 
 MAX_TOTAL_SECONDS = 600.0  # the widget limit of the total length (10 minutes)
 
@@ -169,10 +168,11 @@ class _LongVideoBase(MagiNode):
 
 
 class MagiHumanLongVideo(_LongVideoBase):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Long Video", "long video"
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanLongVideo",
+        return cls.schema(
             description="A clip of any length, made in windows of a few seconds: each window after the first starts "
                         "from the previous one's last frame (re-encoded as its first frame, the TI2V path), with its "
                         "own prompt and seed + k. With 'speech', the audio drives the whole clip (A2V) and stays "
@@ -197,10 +197,11 @@ EXTEND_OUTPUTS = {"clip + new part": True, "new part only": False}
 
 
 class MagiHumanExtend(_LongVideoBase):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Extend", "long video"
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanExtend",
+        return cls.schema(
             description="Continues a clip (IMAGE frames at 25 fps + its AUDIO): its last frame starts the first new "
                         "window and its sound is kept. A clip of another size is centre-cropped and resized to "
                         "width x height (or the SR size), as a TI2V image is.",

@@ -7,7 +7,7 @@ import math
 from ..magihuman.lora import load_lora
 from . import compat
 from .v3 import MagiNode, io
-from .types import MagiDiT, MagiSRDiT, node_schema
+from .types import MagiDiT, MagiSRDiT
 
 LORA_FOLDERS = ("loras",)
 
@@ -16,14 +16,12 @@ class _LoraLoader(MagiNode):
     """The two LoRA loaders: one code path, one model type each (siblings: ComfyUI caches schema facts per
     registered class)."""
 
-    NODE_ID: str
     MODEL: object
     INPUT_NAME: str
 
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            cls.NODE_ID,
+        return cls.schema(
             description="Applies a LoRA to the MagiHuman DiT through ComfyUI's weight patches (merged on load, or "
                         "per layer for lowvram, fp8 and GGUF weights; the input model is unchanged). Chain several. "
                         "Keys are the official module names (PEFT lora_A/lora_B, kohya lora_down/lora_up/alpha, "
@@ -53,11 +51,13 @@ class _LoraLoader(MagiNode):
 
 
 class MagiHumanLoraLoader(_LoraLoader):
-    NODE_ID, MODEL, INPUT_NAME = "MagiHumanLoraLoader", MagiDiT, "model"
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman LoRA Loader", "loaders"
+    MODEL, INPUT_NAME = MagiDiT, "model"
 
 
 class MagiHumanSRLoraLoader(_LoraLoader):
-    NODE_ID, MODEL, INPUT_NAME = "MagiHumanSRLoraLoader", MagiSRDiT, "sr_model"
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman SR LoRA Loader", "loaders"
+    MODEL, INPUT_NAME = MagiSRDiT, "sr_model"
 
 
 LORA_NODES = [MagiHumanLoraLoader, MagiHumanSRLoraLoader]

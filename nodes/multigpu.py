@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..magihuman.parallel import check_world_size
 from . import compat
 from .v3 import MagiNode, io
-from .types import MagiDiT, MagiSRDiT, node_name, node_schema
+from .types import MagiDiT, MagiSRDiT, node_name
 
 MAX_GPUS = 8
 
@@ -14,15 +14,13 @@ class _MultiGPU(MagiNode):
     """The two Multi-GPU nodes: one code path, one model type each (siblings: ComfyUI caches schema facts per
     registered class)."""
 
-    NODE_ID: str
     MODEL: object
     INPUT_NAME: str
     LOADER: str
 
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            cls.NODE_ID,
+        return cls.schema(
             description="Runs this DiT on several GPUs: its token sequence is split between them (Ulysses sequence "
                         "parallelism, as the official code does). One worker process per extra GPU loads its own "
                         "copy of the same DiT file with the same options on first use and stays alive across prompts; "
@@ -54,11 +52,13 @@ class _MultiGPU(MagiNode):
 
 
 class MagiHumanMultiGPU(_MultiGPU):
-    NODE_ID, MODEL, INPUT_NAME, LOADER = "MagiHumanMultiGPU", MagiDiT, "model", "MagiHumanDiTLoader"
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Multi-GPU", "loaders"
+    MODEL, INPUT_NAME, LOADER = MagiDiT, "model", "MagiHumanDiTLoader"
 
 
 class MagiHumanSRMultiGPU(_MultiGPU):
-    NODE_ID, MODEL, INPUT_NAME, LOADER = "MagiHumanSRMultiGPU", MagiSRDiT, "sr_model", "MagiHumanSRDiTLoader"
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman SR Multi-GPU", "loaders"
+    MODEL, INPUT_NAME, LOADER = MagiSRDiT, "sr_model", "MagiHumanSRDiTLoader"
 
 
 MULTIGPU_NODES = [MagiHumanMultiGPU, MagiHumanSRMultiGPU]

@@ -12,7 +12,7 @@ import logging
 from ..magihuman import prompts
 from . import compat
 from .v3 import MagiNode, io, ui
-from .types import node_name, node_schema
+from .types import node_name
 
 log = logging.getLogger("magihuman.nodes")
 
@@ -29,10 +29,11 @@ def _text(value, name: str, where: str) -> str:
 
 
 class MagiHumanEnhancedPrompt(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Enhanced Prompt", "prompt"
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanEnhancedPrompt",
+        return cls.schema(
             description="Builds a prompt in the official Enhanced Prompt layout the model was trained on: the main "
                         "body, a Dialogue paragraph and a Background Sound paragraph, CJK-spaced. Warns (never "
                         "fails) when the main body is outside 150-200 words or a dialogue line is not quoted in "
@@ -98,10 +99,11 @@ class MagiHumanEnhancedPrompt(MagiNode):
 
 
 class MagiHumanLLMPromptRequest(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman LLM Prompt Request", "prompt"
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanLLMPromptRequest",
+        return cls.schema(
             description="Asks any text-generation node (API nodes such as Google Gemini or OpenAI ChatGPT, local "
                         "LLM packs) to write an Enhanced Prompt: 'system' states the format's rules, 'user' carries "
                         f"your idea. Check the answer with '{node_name('MagiHumanCheckEnhancedPrompt')}'.",
@@ -138,10 +140,11 @@ class MagiHumanLLMPromptRequest(MagiNode):
 
 
 class MagiHumanCheckEnhancedPrompt(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Check Enhanced Prompt", "prompt"
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanCheckEnhancedPrompt",
+        return cls.schema(
             description="Checks a prompt (e.g. an LLM's answer) against the Enhanced Prompt format: main body of "
                         "150-200 words, exact 'Dialogue:' / 'Background Sound:' headers, every dialogue line also "
                         "quoted in the body, one <...> background sound, CJK spacing. Passes the text on unchanged "

@@ -8,7 +8,7 @@ from ..magihuman.geometry import BASE_STEPS, DEFAULT_FRAME_RECEPTIVE_FIELD, DIST
 from . import compat
 from .v3 import MagiNode, io
 from .latent_io import from_latent, text_conditioning, to_latent
-from .types import node_schema, MagiDiT, MagiSRDiT, MagiVideoVAE
+from .types import MagiDiT, MagiSRDiT, MagiVideoVAE
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -40,10 +40,13 @@ def _finish(out):
 
 
 class MagiHumanDistilledSampler(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Distilled Sampler", "sampling"
+    CONNECT = ("In: `model` (distilled DiT), `positive`, `latent`. Out: `latent` → Turbo VAE Decode + Audio Decode, "
+               "or Latent Super-Resolution.")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanDistilledSampler",
+        return cls.schema(
             description="Joint audio+video denoising with the distilled DiT: 8 re-noising steps, one pass, no CFG. "
                         "Timestep-free: the model reads the noise level from the latents.",
             inputs=[
@@ -68,10 +71,13 @@ class MagiHumanDistilledSampler(MagiNode):
 
 
 class MagiHumanBaseSampler(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Base Sampler (CFG)", "sampling"
+    CONNECT = ("In: `model` (base DiT), `positive` and `negative` from Text Encode, `latent`. Out: `latent` → "
+               "decoders or Latent Super-Resolution.")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanBaseSampler",
+        return cls.schema(
             description="Joint audio+video denoising with the base DiT: UniPC (bh2, order 2) with classifier-free "
                         "guidance on video and audio.",
             inputs=[
@@ -114,10 +120,13 @@ SR_SIZES = {"540p (896x512)": (896, 512), "1080p (1920x1088)": (1920, 1088), "cu
 
 
 class MagiHumanLatentSR(MagiNode):
+    DISPLAY_NAME, SUBCATEGORY = "MagiHuman Latent Super-Resolution", "sampling"
+    CONNECT = ("In: `sr_model`, `positive` (+ `negative` with CFG), the sampler's `latent`. Out: `latent` → Turbo "
+               "VAE Decode + Audio Decode.")
+
     @classmethod
     def define_schema(cls):
-        return node_schema(
-            "MagiHumanLatentSR",
+        return cls.schema(
             description="Trilinear latent upscale + re-noise, then a few UniPC steps of the SR DiT; the base audio is "
                         "re-noised and fed at every step (never updated) and the clean base audio is kept.",
             inputs=[

@@ -128,20 +128,52 @@ if not HAS_COMFY:
 # --------------------------------------------------------------------------------------------
 # The pack's node base and a stand-in for ComfyUI's own execution (defaults, combo validation)
 # --------------------------------------------------------------------------------------------
+CATEGORY = "MagiHuman"
+
+
 class MagiNode(io.ComfyNode):
-    """Base of the pack's nodes: :meth:`name` is the display name of the node's row in ``nodes.types.NODES``
-    (the table its schema reads), so messages never drift from what the artist sees on the node. (ComfyUI runs
-    locked clones of node classes, a new one per execution, whose bases include the registered class; nothing
-    is stored on the class, and a node never subclasses another registered node.)"""
+    """Base of the pack's nodes. A node is declared once, on its class: its class name is its node id,
+    ``DISPLAY_NAME`` and ``SUBCATEGORY`` name and file it for the artist, ``CONNECT`` says what to wire to it (its
+    help page); :meth:`schema` builds the ``io.Schema`` from them, and messages name other nodes through
+    :meth:`declared`. (ComfyUI runs locked clones of node classes, a new one per execution, whose bases include
+    the declared class and a copy of its attributes: the node is looked up along the bases, a clone is never
+    declared itself.)"""
+
+    DISPLAY_NAME: str = ""
+    SUBCATEGORY: str = ""
+    CONNECT: str = ""
+    _declared: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        declared = MagiNode._declared.values()
+        if "DISPLAY_NAME" in cls.__dict__ and not any(c in declared for c in cls.__mro__[1:]):
+            MagiNode._declared[cls.__name__] = cls  # a node of the pack (not a shared base, not a clone of a node)
+
+    @classmethod
+    def declared(cls) -> dict[str, type]:
+        """node id -> class of every node of the pack (its modules imported)."""
+        return dict(MagiNode._declared)
+
+    @classmethod
+    def _node(cls) -> type:
+        return next(c for c in cls.__mro__ if MagiNode._declared.get(c.__name__) is c)
+
+    @classmethod
+    def node_id(cls) -> str:
+        return cls._node().__name__
 
     @classmethod
     def name(cls) -> str:
-        from .types import NODES  # (nodes.types imports this module)
+        """What the artist sees on this node (error messages use it, so they never drift from the node)."""
+        return cls._node().DISPLAY_NAME
 
-        for c in cls.__mro__:  # the registered class is in every clone's bases
-            if c.__name__ in NODES:
-                return NODES[c.__name__][0]
-        return cls.__name__
+    @classmethod
+    def schema(cls, **fields) -> io.Schema:
+        """``io.Schema`` with the node's id, display name and category."""
+        node = cls._node()
+        return io.Schema(node_id=node.__name__, display_name=node.DISPLAY_NAME,
+                         category=f"{CATEGORY}/{node.SUBCATEGORY}", **fields)
 
 
 def run_node(node_cls, *, validate: bool = True, **inputs):

@@ -148,15 +148,19 @@ def test_interrupt_stops_sampling_and_next_run_works(pack, nodes, models):
     assert torch.isfinite(den["samples"]).all()
 
 
-def test_node_classes_are_siblings_and_names_come_from_the_table(nodes):
+def test_node_classes_are_siblings_and_declared_once(nodes):
     """ComfyUI caches schema facts (return types, ...) on each registered class and runs locked clones: no
-    registered node may inherit another one, and MagiNode.name() stores nothing on the class."""
+    registered node may inherit another one, and MagiNode.name() stores nothing on the class. Each node is
+    declared on its class alone: id, display name, category and help all come from there."""
     classes = list(nodes.values())
     assert not [(a.__name__, b.__name__) for a in classes for b in classes if a is not b and issubclass(a, b)]
-    types = importlib.import_module(classes[0].__module__.rsplit(".", 1)[0] + ".types")
+    v3 = importlib.import_module(classes[0].__module__.rsplit(".", 1)[0] + ".v3")
+    assert v3.MagiNode.declared() == nodes
     for nid, cls in nodes.items():
         before = dict(vars(cls))
-        assert cls.name() == types.NODES[nid][0] == cls.define_schema().display_name
+        schema = cls.define_schema()
+        assert cls.name() == cls.DISPLAY_NAME == schema.display_name and schema.node_id == nid == cls.node_id()
+        assert schema.category == f"MagiHuman/{cls.SUBCATEGORY}" and cls.SUBCATEGORY
         assert dict(vars(cls)) == before
     # what ComfyUI 0.8 runs: a locked clone per execution (name + "Clone", the registered class among its bases);
     # the name comes from the table without building the schema (a loader's schema walks the model folders)
@@ -171,6 +175,7 @@ def test_node_classes_are_siblings_and_names_come_from_the_table(nodes):
         return real()
 
     locked.define_schema = counting
-    assert locked.name() == "MagiHuman DiT Loader" and not calls
+    assert locked.name() == "MagiHuman DiT Loader" and locked.node_id() == "MagiHumanDiTLoader" and not calls
+    assert v3.MagiNode.declared() == nodes  # a clone is never declared itself
     assert nodes["MagiHumanSRDiTLoader"].define_schema().outputs[0].io_type == "MAGIHUMAN_SR_DIT"
     assert nodes["MagiHumanDiTLoader"].define_schema().outputs[0].io_type == "MAGIHUMAN_DIT"

@@ -60,6 +60,6 @@ def test_comfy_entrypoint_lists_every_node(pack):
     ext = asyncio.run(pack.comfy_entrypoint())
     nodes = asyncio.run(ext.get_node_list())
     ids = [n.define_schema().node_id for n in nodes]
-    types = importlib.import_module(f"{pack.__name__}.nodes.types")
-    assert sorted(ids) == sorted(types.NODES) and len(ids) == 27  # every row of the names table, once
+    v3 = importlib.import_module(f"{pack.__name__}.nodes.v3")
+    assert sorted(ids) == sorted(v3.MagiNode.declared()) and len(ids) == 27  # every declared node, once
     assert all(i.startswith("MagiHuman") for i in ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -136,10 +137,18 @@ def test_schemas(env):
 
 
 class _FakeEncoder:
-    """Records the texts it is asked to encode (T5Gemma stand-in)."""
+    """Records the texts it is asked to encode (T5Gemma stand-in, with the shape facts the node's memory request
+    reads)."""
+
+    config = SimpleNamespace(hidden_size=4, head_dim=2, intermediate_size=8, num_attention_heads=2,
+                             num_key_value_heads=1)
+    compute_dtype = torch.float32
 
     def __init__(self):
         self.texts = []
+
+    def linear_layers(self):
+        return []
 
     def encode(self, texts, max_length):
         self.texts += texts

@@ -124,7 +124,7 @@ def node_specs() -> dict[str, dict]:
                 kind = "optional_socket" if i.optional else "socket"
             ins.append((i.id, i.io_type, kind, i.default))
         outs = [(o.display_name or o.io_type, o.io_type) for o in s.outputs]
-        specs[s.node_id] = {"inputs": ins, "outputs": outs, "title": s.display_name, "schema": s,
+        specs[s.node_id] = {"inputs": ins, "outputs": outs, "title": s.display_name, "schema": s, "connect": cls.CONNECT,
                             "options": {i.id: i.options for i in s.inputs if i.io_type == "COMBO"},
                             "multiline": {i.id for i in s.inputs if getattr(i, "multiline", False)}}
     return specs
@@ -645,26 +645,11 @@ def build(mode: Mode, specs: dict) -> tuple[dict, dict]:
 
 
 # ------------------------------------------------------------------------------------------ model notes
-HF = "https://huggingface.co"
-WAN_VAE_URL = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/vae/wan2.2_vae.safetensors"
-MODEL_LINKS = {  # role -> (what to download, page)
-    "distill": ("the folder `distill/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/distill"),
-    "base": ("the folder `base/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/base"),
-    "sr_540p": ("the folder `540p_sr/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/540p_sr"),
-    "sr_1080p": ("the folder `1080p_sr/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/1080p_sr"),
-    "text_encoder": ("the whole repository (weights + tokenizer)", f"{HF}/google/t5gemma-9b-9b-ul2"),
-    "turbo_vae": ("the folder `turbo_vae/`", f"{HF}/GAIR/daVinci-MagiHuman/tree/main/turbo_vae"),
-    "video_vae": ("the file `wan2.2_vae.safetensors` (in split_files/vae)", WAN_VAE_URL),
-    "audio_vae": ("`model_config.json` + the `*.safetensors` (gated: accept the license first)",
-                  f"{HF}/stabilityai/stable-audio-open-1.0"),
-}
-
-
 def model_downloads(n: Node, tiny: bool) -> list:
     """properties.models of a loader whose model is ONE file (the frontend offers it for download)."""
     if tiny or n.type != "MagiHumanVideoVAELoader":
         return []
-    return [{"name": n.widgets["vae_name"], "url": WAN_VAE_URL, "directory": "vae"}]
+    return [{"name": n.widgets["vae_name"], "url": engine("presets").MODEL_FILES["video_vae"].url, "directory": "vae"}]
 
 
 def roles_of(mode: Mode) -> list[str]:
@@ -718,8 +703,7 @@ def note_text(mode: Mode) -> str:
     rows = []
     for role in roles_of(mode):
         m = presets.MODEL_FILES[role]
-        what, url = MODEL_LINKS[role]
-        rows.append(f"| {m.what} | `models/{m.folder}/{m.name}` | [{m.source.split(' ')[0]}]({url}): {what} |")
+        rows.append(f"| {m.what} | `models/{m.folder}/{m.name}` | [{m.source.split(' ')[0]}]({m.url}): {m.download} |")
     examples = example_inputs()
     a2v = ("\n- **Audio-driven (this graph):** Load Audio gives the speech; put its exact words in quotes in the "
            "prompt. The audio is kept unchanged and sets the length (`seconds` trims it). It opens on "
@@ -997,34 +981,6 @@ def write_example_audio(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ node help
-CONNECT = {  # node id -> what to connect (the help panel's "Connect" section)
-    "MagiHumanDiTLoader": "`model` → MagiHuman Distilled Sampler (distill model) or Base Sampler (base model).",
-    "MagiHumanSRDiTLoader": "`sr_model` → MagiHuman Latent Super-Resolution.",
-    "MagiHumanTextEncoderLoader": "`text_encoder` → MagiHuman Text Encode.",
-    "MagiHumanTurboVAELoader": "`turbo_vae` → MagiHuman Turbo VAE Decode.",
-    "MagiHumanVideoVAELoader": "`video_vae` → MagiHuman Image To Video (TI2V), Wan2.2 VAE Decode, or the "
-                               "`video_vae` input of Latent Super-Resolution (TI2V + SR).",
-    "MagiHumanAudioVAELoader": "`audio_vae` → MagiHuman Audio Decode and MagiHuman Reference Audio (A2V).",
-    "MagiHumanTextEncode": "In: `text_encoder` from the T5Gemma Loader. Out: `positive` → sampler / SR; "
-                           "`negative` → Base Sampler (CFG) or SR with CFG.",
-    "MagiHumanEmptyAVLatent": "`latent` → a sampler, or first through Image To Video (TI2V) / Reference Audio (A2V).",
-    "MagiHumanImageToVideo": "In: the empty AV latent, `video_vae` (Wan2.2 VAE Loader), an IMAGE (Load Image). "
-                             "Out: `latent` → a sampler.",
-    "MagiHumanReferenceAudio": "In: the empty AV latent, `audio_vae`, an AUDIO (Load Audio). Out: `latent` → a sampler.",
-    "MagiHumanDistilledSampler": "In: `model` (distilled DiT), `positive`, `latent`. Out: `latent` → Turbo VAE "
-                                 "Decode + Audio Decode, or Latent Super-Resolution.",
-    "MagiHumanBaseSampler": "In: `model` (base DiT), `positive` and `negative` from Text Encode, `latent`. Out: "
-                            "`latent` → decoders or Latent Super-Resolution.",
-    "MagiHumanLatentSR": "In: `sr_model`, `positive` (+ `negative` with CFG), the sampler's `latent`. Out: `latent` "
-                         "→ Turbo VAE Decode + Audio Decode.",
-    "MagiHumanTurboVAEDecode": "`images` → Create Video (fps 25) → Save Video.",
-    "MagiHumanVideoVAEDecode": "`images` → Create Video (fps 25) → Save Video.",
-    "MagiHumanAudioDecode": "`audio` → the `audio` input of Create Video (48000 or 44100 Hz), or Save Audio "
-                            "(any rate, FLAC).",
-    "MagiHumanSplitAVLatent": "`video_latent` → other latent nodes or a video decoder; `audio_latent` → Audio "
-                              "Decode. Join them again before a MagiHuman sampler.",
-    "MagiHumanJoinAVLatent": "In: the two outputs of Split AV Latent. Out: `latent` → any MagiHuman node.",
-}
 GENERATED_MARK = "<!-- written by workflows/build_workflows.py from the node schema; a page without this line is kept -->"
 LATENT_NOTE = ("The MagiHuman LATENT holds the video and the audio latent of each clip together (like core "
                "ComfyUI's LTX-AV latent). Core Latent From Batch, Repeat Latent Batch, Latent Batch and Save / Load "
@@ -1032,23 +988,29 @@ LATENT_NOTE = ("The MagiHuman LATENT holds the video and the audio latent of eac
                "latent first.")
 
 
-MODEL_TYPES = {  # custom socket type -> (what it is, the node it comes from)
-    "MAGIHUMAN_DIT": ("DiT model", "MagiHuman DiT Loader"),
-    "MAGIHUMAN_SR_DIT": ("SR DiT model", "MagiHuman SR DiT Loader"),
-    "MAGIHUMAN_TEXT_ENCODER": ("text encoder", "MagiHuman T5Gemma Loader"),
-    "MAGIHUMAN_TURBO_VAE": ("Turbo VAE", "MagiHuman Turbo VAE Loader"),
-    "MAGIHUMAN_VIDEO_VAE": ("Wan2.2 VAE", "MagiHuman Wan2.2 VAE Loader"),
-    "MAGIHUMAN_AUDIO_VAE": ("audio VAE", "MagiHuman Audio VAE Loader"),
-}
+def type_labels() -> dict[str, str]:
+    """custom socket type -> what it is (the pack's ``nodes.types``)."""
+    return importlib.import_module(f"{import_pack().__name__}.nodes.types").TYPE_LABELS
+
+
+def made_by(specs: dict) -> dict[str, str]:
+    """custom socket type -> display name of the pack's node that outputs it (a loader)."""
+    out = {}
+    for spec in specs.values():
+        for o in getattr(spec.get("schema"), "outputs", ()):
+            if o.io_type in type_labels():
+                out.setdefault(o.io_type, spec["title"])
+    return out
 
 
 def _type_name(t: str) -> str:
-    return MODEL_TYPES[t][0] if t in MODEL_TYPES else t
+    return type_labels().get(t, t)
 
 
-def node_doc(node_id: str, spec: dict) -> str:
+def node_doc(node_id: str, spec: dict, specs: dict) -> str:
     """The help panel's markdown (a narrow side panel: lists, no wide tables)."""
     s = spec["schema"]
+    makers = made_by(specs)
     lines = [f"# {s.display_name}", "", s.description or "", "", "## Inputs", ""]
     for i in s.inputs:
         default = getattr(i, "default", None)
@@ -1057,14 +1019,14 @@ def node_doc(node_id: str, spec: dict) -> str:
         facts = [_type_name(i.io_type)] + (["optional"] if getattr(i, "optional", False) else [])
         if default not in (None, ""):
             facts.append(f"default `{default}`")
-        tip = (i.tooltip or (f"from {MODEL_TYPES[i.io_type][1]}" if i.io_type in MODEL_TYPES else "")).replace("\n", " ")
+        tip = (i.tooltip or (f"from {makers[i.io_type]}" if i.io_type in makers else "")).replace("\n", " ")
         lines.append(f"- **`{i.id}`** ({', '.join(facts)})" + (f": {tip}" if tip else ""))
     lines += ["", "## Outputs", ""]
     for o in s.outputs:
         lines.append(f"- **`{o.display_name or o.io_type}`** ({_type_name(o.io_type)})"
                      + (f": {o.tooltip}" if getattr(o, "tooltip", None) else ""))
-    if node_id in CONNECT:
-        lines += ["", "## Connect", "", CONNECT[node_id]]
+    if spec["connect"]:
+        lines += ["", "## Connect", "", spec["connect"]]
     if any(o.io_type == "LATENT" for o in s.outputs) or any(i.io_type == "LATENT" for i in s.inputs):
         lines += ["", "## The AV latent", "", LATENT_NOTE]
     lines += ["", "Templates: Workflow → Browse Templates → Extensions → ComfyUI-MagiHuman.", "", GENERATED_MARK]
@@ -1116,7 +1078,7 @@ def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True)
     for cls in nodes.NODE_CLASSES:
         node_id = cls.define_schema().node_id
         if node_id not in keep:
-            put(root / DOCS_DIR.relative_to(ROOT) / f"{node_id}.md", node_doc(node_id, specs[node_id]))
+            put(root / DOCS_DIR.relative_to(ROOT) / f"{node_id}.md", node_doc(node_id, specs[node_id], specs))
     return written
 
 
