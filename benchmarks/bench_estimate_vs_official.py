@@ -1,4 +1,4 @@
-"""Implied throughput of the official H100 timings (SPEC §7 / official README), from our FLOP counts.
+"""Implied throughput of the official H100 timings (the official README), from our FLOP counts.
 
 A calculation, not a timing: ``python benchmarks/bench_estimate_vs_official.py [--prompt-tokens N]``.
 
@@ -7,7 +7,7 @@ The official speed table (5 s clip, one H100, MagiCompiler) lists the base stage
 about 8x the work. SR stages run 5 steps, one pass (example configs: sr_cfg_number 1); 1080p SR uses local
 attention in 32 of 40 layers (official FFA kernel: masked blocks are skipped).
 
-It also reproduces SPEC's "≈1.1e15 FLOP for 8 steps": that figure is 2 · (all 15.3e9 parameters) ·
+It also reproduces the often quoted "≈1.1e15 FLOP for 8 steps at ~4k tokens": that figure is 2 · (all 15.3e9 parameters) ·
 4000 tokens · 8 steps + attention, i.e. it charges every token for the three experts of the mm layers;
 each token really multiplies 10.9e9 block weights.
 """
@@ -65,11 +65,11 @@ def main() -> None:
 
     p = dit_param_count(DiTConfig.preset("base"))
     attn = st.attention_flops_total
-    spec_style = 2 * p["total"] * 4000 * st.steps + attn * (4000 / st.sequence_length) ** 2
+    quoted = 2 * p["total"] * 4000 * st.steps + attn * (4000 / st.sequence_length) ** 2
     print(f"\nparameters: {p['total']:,} stored ({p['block_linear']:,} block-linear), "
           f"{p['per_token_block_linear']:,} block-linear per token")
-    print(f"SPEC §7 check, 256p distill: ours {st.flops_total:.3e} FLOP at {st.sequence_length} tokens; "
-          f"SPEC-style 2·all params·4000 tokens·8 + attention = {spec_style:.3e} (SPEC: ≈1.1e15)")
+    print(f"256p distill: ours {st.flops_total:.3e} FLOP at {st.sequence_length} tokens; the quoted rule "
+          f"2·all params·4000 tokens·8 + attention = {quoted:.3e} (quoted: ≈1.1e15)")
 
 
 if __name__ == "__main__":

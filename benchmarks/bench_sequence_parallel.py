@@ -31,7 +31,7 @@ from magihuman.estimate import dit_forward_flops, estimate  # noqa: E402
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
 from magihuman.parallel.cost import H100_NVLINK, PCIE4_CONSUMER, exchange_bytes, speedup  # noqa: E402
 
-STAGES = [  # label, official 1-H100 seconds of the stage (SPEC §7, 5 s clip), estimate kwargs, stage index
+STAGES = [  # label, official 1-H100 seconds of the stage (official README, 5 s clip), estimate kwargs, stage index
     ("256p distill (448x256, 8 steps)", 1.6, dict(preset="distill_256p"), 0),
     ("540p SR (896x512, 5 steps)", 5.1, dict(preset="distill_540p"), 1),
     ("1080p SR (1920x1088, 5 steps)", 31.0, dict(preset="distill_256p", sr_width=1920, sr_height=1088,
@@ -86,7 +86,7 @@ def speedups(args) -> None:
                 print(f"{label if n == RANKS[0] else '':<32}{sp['t1']:>8.3f}{n:>3}{sp['compute']:>10.3f}"
                       f"{sp['comm']:>8.3f}{sp['speedup_serial']:>8.2f}x{sp['speedup_overlap']:>9.2f}x{stage:>21}")
     print("1 GPU s: one step at the assumed rate; serial x: speed-up without overlap (this engine); overlap x: with "
-          "perfect overlap; stage s: the official one-H100 stage time (SPEC §7) divided by the serial speed-up. "
+          "perfect overlap; stage s: the official one-H100 stage time (official README) divided by the serial speed-up. "
           "Smaller per-GPU matmuls lose some efficiency, which this model ignores.")
 
 
@@ -162,7 +162,7 @@ def measure(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=5.0, help="clip length (SPEC §7 timings are for 5 s)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="clip length (the official timings are for 5 s)")
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5, help="forwards timed in the CPU measurement")
     ap.add_argument("--skip-measure", action="store_true", help="only the model (no processes started)")

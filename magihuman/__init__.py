@@ -10,7 +10,7 @@ __all__ = ["apply_lora", "remove_lora"]
 
 
 def __getattr__(name: str):
-    """``magihuman.apply_lora`` / ``remove_lora`` (SPEC §8) without importing torch on ``import magihuman``."""
+    """``magihuman.apply_lora`` / ``remove_lora`` (the public API) without importing torch on ``import magihuman``."""
     if name in __all__:
         from . import lora  # noqa: PLC0415 - the package face stays light; lora imports the models
 

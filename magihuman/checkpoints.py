@@ -5,7 +5,7 @@ model runs with bf16 block linears (~31 GB). :func:`load_dit` builds the model o
 then allocates each parameter in its final dtype and fills it from the file in small chunks, so the
 host never holds the fp32 state dict and the model together (peak RAM ~ model size + 64 MB).
 
-Accepted layouts (official fused key names, SPEC §3):
+Accepted layouts (the release's fused key names, e.g. ``block.layers.0.attention.linear_qkv.weight``):
   * a folder with ``model.safetensors.index.json`` + shards, each shard either ``<shard>`` or
     ``<shard>.zst`` (zstd stream, as the official loader accepts);
   * a folder with one ``model.safetensors`` (or one ``*.safetensors[.zst]``);

@@ -5,57 +5,10 @@ weight and activation memory per stage, decode peak) whose ``format()`` is the t
 ``check_fits(plan, device_memory(device))`` raises :class:`MemoryEstimateError` with a smaller request
 that would fit when it does not.
 
-Counting rules (2 FLOPs per multiply-accumulate; norms, RoPE, softmax and activations are not counted,
-they are < 1 % of the total):
-
-- tokens: video ``T·(H/32)·(W/32)`` (latent stride 16, patch 2), audio ``num_frames = 25·s + 1``, text the
-  real prompt length (≤ 640). The default negative prompt length is an estimate (see
-  :func:`approx_gemma_tokens`; the Gemma tokenizer is not needed to plan).
-- per layer and token: ``linear_qkv`` h→(Hq + 2·Hkv)·D + Hq(gate), ``linear_proj`` Hq·D→h, MLP up h→4h and
-  down 4h→h (gelu7 layers) or up h→2I, down I→h (swiglu7). In the mm layers every token uses ONE
-  expert, so the cost per token equals a single-expert layer (but the weights store three).
-- attention: ``4·Hq·D`` FLOPs per (query, key) pair (scores + weighted sum). Global layers see L² pairs.
-  Local layers (``local_attn_layers``) see, for a video query of latent frame i, the video keys of frames
-  ``[i−frf, i+frf]`` clipped to the clip, plus every audio and text key; audio/text queries see all
-  (official ``calc_local_qk_range``). The official kernel (FFA) skips the rest, and so does this
-  engine's default ``"window"`` mode with one frame per query block; ``executed_flops_total`` counts
-  what the chosen mode runs (``"window"`` with ``block_frames`` > 1 computes whole key windows per
-  block, ``"mask"`` computes all L² pairs through a dense boolean mask).
-- adapter (three embedders) and the video/audio output heads are included.
-- CFG: two forwards per step (official: separate passes at each text length). ``cfg_batched=True``
-  (this engine's default) runs both as one batch of 2, the shorter text padded to the longer.
-
-Comparison with SPEC §7 ("~4k tokens/step, ≈1.1e15 FLOP for 8 steps" for 256p distill, 5 s): the
-448×256, 5 s clip has 3584 video + 126 audio + text tokens (3810 with a 100-token prompt), and this
-count gives 7.6e14 FLOP for 8 steps, not 1.1e15. The SPEC figure is ``2 · 15.3e9 params · 4000 tokens ·
-8 steps`` + attention (1.08e15): it charges every token for all three experts of the mm layers and
-rounds the length up. The base config stores 15,299,419,136 parameters (SPEC's "≈15.4B" is a rounding
-of the release; the count matches the DiT module's state dict exactly) and a token multiplies
-10,912,645,120 of them. Implied throughput of the official H100 timings with this count: 256p distill
-475 TFLOP/s, 540p SR 482, 1080p SR 613 (48-62 % of dense bf16 peak); see
-``benchmarks/bench_estimate_vs_official.py``.
-
-Memory: weights are counted exactly from the model's tensor shapes (mm layers store 3 experts; block
-linears in ``weight_dtype``, the rest fp32) for every storage the loaders keep (:func:`weight_format`):
-bf16/fp16/fp32, fp8 (e4m3 + one fp32 scale per tensor) and the GGUF block types, whose rows that are not whole
-blocks stay BF16 exactly as :func:`magihuman.checkpoints.gguf_tensor_type` writes them (the release's swiglu
-``down_proj`` rows are 13652 wide: 3.1 B parameters stay BF16, so Q4_K is 12.2 GiB, not 8). The T5Gemma encoder
-likewise (:func:`text_encoder_storage`). Compact weights are decoded per use on the compute device: the largest
-decoded block linear (the whole fused tensor in the compute dtype; fp8 holds the cast and the scaled copy at
-once: :func:`dequant_working_bytes`) is counted with what is live while it is decoded, and the stage takes the
-larger of that and the forward's peak (:func:`decode_phase_bytes`). With ``blocks_on_device`` (block offload) the
-device holds the first N layers plus two streamed layers in flight (the one running and the one prefetched).
-Activation peaks are estimates of this engine's forward (fp32 residual, bf16 matmuls with fp32 results),
-formulas in :func:`forward_activation_bytes`; the Turbo decode peak is an estimate from the decoder's layer
-widths, formula in :func:`turbo_decode_bytes`. The device peak assumes one model on the device at a time (DiT
-stages and decoder swapped, as ComfyUI's model management does) and the text encoder run before (or on the CPU),
-so it is the largest phase, not a sum.
-
-Checked against measurement by ``benchmarks/bench_estimate_memory.py`` (CPU, peak RSS of loading + one forward,
-see its docstring): resident weights match :func:`dit_weight_storage` exactly (the loaded model's tensors) and
-within 2 % in RSS; the fp8 load peak matches :func:`dit_load_working_bytes`; with malloc returning freed blocks
-(``MALLOC_MMAP_THRESHOLD_``) the forward's peak RSS of the mid config is within a few % of weights + activations;
-glibc's default keeps up to ~75 MiB of freed heap on top (the README's benchmark table has the numbers).
+Invariants: every count comes from the config and the tensor shapes;
+weights are counted for the storage the loaders keep, padding included (:func:`dit_weight_storage`); the device
+peak is the largest phase (one model on the device at a time), not a sum. The counting rules, how they compare
+with the official H100 timings, and what they were checked against: ``docs/estimate.md``.
 """
 
 from __future__ import annotations

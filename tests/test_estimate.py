@@ -1,5 +1,5 @@
 """FLOP / memory model: token counts by hand, FLOPs against a brute-force FlopCounterMode run,
-parameter counts against a state dict written from SPEC §3 key shapes, and check_fits messages."""
+parameter counts against a state dict written key by key from the release's shapes, and check_fits messages."""
 
 import re
 
@@ -29,7 +29,7 @@ GIB = 2 ** 30
 
 @pytest.mark.parametrize("w,h,s,grid,audio", [
     (448, 256, 4, (26, 8, 14), 101),     # official example: 101 frames -> 26 latent frames, 28x16 latent
-    (448, 256, 5, (32, 8, 14), 126),     # SPEC §7 5 s clip: 3584 video tokens
+    (448, 256, 5, (32, 8, 14), 126),     # the official timings' 5 s 256p clip: 3584 video tokens
     (896, 512, 4, (26, 16, 28), 101),    # 540p SR example
     (1920, 1088, 5, (32, 34, 60), 126),  # 1080p SR
     (460, 270, 2, (13, 8, 14), 51),      # snapped down to 448x256
@@ -59,10 +59,10 @@ def test_official_256p_plan_tokens_and_flops():
     plan = estimate("distill_256p", seconds=5, prompt_tokens=100)
     (st,) = plan.stages
     assert (st.video_tokens, st.audio_tokens, st.text_tokens) == (3584, 126, 100)
-    assert st.sequence_length == 3810  # SPEC: "~4k tokens/step"
+    assert st.sequence_length == 3810  # the official "~4k tokens per step"
     assert st.steps == 8 and st.forwards_per_step == 1
     # per-token weights 10.91e9: linear part is 2 * 10.91e9 * 3810 per forward, plus attention
-    assert 7.0e14 < st.flops_total < 8.0e14  # SPEC's 1.1e15 charges all 3 experts (see module docstring)
+    assert 7.0e14 < st.flops_total < 8.0e14  # the quoted 1.1e15 charges all 3 experts (docs/estimate.md)
 
 
 def test_bad_requests():
@@ -213,7 +213,7 @@ def test_cfg_doubles_forwards_and_batching_pads_text():
 # ----------------------------------------------------------------------------- parameters
 
 def _spec_state_dict_shapes(cfg: DiTConfig) -> dict:
-    """SPEC §3 fused layout, written out key by key."""
+    """The release's fused layout, written out key by key."""
     h, d = cfg.hidden_size, cfg.head_dim
     hq, hkv = h // d, cfg.num_query_groups
     inner = int(h * 4 * 2 / 3) // 4 * 4

@@ -56,7 +56,7 @@ def call(fn):
 
 
 def expected_geometry(width: int, height: int, seconds: float):
-    """Independent restatement of SPEC §2: snap down to 32, 25·s + 1 frames (whole frames, at least 1)."""
+    """Independent restatement of the latent geometry: snap down to 32, 25·s + 1 frames (whole frames, at least 1)."""
     w, h = width // 32 * 32, height // 32 * 32
     nf = max(1, math.floor(seconds * 25 + 0.5)) + 1
     return w, h, nf, (nf - 1) // 4 + 1

@@ -131,7 +131,7 @@ def lora_file(tmp_path):
 def test_every_format_and_target_equals_the_merged_model(base, lora_file, strength):
     path, deltas = lora_file
     expected = _run(merged_model(base, deltas, strength))
-    handle = magihuman.apply_lora(base, path, strength)  # the package-level entry point (SPEC)
+    handle = magihuman.apply_lora(base, path, strength)  # the package-level entry point (public API)
     assert handle.file.matched == 9  # 6 LoRA modules + 3 diff tensors
     assert _same(_run(base), expected)
 

@@ -16,9 +16,9 @@ from magihuman.errors import CheckpointError
 from magihuman.weights import check_keys, mismatch_report
 
 ENGINE = Path(__file__).resolve().parents[1] / "magihuman"
-# SPEC §8 keeps the file entry point T5GemmaEncoder.from_pretrained on the model class: it imports the file
+# the public API keeps the file entry point T5GemmaEncoder.from_pretrained on the model class: it imports the file
 # code when called, and that code is handed the class (it imports no model), so the two never form a circle.
-SPEC_FORWARDER = ("magihuman.models.text_encoder", "magihuman.loaders.text_encoder")
+API_FORWARDER = ("magihuman.models.text_encoder", "magihuman.loaders.text_encoder")
 FILE_LAYER = ("magihuman.weights", "magihuman.checkpoints", "magihuman.loaders")
 
 
@@ -101,7 +101,7 @@ def test_models_import_no_file_code():
             if target.startswith(FILE_LAYER):
                 found.append((_module_name(p), target.rsplit(".", 1)[0] if target.count(".") > 2 else target,
                               inside))
-    assert sorted({(m, t) for m, t, _ in found}) == [SPEC_FORWARDER], found
+    assert sorted({(m, t) for m, t, _ in found}) == [API_FORWARDER], found
     assert all(inside for *_, inside in found)  # imported when called, never at import time
 
 
