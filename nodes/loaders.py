@@ -10,6 +10,7 @@ from ..magihuman.checkpoints import load_dit
 from ..magihuman.options import RunOptions
 from ..magihuman.options import choices as run_choices
 from ..magihuman.storage import PLAIN, STORAGES, load_choices
+from ..magihuman.storage.registry import frontend_settings
 from ..magihuman.loaders import load_audio_vae, load_turbo_vae, load_wan_vae
 from ..magihuman.models.text_encoder import T5GemmaEncoder
 from ..magihuman.presets import comfy_name
@@ -25,8 +26,15 @@ AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
 # "file" keeps what the file holds, the others store every block linear / projection that way)
 PLAIN_DTYPES = ["auto"] + [s.name for s in STORAGES.values() if s.kind == PLAIN]
 STORAGE_DTYPES = ["auto"] + load_choices()
+OLDER_STORAGE_NAMES = frontend_settings()["older_names"]  # e.g. "gguf (file)", in workflows saved before the rename
 
 
+def check_storage_choice(weight_dtype) -> bool | str:
+    """ComfyUI's combo check of a storage ``weight_dtype``, which also lets through the older names saved API
+    workflows hold (the frontend renames them in saved UI workflows; the loader reads both)."""
+    if weight_dtype in STORAGE_DTYPES or weight_dtype in OLDER_STORAGE_NAMES:
+        return True
+    return f"weight_dtype {weight_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}"
 
 
 def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str,
@@ -69,7 +77,7 @@ class _DiTLoader(MagiNode):
                              "A MagiHuman DiT from models/diffusion_models (or models/unet): an official folder "
                              "(model.safetensors.index.json + shards, also .zst), a single .safetensors file, or a "
                              ".gguf written by `python -m magihuman convert` (picking a .gguf sets weight_dtype to "
-                             "'gguf (file)')."),
+                             "'file')."),
                 _weight_dtype_input(options=STORAGE_DTYPES, tooltip=(
                     "How the block linears are kept. auto = what the file holds (a .gguf keeps its quantised blocks, "
                     "an fp8 file its fp8; decoded per layer on the GPU) and plain files in bf16 where supported (fp32 "
@@ -95,6 +103,10 @@ class _DiTLoader(MagiNode):
             ],
             outputs=[cls.OUTPUT.Output(display_name=cls.OUTPUT_NAME)],
         )
+
+    @classmethod
+    def validate_inputs(cls, weight_dtype):
+        return check_storage_choice(weight_dtype)
 
     @classmethod
     def execute(cls, model_name, weight_dtype, attention, compile, compute_dtype, fp8_compute="off"):
@@ -153,6 +165,10 @@ class MagiHumanTextEncoderLoader(MagiNode):
             ],
             outputs=[MagiTextEncoder.Output(display_name="text_encoder")],
         )
+
+    @classmethod
+    def validate_inputs(cls, weight_dtype):
+        return check_storage_choice(weight_dtype)
 
     @classmethod
     def execute(cls, text_encoder, weight_dtype):

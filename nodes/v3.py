@@ -7,6 +7,7 @@ their schemas inspected and their ``execute`` methods run directly (:func:`run_n
 from __future__ import annotations
 
 import abc
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -176,18 +177,29 @@ class MagiNode(io.ComfyNode):
                          category=f"{CATEGORY}/{node.SUBCATEGORY}", **fields)
 
 
+def _own_validate_inputs(node_cls):
+    """The node's ``validate_inputs`` when it overrides ComfyUI's (which only says it is not implemented)."""
+    found = getattr(node_cls, "validate_inputs", None)
+    base = getattr(io.ComfyNode, "validate_inputs", None)
+    if found is None or (base is not None and getattr(found, "__func__", found) is getattr(base, "__func__", base)):
+        return None
+    return found
+
+
 def run_node(node_cls, *, validate: bool = True, **inputs):
     """Execute a node the way ComfyUI does, without ComfyUI (tests, scripts): inputs that are not given
     take their schema default, combo values must be among the options (``validate=False`` skips that, as an
     API prompt naming a file deleted since the list was made would), unconnected optional inputs are left
     out. Returns the NodeOutput."""
     schema = node_cls.define_schema()
+    check = _own_validate_inputs(node_cls)  # as in ComfyUI: the inputs it takes skip the combo check, it decides
+    own = set(inspect.signature(check).parameters) if check is not None else set()
     args = {}
     for inp in schema.inputs:
         if inp.id in inputs:
             value = inputs[inp.id]
             options = getattr(inp, "options", None)
-            if validate and options is not None and value not in options:
+            if validate and options is not None and inp.id not in own and value not in options:
                 raise ValueError(f"{schema.display_name}: {inp.id} must be one of {list(options)}, got {value!r}")
             args[inp.id] = value
         elif getattr(inp, "default", None) is not None:
@@ -197,6 +209,10 @@ def run_node(node_cls, *, validate: bool = True, **inputs):
     unknown = set(inputs) - {inp.id for inp in schema.inputs}
     if unknown:
         raise TypeError(f"{schema.display_name} has no input(s) {sorted(unknown)}")
+    if validate and own:
+        verdict = check(**{k: v for k, v in args.items() if k in own})
+        if verdict is not True:
+            raise ValueError(f"{schema.display_name}: {verdict}")
     return node_cls.execute(**args)
 
 

@@ -171,6 +171,20 @@ def test_gguf_in_models_unet_is_listed_and_runs(server):
     assert any(str(f).endswith(".mp4") for f in run["outputs"])
 
 
+def test_api_prompts_with_the_older_name_still_validate(server):
+    """An API prompt saved before the rename holds "gguf (file)" (no frontend renames it): ComfyUI's validation
+    takes it through the loader's validate_inputs, the loader keeps the file's blocks; an unknown value is refused
+    naming what is allowed."""
+    prompt = json.loads((ROOT / "workflows" / "api" / "magihuman_tiny_t2v_api.json").read_text())
+    dit = next(e for e in prompt.values() if e["class_type"] == "MagiHumanDiTLoader")
+    dit["inputs"].update(model_name=UNET_GGUF, weight_dtype=OLDER_NAME)
+    run = server.queue(prompt, timeout=600)
+    assert run["status"] == "success", run["error"]
+    dit["inputs"]["weight_dtype"] = "q3_k"
+    run = server.queue(prompt, timeout=120)
+    assert run["status"] == "invalid" and "weight_dtype 'q3_k' is not one of auto, file, bf16," in run["error"], run
+
+
 @pytest.fixture(scope="module")
 def frontend(server, tmp_path_factory):
     if not frontend_available()[0]:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 
-
 @pytest.fixture(scope="module")
 def node_env(node_pack, tiny_dir):
     env = node_pack(tiny_dir)
@@ -54,6 +53,21 @@ def test_loader_lists_and_variant_guard(nodes, models):
         run(nodes["MagiHumanDiTLoader"], model_name="magihuman_tiny_540p_sr/")
     with pytest.raises(ValueError, match="not a super-resolution model"):
         run(nodes["MagiHumanSRDiTLoader"], model_name="magihuman_tiny_distill/")
+
+
+def test_storage_dtype_takes_the_older_name_and_refuses_others(nodes):
+    """A saved API prompt may hold "gguf (file)" (renamed "file"): validate_inputs lets it through as ComfyUI
+    would, the model loads keeping what the file holds; an unknown value stops before loading, naming the choices."""
+    dit = nodes["MagiHumanDiTLoader"]
+    (handle,) = run(dit, model_name="magihuman_tiny_distill/", weight_dtype="gguf (file)")
+    assert handle.model.load_info["storage"] == "file"
+    with pytest.raises(ValueError) as err:
+        run(dit, model_name="magihuman_tiny_distill/", weight_dtype="q3_k")
+    choices = ", ".join(["auto", "file", "bf16", "fp16", "fp32", "fp8", "Q8_0", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0"])
+    assert str(err.value) == f"MagiHuman DiT Loader: weight_dtype 'q3_k' is not one of {choices}"
+    for loader in ("MagiHumanSRDiTLoader", "MagiHumanTextEncoderLoader"):
+        assert nodes[loader].validate_inputs(weight_dtype="gguf (file)") is True
+        assert nodes[loader].validate_inputs(weight_dtype="q3_k") == f"weight_dtype 'q3_k' is not one of {choices}"
 
 
 def test_t2v_distilled_graph(nodes, models):
