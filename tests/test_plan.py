@@ -55,12 +55,15 @@ def test_16gb_takes_the_first_compact_format_that_fits():
     assert need[te] <= _budget(16) and all(need[f] > _budget(16) for f in earlier)
 
 
-def test_12gb_holds_the_whole_distilled_dit_in_q4_k():
-    """Every block linear quantised (the swiglu down_proj included): the 15B DiT is ~8.1 GiB in Q4_K, so distill
-    256p runs with all 40 layers on a 12 GB card."""
+def test_12gb_holds_the_whole_distilled_dit_in_4_bits():
+    """Every block linear quantised (the swiglu down_proj included): the 15B DiT is 8.1 GiB in Q4_K and 9.0 GiB in
+    Q4_1, so distill 256p runs with all 40 layers on a 12 GB card, in the more accurate of the two (Q4_1 by the
+    measured errors); 5-bit types do not fit."""
     plan = plan_fit("distill_256p", 12)
-    assert plan.fits and plan.dit_formats == ("Q4_K",) and plan.dit_blocks_on_device == (None,)
+    assert plan.fits and plan.dit_formats == ("Q4_1",) and plan.dit_blocks_on_device == (None,)
     assert "all 40 layers on the GPU" in plan.format()
+    peaks = {f: est.estimate("distill_256p", weight_dtype=f).stages[0].peak_bytes for f in ("Q5_0", "Q4_1", "Q4_K")}
+    assert peaks["Q4_K"] < peaks["Q4_1"] <= _budget(12) < peaks["Q5_0"]
 
 
 def test_10gb_offloads_the_most_layers_that_fit():
