@@ -76,7 +76,7 @@ def flash_serves_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Op
     """
     if q.device.type == "cpu":
         return True
-    if q.device.type != "cuda" or mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
+    if q.device.type != "cuda" or mask is not None or not (q.dtype.is_floating_point and q.dtype.itemsize == 2):
         return False
     d = q.shape[-1]
     if d > FLASH_MAX_HEAD_DIM or d % 8 or any(t.stride(-1) != 1 for t in (q, k, v)):

@@ -34,7 +34,7 @@ from .models.dit import MagiHumanDiT, weight_table
 from .models.dit_config import DiTConfig, sr_1080p_local_attn_layers, swiglu_intermediate_size
 from .quant import gguf as gguf_types
 from .rope import default_rope_bands
-from .storage import FILE, FP8, GGUF, KEEP_FILE, STORAGES, Storage, StorageLike, convert_choices, parse_storage
+from .storage import Storage, StorageLike, convert_choices, parse_storage, requested_storage
 from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, load_into, mismatch_report,
                       open_source)
 from .weights.compact import compact_handler, main_storage, storage_counts
@@ -333,21 +333,8 @@ def _dtype_name(dt: torch.dtype) -> str:
 
 def dit_storage(storage: StorageLike = None, *, dtype=_UNSET, gguf: Optional[str] = None) -> Storage:
     """The storage :func:`load_dit` keeps the block linears in, from ``storage`` or the older keyword arguments
-    (``dtype``: a plain dtype or fp8, with ``gguf="keep"`` keeping a GGUF file's blocks, ``"dequantize"`` not)."""
-    if storage is not None:
-        if dtype is not _UNSET or gguf is not None:
-            raise ValueError("give storage= alone (dtype= and gguf= are its older spelling)")
-        return parse_storage(storage).check_loadable()
-    if gguf not in (None, "keep", "dequantize"):
-        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
-    if dtype is _UNSET or dtype is None:
-        return FILE if gguf != "dequantize" else STORAGES["bf16"]
-    st = parse_storage(dtype)
-    if st.kind == KEEP_FILE:
-        return st
-    if st.kind == FP8 or gguf == "dequantize":
-        return st
-    return FILE.keeping(st, keeps=(GGUF,))  # as it always did: GGUF blocks kept, everything else in dtype
+    (:func:`magihuman.storage.requested_storage`)."""
+    return requested_storage(storage, dtype=None if dtype is _UNSET else dtype, gguf=gguf)
 
 
 def load_dit(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from ..magihuman.checkpoints import load_dit
 from ..magihuman.options import RunOptions
 from ..magihuman.options import choices as run_choices

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 from ..magihuman import prompts
-from . import compat
 from .v3 import MagiNode, io, ui
 from .types import node_name
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import abc
 import inspect
-import logging
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 try:  # pragma: no cover - exercised only inside ComfyUI (see the harness run in the README)
     from comfy_api.latest import ComfyExtension, io, ui

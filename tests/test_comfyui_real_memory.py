@@ -10,8 +10,6 @@ import importlib
 import json
 import re
 
-import pytest
-
 from tests.comfyui_harness import explain, requires_comfyui, run_workflow_with_packs
 
 pytestmark = requires_comfyui

@@ -389,7 +389,6 @@ def test_q4_k_files_are_written_and_loaded(tmp_path):
     src = write_tiny_dit(tmp_path / "dit", config=cfg, dtype=torch.float32, seed=3)
     model = load_dit(convert_dit(src, tmp_path / "dit_Q4_K.gguf", quant="Q4_K", show_progress=False),
                      show_progress=False)
-    qkv = model.block.layers[0].attention.linear_qkv
     assert {m.storage.name for m in model.block_linears()} == {"Q4_K"}  # the 170-wide down_proj too, padded
     assert model.load_info["source_dtype"] == "Q4_K" and model.load_info["dtype"] == "Q4_K"
     ref = load_dit(src, dtype=torch.float32, show_progress=False)

@@ -5,7 +5,6 @@ whole blocks included), GGUF files of the previous layout, the release sizes, an
 from __future__ import annotations
 
 import ast
-import math
 from pathlib import Path
 
 import pytest

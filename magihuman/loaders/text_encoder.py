@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..quant.gguf import GGMLType
-from ..storage import FILE, FP8, GGUF, KEEP_FILE, STORAGES, Storage, StorageLike, convert_choices, parse_storage
+from ..storage import KEEP_FILE, Storage, StorageLike, convert_choices, parse_storage, requested_storage
 from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.compact import compact_handler, main_storage, storage_counts
@@ -108,18 +108,8 @@ def _tokenizer_for(path: Path, src: WeightSource, tokenizer) -> GemmaTokenizer:
 
 def text_encoder_storage(storage: StorageLike = None, *, dtype=None, gguf: Optional[str] = None) -> Storage:
     """The storage the encoder's projections and embedding are kept in, from ``storage`` or the older keyword
-    arguments (``dtype`` a plain dtype or fp8, ``gguf="keep"`` keeping a GGUF file's blocks)."""
-    if storage is not None:
-        if dtype is not None or gguf is not None:
-            raise ValueError("give storage= alone (dtype= and gguf= are its older spelling)")
-        return parse_storage(storage).check_loadable()
-    if gguf not in (None, "keep", "dequantize"):
-        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
-    if dtype is None:
-        return FILE if gguf != "dequantize" else STORAGES["bf16"]
-    st = parse_storage(dtype)
-    # as it always did: GGUF blocks kept, everything else in dtype
-    return st if (st.kind in (FP8, KEEP_FILE) or gguf == "dequantize") else FILE.keeping(st, keeps=(GGUF,))
+    arguments (:func:`magihuman.storage.requested_storage`)."""
+    return requested_storage(storage, dtype=dtype, gguf=gguf)
 
 
 def text_encoder_file_storage(path: str | os.PathLike) -> Storage:

@@ -31,7 +31,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..attention import (DEFAULT_BACKEND, AttentionFn, LocalWindow, attention, local_window_attention,
                          resolve_attention_backend)
@@ -41,7 +40,7 @@ from ..ops import layer_class, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..parallel.sequence import SequenceParallel
 from ..quant.fp8 import FP8_COMPUTE_MODES, fp8_mm_supported
-from ..storage import KEEP_FILE, STORAGES, BlockLinear, StorageLike, WeightSpec, parse_storage
+from ..storage import KEEP_FILE, STORAGES, BlockLinear, Storage, StorageLike, WeightSpec, parse_storage
 from ..storage import weight_table as _module_weight_table
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig

@@ -308,10 +308,6 @@ def enable_sequence_parallel(model, group: Optional[dist.ProcessGroup] = None, *
     return sp
 
 
-# most constrained first: a dtype some rank picked because it cannot run the next one well
-_DTYPE_PRECEDENCE = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _agree_on_numerics(model, group: Optional[dist.ProcessGroup]) -> None:
     """One compute dtype and fp8 mode on every rank. "auto" resolves per GPU (bf16 on an RTX 3090, fp16 on a
     2080 Ti; fp8 matmuls on Ada only), but the exchange sends q/k/v in the compute dtype: bf16 bytes read as
@@ -323,7 +319,7 @@ def _agree_on_numerics(model, group: Optional[dist.ProcessGroup]) -> None:
     if len(set(every)) == 1:
         return
     dtypes = {getattr(torch, d) for d, _ in every}
-    dtype = next(d for d in _DTYPE_PRECEDENCE if d in dtypes)
+    dtype = min(dtypes, key=lambda d: torch.finfo(d).eps)  # the most precise: a rank cannot run a coarser one well
     fp8 = "off" if any(m == "off" for _, m in every) else every[0][1]
     if dist.get_rank(group) == 0:
         log.warning("MagiHuman sequence parallel: the ranks resolved different numerics %s; all of them run %s with "

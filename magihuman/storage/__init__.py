@@ -3,8 +3,8 @@
 
 from .layers import BlockLinear, CompactEmbedding, Fetched, Patch, Segments, WeightSpec, compact_layers, weight_table
 from .registry import (FILE, FP8, GGUF, KEEP_FILE, PLAIN, STORAGES, Storage, StorageLike, convert_choices,
-                       load_choices, parse_storage, storage_of_dtype, storage_of_ggml)
+                       load_choices, parse_storage, requested_storage, storage_of_dtype, storage_of_ggml)
 
 __all__ = ["BlockLinear", "CompactEmbedding", "Fetched", "Patch", "Segments", "WeightSpec", "compact_layers", "weight_table", "FILE", "FP8", "GGUF",
            "KEEP_FILE", "PLAIN", "STORAGES", "Storage", "StorageLike", "convert_choices", "load_choices",
-           "parse_storage", "storage_of_dtype", "storage_of_ggml"]
+           "parse_storage", "requested_storage", "storage_of_dtype", "storage_of_ggml"]

@@ -25,7 +25,7 @@ import torch
 from ..quant import gguf as ggml
 from ..quant.fp8 import FP8_DTYPE, FP8_MM_MULTIPLE, quantize_fp8
 
-__all__ = ["Storage", "STORAGES", "FILE", "PLAIN", "FP8", "GGUF", "KEEP_FILE", "parse_storage", "storage_of_dtype",
+__all__ = ["Storage", "STORAGES", "FILE", "PLAIN", "FP8", "GGUF", "KEEP_FILE", "parse_storage", "requested_storage", "storage_of_dtype",
            "storage_of_ggml", "load_choices", "convert_choices", "frontend_settings", "StorageLike"]
 
 PLAIN, FP8, GGUF, KEEP_FILE = "plain", "fp8", "gguf", "file"
@@ -234,6 +234,22 @@ def parse_storage(value: StorageLike, *, default: Optional[Storage] = None, what
     names = [f"{n} ({STORAGES[n].dtype})".replace("torch.", "") if n in STORAGES and STORAGES[n].kind == FP8 else n
              for n in load_choices()]
     raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(names)}")
+
+
+def requested_storage(storage: StorageLike = None, *, dtype=None, gguf: Optional[str] = None) -> Storage:
+    """The storage a loader keeps a model's stored weights in, from ``storage`` or the loaders' older keyword
+    arguments: ``dtype`` a plain dtype or fp8 (GGUF blocks kept, everything else in ``dtype``, as those loaders
+    always did), ``gguf="keep"`` / ``"dequantize"`` whether a GGUF file's blocks stay (nothing given: ``file``)."""
+    if storage is not None:
+        if dtype is not None or gguf is not None:
+            raise ValueError("give storage= alone (dtype= and gguf= are its older spelling)")
+        return parse_storage(storage).check_loadable()
+    if gguf not in (None, "keep", "dequantize"):
+        raise ValueError(f"gguf must be 'keep' or 'dequantize', got {gguf!r}")
+    if dtype is None:
+        return FILE if gguf != "dequantize" else STORAGES["bf16"]
+    st = parse_storage(dtype)
+    return st if (st.kind in (FP8, KEEP_FILE) or gguf == "dequantize") else FILE.keeping(st, keeps=(GGUF,))
 
 
 def storage_of_dtype(dtype: torch.dtype) -> Optional[Storage]:

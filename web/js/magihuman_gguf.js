@@ -1,9 +1,9 @@
 // MagiHuman loaders with a weight_dtype from the pack's storage registry (web/storage.json, written from
 // magihuman/storage/registry.py by workflows/build_workflows.py):
-// - picking a .gguf file sets weight_dtype to the storage that keeps what the file holds ("file"); picking another
+// - picking a .gguf file sets weight_dtype to the storage that keeps what the file holds (`file`); picking another
 //   file while it says so sets it back to "auto". Only when the artist picks (the widget's callback): loading a
 //   saved workflow sets widget values without callbacks, so it never changes them;
-// - a saved workflow holding an older name of that storage (e.g. the "gguf" one) gets the current one when it loads.
+// - a saved workflow holding an older name of that storage (e.g. `gguf (file)`) gets the current one when it loads.
 import { app } from "../../../scripts/app.js"; // served at /extensions/<pack>/js/: three levels up is the root
 
 const settings = await fetch(new URL("../storage.json", import.meta.url)).then((r) => r.json());
