@@ -68,6 +68,14 @@ def tiny_inputs(cfg: DiTConfig, device, seed: int = 0, text: int = 7):
             torch.randn(1, text, cfg.text_in_channels, generator=g).to(device), [text])
 
 
+def dit_on(dev: torch.device, storage, cfg: DiTConfig | None = None) -> tuple[DiTConfig, MagiHumanDiT]:
+    """A random DiT (tiny unless ``cfg``) in ``storage``, resident on ``dev`` and computing there."""
+    cfg = cfg or DiTConfig.preset("tiny")
+    model = MagiHumanDiT(cfg, storage=storage).to(dev)
+    model.compute_device = dev
+    return cfg, model
+
+
 # ------------------------------------------------------------------------------------------------------ checks
 
 @check
@@ -111,10 +119,8 @@ def fp8_linear_and_share(dev: torch.device) -> str:
     if not any("cos" in r for r in ran):
         raise Skip(f"torch._scaled_mm runs no fp8 product on {dev}: " + "; ".join(ran))
     # every block-linear kind of a DiT with the release's awkward widths runs in fp8
-    cfg = DiTConfig(num_layers=2, hidden_size=1280, head_dim=128, num_query_groups=2, mm_layers=[0],
-                    gelu7_layers=[0])
-    model = MagiHumanDiT(cfg, storage=STORAGES["fp8"]).to(dev)
-    model.compute_device = dev
+    cfg, model = dit_on(dev, STORAGES["fp8"], DiTConfig(num_layers=2, hidden_size=1280, head_dim=128,
+                                                         num_query_groups=2, mm_layers=[0], gelu7_layers=[0]))
     model.set_compute_dtype("bf16")
     mode = "token" if fp8_mm_supported(dev, "token", torch.bfloat16) else "tensor"
     model.set_fp8_compute(mode, device=dev)
@@ -197,9 +203,7 @@ def copies_and_syncs(dev: torch.device) -> str:
         raise Skip("needs CUDA (tests/test_gpu_copies.py proves it on the meta device)")
     from torch.profiler import ProfilerActivity, profile
 
-    cfg = DiTConfig.preset("tiny")
-    model = MagiHumanDiT(cfg, storage="Q8_0").to(dev)
-    model.compute_device = dev
+    cfg, model = dit_on(dev, "Q8_0")
     x = tiny_inputs(cfg, dev)
     with torch.no_grad():
         model(*x)
@@ -242,9 +246,7 @@ def recompiles(dev: torch.device) -> str:
 
     from magihuman.compile import compile_dit_blocks, layer_kinds
 
-    cfg = DiTConfig.preset("tiny")
-    model = MagiHumanDiT(cfg, storage="bf16").to(dev)
-    model.compute_device = dev
+    cfg, model = dit_on(dev, "bf16")
     dynamo.reset()
     compile_dit_blocks(model)
     frames = []
