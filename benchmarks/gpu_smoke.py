@@ -36,8 +36,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
-from benchmarks._timing import now  # noqa: E402
+from _timing import now  # noqa: E402
 from magihuman.models.dit import DiTConfig, MagiHumanDiT  # noqa: E402
 
 
