@@ -13,8 +13,9 @@
   the prompt the frontend queues.
 - ``web/docs/<NodeId>.md``: the help the frontend shows for each node.
 - ``web/storage.json``: what the frontend extension (``web/js/magihuman_gguf.js``) reads of the storage registry.
-- ``example_inputs/``: the portrait and the voice-like clip the TI2V / A2V workflows' Load Image / Load Audio open
-  on (drawn and synthesised here; the pack copies them into ComfyUI's input folder, nodes/example_inputs.py).
+- ``example_inputs/``: the portrait, the voice-like clip and the MP4 of the portrait speaking it that the TI2V / A2V /
+  Extend workflows' Load Image / Load Audio / Load Video open on (drawn and synthesised here; the pack copies them
+  into ComfyUI's input folder, nodes/example_inputs.py).
 
 Each workflow opens at a zoom where the frontend draws its nodes: see VIEW / saved_view (1.3x frontends show the
 saved view) and the compact top graph (1.5x fits a template to it).
@@ -95,7 +96,8 @@ def engine(module: str):
 
 
 def example_inputs():
-    """nodes/example_inputs.py: the example image and speech clip (names, folder) the pack copies into input/."""
+    """nodes/example_inputs.py: the example image, speech and video clip (names, folder) the pack copies into
+    input/."""
     return importlib.import_module(f"{import_pack().__name__}.nodes.example_inputs")
 
 
@@ -831,15 +833,26 @@ def _wrap(text: str, width: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ example inputs
 EXAMPLE_IMAGE_SIZE = (448, 256)
+_PORTRAIT_SCALE = 2  # drawn at twice the size, then downsampled (smooth edges)
 
 
 def write_example_image(path: Path) -> None:
     """A drawn portrait for TI2V: the man of the example prompt (grey stubble, salt-and-pepper hair, navy crew
     neck) in a study with bookshelves, warm light from the left. 448x256 (the template size), PNG."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
-    k = 2  # drawn at twice the size, then downsampled (smooth edges)
+    img = _portrait_canvas()
+    k = _PORTRAIT_SCALE
+    s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
+    ImageDraw.Draw(img).arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)  # closed-mouth smile
+    Image.fromarray(_lit_portrait(img)).save(path, "PNG", optimize=True)
+
+
+def _portrait_canvas():
+    """The portrait at twice its size, everything but the mouth (a PIL image)."""
+    from PIL import Image, ImageDraw
+
+    k = _PORTRAIT_SCALE
     w, h = EXAMPLE_IMAGE_SIZE[0] * k, EXAMPLE_IMAGE_SIZE[1] * k
     rng = random.Random(20240607)
     s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
@@ -881,25 +894,31 @@ def write_example_image(path: Path) -> None:
         x, y = 224 + 36 * r * math.cos(a), 112 + 54 * r * math.sin(a)
         if y > 118:
             d.ellipse(s(x, y, x + 1.2, y + 1.2), fill=(158, 144, 136))
-    # brows, eyes, nose, closed-mouth smile
+    # brows, eyes, nose (the mouth is drawn by the caller)
     d.line(s(200, 94, 218, 91), fill=(110, 106, 100), width=3 * k)
     d.line(s(230, 91, 248, 94), fill=(110, 106, 100), width=3 * k)
     for cx in (209, 239):
         d.ellipse(s(cx - 7, 100, cx + 7, 108), fill=(240, 236, 228))
         d.ellipse(s(cx - 3, 100, cx + 3, 108), fill=(70, 50, 36))
     d.line(s(224, 106, 220, 128, 227, 130), fill=(170, 120, 96), width=2 * k)
-    d.arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)
     # desk in front
     d.rectangle(s(0, 236, 448, 256), fill=(96, 62, 36))
     d.line(s(0, 236, 448, 236), fill=(130, 90, 56), width=2 * k)
+    return img
+
+
+def _lit_portrait(img):
+    """The drawn portrait downsampled to EXAMPLE_IMAGE_SIZE with warm lamplight from the left and a dim fill on the
+    right: uint8 [256, 448, 3]."""
+    import numpy as np
+    from PIL import Image
+
     img = img.resize(EXAMPLE_IMAGE_SIZE, Image.LANCZOS)
-    # warm lamplight from the left, a dim fill on the right
     arr = np.asarray(img).astype(np.float32)
     x = np.linspace(0, 1, arr.shape[1])[None, :, None]
     light = 1.18 - 0.38 * x
     warm = np.array([1.0, 0.94, 0.82])[None, None, :]
-    arr = np.clip(arr * light * (warm + (1 - warm) * x), 0, 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path, "PNG", optimize=True)
+    return np.clip(arr * light * (warm + (1 - warm) * x), 0, 255).round().astype(np.uint8)
 
 
 EXAMPLE_AUDIO_RATE = 16000
@@ -996,6 +1015,65 @@ def write_example_audio(path: Path) -> None:
         w.writeframes(pcm.tobytes())
 
 
+EXAMPLE_CLIP_FRAMES = 49  # 1.96 s at 25 fps, a latent-aligned count (4j + 1) as the model makes them
+EXAMPLE_CLIP_FPS = 25
+_CLIP_HOP = EXAMPLE_AUDIO_RATE // EXAMPLE_CLIP_FPS  # speech samples per frame (640)
+
+
+def example_clip_mouth() -> "np.ndarray":
+    """How open the mouth is in each frame of the example clip (0 closed .. 1 wide): the loudness of the example
+    speech over that frame, fast to open and slower to close, as a mouth follows syllables."""
+    import numpy as np
+
+    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _CLIP_HOP].astype(np.float64)
+    rms = np.sqrt((speech.reshape(EXAMPLE_CLIP_FRAMES, _CLIP_HOP) ** 2).mean(1))
+    target = np.clip((rms / rms.max() - 0.1) / 0.85, 0, 1)
+    out, level = np.zeros(EXAMPLE_CLIP_FRAMES), 0.0
+    for i, t in enumerate(target):
+        level = t if t > level else 0.55 * level + 0.45 * t
+        out[i] = level
+    return out
+
+
+def example_clip_frames() -> "np.ndarray":
+    """The example clip to extend: the drawn portrait (write_example_image) speaking the first phrase of the
+    example speech, the mouth opening with its loudness, one blink. uint8 [49, 256, 448, 3]."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    k = _PORTRAIT_SCALE
+    s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
+    base = _portrait_canvas()
+    frames = []
+    for i, o in enumerate(example_clip_mouth()):
+        img = base.copy()
+        d = ImageDraw.Draw(img)
+        if o < 0.12:  # closed: the portrait's smile
+            d.arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)
+        else:  # open: dark mouth, upper teeth when wide, the lower lip
+            half = 10 - 2.5 * o
+            bottom = 143 + 9 * o
+            d.ellipse(s(224 - half, 140, 224 + half, bottom), fill=(78, 30, 32), outline=(150, 84, 76), width=k)
+            if o > 0.45:
+                d.chord(s(224 - half + 2, 140.5, 224 + half - 2, 146), 180, 360, fill=(232, 226, 214))
+        if i in (33, 34):  # a blink: lids over the eyes
+            for cx in (209, 239):
+                d.ellipse(s(cx - 8, 99, cx + 8, 109), fill=(206, 158, 126))
+                d.line(s(cx - 7, 105, cx + 7, 105), fill=(110, 80, 66), width=k)
+        frames.append(_lit_portrait(img))
+    return np.stack(frames)
+
+
+def write_example_clip(path: Path) -> None:
+    """:func:`example_clip_frames` with the matching 1.96 s of the example speech: H.264 + AAC (mono 16 kHz) MP4 at
+    25 fps, the clip the Extend templates open on."""
+    from magihuman import media
+
+    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _CLIP_HOP]
+    media.write_mp4(path, example_clip_frames(), fps=EXAMPLE_CLIP_FPS, audio=speech[None],
+                    sample_rate=EXAMPLE_AUDIO_RATE, crf=23, preset="slow", audio_bitrate=48_000)
+
+
 # ------------------------------------------------------------------------------------------ node help
 CONNECT = {  # node id -> what to connect (the help panel's "Connect" section)
     "MagiHumanDiTLoader": "`model` → MagiHuman Distilled Sampler (distill model) or Base Sampler (base model).",
@@ -1083,7 +1161,7 @@ def all_modes() -> list[Mode]:
 
 def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True) -> list[Path]:
     """Writes every generated file under ``root`` (the repository, or a temp dir for the up-to-date test);
-    ``thumbnails`` / ``media``: also the template thumbnails / the example image and speech clip."""
+    ``thumbnails`` / ``media``: also the template thumbnails / the example image, speech and video clip."""
     specs = node_specs()
     written = []
     if media:
@@ -1092,7 +1170,8 @@ def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True)
         folder.mkdir(parents=True, exist_ok=True)
         write_example_image(folder / examples.EXAMPLE_IMAGE)
         write_example_audio(folder / examples.EXAMPLE_AUDIO)
-        written += [folder / examples.EXAMPLE_IMAGE, folder / examples.EXAMPLE_AUDIO]
+        write_example_clip(folder / examples.EXAMPLE_CLIP)
+        written += [folder / examples.EXAMPLE_IMAGE, folder / examples.EXAMPLE_AUDIO, folder / examples.EXAMPLE_CLIP]
 
     def put(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
