@@ -16,8 +16,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HARNESS = Path(os.environ.get("MAGIHUMAN_HARNESS",
-                              ROOT.parent / "shared" / "tools" / "comfyui-harness" / "run_workflow.py"))
+HARNESS_REL = Path("shared") / "tools" / "comfyui-harness" / "run_workflow.py"
+
+
+def default_harness(root: Path = ROOT) -> Path:
+    """The harness beside the checkout (CI: a clean checkout with ../shared beside it) or, for a git worktree kept
+    in a subfolder (<dir>/wt/<name>), beside the nearest parent folder that has it; else where CI puts it."""
+    for folder in root.parents:
+        if (folder / HARNESS_REL).is_file():
+            return folder / HARNESS_REL
+    return root.parent / HARNESS_REL
+
+
+HARNESS = Path(os.environ.get("MAGIHUMAN_HARNESS") or default_harness())
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", "/tmp/comfyui-real"))
 PYTHON = COMFYUI_DIR / "venv" / "bin" / "python"
 PACK_NAME = "ComfyUI-MagiHuman"

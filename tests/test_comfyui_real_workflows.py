@@ -73,6 +73,29 @@ async function layout(page) {
 }
 const thumbs = (page) => page.evaluate(() => [...new Set(document.querySelectorAll('.p-dialog img, [role=dialog] img'))]
   .map((i) => ({ alt: i.alt, loaded: i.complete && i.naturalWidth > 0, w: i.naturalWidth, h: i.naturalHeight })));
+// the browser's grid draws only the rows in view (two rows of four in a 1600x900 window): scroll it down to see
+// every card, then back to the top
+const scrollGrid = (page, to) => page.evaluate((to) => {
+  const grid = [...document.querySelectorAll('.p-dialog *, [role=dialog] *')].find((e) =>
+    e.scrollHeight > e.clientHeight + 4 && /auto|scroll/.test(getComputedStyle(e).overflowY));
+  if (!grid) return false;
+  const before = grid.scrollTop;
+  grid.scrollTop = to === 'top' ? 0 : before + grid.clientHeight * 0.8;
+  return grid.scrollTop !== before;
+}, to);
+async function allThumbs(page) {
+  const found = new Map();
+  for (let i = 0; i < 30; i++) {
+    await page.waitForFunction(() => [...document.querySelectorAll('.p-dialog img, [role=dialog] img')]
+      .every((im) => im.complete), null, { timeout: 15000 }).catch(() => {});
+    for (const t of await thumbs(page)) found.set(t.alt, t);
+    if (!(await scrollGrid(page, 'down'))) break;
+    await sleep(400);
+  }
+  await scrollGrid(page, 'top');
+  await sleep(400);
+  return [...found.values()];
+}
 (async () => {
   const t0 = Date.now();
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true,
@@ -93,16 +116,17 @@ const thumbs = (page) => page.evaluate(() => [...new Set(document.querySelectorA
     await page.waitForFunction(() => window.app && window.app.graph && window.LiteGraph &&
       Object.keys(window.LiteGraph.registered_node_types).length > 10, null, { timeout: 120000 });
     out.version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ || null);
-    // a fresh user: the frontend opens the template browser by itself; wait for our thumbnails in it
+    // a fresh user: the frontend opens the template browser by itself; wait for our thumbnails in it (the ones in
+    // view: two rows of four; allThumbs scrolls to the others)
     await page.waitForFunction((n) => {
       const imgs = [...document.querySelectorAll('.p-dialog img, [role=dialog] img')];
-      return imgs.length >= n && imgs.every((i) => i.complete);
+      return imgs.length >= Math.min(n, 8) && imgs.every((i) => i.complete);
     }, job.templates, { timeout: 60000 }).catch(() => {});
     await sleep(500);
     await page.screenshot({ path: path.join(job.shots, '00_template_browser.png') });
     out.browser = await seen(page);
     out.templateList = await page.evaluate(async () => (await fetch('/api/workflow_templates')).json());
-    out.thumbnails = await thumbs(page);
+    out.thumbnails = await allThumbs(page);
     out.seconds.startup = (Date.now() - t0) / 1000;
     alerts.length = 0;
     await page.getByText(job.openFromBrowser, { exact: true }).first().click();  // open one from the browser
@@ -243,11 +267,13 @@ def test_the_newest_frontend_is_the_one_served(fe, frontend):
 
 
 def test_the_pack_put_the_example_inputs_into_the_input_folder(server):
-    """Load Image / Load Audio of the TI2V / A2V workflows name them; ComfyUI lists them (no "Missing Inputs")."""
-    image, audio = "magihuman_example_portrait.png", "magihuman_example_speech.wav"
-    for name in (image, audio):
+    """Load Image / Load Audio / Load Video of the TI2V / A2V / Extend workflows name them; ComfyUI lists them (no
+    "Missing Inputs")."""
+    image, audio, clip = "magihuman_example_portrait.png", "magihuman_example_speech.wav", "magihuman_example_clip.mp4"
+    for name in (image, audio, clip):
         assert (server.base / "input" / name).read_bytes() == (EXAMPLE_INPUTS / name).read_bytes(), name
-    for node, widget, name in (("LoadImage", "image", image), ("LoadAudio", "audio", audio)):
+    for node, widget, name in (("LoadImage", "image", image), ("LoadAudio", "audio", audio),
+                               ("LoadVideo", "file", clip)):
         spec = server.request(f"/object_info/{node}")[1][node]["input"]["required"][widget]
         options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 nodes: ["COMBO", {"options": [...]}]
         assert name in options, (node, options)
@@ -375,9 +401,13 @@ def test_zoom_report(fe, frontend, shots):
 @pytest.mark.parametrize("path", TINY, ids=lambda p: p.stem)
 def test_tiny_workflow_runs_in_the_real_server(fe, server, frontend_run, path, shots):
     """Queues the prompt the real frontend made of the UI workflow (what the Run button sends; it equals the API
-    twin, see above), or the API twin when no headless frontend is set up; Load Image / Load Audio read the
-    example files the pack put into input/."""
+    twin, see above), or the API twin when no headless frontend is set up; Load Image / Load Audio / Load Video read
+    the example files the pack put into input/. The long-video ones: a whole speech, a clip extended."""
+    import math
+    import wave
+
     from magihuman import media
+    from tests.test_workflows import expected_frames
 
     if fe["root"] is not None:
         pytest.skip("run once, with the bundled frontend: the newest one makes the same prompt (checked above)")
@@ -392,8 +422,12 @@ def test_tiny_workflow_runs_in_the_real_server(fe, server, frontend_run, path, s
     assert len(mp4) == 1
     info = media.read_mp4_info(mp4[0])
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
-    seconds = next(e for e in prompt.values() if e["class_type"] == "MagiHumanEmptyAVLatent")["inputs"]["seconds"]
-    assert info["frames"] == 4 * ((round(seconds * 25)) // 4) + 1
+    with wave.open(str(EXAMPLE_INPUTS / "magihuman_example_speech.wav")) as w:
+        speech_seconds = w.getnframes() / w.getframerate()
+    clip_frames = media.read_mp4_info(EXAMPLE_INPUTS / "magihuman_example_clip.mp4")["frames"]
+    assert info["frames"] == expected_frames(prompt, speech_seconds, clip_frames)
+    if {e["class_type"] for e in prompt.values()} & {"MagiHumanLongVideo", "MagiHumanExtend"}:
+        assert math.isclose(info["audio_duration"], info["frames"] / 25, abs_tol=0.05)
     with (shots / "run_times.txt").open("a") as f:
         f.write(f"{path.stem}: {run['seconds']} s\n")
 

@@ -6,8 +6,9 @@ state block and object links; flags/order/mode/properties on every node; proxyWi
 node's widget values; downloadable models only as single files with a known folder. Plus what an artist needs:
 the subgraph exposes prompt, size, length, seed, steps and the model names; groups run left to right; the note
 says where every model comes from, how to write prompts and what memory to expect; every workflow opens at a zoom
-where the frontend draws its nodes; the example image and speech clip the TI2V / A2V workflows open on are shipped
-(small, made by the builder) and the pack puts them into ComfyUI's input folder without replacing a user's file."""
+where the frontend draws its nodes; the example image, speech and video clip the TI2V / A2V / Extend workflows open
+on are shipped (small, made by the builder) and the pack puts them into ComfyUI's input folder without replacing a
+user's file."""
 
 import json
 import re
@@ -118,10 +119,14 @@ def test_the_subgraph_exposes_what_an_artist_changes(path):
         assert "sr_model" in names
     if "MagiHumanImageToVideo" in types:
         assert "image" in names and "video_vae" in names
-    if "MagiHumanReferenceAudio" in types:
+    if "MagiHumanReferenceAudio" in types or "MagiHumanLongVideo" in types:
         assert "audio" in names
+    if types & {"MagiHumanLongVideo", "MagiHumanExtend"}:  # windows: the Wan2.2 VAE re-encodes each first frame
+        assert "window_seconds" in names and "video_vae" in names
+    if "MagiHumanExtend" in types:
+        assert "video" in names and "GetVideoComponents" in types
     top = {n["type"] for n in ui["nodes"]} - {sg["id"]}
-    assert top <= {"LoadImage", "LoadAudio", "SaveVideo", "MarkdownNote"} and "SaveVideo" in top
+    assert top <= {"LoadImage", "LoadAudio", "LoadVideo", "SaveVideo", "MarkdownNote"} and "SaveVideo" in top
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -244,7 +249,7 @@ def test_opens_at_a_zoom_where_the_nodes_are_drawn(path):
 
 # ------------------------------------------------------------------------------------------ example inputs
 EXAMPLES = ROOT / "example_inputs"
-IMAGE, AUDIO = "magihuman_example_portrait.png", "magihuman_example_speech.wav"
+IMAGE, AUDIO, CLIP = "magihuman_example_portrait.png", "magihuman_example_speech.wav", "magihuman_example_clip.mp4"
 
 
 def test_example_inputs_are_small_and_what_the_workflows_name():
@@ -252,19 +257,28 @@ def test_example_inputs_are_small_and_what_the_workflows_name():
 
     from PIL import Image
 
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == sorted([IMAGE, AUDIO])
+    from magihuman import media
+
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == sorted([IMAGE, AUDIO, CLIP])
     assert (EXAMPLES / IMAGE).stat().st_size < 64_000 and (EXAMPLES / AUDIO).stat().st_size < 160_000
+    assert (EXAMPLES / CLIP).stat().st_size < 64_000
     with Image.open(EXAMPLES / IMAGE) as im:
         assert im.format == "PNG" and im.mode == "RGB" and im.size == (448, 256)  # the templates' size
     with wave.open(str(EXAMPLES / AUDIO)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
         clip_seconds = w.getnframes() / w.getframerate()
+    info = media.read_mp4_info(EXAMPLES / CLIP)  # 25 fps (what Extend takes), the templates' size, with its sound
+    assert (info["video_codec"], info["width"], info["height"], info["fps"], info["frames"]) == ("h264", 448, 256,
+                                                                                                25.0, 49)
+    assert info["audio_codec"] == "aac" and abs(info["audio_duration"] - 49 / 25) < 0.05
     for path in UI_FILES:
         ui, sg = load(path)
         inner = {n["type"]: n for n in sg["nodes"]}
-        loaders = {n["type"]: n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("LoadImage", "LoadAudio")}
+        loaders = {n["type"]: n["widgets_values"][0] for n in ui["nodes"]
+                   if n["type"] in ("LoadImage", "LoadAudio", "LoadVideo")}
         assert loaders == ({"LoadImage": IMAGE} if "MagiHumanImageToVideo" in inner else {}) | (
-            {"LoadAudio": AUDIO} if "MagiHumanReferenceAudio" in inner else {}), path.stem
+            {"LoadAudio": AUDIO} if {"MagiHumanReferenceAudio", "MagiHumanLongVideo"} & set(inner) else {}) | (
+            {"LoadVideo": CLIP} if "GetVideoComponents" in inner else {}), path.stem
         if loaders.get("LoadAudio"):  # the clip covers the length the workflow asks for (trimmed to it)
             inst = next(n for n in ui["nodes"] if n["type"] == sg["id"])
             values = dict(zip([name for _, name in inst["properties"]["proxyWidgets"]], inst["widgets_values"]))
@@ -317,6 +331,46 @@ def test_the_builder_makes_the_shipped_example_inputs(tmp_path):
     read = lambda p: np.frombuffer(wave.open(str(p)).readframes(10 ** 7), "<i2").astype(np.int32)  # noqa: E731
     a, b = read(tmp_path / AUDIO), read(EXAMPLES / AUDIO)
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
+    builder.write_example_clip(tmp_path / CLIP)
+    a, b = _clip_frames(tmp_path / CLIP).astype(np.int16), _clip_frames(EXAMPLES / CLIP).astype(np.int16)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 0.5, "the example clip is stale"
+
+
+def _clip_frames(path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+
+def test_example_clip_is_the_portrait_speaking_the_example_speech():
+    """The clip opens on the portrait (mouth closed), the mouth opens with the loudness of its sound, which is the
+    start of the example speech; one blink."""
+    import wave
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    frames = _clip_frames(EXAMPLES / CLIP).astype(np.float64)                    # [49, 256, 448, 3]
+    portrait = np.asarray(Image.open(EXAMPLES / IMAGE), dtype=np.float64)
+    assert np.abs(frames[0] - portrait).mean() < 4.0                               # frame 0 is the portrait (H.264)
+    mouth = frames[:, 138:156, 212:237].mean(axis=(1, 2, 3))                     # darker = more open
+    with wave.open(str(EXAMPLES / AUDIO)) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+        rate = w.getframerate()
+    hop = rate // 25
+    loud = np.sqrt((speech[: 49 * hop].reshape(49, hop) ** 2).mean(1))
+    assert np.corrcoef(-mouth, loud)[0, 1] > 0.6                                  # lip movement follows the sound
+    with av.open(str(EXAMPLES / CLIP)) as c:
+        sound = np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[0])], axis=1)[0]
+        assert c.streams.audio[0].codec_context.sample_rate == rate
+    n = min(len(sound) // hop, 49)
+    got = np.sqrt((sound[: n * hop].reshape(n, hop) ** 2).mean(1))
+    assert n >= 48 and np.corrcoef(got, loud[:n])[0, 1] > 0.95                   # its sound is the example speech
+    eyes = frames[:, 100:108, 204:214].mean(axis=(1, 2, 3))                       # the left eye
+    assert (np.abs(eyes - eyes[0]) > 10).sum() == 2                                 # lids over it in two frames
 
 
 def test_the_pack_copies_the_example_inputs_and_never_replaces_a_file(pack, tmp_path, caplog):
@@ -328,10 +382,11 @@ def test_the_pack_copies_the_example_inputs_and_never_replaces_a_file(pack, tmp_
     folder.mkdir()
     mine.write_bytes(b"the user's own clip")
     with caplog.at_level("INFO", logger="magihuman.nodes"):
-        assert ex.install_example_inputs(folder) == [IMAGE]
-    assert (folder / IMAGE).read_bytes() == (EXAMPLES / IMAGE).read_bytes()
+        assert ex.install_example_inputs(folder) == [IMAGE, CLIP]
+    for name in (IMAGE, CLIP):
+        assert (folder / name).read_bytes() == (EXAMPLES / name).read_bytes()
     assert mine.read_bytes() == b"the user's own clip"
-    assert f"copied the template example inputs {IMAGE} into {folder}" in caplog.text
+    assert f"copied the template example inputs {IMAGE}, {CLIP} into {folder}" in caplog.text
     assert ex.install_example_inputs(folder) == []              # nothing missing: nothing copied
     assert ex.install_example_inputs() == []                    # no ComfyUI: no input folder to fill
     blocked = tmp_path / "file_not_folder"

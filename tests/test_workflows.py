@@ -5,6 +5,7 @@ format; tests/test_comfyui_real_workflows.py loads and runs them in a real Comfy
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ TEMPLATE_DIR = ROOT / "example_workflows"
 API_DIR = WF_DIR / "api"
 UI_FILES = sorted(TEMPLATE_DIR.glob("*.json")) + sorted((WF_DIR / "tiny").glob("*.json"))
 TEMPLATES = ("magihuman_t2v_distill_256p", "magihuman_ti2v_distill_256p", "magihuman_a2v_distill_256p",
-             "magihuman_t2v_distill_256p_lora", "magihuman_t2v_distill_via_lora_256p", "magihuman_t2v_base_cfg_256p", "magihuman_sr_540p", "magihuman_sr_1080p")
+             "magihuman_t2v_distill_256p_lora", "magihuman_t2v_distill_via_lora_256p", "magihuman_t2v_base_cfg_256p",
+             "magihuman_sr_540p", "magihuman_sr_1080p", "magihuman_a2v_long_speech_256p", "magihuman_extend_clip_256p")
 TINY = ("magihuman_tiny_t2v", "magihuman_tiny_ti2v", "magihuman_tiny_a2v", "magihuman_tiny_t2v_lora",
-        "magihuman_tiny_t2v_distill_via_lora", "magihuman_tiny_sr")
+        "magihuman_tiny_t2v_distill_via_lora", "magihuman_tiny_sr", "magihuman_tiny_a2v_long", "magihuman_tiny_extend")
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 
 
@@ -200,9 +202,42 @@ def test_loader_defaults_come_from_the_model_table(builder):
 
 
 # ------------------------------------------------------------------------------------------ run the tiny ones
+def read_video(path: Path) -> tuple:
+    """What core Load Video + Get Video Components give for a file, decoded here with PyAV: (IMAGE [F, H, W, 3]
+    float in [0, 1], AUDIO {"waveform": [1, C, N], "sample_rate"}, fps)."""
+    import av
+
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        fps = float(vs.average_rate)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(vs)])
+    with av.open(str(path)) as c:
+        rate = c.streams.audio[0].codec_context.sample_rate
+        chunks = [f for f in c.decode(c.streams.audio[0])]
+        assert all(f.format.is_planar for f in chunks)  # AAC decodes to float planar: [channels, samples] each
+        wave = np.concatenate([f.to_ndarray() for f in chunks], axis=1).astype(np.float32)
+    images = torch.from_numpy(frames.astype(np.float32) / 255)
+    return images, {"waveform": torch.from_numpy(wave)[None], "sample_rate": rate}, fps
+
+
+def expected_frames(prompt: dict, speech_seconds: float, clip_frames: int) -> int:
+    """Frames the output of a tiny workflow must have, from its own numbers: one clip of ``seconds`` (4·⌊25·s/4⌋ + 1),
+    a whole speech rounded up to 4j + 1 frames, or the clip to extend plus the frames added after its last one."""
+    nodes = {e["class_type"]: e["inputs"] for e in prompt.values()}
+    one_clip = lambda s: 4 * (round(s * 25) // 4) + 1  # noqa: E731
+    if "MagiHumanEmptyAVLatent" in nodes:
+        return one_clip(nodes["MagiHumanEmptyAVLatent"]["seconds"])
+    if "MagiHumanExtend" in nodes:
+        return clip_frames + one_clip(nodes["MagiHumanExtend"]["seconds"]) - 1
+    assert nodes["MagiHumanLongVideo"]["seconds"] == 0  # the whole speech
+    steps = math.ceil(speech_seconds * 25 - 1e-9)
+    return 4 * math.ceil((steps - 1) / 4) + 1
+
+
 def _run_api(prompt: dict, nodes: dict, out_dir: Path, inputs: dict) -> list[Path]:
     """Execute an API prompt in dependency order: pack nodes via execute(); the core nodes by equivalent plain
-    calls (Load Image / Load Audio read ``inputs``, Create Video bundles, Save Video writes H.264 + AAC)."""
+    calls (Load Image / Load Audio / Load Video read ``inputs``, Get Video Components decodes, Create Video
+    bundles, Save Video writes H.264 + AAC)."""
     results, written = {}, []
 
     def value(v):
@@ -217,8 +252,10 @@ def _run_api(prompt: dict, nodes: dict, out_dir: Path, inputs: dict) -> list[Pat
                 continue
             kw = {k: value(v) for k, v in entry["inputs"].items()}
             ct = entry["class_type"]
-            if ct in ("LoadImage", "LoadAudio"):
+            if ct in ("LoadImage", "LoadAudio", "LoadVideo"):
                 results[nid] = inputs[ct]
+            elif ct == "GetVideoComponents":
+                results[nid] = read_video(kw["video"])
             elif ct == "CreateVideo":
                 results[nid] = ({"images": kw["images"], "audio": kw.get("audio"), "fps": kw["fps"]},)
             elif ct == "SaveVideo":
@@ -237,7 +274,9 @@ def _run_api(prompt: dict, nodes: dict, out_dir: Path, inputs: dict) -> list[Pat
 
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_workflow_runs(name, node_pack, tmp_path, tiny_dir):
-    """With the example image and speech clip the workflows name (read as Load Image / Load Audio do)."""
+    """With the example image, speech and video clip the workflows name (read as Load Image / Load Audio / Load
+    Video + Get Video Components do). A whole speech comes out as the sound track; an extended clip starts with the
+    clip's own frames."""
     import wave
 
     from PIL import Image
@@ -248,15 +287,52 @@ def test_tiny_workflow_runs(name, node_pack, tmp_path, tiny_dir):
     with wave.open(str(examples / "magihuman_example_speech.wav")) as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
         audio = {"waveform": torch.from_numpy(pcm).reshape(1, 1, -1), "sample_rate": w.getframerate()}
+    clip = examples / "magihuman_example_clip.mp4"
     env = node_pack(tiny_dir)
     try:
         prompt = json.loads((API_DIR / f"{name}_api.json").read_text())
-        out = _run_api(prompt, env.nodes, tmp_path, {"LoadImage": (image, None), "LoadAudio": (audio,)})
+        out = _run_api(prompt, env.nodes, tmp_path, {"LoadImage": (image, None), "LoadAudio": (audio,),
+                                                     "LoadVideo": (clip,)})
     finally:
         env.close()
     assert len(out) == 1
     info = media.read_mp4_info(out[0])
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
-    latent = next(e for e in prompt.values() if e["class_type"] == "MagiHumanEmptyAVLatent")["inputs"]
-    latent_frames = (round(latent["seconds"] * 25) // 4) + 1
-    assert info["frames"] == 4 * (latent_frames - 1) + 1
+    clip_images, _, _ = read_video(clip)
+    frames = expected_frames(prompt, pcm.size / audio["sample_rate"], clip_images.shape[0])
+    assert info["frames"] == frames
+    kinds = {e["class_type"] for e in prompt.values()}
+    if kinds & {"MagiHumanLongVideo", "MagiHumanExtend"}:  # windows: a soundtrack exactly as long as the frames
+        assert math.isclose(info["audio_duration"], frames / 25, abs_tol=0.05)
+    made, made_audio, _ = read_video(out[0])
+    if "MagiHumanLongVideo" in kinds:  # A2V: the sound track is the speech (compared as 40 ms loudness)
+        assert _envelope_corr(made_audio, audio, seconds=pcm.size / audio["sample_rate"]) > 0.95
+    if "MagiHumanExtend" in kinds:  # "clip + new part": the clip's frames, centre-cropped and resized, come first
+        w, h = made.shape[2], made.shape[1]
+        for i in (0, clip_images.shape[0] - 1):
+            ref = _center_resize(clip_images[i], w, h)
+            assert float((made[i] - ref).abs().mean()) < 0.03, i
+        assert float((made[-1] - _center_resize(clip_images[-1], w, h)).abs().mean()) > 0.05  # new frames differ
+
+
+def _center_resize(frame: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[H, W, 3] in [0, 1] -> centre crop to the aspect of width x height, Lanczos resize (PIL)."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    side_w, side_h = (round(h * width / height), h) if w * height > h * width else (w, round(w * height / width))
+    x0, y0 = (w - side_w) // 2, (h - side_h) // 2
+    crop = (frame[y0:y0 + side_h, x0:x0 + side_w].numpy() * 255).round().astype(np.uint8)
+    out = Image.fromarray(crop).resize((width, height), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(out, dtype=np.float32) / 255)
+
+
+def _envelope_corr(a: dict, b: dict, seconds: float) -> float:
+    """Correlation of the 40 ms RMS loudness of two AUDIO dicts over their first ``seconds`` (mono mix)."""
+    def env(x):
+        wave = x["waveform"][0].float().mean(0).numpy()
+        hop = int(x["sample_rate"] * 0.04)
+        n = int(seconds / 0.04)
+        return np.sqrt((wave[: n * hop].reshape(n, hop) ** 2).mean(1))
+
+    return float(np.corrcoef(env(a), env(b))[0, 1])

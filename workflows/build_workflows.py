@@ -13,8 +13,9 @@
   the prompt the frontend queues.
 - ``web/docs/<NodeId>.md``: the help the frontend shows for each node.
 - ``web/storage.json``: what the frontend extension (``web/js/magihuman_gguf.js``) reads of the storage registry.
-- ``example_inputs/``: the portrait and the voice-like clip the TI2V / A2V workflows' Load Image / Load Audio open
-  on (drawn and synthesised here; the pack copies them into ComfyUI's input folder, nodes/example_inputs.py).
+- ``example_inputs/``: the portrait, the voice-like clip and the MP4 of the portrait speaking it that the TI2V / A2V /
+  Extend workflows' Load Image / Load Audio / Load Video open on (drawn and synthesised here; the pack copies them
+  into ComfyUI's input folder, nodes/example_inputs.py).
 
 Each workflow opens at a zoom where the frontend draws its nodes: see VIEW / saved_view (1.3x frontends show the
 saved view) and the compact top graph (1.5x fits a template to it).
@@ -54,6 +55,11 @@ CORE_NODES: dict[str, dict] = {
                   "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")], "title": "Load Image"},
     "LoadAudio": {"inputs": [("audio", "COMBO", "upload_widget", None)], "outputs": [("AUDIO", "AUDIO")],
                   "title": "Load Audio"},
+    "LoadVideo": {"inputs": [("file", "COMBO", "upload_widget", None)], "outputs": [("VIDEO", "VIDEO")],
+                  "title": "Load Video"},
+    "GetVideoComponents": {"inputs": [("video", "VIDEO", "socket", None)],
+                           "outputs": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+                           "title": "Get Video Components"},
     "CreateVideo": {"inputs": [("images", "IMAGE", "socket", None), ("fps", "FLOAT", "widget", 30.0),
                                ("audio", "AUDIO", "optional_socket", None)],
                     "outputs": [("VIDEO", "VIDEO")], "title": "Create Video"},
@@ -95,7 +101,8 @@ def engine(module: str):
 
 
 def example_inputs():
-    """nodes/example_inputs.py: the example image and speech clip (names, folder) the pack copies into input/."""
+    """nodes/example_inputs.py: the example image, speech and video clip (names, folder) the pack copies into
+    input/."""
     return importlib.import_module(f"{import_pack().__name__}.nodes.example_inputs")
 
 
@@ -111,7 +118,8 @@ def node_specs() -> dict[str, dict]:
     nodes = importlib.import_module(f"{pack.__name__}.nodes")
     specs = {k: dict(v, options={}, multiline=set()) for k, v in CORE_NODES.items()}
     examples = example_inputs()  # Load Image / Load Audio open on the files the pack puts into input/
-    for loader, name in (("LoadImage", examples.EXAMPLE_IMAGE), ("LoadAudio", examples.EXAMPLE_AUDIO)):
+    for loader, name in (("LoadImage", examples.EXAMPLE_IMAGE), ("LoadAudio", examples.EXAMPLE_AUDIO),
+                         ("LoadVideo", examples.EXAMPLE_CLIP)):
         specs[loader]["inputs"] = [(i, t, k, name if k == "upload_widget" else d)
                                    for i, t, k, d in CORE_NODES[loader]["inputs"]]
     for cls in nodes.NODE_CLASSES:
@@ -189,7 +197,10 @@ def lora_name(tiny: bool, mode: str = "lora") -> str:
 
 
 def build_mode(mode: str, tiny: bool = False) -> Mode:
-    """The subgraph of one mode: t2v / ti2v / a2v (distilled), base (CFG), sr_540p / sr_1080p (base + SR)."""
+    """The subgraph of one mode: t2v / ti2v / a2v (distilled), base (CFG), sr_540p / sr_1080p (base + SR); the
+    long-video modes (LONG_MODES) are built by :func:`build_long_mode`."""
+    if mode in LONG_MODES:
+        return build_long_mode(mode, tiny)
     names = model_names(tiny)
     dt = "fp32" if tiny else "auto"
     distill = mode in ("t2v", "ti2v", "a2v", "lora", "distill_lora")  # the distilled sampler
@@ -344,6 +355,96 @@ TINY_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "sr_540p"]
 TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "distill_lora": "t2v_distill_via_lora",
               "sr_540p": "sr"}
 
+# ------------------------------------------------------------------------------------------ long-video modes
+# A long clip made window by window inside one node (MagiHuman Long Video / Extend decode it themselves):
+# a2v_long: Load Audio -> Long Video over the whole speech; extend: Load Video -> Get Video Components -> Extend.
+LONG_MODES = {
+    "a2v_long": {"stem": "a2v_long_speech_256p", "title": "A2V long speech 256p", "preset": "distill_256p",
+                 "summary": "A talking video from a whole speech of any length (made for about 30 s), in windows of "
+                            "4 s: your audio is the sound track, unchanged, with no seams (distilled model, 8 steps a "
+                            "window, 448x256).",
+                 "card": ("Talking video from a long speech", "A2V in windows of 4 s, e.g. 30 s"),
+                 "tiny_stem": "a2v_long"},
+    "extend": {"stem": "extend_clip_256p", "title": "Extend a clip 256p", "preset": "distill_256p",
+               "summary": "Continues a video clip: its last frame starts the new part and its sound is kept; out comes "
+                          "the clip followed by `seconds` more, in windows of 4 s (distilled model, 8 steps a window, "
+                          "448x256).",
+               "card": ("Extend a clip", "its last frame continues, its sound kept"),
+               "tiny_stem": "extend"},
+}
+MODES.update({m: {k: v for k, v in info.items() if k != "tiny_stem"} for m, info in LONG_MODES.items()})
+TEMPLATE_MODES += list(LONG_MODES)
+TINY_MODES += list(LONG_MODES)
+TINY_STEMS.update({m: info["tiny_stem"] for m, info in LONG_MODES.items()})
+LONG_WINDOW_SECONDS = 4.0   # the official examples' clip length
+LONG_SPEECH_SECONDS = 30.0  # the speech the A2V long template is made for (its note's window count, work, time)
+
+
+def build_long_mode(mode: str, tiny: bool = False) -> Mode:
+    """The subgraph of a long-video mode: the loaders (with the Wan2.2 VAE, which re-encodes each window's first
+    frame), Text Encode, the windowed node (key "sample": the seed the top graph controls) and Create Video."""
+    names = model_names(tiny)
+    dt = "fp32" if tiny else "auto"
+    extend = mode == "extend"
+    w, h = (64, 64) if tiny else (448, 256)
+    window = 1.0 if tiny else LONG_WINDOW_SECONDS
+    secs = (1.0 if tiny else LONG_WINDOW_SECONDS) if extend else 0.0  # A2V: 0 = the whole speech
+    steps = 2 if tiny else 8
+    prompt = TINY_PROMPT if tiny else example_prompt("ti2v" if extend else "a2v")  # extend: the portrait's man
+    nodes = [
+        Node("dit", "MagiHumanDiTLoader", {"model_name": names["distill"], "weight_dtype": dt}, group="Models"),
+        Node("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt},
+             group="Models"),
+        Node("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo_vae"], "weight_dtype": dt}, group="Models"),
+        Node("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt}, group="Models"),
+        Node("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"},
+             group="Models"),
+        Node("enc", "MagiHumanTextEncode", {"prompt": prompt, "encode_negative": False},
+             {"text_encoder": ("te", 0)}, group="Prompt"),
+    ]
+    # text_encoder also goes to the windowed node: its 'prompts' (one per window) then work without rewiring
+    links = {"model": ("dit", 0), "video_vae": ("wan", 0), "audio_vae": ("audio_vae", 0), "turbo_vae": ("turbo", 0),
+             "positive": ("enc", 0), "text_encoder": ("te", 0)}
+    widgets = {"overlap_frames": 0, "sample_rate": "48000"}
+    if extend:
+        nodes.append(Node("clip", "GetVideoComponents", {}, {}, group="Sampling"))
+        links.update(images=("clip", 0), clip_audio=("clip", 1))
+        widgets["output"] = "clip + new part"
+    nodes += [
+        Node("sample", "MagiHumanExtend" if extend else "MagiHumanLongVideo", widgets, links, group="Sampling",
+             col=1 if extend else 0),
+        Node("video", "CreateVideo", {"fps": 25.0}, {"images": ("sample", 0), "audio": ("sample", 1)}, group="Decode"),
+    ]
+    if extend:
+        exposed, top = [Exposed("video", "VIDEO", [("clip", "video")])], [("video", "LoadVideo")]
+    else:
+        exposed, top = [Exposed("audio", "AUDIO", [("sample", "speech")])], [("audio", "LoadAudio")]
+    exposed += [
+        Exposed("prompt", "STRING", [("enc", "prompt")], value=prompt),
+        Exposed("width", "INT", [("sample", "width")], value=w),
+        Exposed("height", "INT", [("sample", "height")], value=h),
+        Exposed("seconds", "FLOAT", [("sample", "seconds")], label="seconds to add" if extend else None, value=secs),
+        Exposed("window_seconds", "FLOAT", [("sample", "window_seconds")], label="window seconds", value=window),
+        Exposed("seed", "INT", [("sample", "seed")], value=42),
+        Exposed("steps", "INT", [("sample", "steps")], value=steps),
+        Exposed("dit_model", "COMBO", [("dit", "model_name")], label="distilled DiT", value=names["distill"]),
+        Exposed("text_encoder", "COMBO", [("te", "text_encoder")], label="text encoder", value=names["text_encoder"]),
+        Exposed("turbo_vae", "COMBO", [("turbo", "vae_name")], label="turbo VAE", value=names["turbo_vae"]),
+        Exposed("audio_vae", "COMBO", [("audio_vae", "vae_name")], label="audio VAE", value=names["audio_vae"]),
+        Exposed("video_vae", "COMBO", [("wan", "vae_name")], label="Wan2.2 VAE", value=names["video_vae"]),
+    ]
+    if extend:
+        exposed.append(Exposed("output", "COMBO", [("sample", "output")], value="clip + new part"))
+    for e in exposed:  # the interior widget shows the same value as the subgraph input
+        for key, inp in e.targets:
+            if e.type in WIDGET_TYPES:
+                next(n for n in nodes if n.key == key).widgets[inp] = e.value
+    info = MODES[mode]
+    name = f"magihuman_tiny_{TINY_STEMS[mode]}" if tiny else f"magihuman_{info['stem']}"
+    return Mode(name=name, title=("MagiHuman tiny " if tiny else "MagiHuman ") + info["title"],
+                summary=info["summary"], kind=mode, nodes=nodes, exposed=exposed, output=("video", 0), top_inputs=top,
+                tiny=tiny, preset=info["preset"], card=info["card"], dit_role="distill")
+
 
 # ------------------------------------------------------------------------------------------ layout
 NODE_WIDTH = {"MagiHumanTextEncode": 380, "MagiHumanLatentSR": 300}
@@ -353,7 +454,7 @@ GAP, PAD, GROUP_TITLE, GROUP_GAP = 40, 20, 44, 30
 IN_NODE_X, IN_NODE_W, OUT_NODE_GAP, OUT_NODE_W = -170, 130, 40, 100   # the subgraph's input/output nodes
 # the top graph: one row of note, loaders, the MagiHuman node and Save Video
 TOP_NOTE_W, TOP_LOADER_W, TOP_SUB_W, TOP_SAVE_W, TOP_GAP, TOP_MULTILINE = 440, 300, 360, 360, 40, 110
-TOP_LOADER_H = {"LoadImage": 330, "LoadAudio": 180}
+TOP_LOADER_H = {"LoadImage": 330, "LoadAudio": 180, "LoadVideo": 330}
 TOP_SAVE_H = 420
 
 # The view a workflow opens at. ComfyUI 1.3x shows the saved view (extra.ds: screen = (graph + offset) * scale)
@@ -451,7 +552,7 @@ def widget_values(spec: dict, widgets: dict, node_type: str) -> tuple[list, dict
         if kind == "seed_widget":
             values.append("fixed")
         if kind == "upload_widget":
-            values.append("image" if node_type == "LoadImage" else None)
+            values.append("image" if node_type in ("LoadImage", "LoadVideo") else None)  # the upload button
             if node_type == "LoadAudio":
                 values.append(None)
     return values, api
@@ -684,6 +785,66 @@ def memory_lines(mode: Mode) -> list[str]:
     return lines
 
 
+def long_video_work(preset: str, seconds: float, window_seconds: float, *, continued: bool = False) -> tuple:
+    """(window plan, total FLOPs) of a long clip: the windows of magihuman.pipeline.plan_long_video, each priced as
+    one clip of its length."""
+    est = engine("estimate")
+    plan = engine("pipeline").plan_long_video(seconds, window_seconds, continued=continued)
+    return plan, sum(est.estimate(preset, seconds=w.seconds).total_flops for w in plan.windows)
+
+
+def long_memory_lines(mode: Mode) -> list[str]:
+    """The memory section's lines on windows (long-video modes only)."""
+    if mode.kind not in LONG_MODES:
+        return []
+    extend = mode.kind == "extend"
+    seconds = 5 * LONG_WINDOW_SECONDS if extend else LONG_SPEECH_SECONDS
+    plan, flops = long_video_work(mode.preset, seconds, LONG_WINDOW_SECONDS, continued=extend)
+    what = f"{seconds:g} s more" if extend else f"a {seconds:g} s speech"
+    w, h = EXAMPLE_IMAGE_SIZE
+    frame_mb = w * h * 3 * 4 / 1e6  # ComfyUI's IMAGE: float32 RGB
+    frames_gb = plan.total_frames * frame_mb / 1e3
+    return [f"- Windows: GPU memory stays at one {LONG_WINDOW_SECONDS:g} s window's (the numbers above) however long "
+            f"the clip; work and time grow with the windows: {what} is {plan.describe()}, {flops / 1e15:.1f} PFLOP, "
+            f"about {flops / 475e12:.0f} s of DiT time on an H100. ComfyUI holds the output frames in RAM (float32, "
+            f"{frame_mb:.1f} MB a frame at {w}x{h}: {frames_gb:.1f} GB for {seconds:g} s)."]
+
+
+def long_video_note(mode: Mode) -> str:
+    """The note's paragraph on a long-video graph (empty for the other modes)."""
+    if mode.kind not in LONG_MODES:
+        return ""
+    examples = example_inputs()
+    windows = ("- **Windows:** the node makes the clip window by window (`window seconds`, 1-10 s; 4-5 s as the "
+               "official examples): each window starts from the previous one's last frame, re-encoded by the Wan2.2 "
+               "VAE as its first frame, with seed + k. One prompt serves every window; for a prompt per window (each "
+               "quoting the words spoken in it) write them into the node's `prompts` inside the subgraph, separated "
+               "by lines holding only `---` (the last one carries on). `overlap_frames` (inside) makes frames twice "
+               "and cross-fades them at each seam.")
+    if mode.kind == "a2v_long":
+        plan, _ = long_video_work(mode.preset, LONG_SPEECH_SECONDS, LONG_WINDOW_SECONDS)
+        example, _ = long_video_work(mode.preset, EXAMPLE_AUDIO_SECONDS, LONG_WINDOW_SECONDS)
+        head = ("\n- **A long speech (this graph):** Load Audio gives the speech: **pick or upload a long speech "
+                "recording** and put its words in quotes in the prompt. The template is made for about "
+                f"{LONG_SPEECH_SECONDS:g} s of speech: {plan.describe()}. `seconds` 0 = the whole speech; a shorter "
+                "value trims it, a longer one follows the audio. The audio is the sound track, unchanged: each "
+                "window's sound is its slice of the speech, so there are no seams in it. It opens on "
+                f"`{examples.EXAMPLE_AUDIO}`, which this pack puts into ComfyUI/input: only {EXAMPLE_AUDIO_SECONDS:g} "
+                f"s of a synthetic voice-like sound without words ({len(example.windows)} windows), so the graph runs "
+                "but the lips cannot match the quoted line.")
+    else:
+        head = ("\n- **The clip to extend (this graph):** Load Video gives it (25 frames a second; Get Video "
+                "Components inside the subgraph splits it into frames and sound). Its last frame starts the first "
+                "new window and its sound is kept; `seconds to add` is the length of the new part and `output` "
+                "gives the clip followed by the new part, or the new part alone. A clip of another size is "
+                "centre-cropped and resized to width x height, as a TI2V image is. Describe what happens next in "
+                f"the prompt, with the same person and scene. It opens on `{examples.EXAMPLE_CLIP}`, which this pack "
+                f"puts into ComfyUI/input: {EXAMPLE_CLIP_FRAMES / EXAMPLE_CLIP_FPS:g} s of the drawn portrait of the "
+                "TI2V template speaking a synthetic voice-like sound; pick or upload your own clip in Load Video "
+                "(e.g. a MagiHuman result, to keep going).")
+    return head + "\n" + windows
+
+
 def _has_fp8(est) -> bool:
     try:
         est.estimate("distill_256p", weight_dtype="fp8")
@@ -754,10 +915,11 @@ def note_text(mode: Mode) -> str:
         "\"the line\"`, and `Background Sound:` with `<the main background sound>` (or `<No prominent background "
         "sound>`). The example prompt shows the layout; the MagiHuman Enhanced Prompt node builds and checks it.",
         "- Chinese/Japanese/Korean text is spaced character by character automatically (cjk_spacing)." + a2v + ti2v
-        + lora + cfg,
+        + lora + long_video_note(mode) + cfg,
         "",
         "## Memory and speed (estimates)",
         *memory_lines(mode),
+        *long_memory_lines(mode),
         "",
         "Sizes snap to multiples of 32; 25 fps; the clip has 25·seconds+1 frames.",
     ])
@@ -815,15 +977,26 @@ def _wrap(text: str, width: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ example inputs
 EXAMPLE_IMAGE_SIZE = (448, 256)
+_PORTRAIT_SCALE = 2  # drawn at twice the size, then downsampled (smooth edges)
 
 
 def write_example_image(path: Path) -> None:
     """A drawn portrait for TI2V: the man of the example prompt (grey stubble, salt-and-pepper hair, navy crew
     neck) in a study with bookshelves, warm light from the left. 448x256 (the template size), PNG."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
-    k = 2  # drawn at twice the size, then downsampled (smooth edges)
+    img = _portrait_canvas()
+    k = _PORTRAIT_SCALE
+    s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
+    ImageDraw.Draw(img).arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)  # closed-mouth smile
+    Image.fromarray(_lit_portrait(img)).save(path, "PNG", optimize=True)
+
+
+def _portrait_canvas():
+    """The portrait at twice its size, everything but the mouth (a PIL image)."""
+    from PIL import Image, ImageDraw
+
+    k = _PORTRAIT_SCALE
     w, h = EXAMPLE_IMAGE_SIZE[0] * k, EXAMPLE_IMAGE_SIZE[1] * k
     rng = random.Random(20240607)
     s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
@@ -865,25 +1038,31 @@ def write_example_image(path: Path) -> None:
         x, y = 224 + 36 * r * math.cos(a), 112 + 54 * r * math.sin(a)
         if y > 118:
             d.ellipse(s(x, y, x + 1.2, y + 1.2), fill=(158, 144, 136))
-    # brows, eyes, nose, closed-mouth smile
+    # brows, eyes, nose (the mouth is drawn by the caller)
     d.line(s(200, 94, 218, 91), fill=(110, 106, 100), width=3 * k)
     d.line(s(230, 91, 248, 94), fill=(110, 106, 100), width=3 * k)
     for cx in (209, 239):
         d.ellipse(s(cx - 7, 100, cx + 7, 108), fill=(240, 236, 228))
         d.ellipse(s(cx - 3, 100, cx + 3, 108), fill=(70, 50, 36))
     d.line(s(224, 106, 220, 128, 227, 130), fill=(170, 120, 96), width=2 * k)
-    d.arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)
     # desk in front
     d.rectangle(s(0, 236, 448, 256), fill=(96, 62, 36))
     d.line(s(0, 236, 448, 236), fill=(130, 90, 56), width=2 * k)
+    return img
+
+
+def _lit_portrait(img):
+    """The drawn portrait downsampled to EXAMPLE_IMAGE_SIZE with warm lamplight from the left and a dim fill on the
+    right: uint8 [256, 448, 3]."""
+    import numpy as np
+    from PIL import Image
+
     img = img.resize(EXAMPLE_IMAGE_SIZE, Image.LANCZOS)
-    # warm lamplight from the left, a dim fill on the right
     arr = np.asarray(img).astype(np.float32)
     x = np.linspace(0, 1, arr.shape[1])[None, :, None]
     light = 1.18 - 0.38 * x
     warm = np.array([1.0, 0.94, 0.82])[None, None, :]
-    arr = np.clip(arr * light * (warm + (1 - warm) * x), 0, 255).round().astype(np.uint8)
-    Image.fromarray(arr).save(path, "PNG", optimize=True)
+    return np.clip(arr * light * (warm + (1 - warm) * x), 0, 255).round().astype(np.uint8)
 
 
 EXAMPLE_AUDIO_RATE = 16000
@@ -980,6 +1159,65 @@ def write_example_audio(path: Path) -> None:
         w.writeframes(pcm.tobytes())
 
 
+EXAMPLE_CLIP_FRAMES = 49  # 1.96 s at 25 fps, a latent-aligned count (4j + 1) as the model makes them
+EXAMPLE_CLIP_FPS = 25
+_CLIP_HOP = EXAMPLE_AUDIO_RATE // EXAMPLE_CLIP_FPS  # speech samples per frame (640)
+
+
+def example_clip_mouth() -> "np.ndarray":
+    """How open the mouth is in each frame of the example clip (0 closed .. 1 wide): the loudness of the example
+    speech over that frame, fast to open and slower to close, as a mouth follows syllables."""
+    import numpy as np
+
+    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _CLIP_HOP].astype(np.float64)
+    rms = np.sqrt((speech.reshape(EXAMPLE_CLIP_FRAMES, _CLIP_HOP) ** 2).mean(1))
+    target = np.clip((rms / rms.max() - 0.1) / 0.85, 0, 1)
+    out, level = np.zeros(EXAMPLE_CLIP_FRAMES), 0.0
+    for i, t in enumerate(target):
+        level = t if t > level else 0.55 * level + 0.45 * t
+        out[i] = level
+    return out
+
+
+def example_clip_frames() -> "np.ndarray":
+    """The example clip to extend: the drawn portrait (write_example_image) speaking the first phrase of the
+    example speech, the mouth opening with its loudness, one blink. uint8 [49, 256, 448, 3]."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    k = _PORTRAIT_SCALE
+    s = lambda *v: [round(x * k) for x in v]  # noqa: E731 - coordinates given at the final size
+    base = _portrait_canvas()
+    frames = []
+    for i, o in enumerate(example_clip_mouth()):
+        img = base.copy()
+        d = ImageDraw.Draw(img)
+        if o < 0.12:  # closed: the portrait's smile
+            d.arc(s(206, 128, 242, 148), 20, 160, fill=(150, 84, 76), width=3 * k)
+        else:  # open: dark mouth, upper teeth when wide, the lower lip
+            half = 10 - 2.5 * o
+            bottom = 143 + 9 * o
+            d.ellipse(s(224 - half, 140, 224 + half, bottom), fill=(78, 30, 32), outline=(150, 84, 76), width=k)
+            if o > 0.45:
+                d.chord(s(224 - half + 2, 140.5, 224 + half - 2, 146), 180, 360, fill=(232, 226, 214))
+        if i in (33, 34):  # a blink: lids over the eyes
+            for cx in (209, 239):
+                d.ellipse(s(cx - 8, 99, cx + 8, 109), fill=(206, 158, 126))
+                d.line(s(cx - 7, 105, cx + 7, 105), fill=(110, 80, 66), width=k)
+        frames.append(_lit_portrait(img))
+    return np.stack(frames)
+
+
+def write_example_clip(path: Path) -> None:
+    """:func:`example_clip_frames` with the matching 1.96 s of the example speech: H.264 + AAC (mono 16 kHz) MP4 at
+    25 fps, the clip the Extend templates open on."""
+    from magihuman import media
+
+    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _CLIP_HOP]
+    media.write_mp4(path, example_clip_frames(), fps=EXAMPLE_CLIP_FPS, audio=speech[None],
+                    sample_rate=EXAMPLE_AUDIO_RATE, crf=23, preset="slow", audio_bitrate=48_000)
+
+
 # ------------------------------------------------------------------------------------------ node help
 GENERATED_MARK = "<!-- written by workflows/build_workflows.py from the node schema; a page without this line is kept -->"
 LATENT_NOTE = ("The MagiHuman LATENT holds the video and the audio latent of each clip together (like core "
@@ -1045,7 +1283,7 @@ def all_modes() -> list[Mode]:
 
 def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True) -> list[Path]:
     """Writes every generated file under ``root`` (the repository, or a temp dir for the up-to-date test);
-    ``thumbnails`` / ``media``: also the template thumbnails / the example image and speech clip."""
+    ``thumbnails`` / ``media``: also the template thumbnails / the example image, speech and video clip."""
     specs = node_specs()
     written = []
     if media:
@@ -1054,7 +1292,8 @@ def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True)
         folder.mkdir(parents=True, exist_ok=True)
         write_example_image(folder / examples.EXAMPLE_IMAGE)
         write_example_audio(folder / examples.EXAMPLE_AUDIO)
-        written += [folder / examples.EXAMPLE_IMAGE, folder / examples.EXAMPLE_AUDIO]
+        write_example_clip(folder / examples.EXAMPLE_CLIP)
+        written += [folder / examples.EXAMPLE_IMAGE, folder / examples.EXAMPLE_AUDIO, folder / examples.EXAMPLE_CLIP]
 
     def put(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
