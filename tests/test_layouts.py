@@ -364,3 +364,102 @@ def test_quanto_rows_are_dequantised_in_chunks(quanto, monkeypatch):
     f, _, want = quanto
     monkeypatch.setattr(source, "_ROW_SCALE_CHUNK", 1000)  # < 8 rows of 128 columns per chunk
     assert not _equal(load(f, storage="fp32").state_dict(), want)
+
+
+# ------------------------------------------------------------------ the published T5Gemma GGUF's layout
+
+
+def _t5_config() -> dict:
+    """A small T5Gemma config whose every projection row is whole Q6_K blocks (256 columns)."""
+    from magihuman.models.text_encoder import tiny_hf_config
+
+    cfg = tiny_hf_config()
+    module = dict(cfg["encoder"], hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=128, query_pre_attn_scalar=128,
+                  layer_types=["sliding_attention", "full_attention"])
+    return dict(cfg, encoder=module, decoder=dict(module))
+
+
+def _write_hf_named_gguf(path: Path, config: dict, prefix: str, qtype: str) -> dict[str, torch.Tensor]:
+    """A GGUF the way the published t5gemma-9b-9b-ul2-Q6_K.gguf is made (gguf-py, Hugging Face tensor names, no config
+    or tokenizer inside, embedding and norms F32, a decoder tensor to ignore); returns the encoder weights the file
+    holds, decoded by gguf's own numpy code (the independent reference)."""
+    import numpy as np
+    gguf = pytest.importorskip("gguf")
+
+    from magihuman.models.text_encoder import T5GemmaEncoder, T5GemmaEncoderConfig
+
+    shapes = {k: tuple(v.shape) for k, v in
+              T5GemmaEncoder(T5GemmaEncoderConfig.from_hf(config), device="meta").state_dict().items()}
+    g = np.random.default_rng(5)
+    w = gguf.GGUFWriter(str(path), "t5gemma")
+    want = {}
+    qt = gguf.GGMLQuantizationType[qtype]
+    block, size = gguf.GGML_QUANT_SIZES[qt]
+    for key, shape in shapes.items():
+        if len(shape) == 2 and "embed_tokens" not in key:
+            if qt == gguf.GGMLQuantizationType.Q6_K:  # no Q6_K quantiser in gguf-py: valid random blocks
+                raw = g.integers(0, 256, size=(shape[0], shape[1] // block * size), dtype=np.uint8)
+                d = raw.reshape(shape[0], -1, size)
+                d[..., -2:] = np.frombuffer(np.float16(2.0 ** -12).tobytes(), np.uint8)  # finite block scales
+            else:
+                raw = gguf.quants.quantize(g.standard_normal(shape).astype(np.float32) * 0.05, qt)
+            w.add_tensor(prefix + key, raw, raw_dtype=qt)
+            want[key] = torch.from_numpy(gguf.quants.dequantize(raw, qt).copy())
+        else:
+            t = (g.standard_normal(shape) * 0.05).astype(np.float32)
+            w.add_tensor(prefix + key, t)
+            want[key] = torch.from_numpy(t)
+    w.add_tensor(prefix.replace("encoder", "decoder") + "decoder.norm.weight" if prefix else "decoder.norm.weight",
+                 np.ones(256, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return want
+
+
+def _encoder_weights(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            out[key] = mod.decoded_weight(torch.float32) if hasattr(mod, "decoded_weight") and pname == "weight" \
+                else p.detach().float()
+    return out
+
+
+@pytest.mark.parametrize("prefix, qtype", [("", "Q6_K"), ("model.", "Q8_0")])
+def test_t5gemma_gguf_with_hugging_face_names(tmp_path, prefix, qtype):
+    """The published encoder GGUF: HF names (``encoder.*``, ``model.`` optional), Q6_K projections, no config inside.
+    Beside its config.json and tokenizer (a folder of models/text_encoders), or with config= naming that folder;
+    weights equal gguf's own dequantisation, kept as stored with storage "file"."""
+    from magihuman.models.text_encoder import T5GemmaEncoder
+    from magihuman.tokenizer import write_tiny_tokenizer
+
+    config = _t5_config()
+    folder = tmp_path / "t5gemma-9b-9b-ul2"
+    folder.mkdir()
+    want = _write_hf_named_gguf(folder / f"t5gemma-9b-9b-ul2-{qtype}.gguf", config, prefix, qtype)
+    (folder / "config.json").write_text(json.dumps(config))
+    write_tiny_tokenizer(folder)
+    for given in (folder, folder / f"t5gemma-9b-9b-ul2-{qtype}.gguf"):
+        m = T5GemmaEncoder.from_pretrained(given, storage="fp32")
+        got = _encoder_weights(m)
+        assert set(got) == set(want) and not [k for k in want if not torch.equal(got[k], want[k])]
+        assert m.tokenizer is not None
+    kept = T5GemmaEncoder.from_pretrained(folder, storage="file")
+    lin = kept.encoder.layers[0].self_attn.q_proj
+    assert lin.storage.name == qtype and torch.equal(lin.decoded_weight(torch.float32),
+                                                     want["encoder.layers.0.self_attn.q_proj.weight"])
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (folder / f"t5gemma-9b-9b-ul2-{qtype}.gguf").rename(alone / "te.gguf")
+    with pytest.raises(CheckpointError, match=r"te\.gguf carries no T5Gemma config .* put the config\.json and "
+                                              r"tokenizer\.json of google/t5gemma-9b-9b-ul2 next to it"):
+        T5GemmaEncoder.from_pretrained(alone / "te.gguf")
+    given = T5GemmaEncoder.from_pretrained(alone / "te.gguf", storage="fp32", config=folder)  # config + tokenizer
+    assert not [k for k, v in _encoder_weights(given).items() if not torch.equal(v, want[k])]
+    assert given.tokenizer.encode("a man smiles") == m.tokenizer.encode("a man smiles")
+    with pytest.raises(CheckpointError, match=r"config='nowhere': no T5Gemma config\.json there"):
+        T5GemmaEncoder.from_pretrained(alone / "te.gguf", config="nowhere")
