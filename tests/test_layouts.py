@@ -463,3 +463,22 @@ def test_t5gemma_gguf_with_hugging_face_names(tmp_path, prefix, qtype):
     assert given.tokenizer.encode("a man smiles") == m.tokenizer.encode("a man smiles")
     with pytest.raises(CheckpointError, match=r"config='nowhere': no T5Gemma config\.json there"):
         T5GemmaEncoder.from_pretrained(alone / "te.gguf", config="nowhere")
+
+
+def test_wan2gp_quanto_text_encoder(tmp_path):
+    """Wan2GP's t5gemma ..._quanto_bf16_int8.safetensors: 'encoder.*' names, the layers' projections quanto int8 with
+    per-row scales, the embedding and norms bf16; config.json and tokenizer beside it."""
+    from magihuman.models.text_encoder import T5GemmaEncoder, tiny_hf_config, tiny_state_dict
+    from magihuman.tokenizer import write_tiny_tokenizer
+
+    sd = {k: v.to(torch.bfloat16) for k, v in tiny_state_dict(seed=3).items()}
+    q, meta = quanto_int8({k.replace("encoder.layers.", "block.layers."): v for k, v in sd.items()})
+    q = {k.replace("block.layers.", "encoder.layers."): v for k, v in q.items()}  # quantise the layers' matrices
+    write_file(tmp_path / "t5gemma-9b-9b-ul2_quanto_bf16_int8.safetensors", q, meta)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_hf_config()))
+    write_tiny_tokenizer(tmp_path)
+    m = T5GemmaEncoder.from_pretrained(tmp_path / "t5gemma-9b-9b-ul2_quanto_bf16_int8.safetensors", storage="fp32")
+    want = quanto_dequantized(q)
+    got = _encoder_weights(m)
+    assert set(got) == set(want) and not [k for k in want if not torch.equal(got[k], want[k].float())]
+    assert sum(k.endswith("._data") for k in q) == 7 * 4  # q/k/v/o, gate/up/down in each of the 4 layers

@@ -4,7 +4,8 @@ Only the encoder tensors are read: ``model.encoder.*`` (a full T5GemmaForConditi
 ``encoder.*`` both map to the model's ``encoder.*`` keys; decoder and head tensors are set aside unread. A GGUF
 with these Hugging Face names and no config inside (the published ``t5gemma-9b-9b-ul2-Q6_K.gguf``) takes its
 config.json and tokenizer from beside it, from the folder it sits in with them, or from a folder given as
-``config=``.
+``config=``. optimum-quanto int8 projections (Wan2GP's ``*_quanto_bf16_int8.safetensors``) are dequantised while
+loading (:func:`magihuman.weights.layouts.merge_quanto`).
 The public entry point is ``T5GemmaEncoder.from_pretrained``; it hands its class to
 :func:`load_text_encoder`, so this module needs no import of the model (the models know no files and this
 file code knows no model class: no cycle between the two layers).
@@ -29,6 +30,7 @@ from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.compact import compact_handler, main_storage, storage_counts
 from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
+from ..weights.layouts import merge_quanto
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
 
@@ -126,6 +128,7 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
     else:
         raise CheckpointError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 folder or an "
                                 "encoder .safetensors file)")
+    merge_quanto(src)  # Wan2GP's quanto int8 encoder: each int8 projection with its per-row scale, read as one
     if not src.entries:
         raise no_model_keys(src, "T5Gemma encoder", "'encoder.*' / 'model.encoder.*'", "Pick the "
                             "google/t5gemma-9b-9b-ul2 folder or an encoder-only T5Gemma .safetensors")
