@@ -37,8 +37,8 @@ SINGLE_NAME = "model.safetensors"
 # Hugging Face (transformers) names, then the diffusers ones (FastVideo's MagiHuman-Diffusers transformer/ folders).
 INDEX_NAMES = (INDEX_NAME, "diffusion_pytorch_model.safetensors.index.json")
 SINGLE_NAMES = (SINGLE_NAME, "diffusion_pytorch_model.safetensors")
-# Rows of a derived int8 x scale tensor decoded at a time (bounds the float32 temporary).
-_ROW_SCALE_CHUNK = 16 << 20
+# Elements of a derived int8 x scale tensor decoded at a time (bounds its float temporaries: 16 MiB in float32).
+_ROW_SCALE_CHUNK = 4 << 20
 SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.zst", ".sft")
 
 
@@ -95,13 +95,19 @@ class _SourceReader(Reader):
         computes with), written in row chunks so only one chunk is ever float32."""
         data_e, scale_e = entry.parts
         data = self.read_into(data_e, torch.empty(data_e.shape, dtype=torch.int8), on_bytes)
-        s = self.read_into(scale_e, torch.empty(scale_e.shape, dtype=scale_e.dtype), on_bytes)
-        s = s.reshape(-1, 1).to(torch.float32)  # [rows, 1] or [1, 1]
+        s = self.read_into(scale_e, torch.empty(scale_e.shape, dtype=scale_e.dtype), on_bytes).reshape(-1, 1)
         rows, cols = data.shape
         step = max(1, _ROW_SCALE_CHUNK // max(cols, 1))
+        # int8 x a 16-bit float is exact in float32, so one rounding to the scale's dtype: straight into a destination
+        # of that dtype, else through a float32 chunk
+        direct = scale is None and dest.dtype == entry.dtype and dest.device == data.device
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            w = data[r0:r1].to(torch.float32).mul_(s if s.shape[0] == 1 else s[r0:r1]).to(entry.dtype)
+            sr = s if s.shape[0] == 1 else s[r0:r1]
+            if direct:
+                torch.mul(data[r0:r1], sr, out=dest[r0:r1])
+                continue
+            w = data[r0:r1].to(torch.float32).mul_(sr.to(torch.float32)).to(entry.dtype)
             if scale is not None:
                 w = w.to(torch.float32).mul_(scale)
             dest[r0:r1].copy_(w)
