@@ -182,6 +182,9 @@ def test_comfy_native_scaled_fp8_each_expert_with_its_scale(official, tmp_path):
             want[k] = torch.cat(pieces)
     assert not _equal(m.state_dict(), want)
     assert m.load_info["layout"] == "ComfyUI-native" and "scaled_fp8" in m.load_info["quantization"]
+    # three experts, three scales: "file" decodes them to its plain dtype; fp8 re-quantises the fused tensor
+    assert load(tmp_path / "comfy_fp8.safetensors").load_info["kept"] == "16 bf16"
+    assert load(tmp_path / "comfy_fp8.safetensors", storage="fp8").load_info["kept"] == "16 fp8"
 
 
 def test_fastvideo_diffusers_folders(official, tmp_path):

@@ -251,3 +251,15 @@ def test_dora_errors(dit_file, tmp_path):
     write_file(tmp_path / "lone.safetensors", {f"{base}.dora_scale": torch.ones(KV, 1)})
     with pytest.raises(LoraError, match=r"is a DoRA magnitude without its LoRA pair"):
         load_lora(tmp_path / "lone.safetensors", model)
+
+
+def test_loha_and_lokr_are_refused_naming_their_keys(dit_file, tmp_path):
+    model = _model(dit_file)
+    t = {"lora_unet_block_layers_0_attention_linear_qkv.hada_w1_a": torch.zeros(QKV, 2),
+         "lora_unet_block_layers_0_attention_linear_qkv.hada_w1_b": torch.zeros(2, H),
+         "lora_unet_block_layers_0_attention_linear_qkv.alpha": torch.tensor(1.0),
+         "lora_unet_block_layers_1_mlp_down_proj.lokr_w1": torch.zeros(4, 4)}
+    write_file(tmp_path / "loha.safetensors", t)
+    with pytest.raises(LoraError, match=r"4 LoRA key\(s\) match no part of this MagiHuman DiT \(0 matched\): "
+                                        r".*lora_unet_block_layers_0_attention_linear_qkv\.hada_w1_a"):
+        load_lora(tmp_path / "loha.safetensors", model)
