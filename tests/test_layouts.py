@@ -485,3 +485,17 @@ def test_wan2gp_quanto_text_encoder(tmp_path):
     got = _encoder_weights(m)
     assert set(got) == set(want) and not [k for k in want if not torch.equal(got[k], want[k].float())]
     assert sum(k.endswith("._data") for k in q) == 7 * 4  # q/k/v/o, gate/up/down in each of the 4 layers
+
+
+def test_cli_convert_takes_other_layouts_and_dit_pickles(official, tmp_path, capsys):
+    from magihuman import cli
+
+    _, sd, want = official
+    torch.save(to_wan2gp(sd, CFG), tmp_path / "magi_human_distill.pt")
+    out = tmp_path / "official.safetensors"
+    assert cli.main(["convert", str(tmp_path / "magi_human_distill.pt"), str(out), "--dtype", "fp32"]) == 0
+    assert not _equal(load(out, storage="fp32").state_dict(), want)
+    int8 = {k: (v * 100).to(torch.int8) if ck.is_block_linear(k) else v for k, v in sd.items()}
+    torch.save(int8, tmp_path / "base_int8.pt")
+    assert cli.main(["convert", str(tmp_path / "base_int8.pt"), str(tmp_path / "x.safetensors")]) != 0
+    assert "int8 with no scale layout this loader knows" in capsys.readouterr().err
