@@ -636,8 +636,8 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
                 write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update)
         finally:
             bar.close()
-    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, st.name if st else _dtype_name(dtype),
-             v, reason)
+    log.info("Converted %s (layout: %s) -> %s (%s, variant %s: %s)", src.describe(), layout_summary(src), dst,
+             st.name if st else _dtype_name(dtype), v, reason)
     return dst
 
 

@@ -32,7 +32,8 @@ def qkv_sizes(cfg: DiTConfig) -> list[tuple[str, int]]:
 def _split_layer_key(key: str):
     """(layer, linear name) of an official block-linear weight key, else None."""
     parts = key.split(".")
-    if len(parts) == 6 and parts[:2] == ["block", "layers"] and ".".join(parts[3:5]) in LINEARS and parts[5] == "weight":
+    if len(parts) == 6 and parts[:2] == ["block", "layers"] and ".".join(parts[3:5]) in LINEARS \
+            and parts[5] == "weight":
         return int(parts[2]), ".".join(parts[3:5])
     return None
 

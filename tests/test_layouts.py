@@ -281,8 +281,8 @@ def test_two_layouts_in_one_file(official, tmp_path):
     wan = to_wan2gp(sd, CFG)
     wan["block.layers.0.attention.linear_proj.weight"] = sd["block.layers.0.attention.linear_proj.weight"]
     write_file(f, wan)
-    with pytest.raises(CheckpointError, match=r"layer 0 holds attention\.linear_proj both per expert "
-                                              r"\('block\.layers\.0\.attention\.linear_proj_video\.weight'\) and as one"):
+    with pytest.raises(CheckpointError, match=r"layer 0 holds attention\.linear_proj both per expert \('block\.layers\."
+                                              r"0\.attention\.linear_proj_video\.weight'\) and as one"):
         load(f)
 
 

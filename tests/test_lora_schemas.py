@@ -81,7 +81,8 @@ def musubi_lora() -> Hand:
     rows and the LoRA applies to all three experts; saved in bf16, alpha too."""
     h, bf = Hand(), torch.bfloat16
     for layer, mod, out_f, in_f, seed in ((0, "attention_linear_qkv", QKV, H, 1), (3, "mlp_down_proj", H, SWIGLU, 2),
-                                          (1, "attention_linear_qkv", QKV, H, 3), (2, "mlp_up_gate_proj", 2 * SWIGLU, H, 4)):
+                                          (1, "attention_linear_qkv", QKV, H, 3),
+                                          (2, "mlp_up_gate_proj", 2 * SWIGLU, H, 4)):
         up, down = _pair(out_f, in_f, seed, dtype=bf)
         name = f"lora_unet_block_layers_{layer}_{mod}"
         param = f"block.layers.{layer}.{mod.replace('_', '.', 1)}.weight"
@@ -245,8 +246,8 @@ def test_dora_errors(dit_file, tmp_path):
                                               f"{base}.dora_scale": torch.ones(KV, 2)})
     with pytest.raises(LoraError, match=rf"{tmp_path / 'bad.safetensors'}: DoRA magnitude "
                                         r"'block\.layers\.1\.attention\.linear_k\.dora_scale' is \[64, 2\]; for "
-                                        r"'block\.layers\.1\.attention\.linear_k' \(block\.layers\.1\.attention\.linear_qkv"
-                                        r"\.weight, 64 rows x 128 columns per row range\) it must be \[64, 1\]"):
+                                        r"'block\.layers\.1\.attention\.linear_k' \(block\.layers\.1\.attention\."
+                                        r"linear_qkv\.weight, 64 rows x 128 columns per row range\) it must be \[64, 1\]"):
         load_lora(tmp_path / "bad.safetensors", model)
     write_file(tmp_path / "lone.safetensors", {f"{base}.dora_scale": torch.ones(KV, 1)})
     with pytest.raises(LoraError, match=r"is a DoRA magnitude without its LoRA pair"):

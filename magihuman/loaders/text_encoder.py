@@ -120,8 +120,8 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
         elif (path.parent / "config.json").is_file():
             config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
         if src.entries and config is None:
-            raise CheckpointError(f"{path} carries no T5Gemma config (metadata key 'config' or {GGUF_CONFIG}) and there "
-                                  "is no config.json beside it: put the config.json and tokenizer.json of "
+            raise CheckpointError(f"{path} carries no T5Gemma config (metadata key 'config' or {GGUF_CONFIG}) and "
+                                  "there is no config.json beside it: put the config.json and tokenizer.json of "
                                   "google/t5gemma-9b-9b-ul2 next to it (in ComfyUI: the file and those two in one "
                                   "folder of models/text_encoders), pass config=<that folder>, or write a file that "
                                   "carries them with `python -m magihuman convert`")
