@@ -5,13 +5,17 @@ model runs with bf16 block linears (~31 GB). :func:`load_dit` builds the model o
 then allocates each parameter in its final dtype and fills it from the file in small chunks, so the
 host never holds the fp32 state dict and the model together (peak RAM ~ model size + 64 MB).
 
-Accepted layouts (the release's fused key names, e.g. ``block.layers.0.attention.linear_qkv.weight``):
+Accepted files:
   * a folder with ``model.safetensors.index.json`` + shards, each shard either ``<shard>`` or
-    ``<shard>.zst`` (zstd stream, as the official loader accepts);
+    ``<shard>.zst`` (zstd stream, as the official loader accepts), or a diffusers ``transformer/`` folder
+    (``diffusion_pytorch_model.safetensors.index.json``: FastVideo's MagiHuman-Diffusers; its pipeline folder
+    with ``model_index.json`` too);
   * a folder with one ``model.safetensors`` (or one ``*.safetensors[.zst]``);
-  * a single ``.safetensors`` / ``.safetensors.zst`` file.
+  * a single ``.safetensors`` / ``.safetensors.zst`` / ``.gguf`` file, or a weights-only torch pickle.
 Keys may carry one wrapper prefix (``model.diffusion_model.``, ``diffusion_model.``, ``model.``,
-``module.``), stripped when every key has it.
+``module.``), stripped when every key has it. Key layouts: the official fused names, and those of other tools
+(ComfyUI-native per-expert linears, Wan2GP's split q/k/v/g and per-modality linears, optimum-quanto int8 with
+per-row scales), detected from the keys and mapped onto the official ones by :mod:`magihuman.weights.layouts`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materi
 from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
 from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
+from .weights.layouts import detect_layout, int8_without_scales, map_layout, merge_quanto
+from .weights.report import listing
+from .weights.source import index_in
 from .weights.safetensors_io import TensorSpec, write_file
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,12 @@ KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "module.
 # Official fused key names inside a file: one wrapper prefix (ComfyUI / training) stripped when every key has it.
 DIT_KEYMAP = KeyMap(wrappers=KEY_PREFIXES, passthrough=(COMFY_FP8_MARKER,))
 WHAT = "a daVinci-MagiHuman DiT"
+# What a DiT file in a format nobody documents is likely to be (INT8 .pt repacks, e.g. RunningHub's).
+FOREIGN_INT8 = ("This looks like an INT8 repack whose layout is not published (e.g. RunningHub's "
+                "ComfyUI-RH-daVinci-MagiHuman .pt files): convert it to bf16 with the tools of whoever made it, or use "
+                "the official release, a Wan2GP (bf16 or quanto int8) or ComfyUI file, or a GGUF from "
+                "`python -m magihuman convert`")
+DIFFUSERS_DITS = ("transformer", "sr_transformer")  # the DiT folders of a diffusers pipeline folder
 _UNSET = object()  # load_dit(dtype=...) not given
 # Architecture fields that shapes determine (local_attn_layers does not show in the weights).
 ARCH_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",
@@ -85,20 +98,64 @@ def is_block_linear(key: str) -> bool:
 # ------------------------------------------------------------------ finding the files
 
 
-def open_checkpoint(path: str | Path) -> WeightSource:
-    """Locate the files of a DiT checkpoint and read their headers (validated; no tensor data read).
+def _diffusers_dit(path: Path) -> Path:
+    """A diffusers pipeline folder (``model_index.json``) -> its one DiT folder; other paths as they are."""
+    if not (path.is_dir() and (path / "model_index.json").is_file() and index_in(path) is None):
+        return path
+    found = [path / c for c in DIFFUSERS_DITS if (path / c).is_dir()]
+    if len(found) == 1:
+        log.info("%s is a diffusers pipeline folder: loading its DiT from %s", path, found[0])
+        return found[0]
+    if len(found) > 1:
+        raise CheckpointError(f"{path} is a diffusers pipeline with two DiTs: give {found[0]} (the base-stage DiT) or "
+                              f"{found[1]} (the super-resolution DiT)")
+    return path
 
-    Accepts an official folder (index + shards, ``.zst`` shards too), a folder with one weights file, or a
-    single file (``.safetensors``, ``.safetensors.zst``, ``.gguf``); keys may carry one wrapper prefix
-    (:data:`KEY_PREFIXES`); fp8 scale tensors are set apart. A GGUF's ``magihuman.variant`` /
-    ``magihuman.config`` values count as the safetensors metadata of the same meaning.
+
+def describe_contents(src: WeightSource) -> str:
+    """'a torch pickle holding 120 tensors (int8: 80, bf16: 40) named like a, b, c': what a file is, for errors."""
+    kind = {"torch": "torch pickle", "gguf": "GGUF file"}.get(src.format, "safetensors file")
+    leaves = [leaf for e in src.entries.values() for leaf in e.leaves]
+    by = Counter(_dtype_name(e.dtype) if not e.quantized else gguf_types.GGMLType(e.qtype).name for e in leaves)
+    names = [e.name for e in leaves][:3] or src.ignored[:3]
+    return (f"a {kind} holding {len(leaves) + len(src.ignored)} tensors ("
+            + ", ".join(f"{d}: {n}" for d, n in by.most_common()) + f") named like {', '.join(names)}")
+
+
+def open_checkpoint(path: str | Path) -> WeightSource:
+    """Locate the files of a DiT checkpoint, read their headers and map their layout (no tensor data read).
+
+    Accepts an official folder (index + shards, ``.zst`` shards too), a diffusers ``transformer/`` folder, a folder
+    with one weights file, or a single file (``.safetensors``, ``.safetensors.zst``, ``.gguf``, a weights-only torch
+    pickle); keys may carry one wrapper prefix (:data:`KEY_PREFIXES`); fp8 scale tensors are set apart; quanto int8
+    pairs and third-party layouts become official keys (:mod:`magihuman.weights.layouts`, ``src.layout`` names
+    the layout found). A GGUF's ``magihuman.variant`` / ``magihuman.config`` values count as the safetensors
+    metadata of the same meaning. Int8 tensors of an unknown scale scheme are refused.
     """
-    src = open_source(path, what=WHAT, keymap=DIT_KEYMAP)
+    src = open_source(_diffusers_dit(Path(path).expanduser()), what=WHAT, keymap=DIT_KEYMAP, pickle_hint=FOREIGN_INT8)
     if src.format == "gguf":
         for ours, key in GGUF_META.items():
             if key in src.metadata:
                 src.metadata.setdefault(ours, src.metadata[key])
+    merge_quanto(src)
+    layout = detect_layout(src)
+    if layout is not None:
+        map_layout(src, layout)
+    raw_int8 = int8_without_scales(src)
+    if raw_int8:
+        raise CheckpointError(f"{src.describe()}: {len(raw_int8)} tensor(s) are int8 with no scale layout this loader "
+                              f"knows (first: {listing(raw_int8, None, 3)}); int8 values without their scales are not "
+                              f"weights. The file is {describe_contents(src)}. {FOREIGN_INT8}")
     return src
+
+
+def layout_summary(src: WeightSource) -> str:
+    """'ComfyUI-native, bf16' / 'Wan2GP, optimum-quanto int8 -> bf16': the layout and what the block linears hold."""
+    held = file_storage(src).name
+    if src.quantization:
+        held = f"{src.quantization.split(' (')[0]} -> {held}" if "quanto" in src.quantization else \
+            f"{held}, {src.quantization}"
+    return f"{src.layout or 'unknown'}, {held}"
 
 
 def block_linear_dtype(src: WeightSource) -> torch.dtype:
@@ -213,6 +270,10 @@ def _name_candidates(src: WeightSource) -> list[str]:
     names = []
     if src.path.is_dir():
         names.append(src.path.name)
+        if src.path.name in DIFFUSERS_DITS:  # <variant>/transformer: the pipeline folder names the variant, except
+            parent = src.path.parent.name    # that an SR pipeline's transformer/ is its base-stage DiT
+            if src.path.name == "sr_transformer" or normalize_variant(parent) not in ("sr_540p", "sr_1080p"):
+                names.append(parent)
         if src.index_path is None:
             names.append(src.files[0].name)
     else:
@@ -299,7 +360,13 @@ def _open_checked(path: str | Path, variant: Optional[str], config: Optional[DiT
         log.warning("%s: GGUF architecture %r (not %r), but its tensors are a MagiHuman DiT's: loading it",
                     src.describe(), arch, GGUF_ARCH)
     v, reason = infer_variant(src, variant)
-    cfg, config_reason = resolve_config(src, v, config)
+    try:
+        cfg, config_reason = resolve_config(src, v, config)
+    except CheckpointError as e:
+        if src.layout is not None or src.format != "torch":
+            raise
+        raise CheckpointError(f"{e}\n  The file is {describe_contents(src)}. {FOREIGN_INT8}") from None
+    log.info("%s: layout: %s", src.describe(), layout_summary(src))
     check_keys(src.describe(), src.shapes, official_key_shapes(cfg),
                f"{WHAT} of the config in use ({cfg.num_layers} layers, hidden {cfg.hidden_size})",
                allow_missing=[ROPE_KEY])
@@ -314,7 +381,7 @@ def inspect_dit(path: str | Path, *, variant: Optional[str] = None) -> dict:
     """What :func:`load_dit` would build, from the headers alone (no tensor data is read)."""
     src, v, reason, cfg, config_reason = _open_checked(path, variant)
     return {"variant": v, "reason": reason, "config_reason": config_reason, "source": src.describe(),
-            "source_dtype": file_storage(src).name, "quantization": src.quantization,
+            "layout": src.layout, "source_dtype": file_storage(src).name, "quantization": src.quantization,
             "coords": _coords(v), "config": cfg.to_dict(), "bytes": src.total_bytes,
             "files": [str(f) for f in src.files]}
 
@@ -388,8 +455,10 @@ def load_dit(
         bar.close()
 
     notes = []
-    if src.quantization and not any(as_is for (_, as_is) in counts):
+    if src.quantization and src.scale_of and not any(as_is for (_, as_is) in counts):
         notes.append(f"{src.quantization}: {len(src.scale_of)} weight(s) decoded while loading")
+    elif src.quantization and not src.scale_of:
+        notes.append(src.quantization)  # quanto int8: always dequantised while loading
     if ROPE_KEY not in src.entries:
         model.reset_rope_bands_(device)
         notes.append(f"{ROPE_KEY} absent from the file: filled with 1/10000**(i/{cfg.head_dim // 8})")
@@ -404,6 +473,7 @@ def load_dit(
     model.load_info = {
         "variant": variant,
         "reason": variant_reason,
+        "layout": src.layout,
         "config_reason": config_reason,
         "source": where,
         "source_dtype": source.name,
@@ -416,8 +486,8 @@ def load_dit(
         "bytes_read": done,
         "notes": notes,
     }
-    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); %s on disk -> block linears %s; %d layers, hidden %d; "
-             "%s%s", where, variant, variant_reason, source.name, kept, cfg.num_layers, cfg.hidden_size,
+    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); layout: %s -> block linears %s; %d layers, hidden %d; "
+             "%s%s", where, variant, variant_reason, layout_summary(src), kept, cfg.num_layers, cfg.hidden_size,
              config_reason, ("; " + "; ".join(notes)) if notes else "")
     return model
 
@@ -553,8 +623,8 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
                 write_file(dst, specs, _file_metadata(v, cfg), on_bytes=bar.update)
         finally:
             bar.close()
-    log.info("Converted %s -> %s (%s, variant %s: %s)", src.describe(), dst, st.name if st else _dtype_name(dtype),
-             v, reason)
+    log.info("Converted %s (layout: %s) -> %s (%s, variant %s: %s)", src.describe(), layout_summary(src), dst,
+             st.name if st else _dtype_name(dtype), v, reason)
     return dst
 
 

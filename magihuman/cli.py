@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import media
 from . import pipeline as P
 from . import prompts
-from .checkpoints import convert_dit, file_storage, infer_variant, load_dit, open_checkpoint
+from .checkpoints import DIT_KEYMAP, convert_dit, file_storage, infer_variant, load_dit, open_checkpoint
 from . import estimate as est
 from . import plan as fit_plan
 from .device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype
@@ -57,6 +57,7 @@ from .storage import FILE, KEEP_FILE, PLAIN, STORAGES, Storage, convert_choices,
 from .tiny import (default_cache_dir, describe_tiny_files, ensure_tiny_models, tiny_models_ready, write_tiny_gguf,
                    write_tiny_models)
 from .weights.gguf_file import open_gguf
+from .weights.source import open_source
 from .weights.safetensors_io import read_header
 
 log = logging.getLogger("magihuman.cli")
@@ -1009,10 +1010,20 @@ def _is_text_encoder(src: Path) -> bool:
         return False
 
 
+def _is_dit_pickle(src: Path) -> bool:
+    """A torch pickle holding DiT tensors (any layout) rather than a Turbo VAE checkpoint (read weights-only)."""
+    try:
+        names = open_source(src, what="a DiT or a Turbo VAE checkpoint", keymap=DIT_KEYMAP).entries
+    except (ValueError, OSError):
+        return False
+    return any(k.startswith(("block.layers.", "adapter.")) for k in names)
+
+
 def convert(args) -> int:
     """One-time conversions, streamed (one tensor in memory at a time); pickles are read weights-only.
 
-    DiT (official folder or file) -> one .safetensors (``--dtype``) or .gguf (``--quant``); T5Gemma folder -> one
+    DiT (official folder or file, or another tool's layout, also as a torch pickle) -> one official .safetensors
+    (``--dtype``) or .gguf (``--quant``); T5Gemma folder -> one
     encoder .safetensors / .gguf (config and tokenizer inside the .gguf); Turbo VAE .ckpt -> .safetensors."""
     src, dst = Path(args.src), Path(args.dst)
     if dst.suffix not in (".safetensors", ".gguf"):
@@ -1022,7 +1033,7 @@ def convert(args) -> int:
     if not dst.parent.is_dir():
         raise UsageError(f"the output folder {dst.parent} does not exist: create it first (convert makes no folders)")
     _check_writable(dst, "output")
-    if src.suffix in (".ckpt", ".pt", ".pth"):
+    if src.suffix in (".ckpt", ".pt", ".pth") and not _is_dit_pickle(src):
         if dst.suffix != ".safetensors":
             raise UsageError("a Turbo VAE checkpoint converts to .safetensors only")
         convert_turbo_checkpoint(src, dst)
@@ -1167,7 +1178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert checkpoints, streamed: a DiT folder/file or the T5Gemma folder -> one "
                        ".safetensors or a quantised .gguf; a Turbo VAE .ckpt -> .safetensors")
-    c.add_argument("src", help="official DiT folder / DiT file, the t5gemma-9b-9b-ul2 folder, or a Turbo VAE .ckpt")
+    c.add_argument("src", help="official DiT folder / DiT file (also ComfyUI-native, Wan2GP, quanto int8, FastVideo "
+                   "layouts: written in the official one), the t5gemma-9b-9b-ul2 folder, or a Turbo VAE .ckpt")
     c.add_argument("dst", help="output .safetensors or .gguf")
     c.add_argument("--dtype", type=_choice(_plain_names()), metavar="{" + ",".join(_plain_names()) + "}",
                    default="bf16", help=".safetensors output dtype")

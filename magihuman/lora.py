@@ -5,16 +5,22 @@ Formats (what LoRA trainers and ComfyUI write):
 - kohya: ``<module>.lora_down.weight`` + ``<module>.lora_up.weight`` + ``<module>.alpha``; module names either
   dotted or in kohya's underscore form (``lora_unet_block_layers_0_attention_linear_qkv``);
 - full-weight deltas: ``<module>.diff`` (weight) and ``<module>.diff_b`` (bias), for any parameter;
-- wrapper prefixes ``diffusion_model.``, ``model.diffusion_model.``, ``transformer.``, ``base_model.model.``.
+- DoRA: a LoRA pair with ``<module>.dora_scale``, the magnitude per output row (``[out, 1]``) or per input column
+  (``[1, in]``): ``W' = m * (W + dW) / ||W + dW||``, the norm over the other axis of the module's weight (its rows of
+  a fused tensor), ``dW = alpha / rank * up @ down``; strength ``s`` blends ``W + s * (W' - W)`` as ComfyUI does;
+- wrapper prefixes ``diffusion_model.``, ``model.diffusion_model.``, ``transformer.`` (diffusers / FastVideo),
+  ``base_model.model.``.
 Scale: ``strength * alpha / rank`` (``strength`` alone when the file has no alpha), ComfyUI's convention.
 
-Module names are the official ones (``block.layers.{i}.attention.linear_qkv``, ``...mlp.up_gate_proj``, ...).
-The fused layouts take LoRAs for parts of them (a declared key map, there being no published split layout):
+Module names are the official ones (``block.layers.{i}.attention.linear_qkv``, ``...mlp.up_gate_proj``, ...),
+those of the DiT layouts of other tools (:mod:`magihuman.weights.layouts`: ComfyUI-native
+``<linear>.experts.{0,1,2}`` / ``<linear>.linear``, Wan2GP ``attention.linear_{q,k,v,g}[_video|_audio|_text]`` and
+``<linear>_{video,audio,text}``), each the rows of the fused weight it names, and these parts:
 - ``<attention>.linear_q`` / ``linear_k`` / ``linear_v`` / ``linear_gate``: the rows of that projection inside
   the fused ``linear_qkv`` ([q | k | v | gate] per expert);
 - ``<module>.video`` / ``.audio`` / ``.text`` (also after ``linear_q`` etc.): the rows of that modality's expert
   in a multi-modal layer; a LoRA on an expert module without a modality whose output width is ONE expert's
-  applies to every expert.
+  applies to every expert (musubi-tuner's MagiHuman LoRAs: one LoRA shared by the three experts).
 
 Engine use: :func:`apply_lora` attaches the deltas to the model; block linears take them on the fly in the one
 weight path (:class:`magihuman.storage.BlockLinear`: after decoding plain / fp8 / GGUF storage), the small
@@ -36,6 +42,7 @@ from .errors import CheckpointError
 from .models.dit import MagiHumanDiT
 from .storage import BlockLinear, weight_table
 from .weights import open_source
+from .weights.layouts import LAYOUTS, piece_rows
 from .weights.report import listing
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,7 @@ MODALITIES = ("video", "audio", "text")  # expert order inside fused multi-modal
 META_BASE, META_TARGET = "magihuman_lora_base", "magihuman_lora_target"  # variants (written by extract-lora)
 WRAPPERS = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "model.")
 PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))  # (down, up)
-SINGLE = (".alpha", ".diff", ".diff_b")
+SINGLE = (".alpha", ".diff", ".diff_b", ".dora_scale")
 
 
 class LoraError(CheckpointError):
@@ -65,7 +72,8 @@ class Target:
 
 @dataclass(eq=False)
 class LoraPatch:
-    """One delta on one parameter: ``param[rows] += scale * up @ down`` (lora) or ``+= scale * diff``."""
+    """One delta on one parameter: ``param[rows] += scale * up @ down`` (lora) or ``+= scale * diff``; with
+    ``dora_scale`` the rows are replaced by their DoRA weight (:meth:`apply`)."""
 
     param: str
     rows: tuple[tuple[int, int], ...]
@@ -74,6 +82,7 @@ class LoraPatch:
     down: Optional[torch.Tensor] = None         # [r, in]
     alpha: Optional[float] = None
     diff: Optional[torch.Tensor] = None
+    dora_scale: Optional[torch.Tensor] = None   # DoRA magnitude: [rows, 1] (per output row) or [1, in] (per column)
     source: str = ""                            # the LoRA module name it came from
     _device_factors: dict = field(default_factory=dict, repr=False)  # device -> fp32 factors (see delta)
 
@@ -86,13 +95,31 @@ class LoraPatch:
         """The delta of one row range, ``(strength * scale) * up @ down`` computed in fp32, then ``dtype``. The
         factors are copied to a device once and kept there (no host copy per forward)."""
         factors = self._on(torch.device(device))
-        d = torch.mm(*factors) if self.kind == "lora" else factors[0]
+        d = torch.mm(factors[0], factors[1]) if self.kind == "lora" else factors[0]
         return ((strength * self.scale) * d).to(dtype)
+
+    def apply(self, w: torch.Tensor, strength: float, fn=None) -> torch.Tensor:
+        """``w`` (one row range of the parameter) with this patch, in place: ``w += delta``, or for DoRA
+        ``w = w + strength * (m * (w + dW) / (||w + dW|| + eps) - w)`` computed in fp32 (``eps``: fp32's, as ComfyUI
+        adds); ``fn`` maps the fp32 delta first (ComfyUI's weight function)."""
+        if self.dora_scale is None:
+            d = self.delta(strength, torch.float32 if fn is not None else w.dtype, w.device)
+            return w.add_((fn(d) if fn is not None else d).to(w.dtype))
+        d = self.delta(1.0, torch.float32, w.device)
+        w0 = w.to(torch.float32)
+        calc = w0 + (fn(d) if fn is not None else d)
+        m = self._on(w.device)[-1]  # fp32 magnitude
+        axis = 1 if m.shape[0] == calc.shape[0] and m.shape[-1] == 1 else 0  # [rows, 1]: norm of each row
+        norm = calc.norm(dim=axis, keepdim=True) + torch.finfo(torch.float32).eps
+        new = calc * (m / norm)
+        return w.copy_(new if strength == 1.0 else w0 + strength * (new - w0))
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         cached = self._device_factors.get(device)
         if cached is None:
             tensors = (self.up, self.down) if self.kind == "lora" else (self.diff,)
+            if self.dora_scale is not None:
+                tensors += (self.dora_scale,)
             cached = self._device_factors[device] = tuple(t.to(device=device, dtype=torch.float32) for t in tensors)
         return cached
 
@@ -147,6 +174,16 @@ def lora_targets(model: MagiHumanDiT) -> dict[str, Target]:
                         for e, modality in enumerate(MODALITIES):
                             out[f"{base}.{part}.{modality}"] = Target(full + ".weight", ((e * per + offset, length),),
                                                                       (length, cols))
+        qkv_parts = {"q": parts["linear_q"], "k": parts["linear_k"], "v": parts["linear_v"], "g": parts["linear_gate"]}
+        for layout in LAYOUTS:  # the module names of the DiT layouts of other tools
+            for split in layout.splits:
+                full = f"block.layers.{i}.{split.target}"
+                rows, cols = out[full].shape
+                for piece in (split.multi if num > 1 else split.single):
+                    offset, length = piece_rows(piece, rows // num, qkv_parts)
+                    name = f"block.layers.{i}.{piece.module}"
+                    if length and name not in out:
+                        out[name] = Target(full + ".weight", ((offset, length),), (length, cols))
     return out
 
 
@@ -209,6 +246,9 @@ def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT, where: str
     for module, roles in groups.items():
         pair = next(((d, u) for d, u in PAIRS if d in roles or u in roles), None)
         if pair is None and ".diff" not in roles and ".diff_b" not in roles:
+            if ".dora_scale" in roles:
+                raise LoraError(f"{where}: {roles['.dora_scale']!r} is a DoRA magnitude without its LoRA pair "
+                                f"(lora_A/lora_B or lora_down/lora_up of {module!r}); the LoRA file is incomplete")
             unknown.extend(roles.values())  # an alpha alone
             continue
         if pair is not None:
@@ -238,7 +278,9 @@ def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT, where: str
                 raise LoraError(f"{where}: module {module!r}: the LoRA makes a [{up.shape[0]}, {down.shape[1]}] delta "
                                 f"but its target {target.param} takes {list(target.shape)} per row range; the LoRA is "
                                 "for another model size or layout")
-            patches.append(LoraPatch(target.param, target.rows, "lora", up=up, down=down, alpha=alpha, source=module))
+            dora = _dora_scale(tensors, roles, module, target, where)
+            patches.append(LoraPatch(target.param, target.rows, "lora", up=up, down=down, alpha=alpha,
+                                     dora_scale=dora, source=module))
             matched += 1
         for suffix, attr in ((".diff", "weight"), (".diff_b", "bias")):
             if suffix not in roles:
@@ -262,6 +304,25 @@ def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT, where: str
     if not matched:
         raise LoraError(f"{where}: no LoRA tensors found (expected lora_A/lora_B, lora_down/lora_up or diff tensors)")
     return patches, matched
+
+
+def _dora_scale(tensors: dict[str, torch.Tensor], roles: dict[str, str], module: str, target: Target,
+                where: str) -> Optional[torch.Tensor]:
+    """A module's DoRA magnitude as ``[rows, 1]`` (per output row of one row range; ``[rows]`` taken as that) or
+    ``[1, in]`` (per input column), or None without one; other shapes are refused."""
+    key = roles.get(".dora_scale")
+    if key is None:
+        return None
+    m = tensors[key]
+    _check_finite(key, m, where)
+    rows, cols = target.shape
+    if tuple(m.shape) in ((rows,), (rows, 1)):
+        return m.reshape(rows, 1)
+    if tuple(m.shape) == (1, cols):
+        return m
+    raise LoraError(f"{where}: DoRA magnitude {key!r} is {list(m.shape)}; for {module!r} ({target.param}, "
+                    f"{rows} rows x {cols} columns per row range) it must be [{rows}, 1] (per output row), [{rows}] "
+                    f"or [1, {cols}] (per input column)")
 
 
 def load_lora(path: str | Path, model: MagiHumanDiT) -> LoraFile:
@@ -313,9 +374,9 @@ def _row_patch(patches: list[LoraPatch], strength: float):
 
     def patch(w: torch.Tensor) -> torch.Tensor:
         w = w.clone()
-        for p in patches:
+        for p in patches:  # in order: a DoRA patch takes the weight the ones before it made
             for offset, length in p.rows or ((0, w.shape[0]),):
-                w.narrow(0, offset, length).add_(p.delta(strength, w.dtype, w.device))
+                p.apply(w.narrow(0, offset, length), strength)
         return w
 
     return patch

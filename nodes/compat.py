@@ -277,13 +277,26 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
                     if hasattr(module, "magi_decoded_patches"):
                         del module.magi_decoded_patches
 
+    class _DoRAAdapter(_LoRAAdapter):
+        """A DoRA patch computed by the engine's formula (:meth:`magihuman.lora.LoraPatch.apply`: the norm of
+        ``W + dW`` on the axis of the magnitude, per row range of a fused weight), so ComfyUI's merge equals the
+        engine's; ComfyUI's own ``weight_decompose`` divides output-axis magnitudes by ``||W||``."""
+
+        def __init__(self, patch):
+            super().__init__(set(), (patch.up, patch.down, patch.alpha, None, patch.dora_scale, None))
+            self.patch = patch
+
+        def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                             intermediate_dtype=torch.float32, original_weight=None):
+            return self.patch.apply(weight, strength, function)
+
     def comfy_lora_patches(lora: LoraFile) -> dict:
-        """The engine's parsed LoRA as ModelPatcher patches: LoRAAdapter / diff per target, fused row ranges as
-        ``(key, (0, offset, length))`` keys."""
+        """The engine's parsed LoRA as ModelPatcher patches: LoRAAdapter / diff per target (DoRA: the engine's
+        formula), fused row ranges as ``(key, (0, offset, length))`` keys."""
         out: dict = {}
         for p in lora.patches:
-            value = (_LoRAAdapter(set(), (p.up, p.down, p.alpha, None, None, None)) if p.kind == "lora"
-                     else ("diff", (p.diff,)))
+            value = (("diff", (p.diff,)) if p.kind != "lora" else _DoRAAdapter(p) if p.dora_scale is not None
+                     else _LoRAAdapter(set(), (p.up, p.down, p.alpha, None, None, None)))
             for rows in p.rows or (None,):
                 key = p.param if rows is None else (p.param, (0, rows[0], rows[1]))
                 if key in out:

@@ -75,7 +75,9 @@ class _DiTLoader(MagiNode):
                              "A MagiHuman DiT from models/diffusion_models (or models/unet): an official folder "
                              "(model.safetensors.index.json + shards, also .zst), a single .safetensors file, or a "
                              ".gguf written by `python -m magihuman convert` (picking a .gguf sets weight_dtype to "
-                             "'file')."),
+                             "'file'). Files of other tools load too: ComfyUI's MagiHuman port, Wan2GP (bf16 "
+                             "and quanto int8), FastVideo's diffusers transformer/ folder (the layout is read from "
+                             "the tensor names)."),
                 _weight_dtype_input(options=STORAGE_DTYPES, tooltip=(
                     "How the block linears are kept. auto = what the file holds (a .gguf keeps its quantised blocks, "
                     "an fp8 file its fp8; decoded per layer on the GPU) and plain files in bf16 where supported (fp32 "
@@ -155,7 +157,8 @@ class MagiHumanTextEncoderLoader(MagiNode):
                 _model_input("text_encoder", TEXT_FOLDERS, "text_encoder",
                              "models/text_encoders: the google/t5gemma-9b-9b-ul2 folder, an encoder-only .safetensors "
                              "with tokenizer.json beside it, or a .gguf written by `python -m magihuman convert` "
-                             "(config and tokenizer inside)."),
+                             "(config and tokenizer inside); another .gguf with Hugging Face names (the published "
+                             "t5gemma-9b-9b-ul2-Q6_K.gguf) in a folder with config.json and tokenizer.json."),
                 _weight_dtype_input(options=STORAGE_DTYPES, tooltip=(
                     "auto = what the file holds (a .gguf keeps its quantised blocks), plain files in bf16 (official) "
                     "where supported. fp8 = projections and embedding as float8_e4m3fn + per-tensor scale (~8.6 GiB "

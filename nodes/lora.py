@@ -25,8 +25,9 @@ class _LoraLoader(MagiNode):
             description="Applies a LoRA to the MagiHuman DiT through ComfyUI's weight patches (merged on load, or "
                         "per layer for lowvram, fp8 and GGUF weights; the input model is unchanged). Chain several. "
                         "Keys are the official module names (PEFT lora_A/lora_B, kohya lora_down/lora_up/alpha, "
-                        "'diffusion_model.' prefixes, diff tensors; q/k/v and per-modality parts of the fused "
-                        "layers are understood).",
+                        "'diffusion_model.' / 'transformer.' prefixes, diff tensors, DoRA dora_scale; q/k/v and "
+                        "per-modality parts of the fused layers are understood), or those of musubi-tuner, Wan2GP "
+                        "and ComfyUI's own MagiHuman port.",
             inputs=[
                 cls.MODEL.Input(cls.INPUT_NAME),
                 io.Combo.Input("lora_name", options=compat.list_models(LORA_FOLDERS, folders=False,

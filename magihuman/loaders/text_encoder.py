@@ -1,7 +1,11 @@
-"""T5Gemma encoder files (google/t5gemma-9b-9b-ul2 folder, or an encoder-only ``.safetensors``) -> model.
+"""T5Gemma encoder files (google/t5gemma-9b-9b-ul2 folder, an encoder-only ``.safetensors`` or ``.gguf``) -> model.
 
 Only the encoder tensors are read: ``model.encoder.*`` (a full T5GemmaForConditionalGeneration save) and
-``encoder.*`` both map to the model's ``encoder.*`` keys; decoder and head tensors are set aside unread.
+``encoder.*`` both map to the model's ``encoder.*`` keys; decoder and head tensors are set aside unread. A GGUF
+with these Hugging Face names and no config inside (the published ``t5gemma-9b-9b-ul2-Q6_K.gguf``) takes its
+config.json and tokenizer from beside it, from the folder it sits in with them, or from a folder given as
+``config=``. optimum-quanto int8 projections (Wan2GP's ``*_quanto_bf16_int8.safetensors``) are dequantised while
+loading (:func:`magihuman.weights.layouts.merge_quanto`).
 The public entry point is ``T5GemmaEncoder.from_pretrained``; it hands its class to
 :func:`load_text_encoder`, so this module needs no import of the model (the models know no files and this
 file code knows no model class: no cycle between the two layers).
@@ -26,6 +30,7 @@ from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.compact import compact_handler, main_storage, storage_counts
 from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
+from ..weights.layouts import merge_quanto
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
 
@@ -60,15 +65,41 @@ def _tokenizer_beside(file: Path) -> Path:
                             f"T5Gemma tokenizer.json or its folder>")
 
 
-def open_text_encoder(path: str | os.PathLike) -> tuple[WeightSource, dict]:
-    """(source of the encoder tensors, HF config dict) of a T5Gemma folder or encoder file."""
+def _config_file(config: str | os.PathLike) -> Path:
+    """``config=``: a config.json, or a folder holding one."""
+    p = Path(config).expanduser()
+    f = p / "config.json" if p.is_dir() else p
+    if not f.is_file():
+        raise CheckpointError(f"config={str(config)!r}: no T5Gemma config.json there (give the config.json of "
+                              "google/t5gemma-9b-9b-ul2 or the folder holding it)")
+    return f
+
+
+def _folder_gguf(path: Path) -> Optional[Path]:
+    """The one .gguf of a folder that has config.json but no safetensors (a GGUF put beside its config)."""
+    if (path / INDEX_NAME).is_file() or any(path.glob("*.safetensors*")):
+        return None
+    found = sorted(path.glob("*" + GGUF_SUFFIX))
+    if len(found) > 1:
+        raise CheckpointError(f"{path} holds {len(found)} .gguf files ({', '.join(f.name for f in found)}); keep one "
+                              "encoder per folder, or pick the file itself")
+    return found[0] if found else None
+
+
+def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None = None) -> tuple[WeightSource, dict]:
+    """(source of the encoder tensors, HF config dict) of a T5Gemma folder or encoder file; ``config``: a config.json
+    (or its folder) for a file that carries none."""
     path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file() and _folder_gguf(path) is not None:
+        config = config or path
+        path = _folder_gguf(path)
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise CheckpointError(f"{path} has no config.json: not a Hugging Face T5Gemma folder")
         if not (path / INDEX_NAME).is_file() and not any(path.glob("*.safetensors*")):
-            raise CheckpointError(f"{path} has neither model.safetensors.index.json nor *.safetensors files")
+            raise CheckpointError(f"{path} has neither model.safetensors.index.json nor *.safetensors (or one .gguf) "
+                                  "files")
         config = json.loads(cfg_file.read_text(encoding="utf-8"))
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP, many_files=True)
     elif path.is_file():
@@ -81,28 +112,40 @@ def open_text_encoder(path: str | os.PathLike) -> tuple[WeightSource, dict]:
                              f"tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder or an "
                              "encoder file written by `python -m magihuman convert`")
         key = next((k for k in (CONFIG_METADATA_KEY, GGUF_CONFIG) if k in src.metadata), None)
-        config = None
-        if key is not None:
+        given, config = config, None
+        if given is not None:
+            config = json.loads(_config_file(given).read_text(encoding="utf-8"))
+        elif key is not None:
             config = json.loads(src.metadata[key])
         elif (path.parent / "config.json").is_file():
             config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
         if src.entries and config is None:
-            raise CheckpointError(f"{path} carries no T5Gemma config (metadata key 'config') and there is no config.json "
-                             "beside it; write one with save_encoder_file() or put the model's config.json next to it")
+            raise CheckpointError(f"{path} carries no T5Gemma config (metadata key 'config' or {GGUF_CONFIG}) and "
+                                  "there is no config.json beside it: put the config.json and tokenizer.json of "
+                                  "google/t5gemma-9b-9b-ul2 next to it (in ComfyUI: the file and those two in one "
+                                  "folder of models/text_encoders), pass config=<that folder>, or write a file that "
+                                  "carries them with `python -m magihuman convert`")
     else:
         raise CheckpointError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 folder or an "
                                 "encoder .safetensors file)")
+    merge_quanto(src)  # Wan2GP's quanto int8 encoder: each int8 projection with its per-row scale, read as one
     if not src.entries:
         raise no_model_keys(src, "T5Gemma encoder", "'encoder.*' / 'model.encoder.*'", "Pick the "
                             "google/t5gemma-9b-9b-ul2 folder or an encoder-only T5Gemma .safetensors")
     return src, config
 
 
-def _tokenizer_for(path: Path, src: WeightSource, tokenizer) -> GemmaTokenizer:
-    """``tokenizer=`` if given, else the one embedded in a GGUF written by this project, else the files beside."""
+def _tokenizer_for(path: Path, src: WeightSource, tokenizer, config=None) -> GemmaTokenizer:
+    """``tokenizer=`` if given, else the one embedded in a GGUF written by this project, else the files beside,
+    else those of the ``config=`` folder."""
     if tokenizer is None and GGUF_TOKENIZER in src.metadata:
         config = json.loads(src.metadata.get(GGUF_TOKENIZER_CONFIG) or "{}")
         return GemmaTokenizer.from_json(src.metadata[GGUF_TOKENIZER], config, source=f"{path} (embedded)")
+    if tokenizer is None and not path.is_dir() and config is not None:
+        folder = _config_file(config).parent
+        if not any((path.parent / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) and \
+                any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+            tokenizer = folder
     return GemmaTokenizer.from_path(tokenizer or (path if path.is_dir() else _tokenizer_beside(path)))
 
 
@@ -112,22 +155,26 @@ def text_encoder_storage(storage: StorageLike = None, *, dtype=None, gguf: Optio
     return requested_storage(storage, dtype=dtype, gguf=gguf)
 
 
-def text_encoder_file_storage(path: str | os.PathLike) -> Storage:
+def text_encoder_file_storage(path: str | os.PathLike, config: str | os.PathLike | None = None) -> Storage:
     """The storage holding most bytes of an encoder file's matrices (its projections and token embedding)."""
-    src, _ = open_text_encoder(Path(path))
+    src, _ = open_text_encoder(Path(path), config)
     return main_storage(src, [k for k, e in src.entries.items() if len(e.shape) == 2])
 
 
 def load_text_encoder(cls, path: str | os.PathLike, *, storage: StorageLike = None, dtype=None, device="cpu",
                       operations=nn, tokenizer: Optional[str | os.PathLike] = None, attn_softcap: bool = False,
-                      gguf: Optional[str] = None):
+                      gguf: Optional[str] = None, config: Optional[str | os.PathLike] = None):
     """Build the encoder class ``cls`` (``T5GemmaEncoder``) on ``meta``, check keys and shapes from the
     headers, stream the tensors in on ``device`` and attach the tokenizer (``tokenizer=``, the one a GGUF file
-    carries, or the files beside the weights). ``storage`` (see :func:`text_encoder_storage`): the projections and
-    the token embedding in it, the norms in its plain dtype (bf16 under compact storage)."""
+    carries, or the files beside the weights, or those of ``config=``). ``config``: a config.json (or its folder) for
+    a file that carries none. ``storage`` (see :func:`text_encoder_storage`): the projections and the token embedding
+    in it, the norms in its plain dtype (bf16 under compact storage)."""
     want = text_encoder_storage(storage, dtype=dtype, gguf=gguf)
     path = Path(path)
-    src, config = open_text_encoder(path)
+    given = config
+    src, config = open_text_encoder(path, given)
+    if path.is_dir() and src.files[0].name.endswith(GGUF_SUFFIX):  # a .gguf in a folder with its config and tokenizer
+        given, path = given or path, src.files[0]
     build = want if want.kind != KEEP_FILE else want.default
     model = cls.from_config(config, operations=operations, storage=build, device="meta", attn_softcap=attn_softcap)
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the T5Gemma encoder its config.json describes")
@@ -135,9 +182,10 @@ def load_text_encoder(cls, path: str | os.PathLike, *, storage: StorageLike = No
     counts: Counter = Counter()
     load_into(model, src, device=device, handler=compact_handler(src, want, device, counts))
     check_materialized(model, src.describe())
-    model.tokenizer = _tokenizer_for(path, src, tokenizer)
+    model.tokenizer = _tokenizer_for(path, src, tokenizer, given)
     model.compute_device = device
-    log.info("Loaded T5Gemma encoder from %s: %s", src.describe(), storage_counts(counts))
+    log.info("Loaded T5Gemma encoder from %s: %s%s", src.describe(), storage_counts(counts),
+             f" (config from {_config_file(given)})" if given is not None else "")
     return model.eval()
 
 

@@ -394,14 +394,17 @@ class T5GemmaEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder_or_file: str | os.PathLike, *, storage: StorageLike = None, dtype=None,
                         device="cpu", operations=nn, tokenizer: str | os.PathLike | None = None,
-                        attn_softcap: bool = False, gguf: str | None = None) -> "T5GemmaEncoder":
+                        attn_softcap: bool = False, gguf: str | None = None,
+                        config: str | os.PathLike | None = None) -> "T5GemmaEncoder":
         """Load the encoder (only its tensors) from an HF folder or an encoder-only .safetensors file.
 
         Folder: config.json + model.safetensors or model.safetensors.index.json shards (+ tokenizer files).
         Keys ``model.encoder.*`` (full T5GemmaForConditionalGeneration save) or ``encoder.*`` are accepted;
         decoder and head tensors are never read. Single file: config JSON in metadata key ``config`` (or a
-        config.json beside it); tokenizer.json/tokenizer.model beside it or given as ``tokenizer=``. A ``.gguf``
-        written by ``python -m magihuman convert`` carries config and tokenizer. ``storage``: how the projections
+        config.json beside it, or ``config=`` a config.json or its folder); tokenizer.json/tokenizer.model beside it,
+        in the ``config=`` folder, or given as ``tokenizer=``. A ``.gguf`` written by ``python -m magihuman convert``
+        carries config and tokenizer; another with Hugging Face names (the published Q6_K one) may also sit in a
+        folder with its config.json and tokenizer.json. ``storage``: how the projections
         and the embedding are kept ("file", the default: a GGUF's blocks stay, the rest bf16; "bf16", "fp8",
         "Q8_0", ...); ``dtype=`` / ``gguf=`` are its older spelling. The reading is
         :func:`magihuman.loaders.load_text_encoder` (the models hold no file code; this public entry point
@@ -410,7 +413,8 @@ class T5GemmaEncoder(nn.Module):
         from ..loaders.text_encoder import load_text_encoder  # noqa: PLC0415 - the file code, imported when used
 
         return load_text_encoder(cls, folder_or_file, storage=storage, dtype=dtype, device=device,
-                                 operations=operations, tokenizer=tokenizer, attn_softcap=attn_softcap, gguf=gguf)
+                                 operations=operations, tokenizer=tokenizer, attn_softcap=attn_softcap, gguf=gguf,
+                                 config=config)
 
 
 # ----------------------------------------------------------------------------------------- tiny model

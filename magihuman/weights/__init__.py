@@ -3,6 +3,8 @@
 - :mod:`.source`: a checkpoint (file, ``.zst``, index + shards, folder, torch pickle, GGUF) as model key ->
   tensor entries, headers only;
 - :mod:`.keymap`: declared maps from file names to model keys (prefixes, subtrees, renames);
+- :mod:`.layouts`: the DiT's third-party layouts (ComfyUI-native, Wan2GP, quanto int8), detected and mapped onto
+  the official fused keys by entries derived from several file tensors (:mod:`.entry`);
 - :mod:`.report`: the one key-mismatch report (file, missing, unexpected, wrong shapes);
 - :mod:`.stream`: fill a meta-built model tensor by tensor in its final dtype and device;
 - :mod:`.fp8`, :mod:`.torch_files`, :mod:`.safetensors_io`: format details.

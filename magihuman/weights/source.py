@@ -1,9 +1,11 @@
 """One checkpoint, whatever its files: a :class:`WeightSource` maps model keys to tensors on disk.
 
-Formats: safetensors (one file, ``.zst`` streams, an index + shards, a folder), torch pickles read with
+Formats: safetensors (one file, ``.zst`` streams, an index + shards, a folder; the Hugging Face names and the
+diffusers ones, ``diffusion_pytorch_model.safetensors[.index.json]``), torch pickles read with
 ``torch.load(weights_only=True)`` (memory-mapped), and GGUF (:mod:`.gguf_file`). Opening reads headers
 only; :meth:`WeightSource.stream` then visits tensors in file order, one reader per file, so a 60 GB
-folder is copied tensor by tensor into its destination and never held twice.
+folder is copied tensor by tensor into its destination and never held twice. Entries derived from several
+tensors (:func:`~.entry.concat_rows`, :func:`~.entry.row_scaled`) are read part by part by the same readers.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import safetensors_io as sio
-from .entry import Entry, Reader
+from .entry import Entry, OnBytes, Reader
 from .fp8 import split_fp8_scales
 from .gguf_file import GGUF_SUFFIX, open_gguf
 from .keymap import KeyMap
@@ -28,10 +30,15 @@ from .torch_files import is_pickle, load_torch_weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Entry", "WeightSource", "open_source", "INDEX_NAME", "SINGLE_NAME", "SAFETENSORS_SUFFIXES"]
+__all__ = ["Entry", "WeightSource", "open_source", "INDEX_NAME", "SINGLE_NAME", "INDEX_NAMES", "SAFETENSORS_SUFFIXES"]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+# Hugging Face (transformers) names, then the diffusers ones (FastVideo's MagiHuman-Diffusers transformer/ folders).
+INDEX_NAMES = (INDEX_NAME, "diffusion_pytorch_model.safetensors.index.json")
+SINGLE_NAMES = (SINGLE_NAME, "diffusion_pytorch_model.safetensors")
+# Elements of a derived int8 x scale tensor decoded at a time (bounds its float temporaries: 16 MiB in float32).
+_ROW_SCALE_CHUNK = 4 << 20
 SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.zst", ".sft")
 
 
@@ -44,6 +51,67 @@ class _SafetensorsReader(Reader):
 
     def read_into(self, entry, dest, on_bytes=None, *, scale=None):
         return self.reader.read_into(entry.ref, dest, on_bytes, scale=scale)
+
+
+class _SourceReader(Reader):
+    """The reader of one file of a source that also fills derived entries: parts' rows into their row ranges (each
+    part with its own fp8 scale, if it has one), int8 data times its per-row scale. Parts in other files of the source
+    are read with their own readers, opened on demand."""
+
+    def __init__(self, src: "WeightSource", file: Path, chunk_bytes: Optional[int]):
+        self.src, self.chunk_bytes = src, chunk_bytes
+        self._open: dict[Path, Reader] = {file: src._readers[file](chunk_bytes)}
+
+    def _base(self, file: Path) -> Reader:
+        if file not in self._open:
+            self._open[file] = self.src._readers[file](self.chunk_bytes)
+        return self._open[file]
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
+
+    def read_into(self, entry: Entry, dest: torch.Tensor, on_bytes: OnBytes = None, *,
+                  scale: Optional[float] = None) -> torch.Tensor:
+        if entry.how == "rows":
+            starts, row = [], 0
+            for p in entry.parts:
+                starts.append(row)
+                row += p.shape[0]
+            order = sorted(range(len(entry.parts)),
+                           key=lambda i: (self.src.files.index(entry.parts[i].file), entry.parts[i].offset))
+            for i in order:  # file order (forward-only .zst streams), each into its rows of the destination
+                p = entry.parts[i]
+                s = self.src.scale_value(p.key) if p.key in self.src.scale_of else scale
+                self.read_into(p, dest.narrow(0, starts[i], p.shape[0]), on_bytes, scale=s)
+            return dest
+        if entry.how == "row_scale":
+            return self._row_scaled(entry, dest, on_bytes, scale)
+        return self._base(entry.file).read_into(entry, dest, on_bytes, scale=scale)
+
+    def _row_scaled(self, entry: Entry, dest: torch.Tensor, on_bytes: OnBytes, scale: Optional[float]) -> torch.Tensor:
+        """``data [rows, cols] int8 * scale [rows, 1]``, rounded once to the scale's dtype (the weight quanto itself
+        computes with), written in row chunks so only one chunk is ever float32."""
+        data_e, scale_e = entry.parts
+        data = self.read_into(data_e, torch.empty(data_e.shape, dtype=torch.int8), on_bytes)
+        s = self.read_into(scale_e, torch.empty(scale_e.shape, dtype=scale_e.dtype), on_bytes).reshape(-1, 1)
+        rows, cols = data.shape
+        step = max(1, _ROW_SCALE_CHUNK // max(cols, 1))
+        # int8 x a 16-bit float is exact in float32, so one rounding to the scale's dtype: straight into a destination
+        # of that dtype, else through a float32 chunk
+        direct = scale is None and dest.dtype == entry.dtype and dest.device == data.device
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            sr = s if s.shape[0] == 1 else s[r0:r1]
+            if direct:
+                torch.mul(data[r0:r1], sr, out=dest[r0:r1])
+                continue
+            w = data[r0:r1].to(torch.float32).mul_(sr.to(torch.float32)).to(entry.dtype)
+            if scale is not None:
+                w = w.to(torch.float32).mul_(scale)
+            dest[r0:r1].copy_(w)
+        return dest
 
 
 @dataclass
@@ -62,6 +130,7 @@ class WeightSource:
     # fp8 checkpoints: model key -> entry of its per-tensor dequantisation scale (see .fp8)
     scale_of: dict[str, Entry] = field(default_factory=dict)
     quantization: Optional[str] = None
+    layout: Optional[str] = None                 # a model's third-party layout mapped onto its keys (see .layouts)
     _readers: dict[Path, Callable[[Optional[int]], Reader]] = field(default_factory=dict, repr=False)
 
     # ---------------------------------------------------------------- description
@@ -88,7 +157,8 @@ class WeightSource:
 
     # ---------------------------------------------------------------- reading
     def reader(self, file: Path, chunk_bytes: Optional[int] = None) -> Reader:
-        return self._readers[file](chunk_bytes)
+        """A reader of ``file`` (and of the parts of derived entries listed under it)."""
+        return _SourceReader(self, file, chunk_bytes)
 
     def stream(self, keys: Iterable[str], handler: Callable[[Entry, Reader], None], *,
                chunk_bytes: Optional[int] = None) -> None:
@@ -189,9 +259,10 @@ def _is_weights_file(p: Path) -> bool:
 
 
 def _folder_files(path: Path, what: str, many: bool) -> list[Path]:
-    for name in (SINGLE_NAME, SINGLE_NAME + ".zst"):
-        if (path / name).is_file():
-            return [path / name]
+    for name in SINGLE_NAMES:
+        for n in (name, name + ".zst"):
+            if (path / n).is_file():
+                return [path / n]
     files = sorted(p for p in path.iterdir() if p.is_file() and _is_weights_file(p))
     safetensors = [p for p in files if p.name.lower().endswith(SAFETENSORS_SUFFIXES)]
     if many and len(safetensors) > 1:
@@ -205,8 +276,13 @@ def _folder_files(path: Path, what: str, many: bool) -> list[Path]:
                           f"folder of one checkpoint or the weights file of {what} itself")
 
 
-def _index(path: Path) -> tuple[dict[str, Path], list[Path]]:
-    index_path = path / INDEX_NAME
+def index_in(folder: Path) -> Optional[Path]:
+    """The safetensors index of a folder (either name of :data:`INDEX_NAMES`), or None."""
+    return next((folder / n for n in INDEX_NAMES if (folder / n).is_file()), None)
+
+
+def _index(index_path: Path) -> tuple[dict[str, Path], list[Path]]:
+    path = index_path.parent
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         assert isinstance(weight_map, dict)
@@ -227,20 +303,22 @@ def _locate(path: Path, what: str, many: bool) -> tuple[Path, list[Path], Option
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; give the checkpoint folder of {what} (with {INDEX_NAME} "
                               f"and shards, or one {SINGLE_NAME}) or its weights file")
-    if path.is_file() and path.name == INDEX_NAME:
+    if path.is_file() and path.name in INDEX_NAMES:
         path = path.parent
-    elif path.is_file() and (path.parent / INDEX_NAME).is_file():
+    elif path.is_file() and index_in(path.parent) is not None:
         # One shard of an indexed folder: load the whole folder (a shard alone is not a model).
+        index = index_in(path.parent)
         try:
-            listed = set(json.loads((path.parent / INDEX_NAME).read_text()).get("weight_map", {}).values())
+            listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
         except (ValueError, AttributeError):
             listed = set()
         if path.name in listed or path.name.removesuffix(".zst") in listed:
-            log.info("%s is a shard listed in %s: loading the whole folder", path.name, INDEX_NAME)
+            log.info("%s is a shard listed in %s: loading the whole folder", path.name, index.name)
             path = path.parent
     if path.is_dir():
-        if (path / INDEX_NAME).is_file():
-            return path, [], path / INDEX_NAME
+        index = index_in(path)
+        if index is not None:
+            return path, [], index
         return path, _folder_files(path, what, many), None
     if not _is_weights_file(path):
         raise CheckpointError(f"{path} is not a weights file (.safetensors, .safetensors.zst, .gguf, or a torch "
@@ -306,7 +384,7 @@ def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_
     where, files, index_path = _locate(Path(path).expanduser(), what, many_files)
     name_file = None
     if index_path is not None:
-        name_file, files = _index(where)
+        name_file, files = _index(index_path)
     readers: dict[Path, Callable[[Optional[int]], Reader]] = {}
     metadata: dict[str, str] = {}
     raw: dict[str, Entry] = {}  # file name -> entry (key filled in below)
