@@ -16,7 +16,7 @@ import torch
 from magihuman import checkpoints as ck
 from magihuman.checkpoints import CheckpointError, convert_dit, inspect_dit, load_dit, write_tiny_dit
 from magihuman.models.dit_config import DiTConfig
-from magihuman.storage import FILE, BlockLinear
+from magihuman.storage import FILE, STORAGES, BlockLinear
 from magihuman.weights.safetensors_io import write_file
 from tests.layout_fixtures import fuse_wan2gp, quanto_dequantized, quanto_int8, to_comfy_native, to_wan2gp
 
@@ -257,7 +257,7 @@ def test_cli_prices_each_layout_as_the_loader_keeps_it(official, quanto, tmp_pat
     assert _file_format(quanto[0], FILE) == "bf16"  # dequantised while loading: bf16 in memory
     assert _file_format(tmp_path / "wan_bf16.safetensors", FILE) == "bf16"
     assert _file_format(tmp_path / "comfy.safetensors", FILE) == "bf16"  # fp32 file, "file": plain tensors in bf16
-    assert _file_format(quanto[0], FILE.keeping(ck.STORAGES["fp16"])) == "fp16"
+    assert _file_format(quanto[0], FILE.keeping(STORAGES["fp16"])) == "fp16"
     src = ck.open_checkpoint(quanto[0])
     used = sum(v.numel() * v.element_size() for k, v in quanto[1].items() if not k.endswith("put_scale"))
     assert src.total_bytes == used  # every weight byte of the file once (int8 data and scales), not the unused scalars
