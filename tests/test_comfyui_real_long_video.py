@@ -93,10 +93,16 @@ def mp4s(run) -> dict:
     return {p.name.split("_")[0]: p for p in run["outputs"] if str(p).endswith(".mp4")}
 
 
-def test_long_video_then_extend(server):
+def encoded(prompt: str) -> dict:
+    """The models and one encoded prompt (node "enc")."""
     p = models()
-    p["enc"] = node("MagiHumanTextEncode", text_encoder=["te", 0], prompt="A man talks.", encode_negative=False,
+    p["enc"] = node("MagiHumanTextEncode", text_encoder=["te", 0], prompt=prompt, encode_negative=False,
                     negative_prompt="")
+    return p
+
+
+def test_long_video_then_extend(server):
+    p = encoded("A man talks.")
     p.update(long_video(positive=["enc", 0], seconds=2.0))
     save(p, "long", "first")
     p["more"] = node("MagiHumanExtend", images=["long", 0], clip_audio=["long", 1], model=["dit", 0],
@@ -133,9 +139,7 @@ def test_a2v_whole_speech_and_per_window_prompts(server):
 
 
 def test_bad_input_says_why(server):
-    p = models()
-    p["enc"] = node("MagiHumanTextEncode", text_encoder=["te", 0], prompt="x", encode_negative=False,
-                    negative_prompt="")
+    p = encoded("x")
     p.update(long_video(positive=["enc", 0], seconds=2.0, overlap_frames=30))
     save(p, "long", "bad")
     run = server.queue(p)
@@ -145,9 +149,7 @@ def test_bad_input_says_why(server):
 
 
 def test_cancel_between_windows(server):
-    p = models()
-    p["enc"] = node("MagiHumanTextEncode", text_encoder=["te", 0], prompt="A man talks.", encode_negative=False,
-                    negative_prompt="")
+    p = encoded("A man talks.")
     p.update(long_video(positive=["enc", 0], seconds=8.0, seed=77))
     save(p, "long", "cancelled")
     start = len(server.log())
