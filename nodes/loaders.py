@@ -32,7 +32,7 @@ def check_storage_choice(weight_dtype) -> bool | str:
     workflows hold (the frontend renames them in saved UI workflows; the loader reads both)."""
     if weight_dtype in STORAGE_DTYPES or weight_dtype in OLDER_STORAGE_NAMES:
         return True
-    return f"weight_dtype {weight_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}"
+    return f"weight_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weight_dtype!r}"
 
 
 def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str,

@@ -64,10 +64,10 @@ def test_storage_dtype_takes_the_older_name_and_refuses_others(nodes):
     with pytest.raises(ValueError) as err:
         run(dit, model_name="magihuman_tiny_distill/", weight_dtype="q3_k")
     choices = ", ".join(["auto", "file", "bf16", "fp16", "fp32", "fp8", "Q8_0", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0"])
-    assert str(err.value) == f"MagiHuman DiT Loader: weight_dtype 'q3_k' is not one of {choices}"
+    assert str(err.value) == f"MagiHuman DiT Loader: weight_dtype must be one of {choices}, got 'q3_k'"
     for loader in ("MagiHumanSRDiTLoader", "MagiHumanTextEncoderLoader"):
         assert nodes[loader].validate_inputs(weight_dtype="gguf (file)") is True
-        assert nodes[loader].validate_inputs(weight_dtype="q3_k") == f"weight_dtype 'q3_k' is not one of {choices}"
+        assert nodes[loader].validate_inputs(weight_dtype="q3_k") == f"weight_dtype must be one of {choices}, got 'q3_k'"
 
 
 def test_t2v_distilled_graph(nodes, models):
