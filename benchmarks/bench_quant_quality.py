@@ -13,8 +13,8 @@ ranks formats by.
 - error: video and audio velocity vs the bf16-weights model, both computed in fp32 (the weights are the only
   difference): relative L2 ``|o - r| / |r|`` and relative max ``max|o - r| / max|r|``; the bf16-compute row shows
   what bf16 matmuls alone change (the official numerics) for scale. Gate of the issue: Q8_0 <= 2x fp8.
-- time: forward in bf16 compute (this engine's choice on a CPU with bf16 matmuls), warm-up then the best of
-  ``--repeats`` rounds, formats interleaved in each round (a shared CPU drifts); ratio to bf16 weights = the cost
+- time: forward in ``--compute-dtype`` (default auto: the engine's choice for this CPU, bf16 where its bf16
+  matmuls are fast, else fp32), warm-up then the best of ``--repeats`` rounds, formats interleaved in each round (a shared CPU drifts); ratio to bf16 weights = the cost
   of decoding the weights per use; "decode ms": decoding every block linear once (``BlockLinear.decoded_weight``,
   what one forward decodes) without the matmuls.
 - size: the converted file vs the bf16 .safetensors (fp8 has no file: its in-memory bytes); the estimator's
@@ -22,7 +22,7 @@ ranks formats by.
 
 Prints numbers and ratios; gates nothing.
 
-    python benchmarks/bench_quant_quality.py [--repeats 3] [--threads 2]
+    python benchmarks/bench_quant_quality.py [--repeats 3] [--threads 2] [--compute-dtype auto|bf16|fp32]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.py
 
 from _timing import now  # noqa: E402
+from magihuman.device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype  # noqa: E402
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
 
 from magihuman.storage import PLAIN, STORAGES  # noqa: E402
@@ -89,9 +90,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--dir", default=None, help="where to write the temporary files (default: /tmp)")
+    ap.add_argument("--compute-dtype", default="auto", choices=["auto", *COMPUTE_DTYPE_NAMES],
+                    help="the timed forwards' compute dtype (auto: the engine's choice for this CPU)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    timed = resolve_compute_dtype(args.compute_dtype, "cpu")
 
     from magihuman.checkpoints import convert_dit, load_dit, write_tiny_dit
     from magihuman.estimate import dit_weight_storage
@@ -134,18 +138,18 @@ def main() -> None:
         best = {fmt: float("inf") for fmt in order}
         decode = {fmt: float("inf") for fmt in order}
         for fmt in order:  # warm-up (kernel caches, allocator)
-            forward(models[fmt], x, torch.bfloat16)
+            forward(models[fmt], x, timed)
         for _ in range(args.repeats):
             for fmt in order:
                 t0 = now()
-                forward(models[fmt], x, torch.bfloat16)
+                forward(models[fmt], x, timed)
                 best[fmt] = min(best[fmt], now() - t0)
                 t0 = now()
-                decode_all(models[fmt], torch.bfloat16)
+                decode_all(models[fmt], timed)
                 decode[fmt] = min(decode[fmt], now() - t0)
 
         base_size = src.stat().st_size
-        print("\nCPU forward (bf16 compute, best of %d) and size" % args.repeats)
+        print(f"\nCPU forward ({str(timed).removeprefix('torch.')} compute, best of {args.repeats}) and size")
         print(f"{'weights':<9}{'forward ms':>11}{'vs bf16':>9}{'decode ms':>10}{'file MiB':>10}{'vs bf16':>9}"
               f"{'estimator MiB':>15}{'in memory MiB':>15}")
         for fmt in order:
