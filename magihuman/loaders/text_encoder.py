@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..quant.gguf import GGMLType
-from ..storage import KEEP_FILE, Storage, StorageLike, convert_choices, parse_storage, requested_storage
+from ..storage import Storage, StorageLike, convert_choices, parse_storage, requested_storage
 from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.compact import compact_handler, main_storage, storage_counts
@@ -175,8 +175,7 @@ def load_text_encoder(cls, path: str | os.PathLike, *, storage: StorageLike = No
     src, config = open_text_encoder(path, given)
     if path.is_dir() and src.files[0].name.endswith(GGUF_SUFFIX):  # a .gguf in a folder with its config and tokenizer
         given, path = given or path, src.files[0]
-    build = want if want.kind != KEEP_FILE else want.default
-    model = cls.from_config(config, operations=operations, storage=build, device="meta", attn_softcap=attn_softcap)
+    model = cls.from_config(config, operations=operations, storage=want.built, device="meta", attn_softcap=attn_softcap)
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the T5Gemma encoder its config.json describes")
     device = torch.device(device)
     counts: Counter = Counter()

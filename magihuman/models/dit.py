@@ -40,7 +40,7 @@ from ..ops import layer_class, tag_operations
 from ..packing import SequenceLayout, attention_mask, local_attention_allowed, tokens_to_video, video_to_tokens
 from ..parallel.sequence import SequenceParallel
 from ..quant.fp8 import FP8_COMPUTE_MODES, fp8_mm_supported
-from ..storage import KEEP_FILE, STORAGES, BlockLinear, Storage, StorageLike, WeightSpec, parse_storage
+from ..storage import STORAGES, BlockLinear, Storage, StorageLike, WeightSpec, parse_storage
 from ..storage import weight_table as _module_weight_table
 from ..rope import apply_rope, default_rope_bands, rope_cos_sin
 from .dit_config import DiTConfig
@@ -256,9 +256,7 @@ class MagiHumanDiT(nn.Module):
         super().__init__()
         self.config = config
         # dtype (the official API) and storage name the same thing: how the block linears are kept
-        block_storage = parse_storage(storage if storage is not None else dtype, default=STORAGES["bf16"])
-        if block_storage.kind == KEEP_FILE:
-            block_storage = block_storage.default
+        block_storage = parse_storage(storage if storage is not None else dtype, default=STORAGES["bf16"]).built
         self.local_attention_mode, self.local_block_frames = "window", 1
         self.attention_backend = DEFAULT_BACKEND
         self.fp8_compute = "off"

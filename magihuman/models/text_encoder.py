@@ -36,7 +36,7 @@ from ..attention import attention as shared_attention
 from ..attention import repeat_kv_heads, resolve_attention_backend, sdpa_attention
 from ..geometry import MAX_TEXT_TOKENS
 from ..ops import fetch_weight, layer_class, tag_operations
-from ..storage import KEEP_FILE, PLAIN, STORAGES, BlockLinear, CompactEmbedding, StorageLike, compact_layers, parse_storage
+from ..storage import PLAIN, STORAGES, BlockLinear, CompactEmbedding, StorageLike, compact_layers, parse_storage
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +268,7 @@ class T5GemmaEncoder(nn.Module):
         self.attn_softcap = attn_softcap
         # dtype (the official API) and storage name the same thing: how the projections and the embedding are kept;
         # norms and activations are in the plain dtype (bf16 under compact storage), fp32 by default
-        st = parse_storage(storage if storage is not None else dtype, default=STORAGES["fp32"])
-        st = st.default if st.kind == KEEP_FILE else st
+        st = parse_storage(storage if storage is not None else dtype, default=STORAGES["fp32"]).built
         plain = st.dtype if st.kind == PLAIN else torch.bfloat16
         self.compute_dtype = _compute_dtype(plain)
         self.encoder = _EncoderStack(config, operations=operations, storage=st, dtype=plain, device=device)

@@ -10,6 +10,7 @@ without patches may skip the decoding and multiply in fp8 (``fp8_compute``).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..quant.fp8 import fp8_linear, fp8_mm_supported, note_refusal
-from .registry import FP8, GGUF, KEEP_FILE, PLAIN, STORAGES, Storage, StorageLike, parse_storage
+from .registry import FP8, PLAIN, STORAGES, Storage, StorageLike, parse_storage, storage_of_dtype
 
 __all__ = ["BlockLinear", "CompactEmbedding", "Fetched", "Patch", "Segments", "WeightSpec", "compact_layers", "weight_table"]
 
@@ -37,8 +38,7 @@ class Fetched(NamedTuple):
 
 
 def _resolve(storage: StorageLike, dtype) -> Storage:
-    st = parse_storage(storage if storage is not None else dtype, default=STORAGES["bf16"])
-    return st.default if st.kind == KEEP_FILE else st
+    return parse_storage(storage if storage is not None else dtype, default=STORAGES["bf16"]).built
 
 
 class _StoredWeight(nn.Module):
@@ -62,7 +62,7 @@ class _StoredWeight(nn.Module):
         if not meta:
             with torch.no_grad():
                 self.reset_parameters()
-        self.storage = storage if plain else (STORAGES["bf16"] if meta else _placeholder(build))
+        self.storage = storage if plain else storage_of_dtype(build)
         self._encode_to = None if plain else storage
 
     def reset_parameters(self) -> None:
@@ -147,10 +147,6 @@ class _StoredWeight(nn.Module):
         for patch in self.patches():
             w = patch(w)
         return w, got.bias, got.token
-
-
-def _placeholder(dtype: torch.dtype) -> Storage:
-    return next(s for s in STORAGES.values() if s.kind == PLAIN and s.dtype == dtype)
 
 
 class BlockLinear(_StoredWeight):
@@ -248,20 +244,16 @@ class CompactEmbedding(_StoredWeight):
         """Rows ``ids`` in ``dtype`` on ``ids``' device."""
         if self.has_patches():
             return F.embedding(ids, self.decoded_weight(dtype, ids.device))
-        st = self.storage
         flat = ids.reshape(-1)
-        data = self.weight
-        picked = data[flat.to(data.device)].to(ids.device)  # only the looked-up rows travel
+        picked = self.weight[flat.to(self.weight.device)].to(ids.device)  # only the looked-up rows travel
         scale = self.weight_scale.to(ids.device) if self.weight_scale is not None else None
-        rows = st.decode(picked, scale, flat.numel(), self.cols, 1, dtype) if st.kind in (FP8, GGUF) \
-            else picked.to(dtype)
+        rows = self.storage.decode(picked, scale, flat.numel(), self.cols, 1, dtype)
         return rows.reshape(*ids.shape, self.cols)
 
 
 def compact_layers(model: nn.Module) -> list[tuple[str, _StoredWeight]]:
     """The layers of ``model`` that own a stored weight, with their names."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _StoredWeight)]
-
 
 
 class WeightSpec(NamedTuple):
@@ -273,10 +265,7 @@ class WeightSpec(NamedTuple):
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def weight_table(model: nn.Module) -> dict[str, WeightSpec]:

@@ -65,7 +65,7 @@ class Storage:
         if self.kind == GGUF:
             block, size = ggml.BLOCK_SIZES[self.ggml]
             return 8.0 * size / block
-        return 8.0 * torch.empty((), dtype=self.dtype).element_size()
+        return 8.0 * self.dtype.itemsize
 
     @property
     def decodes_on_device(self) -> bool:
@@ -107,7 +107,7 @@ class Storage:
         n = math.prod(self.data_shape(rows, cols, experts))
         if self.kind == GGUF:
             return n
-        return n * torch.empty((), dtype=self.dtype).element_size() + (4 if self.kind == FP8 else 0)
+        return n * self.dtype.itemsize + (4 if self.kind == FP8 else 0)
 
     # ------------------------------------------------------------ encoding and decoding
     def encode(self, w: torch.Tensor, experts: int = 1) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -161,6 +161,11 @@ class Storage:
                          f"decoded once, while loading) or choose one of {', '.join(load_choices())}")
 
     # ------------------------------------------------------------ the "file" policy
+    @property
+    def built(self) -> "Storage":
+        """The storage a layer is built in before a file fills it: this one, or for ``file`` its plain default."""
+        return self.default if self.kind == KEEP_FILE else self
+
     def resolve(self, stored: "Storage") -> "Storage":
         """The storage a weight held in ``stored`` in a file is kept in: this one, or for ``file``, the file's own
         when it is compact and decodes on the device, else :attr:`default`."""

@@ -47,9 +47,7 @@ def fill_stored(layer: _StoredWeight, e: Entry, reader: Reader, src: WeightSourc
     """Read ``e`` into ``layer`` kept in ``want`` (resolved against what the file holds, see
     :meth:`Storage.resolve`). Returns the storage kept and whether the file's bytes were kept as they are."""
     scale = src.scale_value(e.key) if e.key in src.scale_of else None
-    have = stored_storage(e)
-    if have.kind == FP8 and e.dtype != FP8_DTYPE:
-        have = parse_storage("fp32")  # e5m2 (with its scale): floats
+    have = stored_storage(e)  # e5m2 (with its scale): fp32, read as floats
     keep = want.resolve(have)
     as_is = keep == have and keep.kind != PLAIN
     if as_is and keep.kind == GGUF:
@@ -94,8 +92,4 @@ def compact_handler(src: WeightSource, want: Storage, device: torch.device, coun
 
 def storage_counts(counts: Counter) -> str:
     """``"320 Q4_K (as stored), 4 bf16"``: what a load kept, for its log line."""
-    by: dict[str, int] = {}
-    for (name, as_is), n in sorted(counts.items()):
-        label = f"{name} (as stored)" if as_is else name
-        by[label] = by.get(label, 0) + n
-    return ", ".join(f"{n} {label}" for label, n in by.items())
+    return ", ".join(f"{n} {name}" + (" (as stored)" if as_is else "") for (name, as_is), n in sorted(counts.items()))
