@@ -6,7 +6,7 @@ calls ``comfy_entrypoint``.
 
 # ComfyUI serves this folder at /extensions/<pack folder>/: web/docs/<NodeId>.md is the help the frontend shows
 # for each node, and every .js in it is loaded as a frontend extension: only web/js/magihuman_gguf.js (picking a
-# .gguf model on a DiT / SR DiT / text encoder loader sets its weight_dtype to "gguf (file)").
+# .gguf model on a DiT / SR DiT / text encoder loader sets its weight_dtype to "file").
 WEB_DIRECTORY = "./web"
 
 

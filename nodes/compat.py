@@ -12,13 +12,12 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from ..magihuman.attention import attention_backend_names, register_attention_backend
+from ..magihuman.attention import register_attention_backend
 from ..magihuman.lora import LoraFile, apply_lora, remove_lora, variant_with_loras
-from ..magihuman.storage import FILE, PLAIN, STORAGES, Storage, parse_storage
+from ..magihuman.storage import FILE, PLAIN, STORAGES, Storage, parse_storage, storage_of_dtype
 from ..magihuman.storage import BlockLinear as _EngineBlockLinear
 from ..magihuman.storage import CompactEmbedding as _EngineCompactEmbedding
 from ..magihuman.storage import Fetched
-from ..magihuman.storage.layers import _StoredWeight
 from .v3 import HAS_COMFY
 
 log = logging.getLogger("magihuman.nodes")
@@ -158,9 +157,8 @@ def pick_storage(choice: str, device: torch.device) -> Storage:
     """A loader's ``weight_dtype`` as a :class:`~magihuman.storage.Storage`: "auto" keeps what a file holds (GGUF
     blocks, fp8 + scale) and plainly held tensors in :func:`auto_plain_dtype`; any registry name as it is."""
     if choice == "auto":
-        return FILE.keeping(next(s for s in STORAGES.values() if s.kind == PLAIN and s.dtype == auto_plain_dtype(device)))
-    st = parse_storage(choice)
-    return FILE.keeping(FILE.default) if st == FILE else st
+        return FILE.keeping(storage_of_dtype(auto_plain_dtype(device)))
+    return parse_storage(choice)
 
 
 def pick_weight_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -265,7 +263,7 @@ if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
                 return
             mod_name, _, attr = key.rpartition(".")
             module = _comfy_utils.get_attr(self.model, mod_name) if mod_name else self.model
-            if attr == "weight" and isinstance(module, _StoredWeight) and module.storage.compact:
+            if attr == "weight" and isinstance(module, (_EngineBlockLinear, _EngineCompactEmbedding)) and module.storage.compact:
                 module.magi_decoded_patches = [_model_patcher.LowVramPatch(key, self.patches)]
                 return
             super().patch_weight_to_device(key, device_to=device_to, inplace_update=inplace_update)
@@ -317,20 +315,8 @@ def comfy_attention(q, k, v, mask=None):  # pragma: no cover - inside ComfyUI on
     return _optimized_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True, skip_output_reshape=True)
 
 
-def attention_choices() -> list[str]:
-    """The attention kernels a loader offers: the engine's registry (with "comfy" registered inside ComfyUI)."""
-    return attention_backend_names()
-
-
 if HAS_COMFY:  # pragma: no cover - inside ComfyUI only
     register_attention_backend("comfy", comfy_attention)
-
-
-def select_attention(model: torch.nn.Module, name: str) -> None:
-    """The attention kernel of ONE loaded model (DiT or text encoder): "comfy" is ComfyUI's own choice."""
-    if name == "comfy" and not HAS_COMFY:
-        raise ValueError("attention 'comfy' needs ComfyUI; use 'sdpa'")
-    model.set_attention_backend(name)
 
 
 def operations():

@@ -7,8 +7,7 @@ import os
 from ..magihuman.checkpoints import load_dit
 from ..magihuman.options import RunOptions
 from ..magihuman.options import choices as run_choices
-from ..magihuman.storage import PLAIN, STORAGES, load_choices
-from ..magihuman.storage.registry import frontend_settings
+from ..magihuman.storage import PLAIN, STORAGES, load_choices, parse_storage
 from ..magihuman.loaders import load_audio_vae, load_turbo_vae, load_wan_vae
 from ..magihuman.models.text_encoder import T5GemmaEncoder
 from ..magihuman.presets import comfy_name
@@ -24,15 +23,17 @@ AUDIO_VAE_FOLDERS = ("vae", "checkpoints")
 # "file" keeps what the file holds, the others store every block linear / projection that way)
 PLAIN_DTYPES = ["auto"] + [s.name for s in STORAGES.values() if s.kind == PLAIN]
 STORAGE_DTYPES = ["auto"] + load_choices()
-OLDER_STORAGE_NAMES = frontend_settings()["older_names"]  # e.g. "gguf (file)", in workflows saved before the rename
 
 
 def check_storage_choice(weight_dtype) -> bool | str:
-    """ComfyUI's combo check of a storage ``weight_dtype``, which also lets through the older names saved API
-    workflows hold (the frontend renames them in saved UI workflows; the loader reads both)."""
-    if weight_dtype in STORAGE_DTYPES or weight_dtype in OLDER_STORAGE_NAMES:
-        return True
-    return f"weight_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weight_dtype!r}"
+    """ComfyUI's combo check of a storage ``weight_dtype``, which also lets through the other names of those
+    storages (e.g. "gguf (file)", which API workflows saved before its rename hold; the frontend renames it in saved
+    UI workflows, the loader reads both)."""
+    try:
+        known = weight_dtype in STORAGE_DTYPES or parse_storage(weight_dtype).spec in STORAGE_DTYPES
+    except ValueError:
+        known = False
+    return True if known else f"weight_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {weight_dtype!r}"
 
 
 def _model_input(input_id: str, kinds: tuple[str, ...], role: str, tooltip: str,
@@ -85,10 +86,10 @@ class _DiTLoader(MagiNode):
                     "decode everything. fp8 = float8_e4m3fn with a per-tensor scale (half the memory of bf16). "
                     "Q8_0 ... Q4_0 quantise every block linear while loading (Q8_0 ~15 GiB, Q4_K ~8 GiB for the 15B "
                     "DiT; a .gguf of that type loads as it is).")),
-                io.Combo.Input("attention", options=compat.attention_choices(), default="sdpa",
+                io.Combo.Input("attention", options=run_choices()["attention"], default="sdpa",
                                tooltip="Attention kernel of this DiT: sdpa (PyTorch), comfy (ComfyUI's choice, e.g. "
-                                       "with --use-sage-attention), flash (FlashAttention 3/2) or sage (CUDA, if "
-                                       "installed)."),
+                                       "with --use-sage-attention), flash (FlashAttention 3/2), sage (CUDA, if "
+                                       "installed) or math (the reference)."),
                 io.Boolean.Input("compile", default=False,
                                  tooltip="torch.compile each transformer layer (one graph per layer kind, reused). "
                                          "Slow first run, faster afterwards."),
@@ -122,8 +123,6 @@ class _DiTLoader(MagiNode):
                                  f"'{node_name('MagiHumanSRDiTLoader')}' and use it in '{node_name('MagiHumanLatentSR')}'")
             raise ValueError(f"{model_name} is a {model.variant} DiT, not a super-resolution model; load it with "
                              f"'{node_name('MagiHumanDiTLoader')}'")
-        if attention == "comfy" and not compat.HAS_COMFY:
-            raise ValueError("attention 'comfy' needs ComfyUI; use 'sdpa'")
         RunOptions(compute_dtype=compute_dtype, attention=attention, fp8_compute=fp8_compute,
                    compile=compile).apply(model, load_device)  # ComfyUI manages offload and LoRAs itself
         return io.NodeOutput(compat.ModelHandle(model, "diffusion", variant=model.variant, path=path))
