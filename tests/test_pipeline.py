@@ -265,6 +265,15 @@ def test_seed_determinism():
     assert a.info["sampler"] == "distilled"  # "auto" follows model.variant
 
 
+def test_denoise_builds_no_autograd_graph():
+    """A DiT whose parameters require grad (a freshly built one) still samples without recording a graph."""
+    model = tiny_dit("distill").requires_grad_(True)
+    seen = []
+    out = P.denoise(model, small_latent(), make_cond(False), steps=2, seed=1,
+                    callback=lambda *a, **k: seen.append(torch.is_grad_enabled()))
+    assert seen == [False, False] and not out.video.requires_grad and not out.audio.requires_grad
+
+
 def test_interrupt_leaves_inputs_untouched():
     lat = _a2v_latent(small_latent())
     lat.image_latent = torch.randn(1, 48, 1, 4, 4)

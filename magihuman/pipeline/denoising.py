@@ -70,7 +70,6 @@ def _resolve_sampler(sampler: str, steps: Optional[int], variant: Optional[str])
     return sampler, int(steps)
 
 
-@torch.no_grad()
 def _shared(model, noise: torch.Tensor) -> torch.Tensor:
     """Rank 0's ``noise`` on every rank when ``model`` runs sequence-parallel (under torchrun every rank samples):
     the ranks' generators need not agree (another GPU model, torch build or device draws other numbers), and
@@ -83,6 +82,7 @@ def _noise(model, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return _shared(model, randn_like_gen(x, gen))
 
 
+@torch.no_grad()
 def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler: str = "auto",
             steps: Optional[int] = None, seed: int = 0, shift: float = DEFAULT_SHIFT,
             video_guidance: float = VIDEO_GUIDANCE_HIGH, video_guidance_low: float = VIDEO_GUIDANCE_LOW,
