@@ -175,6 +175,8 @@ def _load_optional(name: str) -> AttentionFn:
 
 
 _BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "math": math_attention}
+# Every process knows these (a host registers more, e.g. ComfyUI's "comfy": only that process has them)
+ENGINE_BACKENDS = frozenset(_BACKENDS) | frozenset(_OPTIONAL)
 DEFAULT_BACKEND = "sdpa"
 Backend = Union[str, AttentionFn]
 

@@ -97,10 +97,26 @@ def test_worker_probes_fp8_on_its_gpu_when_it_builds_on_the_cpu(monkeypatch, tin
     assert model.adapter.video_embedder.weight.device.type == "cpu"
 
 
+def test_workers_run_a_host_only_attention_kernel_as_sdpa(monkeypatch, caplog):
+    """A kernel the host registered (ComfyUI's "comfy") does not exist in a worker process: the spec hands the
+    workers "sdpa" and says so; the engine's own kernels (flash, sage, math) pass through."""
+    from magihuman import attention
+
+    monkeypatch.setitem(attention._BACKENDS, "host_only", attention.sdpa_attention)
+    model = MagiHumanDiT(DiTConfig.preset("tiny"), dtype=torch.float32)
+    for name, sent in (("host_only", "sdpa"), ("math", "math"), ("flash", "flash")):
+        model.attention_backend = name
+        with caplog.at_level(logging.WARNING, logger="magihuman"):
+            caplog.clear()
+            assert W.DiTSpec.of(model, "dit").options.attention == sent
+        assert ("workers run attention 'host_only' as 'sdpa'" in caplog.text) == (name == "host_only")
+
+
 # ------------------------------------------------------------------------------------------- exchange timing
 
 class _Event:
     log: list = []
+    done = False  # what query() says: the GPU has run the work recorded so far
 
     def __init__(self, enable_timing=False):
         assert enable_timing
@@ -113,17 +129,22 @@ class _Event:
     def synchronize(self):
         _Event.log.append("event.synchronize")
 
+    def query(self):
+        return _Event.done
+
     def elapsed_time(self, end):
         return 7.0  # ms
 
 
-def _timed_forward():
-    """On a gloo rank, the SequenceParallel taken for NCCL (what a GPU group runs): count what timing does."""
+def _timed_forward(gpu_done: bool = False):
+    """On a gloo rank, the SequenceParallel taken for NCCL (what a GPU group runs): count what timing does
+    (``gpu_done``: the events report their work done as soon as asked)."""
     import torch.cuda
 
     from magihuman.parallel import SequenceParallel, sequence_parallel
 
     torch.cuda.Event = _Event
+    _Event.done = gpu_done
     syncs = []
     torch.cuda.synchronize = lambda *a: syncs.append(a)
     model = MagiHumanDiT(DiTConfig.preset("tiny"), dtype=torch.float32, compute_dtype=torch.float32)
@@ -148,6 +169,11 @@ def test_exchange_time_comes_from_cuda_events_without_a_host_wait_per_exchange()
         assert n == 2 * 4 + 1  # 2 all-to-alls per layer (4 layers) + the final gather
         assert r["during"] == dict(records=2 * n, event_syncs=0, syncs=0, pending=n)  # nothing waited on
         assert r["seconds"] == pytest.approx(n * 0.007) and r["after_syncs"] == 1  # one wait when read
+    # finished pairs are read as new ones come: a server that never asks for the time keeps no growing list
+    for r in run_local(_timed_forward, 2, True, timeout=120):
+        n = r["calls"]
+        assert r["during"] == dict(records=2 * n, event_syncs=0, syncs=0, pending=1)
+        assert r["seconds"] == pytest.approx(n * 0.007)
 
 
 # ------------------------------------------------------------------------------------------- numerics, noise
@@ -184,7 +210,8 @@ def _ranks_with_their_own_generators():
                          compute_dtype=torch.bfloat16 if rank == 0 else torch.float16)
     mixed.fp8_compute = "token" if rank == 0 else "off"
     enable_sequence_parallel(mixed)
-    return dict(sampled=sampled, numerics=(mixed.compute_dtype, mixed.fp8_compute))
+    return dict(sampled=sampled, numerics=(mixed.compute_dtype, mixed.fp8_compute),
+                layers={(m.compute_dtype, m.fp8_compute) for m in mixed.block_linears()})
 
 
 def test_every_rank_samples_with_rank_0_noise_and_one_set_of_numerics():
@@ -195,6 +222,7 @@ def test_every_rank_samples_with_rank_0_noise_and_one_set_of_numerics():
             assert (ref - got).abs().max().item() <= RTOL * ref.abs().max().item()
     assert all(torch.equal(a, b) for a, b in zip(ranks[0]["sampled"], ranks[1]["sampled"]))
     assert ranks[0]["numerics"] == ranks[1]["numerics"] == (torch.float16, "off")
+    assert ranks[0]["layers"] == ranks[1]["layers"] == {(torch.float16, "off")}  # what the layers really run
 
 
 def test_worker_store_asks_for_no_libuv_on_windows(monkeypatch):

@@ -68,8 +68,9 @@ class ExchangeStats:
     all-to-all moves ``(N-1)/N`` of its buffer over the wire).
 
     Time: NCCL collectives return before they ran, so a host clock around them measures only the launch. On
-    CUDA each collective is bracketed by two CUDA events on the current stream instead, read (one wait for the
-    last one) only when :attr:`seconds` is asked for, so timing adds no host stall per exchange."""
+    CUDA each collective is bracketed by two CUDA events on the current stream instead: pairs already done are
+    read as new ones come (``query``, no wait; the list stays short in a server that never asks), the rest (one wait
+    for the last one) when :attr:`seconds` is asked for, so timing adds no host stall per exchange."""
 
     all_to_all_calls: int = 0
     all_to_all_bytes: int = 0
@@ -78,6 +79,16 @@ class ExchangeStats:
     host_seconds: float = 0.0  # CPU collectives (gloo): they are done when the call returns
     pending: list = field(default_factory=list, repr=False)  # CUDA (start, end) event pairs not read yet
     event_seconds: float = 0.0  # CUDA collectives already read from their events
+
+    def read_finished(self) -> None:
+        """Add up the event pairs whose collectives are done, without waiting for the others."""
+        done = 0
+        for start, end in self.pending:
+            if not end.query():
+                break
+            self.event_seconds += start.elapsed_time(end) / 1000.0
+            done += 1
+        del self.pending[:done]
 
     @property
     def seconds(self) -> float:
@@ -199,7 +210,7 @@ class SequenceParallel:
     # ------------------------------------------------------------ collectives (never traced by torch.compile)
 
     @contextlib.contextmanager
-    def _timed(self, device: torch.device) -> Iterator[None]:
+    def _timed(self) -> Iterator[None]:
         """Time one collective: CUDA events around it under NCCL (it returns before it ran; no host wait), the host
         clock otherwise (gloo is done when it returns)."""
         if self.backend == "nccl":
@@ -207,6 +218,7 @@ class SequenceParallel:
             start.record()
             yield
             end.record()
+            self.stats.read_finished()
             self.stats.pending.append((start, end))
         else:
             t0 = time.perf_counter()
@@ -218,7 +230,7 @@ class SequenceParallel:
         return t.cpu() if self.backend == "gloo" and t.device.type != "cpu" else t
 
     def _all_to_all(self, send: torch.Tensor) -> torch.Tensor:
-        with self._timed(send.device):
+        with self._timed():
             wire = self._on_wire(send)
             recv = torch.empty_like(wire)
             dist.all_to_all_single(recv, wire, group=self.group)  # dim 0 = the N peers
@@ -266,7 +278,7 @@ class SequenceParallel:
         """``[B, s, C]`` on every rank -> ``[B, N·s, C]`` (tokens in global order) on every rank."""
         n = self.world_size
         b, s, c = x.shape
-        with self._timed(x.device):
+        with self._timed():
             wire = self._on_wire(x.contiguous())
             out = wire.new_empty(n * b, s, c)  # the ranks' tensors concatenated along dim 0
             gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -324,7 +336,8 @@ def _agree_on_numerics(model, group: Optional[dist.ProcessGroup]) -> None:
     if dist.get_rank(group) == 0:
         log.warning("MagiHuman sequence parallel: the ranks resolved different numerics %s; all of them run %s with "
                     "fp8 compute %s", sorted(set(every)), str(dtype).removeprefix("torch."), fp8)
-    model.compute_dtype, model.fp8_compute = dtype, fp8
+    model.set_compute_dtype(dtype)  # the model's and every block linear's
+    model.set_fp8_compute(fp8)
 
 
 def disable_sequence_parallel(model) -> None:

@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from ..checkpoints import load_dit
 from ..lora import apply_lora, remove_lora
-from ..attention import attention_backend_names
+from ..attention import ENGINE_BACKENDS
 from ..device import COMPUTE_DTYPE_NAMES
 from ..options import RunOptions
 from ..quant.fp8 import fp8_mm_supported
@@ -91,7 +91,7 @@ class DiTSpec:
     @classmethod
     def of(cls, model, path: str, loras: Sequence[tuple[str, float]] = ()) -> "DiTSpec":
         options = RunOptions.of(model)
-        if options.attention not in attention_backend_names():
+        if options.attention not in ENGINE_BACKENDS:
             log.warning("MagiHuman Multi-GPU: the workers run attention %r as 'sdpa' (host-only kernel)",
                         options.attention)
             options = replace(options, attention="sdpa")
