@@ -345,12 +345,12 @@ def _run_options(args, loras=(), blocks_on_device=None) -> RunOptions:
                       blocks_on_device=blocks_on_device, loras=tuple((str(p), s) for p, s in loras or ()))
 
 
-def _load_dit(path, storage: Storage, device, show, args, loras=(), blocks_on_device=None):
+def _load_dit(path, storage: Storage, device, show, args, loras=(), blocks_on_device=None, on_host=False):
     """Load a DiT in ``storage`` and set the run options of the command line on it (:class:`RunOptions`; block
-    offload with ``blocks_on_device`` layers on the device)."""
+    offload with ``blocks_on_device`` layers on the device; ``on_host``: leave it in RAM until it is used)."""
     options = _run_options(args, loras, blocks_on_device)
     offload = options.blocks_on_device is not None
-    model = load_dit(path, storage=storage, device="cpu" if offload else device, show_progress=show)
+    model = load_dit(path, storage=storage, device="cpu" if offload or on_host else device, show_progress=show)
     options.apply(model, device)
     enable_sequence_parallel(model)  # under torchrun: the sequence split over the ranks (nothing otherwise)
     return model
@@ -777,18 +777,20 @@ def _is_long_video(args, preset, ref_wave, ref_sr) -> bool:
     return P.clip_frames(total) > P.clip_frames(preset.seconds) and sp_launch.torchrun_world_size() == 1
 
 
-def _dit_swapper(device: torch.device, keep: bool):
-    """``use`` hook of the long-video engine: with two DiTs (base + SR) on a GPU only the running one is there
-    (``keep``: leave the models where they are, e.g. with block offload)."""
-    dits: dict = {}
+def _dit_swapper(device: torch.device, offloaded: dict[str, bool]):
+    """``use`` hook of the long-video engine: with two DiTs (base + SR) on a GPU only the running one is there.
+    ``offloaded`` (role -> block offload on): such a DiT stays as its offload placed it."""
+    movable: dict = {}
 
     def use(role, model, latent, **fit):
-        if role in ("dit", "sr_dit") and device.type == "cuda" and not keep:
-            dits[role] = model
-            for other, m in dits.items():
+        if role in offloaded and device.type == "cuda":
+            if not offloaded[role]:
+                movable[role] = model
+            for other, m in movable.items():  # the others leave first: never two on the GPU
                 if other != role:
                     m.to("cpu")
-            model.to(device)
+            if role in movable:
+                model.to(device)
         return model
 
     return use
@@ -846,19 +848,20 @@ def _generate_long(args, preset, timer: StageTimer, models_dir, files: dict, dev
         audio_vae = load_audio_vae(files["audio_vae"], dtype=torch.float32, device=device)
         video_decoder = (load_turbo_vae(None, files["turbo_vae"], dtype=vae_dtype, device=device)
                          if decoder == "turbo" else None)
+    blocks, sr_blocks, sr_storage = _sr_settings(args, storage)
     with timer("load DiT"):
-        dit = _load_dit(files[preset.dit], storage, device, show and not preset.tiny, args, loras[0],
-                        getattr(args, "blocks_on_device", None))
+        dit = _load_dit(files[preset.dit], storage, device, show and not preset.tiny, args, loras[0], blocks)
         if show:
             print(_load_line("base DiT", dit), file=sys.stderr)
         sr_dit = None
-        if preset.sr:
-            _, sr_blocks, sr_storage = _sr_settings(args, storage)
-            sr_dit = _load_dit(files[preset.sr], sr_storage, device, show and not preset.tiny, args, loras[1], sr_blocks)
+        if preset.sr:  # kept in RAM until its first window: only the running DiT is on the GPU
+            sr_dit = _load_dit(files[preset.sr], sr_storage, device, show and not preset.tiny, args, loras[1],
+                               sr_blocks, on_host=True)
             if show:
                 print(_load_line("SR DiT", sr_dit), file=sys.stderr)
     models = P.LongVideoModels(dit=dit, video_vae=video_vae, audio_vae=audio_vae, video_decoder=video_decoder,
-                               sr_dit=sr_dit, use=_dit_swapper(device, bool(getattr(args, "blocks_on_device", None))))
+                               sr_dit=sr_dit, use=_dit_swapper(device, {"dit": blocks is not None,
+                                                                        "sr_dit": sr_blocks is not None}))
     steps = args.steps or preset.steps
     sr_steps = (args.sr_steps or preset.sr_steps) if preset.sr else 0
     sr_size = (args.sr_width or preset.sr_width, args.sr_height or preset.sr_height) if preset.sr else None

@@ -616,3 +616,35 @@ def test_plan_command_prices_one_window(capsys):
     out = capsys.readouterr().out
     assert out.startswith("one window of 4 s (a longer clip is made window by window)\n")
     assert "distill_256p, 448x256, 4 s on 24 GiB VRAM" in out
+
+
+class _Placed:
+    """A model that records where it is moved (no GPU needed: the swapper only calls .to)."""
+
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def to(self, device):
+        self.log.append((self.name, str(device)))
+        return self
+
+
+def test_cli_keeps_one_dit_on_the_gpu_and_leaves_offloaded_ones_alone():
+    log = []
+    base, sr = _Placed(log, "base"), _Placed(log, "sr")
+    use = cli._dit_swapper(torch.device("cuda"), {"dit": False, "sr_dit": False})
+    use("dit", base, None)
+    use("sr_dit", sr, None)
+    use("video_vae", object(), None)  # other roles: untouched
+    use("dit", base, None)
+    assert log == [("base", "cuda"), ("base", "cpu"), ("sr", "cuda"), ("sr", "cpu"), ("base", "cuda")]
+    log.clear()  # block offload on the base DiT (--blocks-on-device 0 included): it is never moved
+    use = cli._dit_swapper(torch.device("cuda"), {"dit": True, "sr_dit": False})
+    use("dit", base, None)
+    use("sr_dit", sr, None)
+    use("dit", base, None)
+    assert log == [("sr", "cuda"), ("sr", "cpu")]
+    log.clear()
+    use = cli._dit_swapper(torch.device("cpu"), {"dit": False, "sr_dit": False})
+    use("dit", base, None)
+    assert log == []
