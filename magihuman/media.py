@@ -715,9 +715,8 @@ def write_mp4(path: str | os.PathLike, frames: Any, fps: float = 25, audio: Any 
         return writer.close(None if wave is None else torch.from_numpy(wave))
 
 
-def iter_video_frames(path: str | os.PathLike, *, start: int = 0):
-    """Decoded frames of a video file, one ``[H, W, 3]`` uint8 array at a time, from frame ``start`` on
-    (one frame in memory at a time)."""
+def iter_video_frames(path: str | os.PathLike):
+    """Decoded frames of a video file, one ``[H, W, 3]`` uint8 array at a time (one frame in memory at a time)."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"{path}: no such video file")
@@ -729,9 +728,8 @@ def iter_video_frames(path: str | os.PathLike, *, start: int = 0):
     with container:
         if not container.streams.video:
             raise MediaError(f"{path}: the file has no video stream")
-        for i, frame in enumerate(container.decode(container.streams.video[0])):
-            if i >= start:
-                yield frame.to_ndarray(format="rgb24")
+        for frame in container.decode(container.streams.video[0]):
+            yield frame.to_ndarray(format="rgb24")
 
 
 def read_mp4_info(path: str | os.PathLike) -> dict:

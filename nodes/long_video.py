@@ -102,6 +102,19 @@ def _conditionings(where: str, positive, prompts, text_encoder, negative, need_n
     return [text_conditioning([entry], negative if need_negative else None, where=where) for entry in positive]
 
 
+def _vae_call_bytes(role: str, model, latent, *, size=None, samples=None) -> int:
+    """What a VAE call of the long-video run needs beside the weights (see LongVideoModels), as the single-shot
+    nodes reserve it."""
+    memory = pipeline.memory
+    if role == "video_vae":
+        return memory.image_encode_bytes(model, *size)
+    if role == "video_decoder":
+        return memory.video_decode_bytes(model, latent)
+    if latent is None:  # the A2V reference
+        return memory.reference_audio_encode_bytes(model, samples)
+    return memory.audio_decode_bytes(model, latent.audio.shape[1])
+
+
 class _LongVideoBase(MagiNode):
     """The code both long-video nodes run (siblings, not subclasses of a registered node)."""
 
@@ -141,7 +154,7 @@ class _LongVideoBase(MagiNode):
             if role in ("dit", "sr_dit"):
                 return prepare(handle, latent, where, cfg=fit.get("cfg", False), batch_cfg=fit.get("batch_cfg", True),
                                size=fit.get("size"))
-            return handle.use()
+            return handle.use(memory_required=_vae_call_bytes(role, handle.model, latent, **fit))
 
         models = pipeline.LongVideoModels(dit=model, video_vae=video_vae, audio_vae=audio_vae, video_decoder=turbo_vae,
                                           sr_dit=sr_model, use=use)

@@ -204,3 +204,24 @@ def test_registered(pack):
     nodes = importlib.import_module(f"{pack.__name__}.nodes")
     ids = [c.define_schema().node_id for c in nodes.NODE_CLASSES]
     assert "MagiHumanLongVideo" in ids and "MagiHumanExtend" in ids
+
+
+def test_vae_calls_reserve_their_memory(env, monkeypatch):
+    """Every VAE call of the run tells ComfyUI what it needs beside the weights, priced as the single-shot nodes
+    price it (a decode next to a resident DiT must not run out of memory)."""
+    handle_cls = type(env.models["wan"])
+    real, calls = handle_cls.use, []
+    monkeypatch.setattr(handle_cls, "use", lambda self, memory_required=0: calls.append((self, memory_required))
+                        or real(self, memory_required))
+    m, mem = env.models, P.memory
+    long_video(env, positive=encode(env, "A man talks."), seconds=2.0, overlap_frames=4)
+    asked = lambda h: sorted(r for s, r in calls if s is h)  # noqa: E731
+    latents = [P.empty_latents(SIZE, SIZE, w.seconds) for w in P.plan_long_video(2.0, 1.0, 4).windows]
+    assert asked(m["wan"]) == [mem.image_encode_bytes(m["wan"].model, SIZE, SIZE)] * 2  # windows 2, 3 start on a frame
+    assert asked(m["turbo"]) == sorted(mem.video_decode_bytes(m["turbo"].model, lat) for lat in latents)
+    assert asked(m["audio"]) == sorted(mem.audio_decode_bytes(m["audio"].model, lat.audio.shape[1]) for lat in latents)
+    assert min(asked(m["turbo"]) + asked(m["audio"])) > 0
+    calls.clear()  # A2V: the reference is encoded once, for the whole speech
+    long_video(env, positive=encode(env, "A man talks."), seconds=0.0, speech=speech_audio(2.3))
+    steps = P.plan_long_video(60 / 25, 1.0).audio_steps  # the windows' audio steps (61 frames in windows of 25)
+    assert asked(m["audio"]) == [mem.reference_audio_encode_bytes(m["audio"].model, steps * AUDIO_HOP)]

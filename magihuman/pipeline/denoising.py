@@ -54,9 +54,18 @@ def _guided_velocity(model, video, audio, cond: TextConditioning, *, cfg: bool, 
     return cfg_combine(v_c, v_u, video_scale), cfg_combine(a_c, a_u, audio_scale)
 
 
+def _sampler_for(sampler: str, variant: Optional[str]) -> str:
+    """"auto": the distilled sampler for the distilled model, UniPC otherwise."""
+    return ("distilled" if variant == "distill" else "unipc") if sampler == "auto" else sampler
+
+
+def uses_cfg(variant: Optional[str], sampler: str = "auto", cfg: Optional[bool] = None) -> bool:
+    """Whether :func:`denoise` samples with CFG: ``cfg`` when given, else with UniPC (the base model's sampler)."""
+    return (_sampler_for(sampler, variant) == "unipc") if cfg is None else bool(cfg)
+
+
 def _resolve_sampler(sampler: str, steps: Optional[int], variant: Optional[str]) -> tuple[str, int]:
-    if sampler == "auto":
-        sampler = "distilled" if variant == "distill" else "unipc"
+    sampler = _sampler_for(sampler, variant)
     if sampler not in ("distilled", "unipc"):
         raise PipelineError(f"sampler must be 'distilled', 'unipc' or 'auto', got {sampler!r}")
     if steps is None:
@@ -108,7 +117,7 @@ def denoise(model, latent: AVLatent, conditioning: TextConditioning, *, sampler:
     sampler, steps = _resolve_sampler(sampler, steps, variant)
     check_numbers("denoise", video_guidance=video_guidance, video_guidance_low=video_guidance_low,
                    guidance_switch_t=guidance_switch_t, audio_guidance=audio_guidance, shift=shift)
-    cfg = (sampler == "unipc") if cfg is None else bool(cfg)
+    cfg = uses_cfg(variant, sampler, cfg)
     if cfg and not conditioning.has_negative:
         raise PipelineError("denoise: CFG needs a negative prompt: encode_prompt(..., negative_prompt=...) "
                             "or run with cfg=False")

@@ -26,7 +26,7 @@ from ..errors import PipelineError
 from ..geometry import AUDIO_HOP, AUDIO_SAMPLE_RATE, FPS, snap_size
 from .conditioning import encode_image, vae_device
 from .decoding import decode_audio, decode_video
-from .denoising import denoise, super_resolve
+from .denoising import denoise, super_resolve, uses_cfg
 from .guards import effective_variant
 from .latents import AVLatent, TextConditioning, empty_latents
 from .windows import MIN_CLIP_FRAMES, Window, WindowPlan, aligned_up, plan_long_video
@@ -45,9 +45,11 @@ WindowCallback = Callable[[Window, str, int, int, torch.Tensor], None]
 @dataclass
 class LongVideoModels:
     """The models a long video needs. ``use(role, model, latent, **fit)`` (optional) returns the module to run for
-    a role ("dit", "sr_dit", "video_vae", "video_decoder", "audio_vae") just before each use (ComfyUI: load it onto
-    its device and reserve the DiT activations, ``fit`` = cfg, batch_cfg, size); without it the models are used
-    as given."""
+    a role just before each use (ComfyUI: load it onto its device and reserve the memory of the call), with what the
+    call works on: "dit" / "sr_dit" the latent and ``cfg``, ``batch_cfg`` (and the SR ``size``); "video_vae" (an
+    image encode) the ``size``; "video_decoder" the latent it decodes (the model is ``video_vae`` when no decoder is
+    given); "audio_vae" the latent it decodes, or for the A2V encode the reference's ``samples``. Without it the
+    models are used as given."""
 
     dit: Any
     video_vae: Any                  # Wan2.2 VAE: re-encodes every conditioning frame (and the TI2V image)
@@ -59,7 +61,7 @@ class LongVideoModels:
     def get(self, role: str, latent: Optional[AVLatent] = None, **fit):
         model = getattr(self, role)
         if role == "video_decoder" and model is None:
-            role, model = "video_vae", self.video_vae
+            model = self.video_vae
         return self.use(role, model, latent, **fit) if self.use is not None else model
 
 
@@ -203,7 +205,7 @@ def _crossfade(old: torch.Tensor, new: torch.Tensor, weights: torch.Tensor) -> t
 def generate_long_video(models: LongVideoModels, prompts: Sequence[TextConditioning], *, width: int, height: int,
                         seconds: Optional[float] = None, window_seconds: float = 4.0, overlap_frames: int = 0,
                         seed: int = 0, denoise_options: Optional[dict] = None, sr_size: Optional[tuple] = None,
-                        sr_options: Optional[dict] = None, decode_options: Optional[dict] = None, image=None,
+                        sr_options: Optional[dict] = None, image=None,
                         reference_audio: Optional[tuple[torch.Tensor, int]] = None,
                         continue_from: Optional[ClipToContinue] = None, generator_device="cpu",
                         callback: Optional[WindowCallback] = None, check_cancel: Optional[Callable[[], None]] = None,
@@ -217,8 +219,8 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
     ``prompts``: one conditioning per window, or fewer (the last one carries on). ``image``: TI2V first frame of a
     new clip. ``reference_audio`` (waveform [C, S], rate): A2V; ``seconds=None`` (or longer than the audio) takes
     all of it (rounded up to whole latent frames, silence after its end), a shorter ``seconds`` trims it.
-    ``denoise_options`` / ``sr_options`` / ``decode_options``: keyword arguments of :func:`denoise` /
-    :func:`super_resolve` / :func:`decode_video` (seeds and generators are the windows'). With
+    ``denoise_options`` / ``sr_options``: keyword arguments of :func:`denoise` / :func:`super_resolve` (seeds and
+    generators are the windows'). With
     ``sr_size`` (width, height) and ``models.sr_dit`` every window is super-resolved. ``check_cancel()`` runs
     before every window and decode (it may raise); ``on_frames(frames [n, H, W, 3])`` receives the output frames
     in order as they become final (otherwise the result holds them); ``on_window(window, latent, frames)`` sees
@@ -238,9 +240,7 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
             raise PipelineError("super-resolution needs both the SR DiT and the SR size")
         sr = snap_size(*sr_size, what="super-resolution ")
     out_w, out_h = sr or (w, h)
-    k_over = overlap_frames
-    if isinstance(k_over, bool) or not isinstance(k_over, int) or k_over < 0:
-        raise PipelineError(f"overlap_frames must be a whole number >= 0, got {overlap_frames!r}")
+    k_over = overlap_frames  # checked by plan_long_video before its first use
 
     # ---- A2V: the speech sets (or is trimmed to) the length
     speech = None
@@ -286,19 +286,20 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
                 if resized:
                     notes.add(f"the clip to continue is {f.shape[1]}x{f.shape[0]}; its frames are centre-cropped "
                               f"and resized to {out_w}x{out_h}, as a TI2V image is")
-            f = _fit_frame(f, out_w, out_h)
-            if len(tail) == tail.maxlen and continue_from.keep_original:
+            if len(tail) == tail.maxlen and continue_from.keep_original:  # resized only when it is output
+                kept = _fit_frame(tail[0], out_w, out_h)
                 if on_frames is not None:
-                    on_frames(tail[0][None])
+                    on_frames(kept[None])
                     streamed += 1
                 else:
-                    held.append(tail[0])
+                    held.append(kept)
             tail.append(f)
             clip_len += 1
         if clip_len < k_over + 1:
             raise PipelineError(f"the clip to continue has {clip_len} frame(s); an overlap of {k_over} frames needs "
                                 f"at least {k_over + 1}")
-        clip_tail = torch.stack(list(tail))  # [K+1, H, W, 3]: the conditioning frame, then the overlap frames
+        clip_tail = torch.stack([_fit_frame(f, out_w, out_h) for f in tail])  # [K+1, H, W, 3]: the conditioning
+        # frame, then the overlap frames
         if continue_from.audio is not None:
             wave, rate = continue_from.audio
             clip_audio = _fit_samples(_stereo_51k(wave, rate), clip_len * AUDIO_HOP)
@@ -336,8 +337,9 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
             wave = torch.cat([tail_wave.mean(0, keepdim=True).expand(2, -1), wave], 1)
             out_wave = torch.cat([tail_wave, out_wave], 1)
         wave = _fit_samples(wave, steps * hop)  # silence after the end of the speech
+        audio_vae = models.get("audio_vae", samples=wave.shape[-1])
         with torch.no_grad():
-            z = media.encode_reference_audio(models.get("audio_vae"), wave.to(vae_device(models.get("audio_vae"))))
+            z = media.encode_reference_audio(audio_vae, wave.to(vae_device(audio_vae)))
         ref_latent = z.float().transpose(1, 2).cpu()  # [1, N, 64]
         if ref_latent.shape[1] < steps:
             raise PipelineError(f"the audio VAE gave {ref_latent.shape[1]} latent steps for {steps} (is it the "
@@ -346,17 +348,11 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
 
     dn = dict(denoise_options or {})
     sro = dict(sr_options or {})
-    dec = dict(decode_options or {})
     for key in ("seed", "generator", "callback"):
         if key in dn or key in sro:
             raise PipelineError(f"long video: '{key}' is set per window; pass seed to generate_long_video")
-    cfg = dn.get("cfg")
-    if cfg is None:
-        sampler = dn.get("sampler", "auto")
-        if sampler == "auto":
-            dit = models.dit if isinstance(models.dit, torch.nn.Module) else getattr(models.dit, "model", models.dit)
-            sampler = "distilled" if effective_variant(dit) == "distill" else "unipc"
-        cfg = sampler == "unipc"
+    dit = models.dit if isinstance(models.dit, torch.nn.Module) else getattr(models.dit, "model", models.dit)
+    cfg = uses_cfg(effective_variant(dit), dn.get("sampler", "auto"), dn.get("cfg"))
 
     # ---- the windows
     pending_frames = clip_tail[1:] if clip_tail is not None else None    # [K, H, W, 3]
@@ -374,7 +370,7 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
             raise AssertionError(f"window latent of {latent.num_frames} frames, planned {win.frames}")
         first = cond_frame if win.conditioned else image
         if first is not None:
-            latent = encode_image(models.get("video_vae"), first, latent)
+            latent = encode_image(models.get("video_vae", size=(w, h)), first, latent)
         if ref_latent is not None:
             latent.audio = ref_latent[:, win.start:win.start + win.frames].clone()
             latent.audio_fixed = True
@@ -389,17 +385,18 @@ def generate_long_video(models: LongVideoModels, prompts: Sequence[TextCondition
             sr_dit = models.get("sr_dit", latent, cfg=bool(sro.get("cfg", False)),
                                 batch_cfg=sro.get("batch_cfg", True), size=sr)
             latent = super_resolve(sr_dit, latent, cond, width=sr[0], height=sr[1], generator=gen,
-                                   video_vae=models.get("video_vae") if latent.image_latent is not None else None,
+                                   video_vae=models.get("video_vae", size=sr) if latent.image_latent is not None
+                                   else None,
                                    callback=step_cb("sr"), **sro)
         if check_cancel is not None:
             check_cancel()
-        frames = decode_video(models.get("video_decoder"), latent, **dec)  # [frames, H, W, 3]
+        frames = decode_video(models.get("video_decoder", latent), latent)  # [frames, H, W, 3]
         if frames.shape[0] != win.frames or tuple(frames.shape[1:3]) != (out_h, out_w):
             raise AssertionError(f"decoded {tuple(frames.shape)} for a window of {win.frames} frames "
                                  f"{out_w}x{out_h}")
         wave = None
         if ref_latent is None:
-            wave, rate = decode_audio(models.get("audio_vae"), latent)  # [2, frames·2048]
+            wave, rate = decode_audio(models.get("audio_vae", latent), latent)  # [2, frames·2048]
             if rate != AUDIO_SAMPLE_RATE:
                 wave = media.resample(wave, rate, AUDIO_SAMPLE_RATE)
             wave = _fit_samples(wave, win.frames * hop)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-import torch
 
 from .. import estimate as est
 from ..geometry import MAX_TEXT_TOKENS
@@ -24,24 +23,20 @@ __all__ = ["video_decode_bytes", "audio_decode_bytes", "image_encode_bytes", "re
            "text_encode_bytes"]
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def video_decode_bytes(decoder, latent: AVLatent, *, output_offload: bool = False, tile=None) -> int:
     """One sample of ``latent`` through :func:`magihuman.pipeline.decode_video` with the Turbo decoder or the Wan2.2
     VAE: the decoder's peak (its finished chunks included unless ``output_offload`` moves them to the CPU), or
     after it the clip and the two fp32 copies ``decode_video`` makes of it, whichever is larger."""
     t, h, w = latent.video.shape[2:]
     if isinstance(decoder, WanVAE):
-        d = est.wan_decode_bytes(t, h, w, tile=tile, dtype_bytes=_itemsize(decoder.compute_dtype),
+        d = est.wan_decode_bytes(t, h, w, tile=tile, dtype_bytes=decoder.compute_dtype.itemsize,
                                  dec_dim=decoder.config["dec_dim"])
         return max(d["peak"], 3 * d["video"])
-    d = est.turbo_decode_bytes(t, h, w, dtype_bytes=_itemsize(decoder._compute_dtype()),
+    d = est.turbo_decode_bytes(t, h, w, dtype_bytes=decoder._compute_dtype().itemsize,
                                config=dict(decoder.source_config))
     if output_offload:  # the chunks and the clip go to the CPU as they are finished
         return d["peak"]
-    clip = d["video"] // 4 * _itemsize(decoder._compute_dtype())
+    clip = d["video"] // 4 * decoder._compute_dtype().itemsize
     return max(d["peak"] + d["pieces"], clip + 2 * d["video"])
 
 
@@ -67,7 +62,7 @@ def reference_audio_encode_bytes(audio_vae, samples: int) -> int:
 
 def image_encode_bytes(video_vae, width: int, height: int) -> int:
     """The TI2V image at ``width x height`` pixels through the Wan2.2 encoder (one frame)."""
-    return est.wan_encode_bytes(height, width, dtype_bytes=_itemsize(video_vae.compute_dtype),
+    return est.wan_encode_bytes(height, width, dtype_bytes=video_vae.compute_dtype.itemsize,
                                 dim=video_vae.config["dim"])
 
 
@@ -86,4 +81,4 @@ def text_encode_bytes(text_encoder, prompts: Sequence[Optional[str]], *, cjk_spa
     act = est.text_encode_activation_bytes(tokens, shape, compute_dtype=compute)
     decode = max((getattr(m, "in_features", 0) * getattr(m, "out_features", 0) for m in text_encoder.linear_layers()
                   if getattr(m, "weight", None) is None or m.weight.dtype != compute), default=0)
-    return act + 2 * decode * _itemsize(compute)
+    return act + 2 * decode * compute.itemsize

@@ -95,7 +95,6 @@ class WindowPlan:
     window_frames: int       # frames of a full window
     overlap: int             # K: frames made twice and cross-faded at every seam
     windows: tuple[Window, ...]
-    continued: bool = False  # window 0 starts from a given clip's frame
 
     @property
     def stride(self) -> int:
@@ -155,8 +154,7 @@ def plan_windows(total_frames: int, window_frames: int, overlap: int = 0, *, see
         windows.append(Window(index=k, start=s, frames=frames, keep=keep,
                               seed=(int(seed) + k) % SEED_MODULUS, prompt=min(k, int(prompts) - 1),
                               conditioned=k > 0 or bool(continued)))
-    return WindowPlan(total_frames=total, window_frames=wf, overlap=k_over, windows=tuple(windows),
-                      continued=bool(continued))
+    return WindowPlan(total_frames=total, window_frames=wf, overlap=k_over, windows=tuple(windows))
 
 
 def plan_long_video(seconds: float, window_seconds: float, overlap_frames: int = 0, *, seed: int = 0,
