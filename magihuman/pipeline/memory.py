@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-
 from .. import estimate as est
 from ..geometry import MAX_TEXT_TOKENS
 from ..media import AUDIO_WINDOW_SECONDS, REFERENCE_SAMPLE_RATE
