@@ -196,42 +196,62 @@ def lora_name(tiny: bool, mode: str = "lora") -> str:
     return Path(tiny_mod.TINY_LORA).name if tiny else "your_magihuman_lora.safetensors"
 
 
+# role (magihuman.presets.MODEL_FILES) -> (subgraph input, node key, loader type, widget naming the file, label)
+LOADERS = {
+    "distill": ("dit_model", "dit", "MagiHumanDiTLoader", "model_name", "distilled DiT"),
+    "base": ("dit_model", "dit", "MagiHumanDiTLoader", "model_name", "base DiT"),
+    "sr_540p": ("sr_model", "sr_dit", "MagiHumanSRDiTLoader", "model_name", "540p SR DiT"),
+    "sr_1080p": ("sr_model", "sr_dit", "MagiHumanSRDiTLoader", "model_name", "1080p SR DiT"),
+    "text_encoder": ("text_encoder", "te", "MagiHumanTextEncoderLoader", "text_encoder", "text encoder"),
+    "turbo_vae": ("turbo_vae", "turbo", "MagiHumanTurboVAELoader", "vae_name", "turbo VAE"),
+    "audio_vae": ("audio_vae", "audio_vae", "MagiHumanAudioVAELoader", "vae_name", "audio VAE"),
+    "video_vae": ("video_vae", "wan", "MagiHumanVideoVAELoader", "vae_name", "Wan2.2 VAE"),
+}
+
+
+def model_loaders(roles: list, tiny: bool) -> tuple[list, list]:
+    """(loader Nodes of these model roles, in that order; the subgraph inputs naming their files, in LOADERS order).
+    The file names live in the inputs only: build() copies them into the loaders' widgets."""
+    names = model_names(tiny)
+    nodes = [Node(LOADERS[r][1], LOADERS[r][2], {"weight_dtype": "fp32" if tiny or r == "audio_vae" else "auto"},
+                  group="Models") for r in roles]
+    exposed = [Exposed(name, "COMBO", [(key, widget)], label=label, value=names[r])
+               for r, (name, key, _, widget, label) in LOADERS.items() if r in roles]
+    return nodes, exposed
+
+
+def make_mode(mode: str, tiny: bool, *, kind: str, nodes: list, exposed: list, top: list,
+              dit_role: str = "distill") -> Mode:
+    """A built subgraph as a Mode: its file name, title, summary, preset and card come from MODES."""
+    info = MODES[mode]
+    name = f"magihuman_tiny_{TINY_STEMS[mode]}" if tiny else f"magihuman_{info['stem']}"
+    return Mode(name=name, title=("MagiHuman tiny " if tiny else "MagiHuman ") + info["title"],
+                summary=info["summary"], kind=kind, nodes=nodes, exposed=exposed, output=("video", 0), top_inputs=top,
+                tiny=tiny, preset=info["preset"], card=info["card"], dit_role=dit_role)
+
+
 def build_mode(mode: str, tiny: bool = False) -> Mode:
     """The subgraph of one mode: t2v / ti2v / a2v (distilled), base (CFG), sr_540p / sr_1080p (base + SR); the
     long-video modes (LONG_MODES) are built by :func:`build_long_mode`."""
     if mode in LONG_MODES:
         return build_long_mode(mode, tiny)
-    names = model_names(tiny)
-    dt = "fp32" if tiny else "auto"
-    distill = mode in ("t2v", "ti2v", "a2v", "lora", "distill_lora")  # the distilled sampler
-    sr = mode if mode.startswith("sr_") else None
-    w, h, secs = (64, 64, 2.0 if distill else 1.0) if tiny else (448, 256, 4.0)
-    steps = (2 if sr else 4) if tiny and not distill else (8 if distill else 32)
+    preset = engine("presets").PRESETS[MODES[mode]["preset"]]
+    distill = preset.sampler == "distilled"  # also distill_lora: the base DiT made distilled by a LoRA
+    sr = preset.sr
+    w, h, secs = (64, 64, 2.0 if distill else 1.0) if tiny else (preset.width, preset.height, float(preset.seconds))
+    steps = (2 if sr else 4) if tiny and not distill else preset.steps
     kind = {"t2v": "t2v", "lora": "t2v", "distill_lora": "t2v", "ti2v": "ti2v", "a2v": "a2v", "base": "base"}.get(
         mode, "sr")
     prompt = TINY_PROMPT if tiny else example_prompt(kind)
     dit_role = "distill" if distill and mode != "distill_lora" else "base"  # distill_lora: base + a LoRA
-    nodes = [
-        Node("dit", "MagiHumanDiTLoader", {"model_name": names[dit_role], "weight_dtype": dt}, group="Models"),
-        Node("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt},
-             group="Models"),
-        Node("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo_vae"], "weight_dtype": dt}, group="Models"),
-        Node("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"},
-             group="Models"),
-    ]
+    nodes, models = model_loaders([dit_role, *([sr] if sr else []), "text_encoder", "turbo_vae", "audio_vae",
+                                   *(["video_vae"] if mode == "ti2v" else [])], tiny)
     if mode in ("lora", "distill_lora"):  # patches the DiT the sampler gets (ComfyUI's ModelPatcher; files untouched)
-        nodes.insert(1, Node("lora", "MagiHumanLoraLoader", {"lora_name": lora_name(tiny, mode), "strength": 1.0},
-                             {"model": ("dit", 0)}, group="Models"))
-    if mode == "ti2v":
-        nodes.append(Node("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt},
-                          group="Models"))
-    if sr:
-        nodes.insert(1, Node("sr_dit", "MagiHumanSRDiTLoader", {"model_name": names[sr], "weight_dtype": dt},
-                             group="Models"))
+        nodes.insert(1, Node("lora", "MagiHumanLoraLoader", {}, {"model": ("dit", 0)}, group="Models"))
     nodes += [
-        Node("enc", "MagiHumanTextEncode", {"prompt": prompt, "encode_negative": not distill},
-             {"text_encoder": ("te", 0)}, group="Prompt"),
-        Node("latent", "MagiHumanEmptyAVLatent", {"width": w, "height": h, "seconds": secs}, group="Sampling"),
+        Node("enc", "MagiHumanTextEncode", {"encode_negative": not distill}, {"text_encoder": ("te", 0)},
+             group="Prompt"),
+        Node("latent", "MagiHumanEmptyAVLatent", group="Sampling"),
     ]
     last = "latent"
     if mode == "ti2v":
@@ -239,21 +259,21 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
                           group="Sampling"))
         last = "i2v"
     if mode == "a2v":
-        nodes.append(Node("a2v", "MagiHumanReferenceAudio", {"trim_to_latent": True},
+        nodes.append(Node("a2v", "MagiHumanReferenceAudio", {},
                           {"latent": ("latent", 0), "audio_vae": ("audio_vae", 0)}, group="Sampling"))
         last = "a2v"
     if distill:
-        nodes.append(Node("sample", "MagiHumanDistilledSampler", {"seed": 42, "steps": steps},
+        nodes.append(Node("sample", "MagiHumanDistilledSampler", {},
                           {"model": ("lora" if mode in ("lora", "distill_lora") else "dit", 0), "positive": ("enc", 0),
                            "latent": (last, 0)}, group="Sampling"))
     else:
-        nodes.append(Node("sample", "MagiHumanBaseSampler", {"seed": 42, "steps": steps},
+        nodes.append(Node("sample", "MagiHumanBaseSampler", {},
                           {"model": ("dit", 0), "positive": ("enc", 0), "negative": ("enc", 1), "latent": (last, 0)},
                           group="Sampling"))
     out = "sample"
     if sr:
         res = {"sr_540p": "540p (896x512)", "sr_1080p": "1080p (1920x1088)"}[sr]
-        sw = {"resolution": res, "seed": 7, "steps": 2 if tiny else 5}
+        sw = {"resolution": res, "seed": 7, "steps": 2 if tiny else preset.sr_steps}
         if tiny:
             sw.update(resolution="custom", width=w * 2, height=h * 2)
         nodes.append(Node("sr", "MagiHumanLatentSR", sw, {"sr_model": ("sr_dit", 0), "positive": ("enc", 0),
@@ -261,9 +281,10 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         out = "sr"
     nodes += [
         Node("decode", "MagiHumanTurboVAEDecode", {}, {"turbo_vae": ("turbo", 0), "latent": (out, 0)}, group="Decode"),
-        Node("adecode", "MagiHumanAudioDecode", {"sample_rate": "48000"},
-             {"audio_vae": ("audio_vae", 0), "latent": (out, 0)}, group="Decode"),
-        Node("video", "CreateVideo", {"fps": 25.0}, {"images": ("decode", 0), "audio": ("adecode", 0)}, group="Decode"),
+        Node("adecode", "MagiHumanAudioDecode", {}, {"audio_vae": ("audio_vae", 0), "latent": (out, 0)},
+             group="Decode"),
+        Node("video", "CreateVideo", {"fps": float(engine("geometry").FPS)},
+             {"images": ("decode", 0), "audio": ("adecode", 0)}, group="Decode"),
     ]
     exposed = []
     top = []
@@ -283,9 +304,7 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
         Exposed("seconds", "FLOAT", [("latent", "seconds")], value=secs),
         Exposed("seed", "INT", [("sample", "seed")], value=42),
         Exposed("steps", "INT", [("sample", "steps")], value=steps),
-        Exposed("dit_model", "COMBO", [("dit", "model_name")],
-                label=f"{'distilled' if dit_role == 'distill' else 'base'} DiT",
-                value=names[dit_role]),
+        models[0],  # the DiT
     ]
     if mode == "lora":
         exposed += [Exposed("lora_name", "COMBO", [("lora", "lora_name")], label="LoRA", value=lora_name(tiny, mode)),
@@ -293,29 +312,13 @@ def build_mode(mode: str, tiny: bool = False) -> Mode:
     if mode == "distill_lora":
         exposed.append(Exposed("lora_name", "COMBO", [("lora", "lora_name")], label="distill LoRA",
                                value=lora_name(tiny, mode)))
-    if sr:
-        exposed.append(Exposed("sr_model", "COMBO", [("sr_dit", "model_name")], label=f"{sr[3:]} SR DiT",
-                               value=names[sr]))
-    exposed += [
-        Exposed("text_encoder", "COMBO", [("te", "text_encoder")], label="text encoder", value=names["text_encoder"]),
-        Exposed("turbo_vae", "COMBO", [("turbo", "vae_name")], label="turbo VAE", value=names["turbo_vae"]),
-        Exposed("audio_vae", "COMBO", [("audio_vae", "vae_name")], label="audio VAE", value=names["audio_vae"]),
-    ]
-    if mode == "ti2v":
-        exposed.append(Exposed("video_vae", "COMBO", [("wan", "vae_name")], label="Wan2.2 VAE",
-                               value=names["video_vae"]))
-    for e in exposed:  # the interior widget shows the same value as the subgraph input
-        for key, inp in e.targets:
-            node = next(n for n in nodes if n.key == key)
-            if e.type in WIDGET_TYPES:
-                node.widgets[inp] = e.value
-    info = MODES[mode]
-    name = f"magihuman_tiny_{TINY_STEMS[mode]}" if tiny else f"magihuman_{info['stem']}"
-    return Mode(name=name, title=("MagiHuman tiny " if tiny else "MagiHuman ") + info["title"],
-                summary=info["summary"], kind=kind, nodes=nodes, exposed=exposed, output=("video", 0), top_inputs=top,
-                tiny=tiny, preset=info["preset"], card=info["card"], dit_role=dit_role)
+    exposed += models[1:]  # SR DiT, text encoder, VAEs
+    return make_mode(mode, tiny, kind=kind, nodes=nodes, exposed=exposed, top=top, dit_role=dit_role)
 
 
+# A long clip is made window by window inside one node (MagiHuman Long Video / Extend decode it themselves):
+# a2v_long: Load Audio -> Long Video over the whole speech; extend: Load Video -> Get Video Components -> Extend.
+LONG_MODES = ("a2v_long", "extend")
 MODES = {
     "t2v": {"stem": "t2v_distill_256p", "title": "T2V 256p", "preset": "distill_256p",
             "summary": "Text to video+audio with the distilled model: 8 steps, no CFG, 448x256, 4 s.",
@@ -349,71 +352,55 @@ MODES = {
                  "summary": "Base 448x256 (32 steps, CFG), then latent super-resolution to 1920x1088 (1080p SR "
                             "model with local attention, 5 steps).",
                  "card": ("Text to video + speech, 1080p", "base 448x256, then SR to 1920x1088")},
-}
-TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "base", "sr_540p", "sr_1080p"]
-TINY_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "sr_540p"]
-TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "distill_lora": "t2v_distill_via_lora",
-              "sr_540p": "sr"}
-
-# ------------------------------------------------------------------------------------------ long-video modes
-# A long clip made window by window inside one node (MagiHuman Long Video / Extend decode it themselves):
-# a2v_long: Load Audio -> Long Video over the whole speech; extend: Load Video -> Get Video Components -> Extend.
-LONG_MODES = {
     "a2v_long": {"stem": "a2v_long_speech_256p", "title": "A2V long speech 256p", "preset": "distill_256p",
                  "summary": "A talking video from a whole speech of any length (made for about 30 s), in windows of "
                             "4 s: your audio is the sound track, unchanged, with no seams (distilled model, 8 steps a "
                             "window, 448x256).",
-                 "card": ("Talking video from a long speech", "A2V in windows of 4 s, e.g. 30 s"),
-                 "tiny_stem": "a2v_long"},
+                 "card": ("Talking video from a long speech", "A2V in windows of 4 s, e.g. 30 s")},
     "extend": {"stem": "extend_clip_256p", "title": "Extend a clip 256p", "preset": "distill_256p",
                "summary": "Continues a video clip: its last frame starts the new part and its sound is kept; out comes "
                           "the clip followed by `seconds` more, in windows of 4 s (distilled model, 8 steps a window, "
                           "448x256).",
-               "card": ("Extend a clip", "its last frame continues, its sound kept"),
-               "tiny_stem": "extend"},
+               "card": ("Extend a clip", "its last frame continues, its sound kept")},
 }
-MODES.update({m: {k: v for k, v in info.items() if k != "tiny_stem"} for m, info in LONG_MODES.items()})
-TEMPLATE_MODES += list(LONG_MODES)
-TINY_MODES += list(LONG_MODES)
-TINY_STEMS.update({m: info["tiny_stem"] for m, info in LONG_MODES.items()})
-LONG_WINDOW_SECONDS = 4.0   # the official examples' clip length
+TEMPLATE_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "base", "sr_540p", "sr_1080p", *LONG_MODES]
+TINY_MODES = ["t2v", "ti2v", "a2v", "lora", "distill_lora", "sr_540p", *LONG_MODES]
+TINY_STEMS = {"t2v": "t2v", "ti2v": "ti2v", "a2v": "a2v", "lora": "t2v_lora", "distill_lora": "t2v_distill_via_lora",
+              "sr_540p": "sr", "a2v_long": "a2v_long", "extend": "extend"}
 LONG_SPEECH_SECONDS = 30.0  # the speech the A2V long template is made for (its note's window count, work, time)
+
+
+def long_window_seconds() -> float:
+    """The window length of the long-video templates: MagiHuman Long Video's default (the official examples' clip
+    length)."""
+    schema = importlib.import_module(f"{import_pack().__name__}.nodes.long_video").MagiHumanLongVideo.define_schema()
+    return next(i.default for i in schema.inputs if i.id == "window_seconds")
 
 
 def build_long_mode(mode: str, tiny: bool = False) -> Mode:
     """The subgraph of a long-video mode: the loaders (with the Wan2.2 VAE, which re-encodes each window's first
     frame), Text Encode, the windowed node (key "sample": the seed the top graph controls) and Create Video."""
-    names = model_names(tiny)
-    dt = "fp32" if tiny else "auto"
+    preset = engine("presets").PRESETS[MODES[mode]["preset"]]
     extend = mode == "extend"
-    w, h = (64, 64) if tiny else (448, 256)
-    window = 1.0 if tiny else LONG_WINDOW_SECONDS
-    secs = (1.0 if tiny else LONG_WINDOW_SECONDS) if extend else 0.0  # A2V: 0 = the whole speech
-    steps = 2 if tiny else 8
+    w, h = (64, 64) if tiny else (preset.width, preset.height)
+    window = 1.0 if tiny else long_window_seconds()
+    secs = window if extend else 0.0  # A2V: 0 = the whole speech
+    steps = 2 if tiny else preset.steps
     prompt = TINY_PROMPT if tiny else example_prompt("ti2v" if extend else "a2v")  # extend: the portrait's man
-    nodes = [
-        Node("dit", "MagiHumanDiTLoader", {"model_name": names["distill"], "weight_dtype": dt}, group="Models"),
-        Node("te", "MagiHumanTextEncoderLoader", {"text_encoder": names["text_encoder"], "weight_dtype": dt},
-             group="Models"),
-        Node("turbo", "MagiHumanTurboVAELoader", {"vae_name": names["turbo_vae"], "weight_dtype": dt}, group="Models"),
-        Node("wan", "MagiHumanVideoVAELoader", {"vae_name": names["video_vae"], "weight_dtype": dt}, group="Models"),
-        Node("audio_vae", "MagiHumanAudioVAELoader", {"vae_name": names["audio_vae"], "weight_dtype": "fp32"},
-             group="Models"),
-        Node("enc", "MagiHumanTextEncode", {"prompt": prompt, "encode_negative": False},
-             {"text_encoder": ("te", 0)}, group="Prompt"),
-    ]
+    nodes, models = model_loaders(["distill", "text_encoder", "turbo_vae", "video_vae", "audio_vae"], tiny)
+    nodes.append(Node("enc", "MagiHumanTextEncode", {"encode_negative": False}, {"text_encoder": ("te", 0)},
+                      group="Prompt"))
     # text_encoder also goes to the windowed node: its 'prompts' (one per window) then work without rewiring
     links = {"model": ("dit", 0), "video_vae": ("wan", 0), "audio_vae": ("audio_vae", 0), "turbo_vae": ("turbo", 0),
              "positive": ("enc", 0), "text_encoder": ("te", 0)}
-    widgets = {"overlap_frames": 0, "sample_rate": "48000"}
     if extend:
-        nodes.append(Node("clip", "GetVideoComponents", {}, {}, group="Sampling"))
+        nodes.append(Node("clip", "GetVideoComponents", group="Sampling"))
         links.update(images=("clip", 0), clip_audio=("clip", 1))
-        widgets["output"] = "clip + new part"
     nodes += [
-        Node("sample", "MagiHumanExtend" if extend else "MagiHumanLongVideo", widgets, links, group="Sampling",
+        Node("sample", "MagiHumanExtend" if extend else "MagiHumanLongVideo", {}, links, group="Sampling",
              col=1 if extend else 0),
-        Node("video", "CreateVideo", {"fps": 25.0}, {"images": ("sample", 0), "audio": ("sample", 1)}, group="Decode"),
+        Node("video", "CreateVideo", {"fps": float(engine("geometry").FPS)},
+             {"images": ("sample", 0), "audio": ("sample", 1)}, group="Decode"),
     ]
     if extend:
         exposed, top = [Exposed("video", "VIDEO", [("clip", "video")])], [("video", "LoadVideo")]
@@ -427,23 +414,11 @@ def build_long_mode(mode: str, tiny: bool = False) -> Mode:
         Exposed("window_seconds", "FLOAT", [("sample", "window_seconds")], label="window seconds", value=window),
         Exposed("seed", "INT", [("sample", "seed")], value=42),
         Exposed("steps", "INT", [("sample", "steps")], value=steps),
-        Exposed("dit_model", "COMBO", [("dit", "model_name")], label="distilled DiT", value=names["distill"]),
-        Exposed("text_encoder", "COMBO", [("te", "text_encoder")], label="text encoder", value=names["text_encoder"]),
-        Exposed("turbo_vae", "COMBO", [("turbo", "vae_name")], label="turbo VAE", value=names["turbo_vae"]),
-        Exposed("audio_vae", "COMBO", [("audio_vae", "vae_name")], label="audio VAE", value=names["audio_vae"]),
-        Exposed("video_vae", "COMBO", [("wan", "vae_name")], label="Wan2.2 VAE", value=names["video_vae"]),
+        *models,
     ]
-    if extend:
-        exposed.append(Exposed("output", "COMBO", [("sample", "output")], value="clip + new part"))
-    for e in exposed:  # the interior widget shows the same value as the subgraph input
-        for key, inp in e.targets:
-            if e.type in WIDGET_TYPES:
-                next(n for n in nodes if n.key == key).widgets[inp] = e.value
-    info = MODES[mode]
-    name = f"magihuman_tiny_{TINY_STEMS[mode]}" if tiny else f"magihuman_{info['stem']}"
-    return Mode(name=name, title=("MagiHuman tiny " if tiny else "MagiHuman ") + info["title"],
-                summary=info["summary"], kind=mode, nodes=nodes, exposed=exposed, output=("video", 0), top_inputs=top,
-                tiny=tiny, preset=info["preset"], card=info["card"], dit_role="distill")
+    if extend:  # None: the schema default (the clip followed by the new part)
+        exposed.append(Exposed("output", "COMBO", [("sample", "output")], value=None))
+    return make_mode(mode, tiny, kind=mode, nodes=nodes, exposed=exposed, top=top)
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -461,11 +436,10 @@ TOP_SAVE_H = 420
 # and keeps it when the subgraph is opened; 1.5x does so for workflow files, while a template from its browser is
 # always fitted to the top graph (fitView: 0.75 x the scale at which the nodes' bounds fill the canvas). Both are
 # made for a VIEW-sized canvas: the saved view holds the top graph and the subgraph inside the part the menus leave
-# free (VIEW_INSETS: left, top, right, bottom), and the top graph is small enough that the fitted zoom is readable.
+# free (VIEW_INSETS: left, top, right, bottom), and the top graph is small enough that the fitted zoom is readable
+# (below ~0.57 the frontend draws nodes as blank boxes; tests/test_templates.py checks it).
 VIEW = (1600, 900)
 VIEW_INSETS = (60, 90, 20, 20)
-FIT_ZOOM = 0.75          # the frontend's fitView / fitToBounds margin factor
-READABLE_ZOOM = 0.6      # below ~0.57 (LiteGraph.Canvas.MinFontSizeForLOD 8 / 14 px) nodes are drawn as blank boxes
 
 
 def node_size(spec: dict, node_type: str, n_sockets: int) -> list:
@@ -516,12 +490,6 @@ def bounds(rects: list) -> list:
     return [x0, y0, max(r[0] + r[2] for r in rects) - x0, max(r[1] + r[3] for r in rects) - y0]
 
 
-def fitted_zoom(rects: list, view: tuple = VIEW) -> float:
-    """The zoom the frontend's fitView gives nodes with these rectangles on a ``view``-sized canvas."""
-    _, _, w, h = bounds(rects)
-    return FIT_ZOOM * min(view[0] / max(w, 300), view[1] / max(h, 300))
-
-
 def saved_view(top_nodes: list, subgraph: dict, view: tuple = VIEW) -> dict:
     """extra.ds: the largest zoom (at most 1) at which the top graph and the subgraph (nodes, groups, input and
     output nodes) both fit the free part of the canvas, centred there."""
@@ -560,16 +528,18 @@ def widget_values(spec: dict, widgets: dict, node_type: str) -> tuple[list, dict
 
 def build(mode: Mode, specs: dict) -> tuple[dict, dict]:
     """UI workflow (top graph + one subgraph definition) and its API twin."""
+    for e in mode.exposed:  # the interior widget shows the subgraph input's value; None: the schema default
+        if e.type not in WIDGET_TYPES:
+            continue
+        for key, inp in e.targets:
+            node = next(n for n in mode.nodes if n.key == key)
+            if e.value is None:
+                e.value = {name: d for name, _, _, d in specs[node.type]["inputs"]}.get(inp)
+            node.widgets[inp] = e.value
     for n in mode.nodes:
         unknown = set(n.widgets) - {i[0] for i in specs[n.type]["inputs"]}
         if unknown:
             raise ValueError(f"{n.key} ({n.type}): unknown widgets {sorted(unknown)}")
-    for e in mode.exposed:  # values left None take the schema default (the official negative prompt)
-        if e.value is None and e.type in WIDGET_TYPES:
-            key, inp = e.targets[0]
-            node = next(n for n in mode.nodes if n.key == key)
-            e.value = next(d for name, _, _, d in specs[node.type]["inputs"] if name == inp)
-            node.widgets[inp] = e.value
 
     # ---- ids: top graph 1..9, inside 10.. (unique in the file); links likewise
     top_ids = {"note": 1, "sub": 2, "save": 3}
@@ -764,6 +734,9 @@ def roles_of(mode: Mode) -> list[str]:
     return roles
 
 
+H100_FLOPS = 475e12  # FLOP/s the official H100 timings imply (benchmarks/bench_estimate_vs_official.py)
+
+
 def memory_lines(mode: Mode) -> list[str]:
     est = engine("estimate")
     plan = est.estimate(mode.preset)
@@ -771,7 +744,7 @@ def memory_lines(mode: Mode) -> list[str]:
     peak = plan.peak_device_bytes / gib
     dit = plan.stages[0].weight_bytes / gib
     fp8 = est.estimate(mode.preset, weight_dtype="fp8") if _has_fp8(est) else None
-    h100 = plan.total_flops / 475e12  # the rate the official H100 timings imply (benchmarks/bench_estimate_vs_official.py)
+    h100 = plan.total_flops / H100_FLOPS
     lines = [f"- Peak GPU memory ~{peak:.0f} GiB with bf16 weights (the DiT alone is {dit:.1f} GiB; ComfyUI loads "
              "one model at a time and offloads the rest).",
              f"- Work: {plan.total_flops / 1e15:.1f} PFLOP for a {plan.seconds:g} s clip: about {h100:.0f} s of DiT "
@@ -785,45 +758,51 @@ def memory_lines(mode: Mode) -> list[str]:
     return lines
 
 
-def long_video_work(preset: str, seconds: float, window_seconds: float, *, continued: bool = False) -> tuple:
-    """(window plan, total FLOPs) of a long clip: the windows of magihuman.pipeline.plan_long_video, each priced as
-    one clip of its length."""
-    est = engine("estimate")
-    plan = engine("pipeline").plan_long_video(seconds, window_seconds, continued=continued)
-    return plan, sum(est.estimate(preset, seconds=w.seconds).total_flops for w in plan.windows)
-
-
-def long_memory_lines(mode: Mode) -> list[str]:
-    """The memory section's lines on windows (long-video modes only)."""
-    if mode.kind not in LONG_MODES:
-        return []
+def long_video_work(mode: Mode) -> tuple:
+    """(seconds, window plan, total FLOPs) of the clip a long-video template's note prices (A2V long: a
+    LONG_SPEECH_SECONDS speech; Extend: five windows more): the windows of magihuman.pipeline.plan_long_video, each
+    priced as one clip of its length."""
     extend = mode.kind == "extend"
-    seconds = 5 * LONG_WINDOW_SECONDS if extend else LONG_SPEECH_SECONDS
-    plan, flops = long_video_work(mode.preset, seconds, LONG_WINDOW_SECONDS, continued=extend)
-    what = f"{seconds:g} s more" if extend else f"a {seconds:g} s speech"
-    w, h = EXAMPLE_IMAGE_SIZE
+    window = long_window_seconds()
+    seconds = 5 * window if extend else LONG_SPEECH_SECONDS
+    est = engine("estimate")
+    plan = engine("pipeline").plan_long_video(seconds, window, continued=extend)
+    return seconds, plan, sum(est.estimate(mode.preset, seconds=w.seconds).total_flops for w in plan.windows)
+
+
+def long_memory_lines(mode: Mode, work: tuple | None) -> list[str]:
+    """The memory section's lines on windows (long-video modes: ``work`` from :func:`long_video_work`)."""
+    if work is None:
+        return []
+    seconds, plan, flops = work
+    what = f"{seconds:g} s more" if mode.kind == "extend" else f"a {seconds:g} s speech"
+    preset = engine("presets").PRESETS[mode.preset]
+    w, h = preset.width, preset.height  # the template's output size
     frame_mb = w * h * 3 * 4 / 1e6  # ComfyUI's IMAGE: float32 RGB
     frames_gb = plan.total_frames * frame_mb / 1e3
-    return [f"- Windows: GPU memory stays at one {LONG_WINDOW_SECONDS:g} s window's (the numbers above) however long "
+    return [f"- Windows: GPU memory stays at one {long_window_seconds():g} s window's (the numbers above) however long "
             f"the clip; work and time grow with the windows: {what} is {plan.describe()}, {flops / 1e15:.1f} PFLOP, "
-            f"about {flops / 475e12:.0f} s of DiT time on an H100. ComfyUI holds the output frames in RAM (float32, "
-            f"{frame_mb:.1f} MB a frame at {w}x{h}: {frames_gb:.1f} GB for {seconds:g} s)."]
+            f"about {flops / H100_FLOPS:.0f} s of DiT time on an H100. ComfyUI holds the output frames in RAM "
+            f"(float32, {frame_mb:.1f} MB a frame at {w}x{h}: {frames_gb:.1f} GB for {seconds:g} s)."]
 
 
-def long_video_note(mode: Mode) -> str:
-    """The note's paragraph on a long-video graph (empty for the other modes)."""
-    if mode.kind not in LONG_MODES:
+def long_video_note(mode: Mode, work: tuple | None) -> str:
+    """The note's paragraph on a long-video graph (``work`` from :func:`long_video_work`; empty for the other
+    modes)."""
+    if work is None:
         return ""
     examples = example_inputs()
-    windows = ("- **Windows:** the node makes the clip window by window (`window seconds`, 1-10 s; 4-5 s as the "
+    pipeline, fps = engine("pipeline"), engine("geometry").FPS
+    windows = ("- **Windows:** the node makes the clip window by window (`window seconds`, "
+               f"{pipeline.MIN_WINDOW_SECONDS:g}-{pipeline.MAX_WINDOW_SECONDS:g} s; 4-5 s as the "
                "official examples): each window starts from the previous one's last frame, re-encoded by the Wan2.2 "
                "VAE as its first frame, with seed + k. One prompt serves every window; for a prompt per window (each "
                "quoting the words spoken in it) write them into the node's `prompts` inside the subgraph, separated "
                "by lines holding only `---` (the last one carries on). `overlap_frames` (inside) makes frames twice "
                "and cross-fades them at each seam.")
     if mode.kind == "a2v_long":
-        plan, _ = long_video_work(mode.preset, LONG_SPEECH_SECONDS, LONG_WINDOW_SECONDS)
-        example, _ = long_video_work(mode.preset, EXAMPLE_AUDIO_SECONDS, LONG_WINDOW_SECONDS)
+        _, plan, _ = work
+        example = pipeline.plan_long_video(EXAMPLE_AUDIO_SECONDS, long_window_seconds())
         head = ("\n- **A long speech (this graph):** Load Audio gives the speech: **pick or upload a long speech "
                 "recording** and put its words in quotes in the prompt. The template is made for about "
                 f"{LONG_SPEECH_SECONDS:g} s of speech: {plan.describe()}. `seconds` 0 = the whole speech; a shorter "
@@ -833,13 +812,13 @@ def long_video_note(mode: Mode) -> str:
                 f"s of a synthetic voice-like sound without words ({len(example.windows)} windows), so the graph runs "
                 "but the lips cannot match the quoted line.")
     else:
-        head = ("\n- **The clip to extend (this graph):** Load Video gives it (25 frames a second; Get Video "
+        head = (f"\n- **The clip to extend (this graph):** Load Video gives it ({fps} frames a second; Get Video "
                 "Components inside the subgraph splits it into frames and sound). Its last frame starts the first "
                 "new window and its sound is kept; `seconds to add` is the length of the new part and `output` "
                 "gives the clip followed by the new part, or the new part alone. A clip of another size is "
                 "centre-cropped and resized to width x height, as a TI2V image is. Describe what happens next in "
                 f"the prompt, with the same person and scene. It opens on `{examples.EXAMPLE_CLIP}`, which this pack "
-                f"puts into ComfyUI/input: {EXAMPLE_CLIP_FRAMES / EXAMPLE_CLIP_FPS:g} s of the drawn portrait of the "
+                f"puts into ComfyUI/input: {EXAMPLE_CLIP_FRAMES / fps:g} s of the drawn portrait of the "
                 "TI2V template speaking a synthetic voice-like sound; pick or upload your own clip in Load Video "
                 "(e.g. a MagiHuman result, to keep going).")
     return head + "\n" + windows
@@ -855,6 +834,7 @@ def _has_fp8(est) -> bool:
 
 def note_text(mode: Mode) -> str:
     presets = engine("presets")
+    fps = engine("geometry").FPS
     if mode.tiny:
         inputs = "".join(f" {loader.replace('Load', 'Load ')} opens on the example file this pack puts into "
                          "ComfyUI/input." for _, loader in mode.top_inputs)
@@ -887,6 +867,7 @@ def note_text(mode: Mode) -> str:
                 f"models/loras/{DISTILL_LORA_NAME} --rank 64` (about 0.6 GB at rank 64, against 61 GB for the fp32 "
                 "distill folder; run with `--verbose` to see how much of each layer's difference the rank keeps). "
                 "VRAM is that of the base DiT.")
+    work = long_video_work(mode) if mode.kind in LONG_MODES else None  # priced once for the note and memory lines
     cfg = ("\n- `negative prompt` is the official one (video + audio faults); CFG uses it." if mode.kind in
            ("base", "sr") else "\n- The distilled model needs no negative prompt (no CFG).")
     return "\n".join([
@@ -915,13 +896,13 @@ def note_text(mode: Mode) -> str:
         "\"the line\"`, and `Background Sound:` with `<the main background sound>` (or `<No prominent background "
         "sound>`). The example prompt shows the layout; the MagiHuman Enhanced Prompt node builds and checks it.",
         "- Chinese/Japanese/Korean text is spaced character by character automatically (cjk_spacing)." + a2v + ti2v
-        + lora + long_video_note(mode) + cfg,
+        + lora + long_video_note(mode, work) + cfg,
         "",
         "## Memory and speed (estimates)",
         *memory_lines(mode),
-        *long_memory_lines(mode),
+        *long_memory_lines(mode, work),
         "",
-        "Sizes snap to multiples of 32; 25 fps; the clip has 25·seconds+1 frames.",
+        f"Sizes snap to multiples of 32; {fps} fps; the clip has {fps}·seconds+1 frames.",
     ])
 
 
@@ -1160,8 +1141,11 @@ def write_example_audio(path: Path) -> None:
 
 
 EXAMPLE_CLIP_FRAMES = 49  # 1.96 s at 25 fps, a latent-aligned count (4j + 1) as the model makes them
-EXAMPLE_CLIP_FPS = 25
-_CLIP_HOP = EXAMPLE_AUDIO_RATE // EXAMPLE_CLIP_FPS  # speech samples per frame (640)
+
+
+def _clip_hop() -> int:
+    """Example speech samples per clip frame (640 at 25 fps)."""
+    return EXAMPLE_AUDIO_RATE // engine("geometry").FPS
 
 
 def example_clip_mouth() -> "np.ndarray":
@@ -1169,8 +1153,9 @@ def example_clip_mouth() -> "np.ndarray":
     speech over that frame, fast to open and slower to close, as a mouth follows syllables."""
     import numpy as np
 
-    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _CLIP_HOP].astype(np.float64)
-    rms = np.sqrt((speech.reshape(EXAMPLE_CLIP_FRAMES, _CLIP_HOP) ** 2).mean(1))
+    hop = _clip_hop()
+    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * hop].astype(np.float64)
+    rms = np.sqrt((speech.reshape(EXAMPLE_CLIP_FRAMES, hop) ** 2).mean(1))
     target = np.clip((rms / rms.max() - 0.1) / 0.85, 0, 1)
     out, level = np.zeros(EXAMPLE_CLIP_FRAMES), 0.0
     for i, t in enumerate(target):
@@ -1211,10 +1196,8 @@ def example_clip_frames() -> "np.ndarray":
 def write_example_clip(path: Path) -> None:
     """:func:`example_clip_frames` with the matching 1.96 s of the example speech: H.264 + AAC (mono 16 kHz) MP4 at
     25 fps, the clip the Extend templates open on."""
-    from magihuman import media
-
-    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _CLIP_HOP]
-    media.write_mp4(path, example_clip_frames(), fps=EXAMPLE_CLIP_FPS, audio=speech[None],
+    speech = example_speech()[: EXAMPLE_CLIP_FRAMES * _clip_hop()]
+    engine("media").write_mp4(path, example_clip_frames(), fps=engine("geometry").FPS, audio=speech[None],
                     sample_rate=EXAMPLE_AUDIO_RATE, crf=23, preset="slow", audio_bitrate=48_000)
 
 
@@ -1245,10 +1228,9 @@ def _type_name(t: str) -> str:
     return type_labels().get(t, t)
 
 
-def node_doc(node_id: str, spec: dict, specs: dict) -> str:
-    """The help panel's markdown (a narrow side panel: lists, no wide tables)."""
+def node_doc(spec: dict, makers: dict[str, str]) -> str:
+    """The help panel's markdown (a narrow side panel: lists, no wide tables); ``makers``: :func:`made_by`."""
     s = spec["schema"]
-    makers = made_by(specs)
     lines = [f"# {s.display_name}", "", s.description or "", "", "## Inputs", ""]
     for i in s.inputs:
         default = getattr(i, "default", None)
@@ -1312,12 +1294,11 @@ def write_all(root: Path = ROOT, *, thumbnails: bool = True, media: bool = True)
             written.append(thumb)
     storage = importlib.import_module(f"{import_pack().__name__}.magihuman.storage.registry")
     put(root / "web" / "storage.json", json.dumps(storage.frontend_settings(), indent=2) + "\n")
-    nodes = importlib.import_module(f"{import_pack().__name__}.nodes")
     keep = handwritten_docs()
-    for cls in nodes.NODE_CLASSES:
-        node_id = cls.define_schema().node_id
-        if node_id not in keep:
-            put(root / DOCS_DIR.relative_to(ROOT) / f"{node_id}.md", node_doc(node_id, specs[node_id], specs))
+    makers = made_by(specs)
+    for node_id, spec in specs.items():
+        if "schema" in spec and node_id not in keep:  # the pack's nodes (not the core ones)
+            put(root / DOCS_DIR.relative_to(ROOT) / f"{node_id}.md", node_doc(spec, makers))
     return written
 
 
