@@ -834,13 +834,9 @@ def _generate_long(args, preset, timer: StageTimer, models_dir, files: dict, dev
         text_encoder = T5GemmaEncoder.from_pretrained(files["text_encoder"], dtype=vae_dtype if preset.tiny
                                                       else torch.bfloat16, device=device)
     with timer("text encode"):
-        encoded: dict = {}
-        for text in prompts:
-            if text not in encoded:
-                encoded[text] = P.encode_prompt(text_encoder, text, negative if (preset.cfg or preset.sr_cfg) else None,
-                                                cjk_spacing=not getattr(args, "no_cjk_spacing", False))
-        conds = [encoded[t] for t in prompts]
-    del text_encoder, encoded
+        conds = P.encode_prompts(text_encoder, prompts, negative if (preset.cfg or preset.sr_cfg) else None,
+                                 cjk_spacing=not getattr(args, "no_cjk_spacing", False))
+    del text_encoder
     _free()
 
     with timer("load VAEs"):

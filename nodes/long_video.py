@@ -83,9 +83,9 @@ def _conditionings(where: str, positive, prompts, text_encoder, negative, need_n
         if text_encoder is None:
             raise ValueError(f"{where}: 'prompts' needs the text encoder: connect MagiHuman T5Gemma Loader to "
                              "'text_encoder' (or connect 'positive' instead)")
-        model = text_encoder.use()
         neg_text = DEFAULT_NEGATIVE_PROMPT if need_negative and negative is None else None
-        conds = [pipeline.encode_prompt(model, t, neg_text) for t in texts]
+        need = pipeline.memory.text_encode_bytes(text_encoder.model, [*texts, neg_text])
+        conds = pipeline.encode_prompts(text_encoder.use(memory_required=need), texts, neg_text)
         if need_negative and negative is not None:
             neg = text_conditioning(negative, where=where)
             for c in conds:

@@ -410,6 +410,31 @@ def test_encode_prompt_validation_and_pairs():
     assert enc.seen == [["hello"], [P.DEFAULT_NEGATIVE_PROMPT]] and c.has_negative  # each encoded alone
 
 
+class _CountingEncoder:
+    """Records each text it encodes; its embedding is the text's length (tells the texts apart)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, texts, max_length):
+        self.texts += texts
+        return torch.full((1, max_length, 4), float(len(texts[0]))), torch.tensor([len(texts[0])])
+
+
+def test_encode_prompts_encodes_each_text_once():
+    """The windows of a long video: repeated prompts and the (long, 9B-encoder) negative prompt are encoded once."""
+    enc = _CountingEncoder()
+    conds = P.encode_prompts(enc, ["A man talks.", "He smiles.", "A man talks."], "blurry")
+    assert enc.texts == ["A man talks.", "He smiles.", "blurry"]
+    assert [c.prompt for c in conds] == ["A man talks.", "He smiles.", "A man talks."]
+    assert [c.lens for c in conds] == [[12], [10], [12]] and all(c.negative_lens == [6] for c in conds)
+    assert conds[0] is not conds[2] and conds[0].negative_embeds is conds[1].negative_embeds
+    one = P.encode_prompt(_CountingEncoder(), "A man talks.", "blurry")
+    assert torch.equal(one.embeds, conds[0].embeds) and torch.equal(one.negative_embeds, conds[0].negative_embeds)
+    with pytest.raises(P.PipelineError, match="the prompt is empty"):
+        P.encode_prompts(enc, ["ok", " "], None)
+
+
 def test_batch_of_two():
     lat = P.empty_latents(64, 64, 0.4, batch=2)
     lat.image_latent = torch.randn(1, 48, 1, 4, 4).expand(2, -1, -1, -1, -1)

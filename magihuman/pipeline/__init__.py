@@ -30,7 +30,7 @@ from ..geometry import (AUDIO_LATENT_CHANNELS, BASE_STEPS, DEFAULT_FRAME_RECEPTI
                         SIZE_MULTIPLE, SPATIAL_STRIDE, SR_STEPS, TEMPORAL_STRIDE, VIDEO_LATENT_CHANNELS, frame_counts,
                         snap_size)
 from ..sampling import DEFAULT_NEGATIVE_PROMPT
-from .conditioning import encode_image, encode_prompt, encode_reference_audio
+from .conditioning import encode_image, encode_prompt, encode_prompts, encode_reference_audio
 from .decoding import decode, decode_audio, decode_video, resample_audio
 from .denoising import Callback, denoise, super_resolve
 from .guards import check_fits, dit_activation_bytes, effective_variant
@@ -43,7 +43,7 @@ from .windows import (MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, Window, WindowPlan
 __all__ = [
     "AVLatent", "TextConditioning", "PipelineError", "FPS", "VIDEO_LATENT_CHANNELS", "AUDIO_LATENT_CHANNELS",
     "SIZE_MULTIPLE", "SPATIAL_STRIDE", "TEMPORAL_STRIDE", "snap_size", "frame_counts", "empty_latents",
-    "encode_prompt", "encode_image", "encode_reference_audio", "denoise", "super_resolve", "decode", "decode_video",
+    "encode_prompt", "encode_prompts", "encode_image", "encode_reference_audio", "denoise", "super_resolve", "decode", "decode_video",
     "decode_audio", "resample_audio", "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS", "DEFAULT_FRAME_RECEPTIVE_FIELD",
     "DEFAULT_NEGATIVE_PROMPT", "check_fits", "dit_activation_bytes", "effective_variant", "Callback", "memory",
     "generate_long_video", "LongVideoModels", "ClipToContinue", "LongVideoResult", "split_prompts", "Window",

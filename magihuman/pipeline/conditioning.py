@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from dataclasses import replace
+from typing import Optional, Sequence
 
 import torch
 
@@ -17,7 +18,7 @@ from .latents import AVLatent, TextConditioning
 
 log = logging.getLogger("magihuman.pipeline")
 
-__all__ = ["encode_prompt", "encode_image", "encode_reference_audio", "image_hw3", "encode_image_at", "vae_device"]
+__all__ = ["encode_prompt", "encode_prompts", "encode_image", "encode_reference_audio", "image_hw3", "encode_image_at", "vae_device"]
 
 
 class _BuiltinNegativeTrim(logging.Filter):
@@ -54,22 +55,31 @@ def encode_prompt(text_encoder, prompt: str, negative_prompt: Optional[str] = DE
     model was trained on (:func:`magihuman.prompts.space_cjk`; idempotent, Latin text unchanged). The
     conditioning keeps the texts as encoded. Texts longer than ``max_length`` tokens are trimmed with a warning,
     except the built-in negative prompt (long on purpose, trimmed as the official code does: a debug line)."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    return encode_prompts(text_encoder, [prompt], negative_prompt, max_length=max_length, cjk_spacing=cjk_spacing)[0]
+
+
+def encode_prompts(text_encoder, prompts: Sequence[str], negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
+                   *, max_length: int = MAX_TEXT_TOKENS, cjk_spacing: bool = True) -> list[TextConditioning]:
+    """:func:`encode_prompt` for several prompts (the windows of a long video): one conditioning per prompt, each
+    distinct text encoded once and the negative prompt once, shared by all of them."""
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise PipelineError("the prompt is empty: describe the video (and what is said) in the prompt")
     if negative_prompt is not None and (not isinstance(negative_prompt, str) or not negative_prompt.strip()):
         raise PipelineError("the negative prompt is empty: pass None to skip it (no CFG) or a text; the official "
                             "one is magihuman.sampling.DEFAULT_NEGATIVE_PROMPT")
-    if cjk_spacing:
-        prompt = space_cjk(prompt)
-        negative_prompt = None if negative_prompt is None else space_cjk(negative_prompt)
-    embeds, lens = text_encoder.encode([prompt], max_length=max_length)
-    cond = TextConditioning(embeds=embeds.float(), lens=[int(lens[0])], prompt=prompt)
+    spaced = space_cjk if cjk_spacing else (lambda text: text)
+    encoded: dict[str, TextConditioning] = {}
+    for prompt in map(spaced, prompts):
+        if prompt not in encoded:
+            embeds, lens = text_encoder.encode([prompt], max_length=max_length)
+            encoded[prompt] = TextConditioning(embeds=embeds.float(), lens=[int(lens[0])], prompt=prompt)
+    negative = {}
     if negative_prompt is not None:
+        negative_prompt = spaced(negative_prompt)
         builtin = negative_prompt.strip() in (DEFAULT_NEGATIVE_PROMPT, space_cjk(DEFAULT_NEGATIVE_PROMPT))
         neg, neg_lens = _encode(text_encoder, negative_prompt, max_length, builtin)
-        cond.negative_embeds, cond.negative_lens = neg.float(), [int(neg_lens[0])]
-        cond.negative_prompt = negative_prompt
-    return cond
+        negative = dict(negative_embeds=neg.float(), negative_lens=[int(neg_lens[0])], negative_prompt=negative_prompt)
+    return [replace(encoded[p], **negative) for p in map(spaced, prompts)]
 
 
 def image_hw3(image) -> torch.Tensor:
