@@ -40,6 +40,8 @@ from .checkpoints import DIT_KEYMAP, convert_dit, file_storage, infer_variant, l
 from . import estimate as est
 from . import plan as fit_plan
 from .device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype
+from .lora import PAIRS as LORA_PAIRS
+from .lora import SINGLE as LORA_SINGLE
 from .lora import variant_with_loras
 from .lora_extract import extract_lora
 from .loaders import convert_turbo_checkpoint, load_audio_vae, load_turbo_vae, load_wan_vae, save_encoder_file
@@ -265,7 +267,7 @@ def _resolve_lora(text: str, models_dir: Optional[Path], flag: str) -> tuple[Pat
 # ============================================================================ which flag takes which file
 
 SR_ROLES = ("sr_540p", "sr_1080p")
-_LORA_KEY = re.compile(r"(lora_[AB]|lora_down|lora_up)\.weight$|\.(alpha|diff|diff_b)$")
+_LORA_SUFFIXES = tuple(s for pair in LORA_PAIRS for s in pair) + LORA_SINGLE  # the LoRA reader's own key names
 _DIT_KEY = re.compile(r"(^|\.)(block\.layers\.\d+\.attention\.linear_qkv|adapter\.video_embedder)\.weight$")
 
 
@@ -304,7 +306,7 @@ def _check_dit_file(path: Path, flag: str, loras=()) -> None:
     or a DiT of the other stage (with ``loras``, as they leave it: an extracted LoRA can change the variant)."""
     lora_flag = "--lora" if flag == "--dit" else "--sr-lora"
     header = _header(path)
-    if header is not None and any(_LORA_KEY.search(k) for k in header[0]):
+    if header is not None and any(k.endswith(_LORA_SUFFIXES) for k in header[0]):
         raise UsageError(f"{flag} {path} is a LoRA, not a DiT: give it with {lora_flag} (the DiT it applies to with "
                          f"{flag}, or the one found in --models)")
     variant, why = _dit_variant(path)
@@ -326,7 +328,8 @@ def _check_dit_file(path: Path, flag: str, loras=()) -> None:
 def _check_lora_file(path: Path, flag: str) -> None:
     """A ``--lora`` / ``--sr-lora`` file that is a whole DiT is named with the flag that takes it (headers only)."""
     header = _header(path)
-    if header is None or any(_LORA_KEY.search(k) for k in header[0]) or not any(_DIT_KEY.search(k) for k in header[0]):
+    if header is None or any(k.endswith(_LORA_SUFFIXES) for k in header[0]) or \
+            not any(_DIT_KEY.search(k) for k in header[0]):
         return
     try:
         variant, why = _dit_variant(path)

@@ -210,12 +210,11 @@ def resolve_model_files(preset: Preset, models_dir: str | os.PathLike, roles: li
                                 "or the official checkpoints folder)")
     found, missing = {}, []
     for role in roles:
-        cands = _candidates(role, models_dir, preset.tiny)
-        hit = next((c for c in cands if _exists(c)), None)
-        if hit is None:
-            missing.append(role)
+        hits = found_model_files(preset, models_dir, role)
+        if hits:
+            found[role] = hits[0]
         else:
-            found[role] = hit if hit.exists() else Path(str(hit) + ".zst")
+            missing.append(role)
     if missing:
         lines = [f"preset '{preset.name}' is missing {len(missing)} model file(s) in {models_dir}:"]
         for role in missing:
