@@ -44,8 +44,7 @@ from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materi
 from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
 from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
-from .weights.layouts import detect_layout, int8_without_scales, map_layout, merge_quanto
-from .weights.report import listing
+from .weights.layouts import detect_layout, map_layout, merge_quanto, refuse_unscaled_int8
 from .weights.source import index_in
 from .weights.safetensors_io import TensorSpec, write_file
 
@@ -138,14 +137,13 @@ def open_checkpoint(path: str | Path) -> WeightSource:
             if key in src.metadata:
                 src.metadata.setdefault(ours, src.metadata[key])
     merge_quanto(src)
+    try:
+        refuse_unscaled_int8(src)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} The file is {describe_contents(src)}. {FOREIGN_INT8}") from None
     layout = detect_layout(src)
     if layout is not None:
         map_layout(src, layout)
-    raw_int8 = int8_without_scales(src)
-    if raw_int8:
-        raise CheckpointError(f"{src.describe()}: {len(raw_int8)} tensor(s) are int8 with no scale layout this loader "
-                              f"knows (first: {listing(raw_int8, None, 3)}); int8 values without their scales are not "
-                              f"weights. The file is {describe_contents(src)}. {FOREIGN_INT8}")
     return src
 
 

@@ -30,7 +30,7 @@ from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.compact import compact_handler, main_storage, storage_counts
 from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
-from ..weights.layouts import merge_quanto
+from ..weights.layouts import merge_quanto, refuse_unscaled_int8
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
 
@@ -129,6 +129,11 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
         raise CheckpointError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 folder or an "
                                 "encoder .safetensors file)")
     merge_quanto(src)  # Wan2GP's quanto int8 encoder: each int8 projection with its per-row scale, read as one
+    try:
+        refuse_unscaled_int8(src)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} Use the google/t5gemma-9b-9b-ul2 folder, an encoder file written by `python -m "
+                              "magihuman convert`, the published GGUF or Wan2GP's quanto int8 encoder") from None
     if not src.entries:
         raise no_model_keys(src, "T5Gemma encoder", "'encoder.*' / 'model.encoder.*'", "Pick the "
                             "google/t5gemma-9b-9b-ul2 folder or an encoder-only T5Gemma .safetensors")

@@ -35,7 +35,8 @@ from .report import listing
 log = logging.getLogger(__name__)
 
 __all__ = ["MODALITIES", "EXPERT_LINEARS", "Piece", "Split", "Layout", "OFFICIAL", "COMFY_NATIVE", "WAN2GP",
-           "LAYOUTS", "QUANTO", "detect_layout", "map_layout", "merge_quanto", "piece_rows"]
+           "LAYOUTS", "QUANTO", "detect_layout", "map_layout", "merge_quanto", "piece_rows",
+           "refuse_unscaled_int8"]
 
 MODALITIES = ("video", "audio", "text")  # expert order in fused tensors
 EXPERT_LINEARS = ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj")
@@ -225,8 +226,12 @@ def map_layout(src, layout: Layout) -> None:
     src.layout = layout.name
 
 
-def int8_without_scales(src) -> list[str]:
-    """Keys of plain int8 / uint8 tensors (not GGUF blocks, not a known quantisation): weights a loader cannot
-    dequantise because the file's scale layout is not one it knows."""
-    return [k for k, e in src.entries.items() if e.dtype in (torch.int8, torch.uint8) and not e.quantized
-            and not e.derived]
+def refuse_unscaled_int8(src) -> None:
+    """Refuse plain int8 / uint8 tensors (not GGUF blocks, not quanto data merged with its scale): values a loader
+    cannot dequantise, as the file's scale layout is not one it knows. Run after :func:`merge_quanto` and before
+    :func:`map_layout`, so every piece of a fused weight is checked as the file holds it."""
+    raw = [k for k, e in src.entries.items() if e.dtype in (torch.int8, torch.uint8) and not e.quantized]
+    if raw:
+        raise CheckpointError(f"{src.describe()}: {len(raw)} tensor(s) are int8 with no scale layout this loader "
+                              f"knows (first: {listing(raw, None, 3)}); int8 values without their scales are not "
+                              "weights.")
