@@ -183,9 +183,17 @@ def test_comfy_native_scaled_fp8_each_expert_with_its_scale(official, tmp_path):
             want[k] = torch.cat(pieces)
     assert not _equal(m.state_dict(), want)
     assert m.load_info["layout"] == "ComfyUI-native" and "scaled_fp8" in m.load_info["quantization"]
-    # three experts, three scales: "file" decodes them to its plain dtype; fp8 re-quantises the fused tensor
-    assert load(tmp_path / "comfy_fp8.safetensors").load_info["kept"] == "16 bf16"
-    assert load(tmp_path / "comfy_fp8.safetensors", storage="fp8").load_info["kept"] == "16 fp8"
+    # multi-modal layers (0, 3): three experts, three scales: "file" decodes them to its plain dtype, fp8
+    # re-quantises the fused tensor; single-expert layers (1, 2): one tensor with its scale, kept fp8 as stored
+    kept = load(tmp_path / "comfy_fp8.safetensors")
+    assert kept.load_info["kept"] == "8 bf16, 8 fp8 (as stored)"
+    assert load(tmp_path / "comfy_fp8.safetensors", storage="fp8").load_info["kept"] == "8 fp8, 8 fp8 (as stored)"
+    for i in (1, 2):
+        for lin in ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj"):
+            layer, key = kept.get_submodule(f"block.layers.{i}.{lin}"), f"block.layers.{i}.{lin}.linear"
+            assert layer.storage.name == "fp8" and layer.weight_scale.item() == out[key + ".scale_weight"].item()
+            assert torch.equal(layer.decoded_weight(torch.float32), deq[key + ".weight"]), key
+    assert kept.block.layers[0].attention.linear_qkv.storage.name == "bf16"
 
 
 def test_fastvideo_diffusers_folders(official, tmp_path):

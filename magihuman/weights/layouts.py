@@ -15,8 +15,9 @@ keep those pieces apart:
 
 A :class:`Layout` lists, per official linear, the modules whose rows make it (:class:`Split`, :class:`Piece`).
 :func:`map_layout` detects the layout from the keys (never the file name), refuses files that mix two or lack a
-piece, and replaces the pieces by one derived entry per official tensor (:func:`~.entry.concat_rows`), so loaders,
-converters and estimators see official keys and shapes. The LoRA key map reads the same declarations.
+piece, and replaces the pieces by one derived entry per official tensor (:func:`~.entry.concat_rows`; a lone piece
+is renamed, so an fp8 one keeps its dtype and scale), so loaders, converters and estimators see official keys and
+shapes. The LoRA key map reads the same declarations.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def detect_layout(src, layouts: tuple[Layout, ...] = LAYOUTS) -> Optional[Layout
 
 def map_layout(src, layout: Layout) -> None:
     """Rewrite ``src.entries`` (model keys of ``layout``) to official keys: the pieces of each fused linear become one
-    entry reading their rows in order. Refuses a fused linear with some pieces missing, or kept both fused and split."""
+    entry reading their rows in order (one piece: that entry renamed, with its fp8 scale). Refuses a fused linear with
+    some pieces missing, or kept both fused and split."""
     entries = src.entries
     merged: dict[str, Entry] = {}   # first piece's key -> the fused entry
     consumed: set[str] = set()
@@ -209,13 +211,18 @@ def map_layout(src, layout: Layout) -> None:
                 raise CheckpointError(f"{where}: layer {i} holds {target!r} and its pieces "
                                       f"({pre}{wanted[0].module}.weight, ...); the file mixes two layouts")
             names = [f"{pre}{p.module}.weight" for p in wanted]
+            consumed.update(names)
+            if len(names) == 1:  # one piece: the official tensor itself, renamed (fp8 keeps its dtype and scale)
+                merged[names[0]] = entries[names[0]].renamed(target)
+                if names[0] in src.scale_of:
+                    src.scale_of[target] = src.scale_of.pop(names[0])
+                continue
             parts = tuple(entries[n] for n in names)
             scaled = any(leaf.key in src.scale_of for p in parts for leaf in p.leaves)
             try:
                 merged[names[0]] = concat_rows(target, parts, scaled=scaled)
             except ValueError as err:
                 raise CheckpointError(f"{where}: {err}") from None
-            consumed.update(names)
     out: dict[str, Entry] = {}
     for k, e in entries.items():  # each fused tensor where its first piece was
         if k in merged:
