@@ -110,6 +110,17 @@ def test_fp8_from_gguf_and_bf16_gguf(dit_folder, tmp_path):
     assert bf.load_info["source_dtype"] == "bf16"
 
 
+def test_quantised_blocks_decoded_to_a_plain_dtype_round_once(dit_folder, tmp_path):
+    """A GGUF loaded as bf16 / fp16: the blocks decoded in float32 and rounded once, equal to the float32 load cast."""
+    path = convert_dit(dit_folder, tmp_path / "q4.gguf", quant="Q4_K", show_progress=False)
+    f32 = load_dit(path, storage="fp32", show_progress=False)
+    for plain, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        m = load_dit(path, storage=plain, show_progress=False)
+        for (name, a), b in zip(m.named_modules(), f32.modules()):
+            if hasattr(a, "decoded_weight"):
+                assert a.weight.dtype == dt and torch.equal(a.weight, b.weight.to(dt)), (plain, name)
+
+
 def _bare_gguf(path: Path, tensors: dict[str, torch.Tensor], *, arch="magihuman", metadata=None) -> Path:
     specs = [GGUFSpec(k, tuple(v.shape), int(q.GGMLType.F32), (lambda v=v: v)) for k, v in tensors.items()]
     return write_gguf(path, specs, arch=arch, metadata=metadata or {}) and path

@@ -194,6 +194,8 @@ def test_comfy_native_scaled_fp8_each_expert_with_its_scale(official, tmp_path):
             assert layer.storage.name == "fp8" and layer.weight_scale.item() == out[key + ".scale_weight"].item()
             assert torch.equal(layer.decoded_weight(torch.float32), deq[key + ".weight"]), key
     assert kept.block.layers[0].attention.linear_qkv.storage.name == "bf16"
+    bf16 = load(tmp_path / "comfy_fp8.safetensors", storage="bf16").state_dict()  # scaled in fp32, rounded once
+    assert not _equal(bf16, {k: v.to(bf16[k].dtype) for k, v in m.state_dict().items()})
 
 
 def test_fastvideo_diffusers_folders(official, tmp_path):
