@@ -66,7 +66,6 @@ FOREIGN_INT8 = ("This looks like an INT8 repack whose layout is not published (e
                 "the official release, a Wan2GP (bf16 or quanto int8) or ComfyUI file, or a GGUF from "
                 "`python -m magihuman convert`")
 DIFFUSERS_DITS = ("transformer", "sr_transformer")  # the DiT folders of a diffusers pipeline folder
-_UNSET = object()  # load_dit(dtype=...) not given
 # Architecture fields that shapes determine (local_attn_layers does not show in the weights).
 ARCH_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",
                "audio_in_channels", "text_in_channels", "mm_layers", "gelu7_layers", "post_norm_layers",
@@ -396,17 +395,11 @@ def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
-def dit_storage(storage: StorageLike = None, *, dtype=_UNSET, gguf: Optional[str] = None) -> Storage:
-    """The storage :func:`load_dit` keeps the block linears in, from ``storage`` or the older keyword arguments
-    (:func:`magihuman.storage.requested_storage`)."""
-    return requested_storage(storage, dtype=None if dtype is _UNSET else dtype, gguf=gguf)
-
-
 def load_dit(
     path: str | Path,
     *,
     storage: StorageLike = None,
-    dtype=_UNSET,
+    dtype=None,
     device: str | torch.device = "cpu",
     operations=torch.nn,
     variant: Optional[str] = None,
@@ -424,12 +417,12 @@ def load_dit(
     per tensor (fp8 files as they are, others quantised amax / 448); a GGUF type (``"Q8_0"``, ``"Q4_K"``, ...)
     quantises every block linear to it while loading (a GGUF file of that type is kept as it is). Norms, adapter,
     final heads and RoPE bands stay fp32 as the model defines them. ``dtype=`` / ``gguf=`` are the older spelling
-    (see :func:`dit_storage`). The variant and config are inferred (override with ``variant=`` / ``config=``);
+    (see :func:`magihuman.storage.requested_storage`). The variant and config are inferred (override with ``variant=`` / ``config=``);
     the returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why, and
     ``model.compute_device`` = ``device``. ``progress(done_bytes, total_bytes)`` is called as data arrives. A file
     without ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
     """
-    want = dit_storage(storage, dtype=dtype, gguf=gguf)
+    want = requested_storage(storage, dtype=dtype, gguf=gguf)
     src, variant, variant_reason, cfg, config_reason = _open_checked(path, variant, config)
     where = src.describe()
     counts: Counter = Counter()
@@ -630,7 +623,6 @@ __all__ = [
     "CheckpointError",
     "VARIANTS",
     "convert_dit",
-    "dit_storage",
     "file_storage",
     "gguf_storage",
     "infer_config",

@@ -35,7 +35,7 @@ from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
 
 __all__ = ["TEXT_ENCODER_KEYMAP", "encoder_state_dict", "load_text_encoder", "open_text_encoder",
-           "save_encoder_file", "text_encoder_file_storage", "text_encoder_storage"]
+           "save_encoder_file", "text_encoder_file_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,6 @@ def _tokenizer_for(path: Path, src: WeightSource, tokenizer, config=None) -> Gem
     return GemmaTokenizer.from_path(tokenizer or (path if path.is_dir() else _tokenizer_beside(path)))
 
 
-def text_encoder_storage(storage: StorageLike = None, *, dtype=None, gguf: Optional[str] = None) -> Storage:
-    """The storage the encoder's projections and embedding are kept in, from ``storage`` or the older keyword
-    arguments (:func:`magihuman.storage.requested_storage`)."""
-    return requested_storage(storage, dtype=dtype, gguf=gguf)
-
-
 def text_encoder_file_storage(path: str | os.PathLike, config: str | os.PathLike | None = None) -> Storage:
     """The storage holding most bytes of an encoder file's matrices (its projections and token embedding)."""
     src, _ = open_text_encoder(Path(path), config)
@@ -172,9 +166,9 @@ def load_text_encoder(cls, path: str | os.PathLike, *, storage: StorageLike = No
     """Build the encoder class ``cls`` (``T5GemmaEncoder``) on ``meta``, check keys and shapes from the
     headers, stream the tensors in on ``device`` and attach the tokenizer (``tokenizer=``, the one a GGUF file
     carries, or the files beside the weights, or those of ``config=``). ``config``: a config.json (or its folder) for
-    a file that carries none. ``storage`` (see :func:`text_encoder_storage`): the projections and the token embedding
+    a file that carries none. ``storage`` (see :func:`magihuman.storage.requested_storage`): the projections and the token embedding
     in it, the norms in its plain dtype (bf16 under compact storage)."""
-    want = text_encoder_storage(storage, dtype=dtype, gguf=gguf)
+    want = requested_storage(storage, dtype=dtype, gguf=gguf)
     path = Path(path)
     given = config
     src, config = open_text_encoder(path, given)
