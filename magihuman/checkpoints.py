@@ -38,12 +38,12 @@ from .models.dit import MagiHumanDiT, weight_table
 from .models.dit_config import DiTConfig, sr_1080p_local_attn_layers, swiglu_intermediate_size
 from .quant import gguf as gguf_types
 from .rope import default_rope_bands
-from .storage import Storage, StorageLike, convert_choices, parse_storage, requested_storage
+from .storage import Storage, StorageLike, requested_storage
 from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, load_into, mismatch_report,
                       open_source)
 from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
-from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
+from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
 from .weights.layouts import detect_layout, map_layout, merge_quanto, refuse_unscaled_int8
 from .weights.source import index_in
 from .weights.safetensors_io import TensorSpec, write_file
@@ -560,15 +560,6 @@ def write_tiny_dit(
     return path
 
 
-def gguf_storage(quant: StorageLike) -> Storage:
-    """The storage a GGUF writer writes block linears in (``"Q8_0"``, ``"q4_k"``, ``"bf16"``, ...), or a clear error."""
-    st = parse_storage(quant, what="GGUF quantisation")
-    if st.name not in convert_choices():
-        raise CheckpointError(f"cannot write GGUF block linears as {st.name}; choose one of "
-                              f"{', '.join(convert_choices())}")
-    return st
-
-
 def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.bfloat16,
                 variant: Optional[str] = None, show_progress: bool = True, quant: StorageLike = None) -> Path:
     """Re-save a DiT checkpoint as ONE file, streamed (one tensor in memory at a time), with the variant and
@@ -587,7 +578,7 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
         raise CheckpointError(f"convert_dit writes a .safetensors or .gguf file; got {dst}")
     if quant is not None and not to_gguf:
         raise CheckpointError(f"quant={quant!r} needs a .gguf output, got {dst}")
-    st = gguf_storage(quant or "Q8_0") if to_gguf else None
+    st = gguf_storage(quant or "Q8_0", "block linears") if to_gguf else None
     order = sorted(src.entries, key=lambda k: (src.files.index(src.entries[k].file), src.entries[k].offset))
     f32 = int(gguf_types.GGMLType.F32)
     rope = lambda: default_rope_bands(cfg.head_dim)  # noqa: E731
@@ -624,7 +615,6 @@ __all__ = [
     "VARIANTS",
     "convert_dit",
     "file_storage",
-    "gguf_storage",
     "infer_config",
     "infer_variant",
     "inspect_dit",

@@ -121,6 +121,17 @@ def test_quantised_blocks_decoded_to_a_plain_dtype_round_once(dit_folder, tmp_pa
                 assert a.weight.dtype == dt and torch.equal(a.weight, b.weight.to(dt)), (plain, name)
 
 
+def test_gguf_writers_name_what_they_can_write(dit_folder, tmp_path):
+    """Both converters refuse a storage GGUF cannot hold, with the one message and the choices; nothing is written."""
+    choices = "bf16, fp16, fp32, Q8_0, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0"
+    with pytest.raises(CheckpointError, match=rf"^cannot write GGUF block linears as fp8; choose one of {choices}$"):
+        convert_dit(dit_folder, tmp_path / "d.gguf", quant="fp8", show_progress=False)
+    te = write_tiny_t5gemma(tmp_path / "te", seed=2)
+    with pytest.raises(CheckpointError, match=rf"^cannot write GGUF projections as fp8; choose one of {choices}$"):
+        save_encoder_file(te, tmp_path / "te.gguf", quant="fp8")
+    assert not list(tmp_path.glob("*.gguf*"))
+
+
 def _bare_gguf(path: Path, tensors: dict[str, torch.Tensor], *, arch="magihuman", metadata=None) -> Path:
     specs = [GGUFSpec(k, tuple(v.shape), int(q.GGMLType.F32), (lambda v=v: v)) for k, v in tensors.items()]
     return write_gguf(path, specs, arch=arch, metadata=metadata or {}) and path

@@ -25,11 +25,11 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..quant.gguf import GGMLType
-from ..storage import Storage, StorageLike, convert_choices, parse_storage, requested_storage
+from ..storage import Storage, StorageLike, requested_storage
 from ..tokenizer import GemmaTokenizer, read_tokenizer_config
 from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
 from ..weights.compact import compact_handler, main_storage, storage_counts
-from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
+from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
 from ..weights.layouts import merge_quanto, refuse_unscaled_int8
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
@@ -203,10 +203,7 @@ def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=t
             return lambda: read_one(key, dt)
 
         if dst.name.endswith(GGUF_SUFFIX):
-            st = parse_storage(quant or "Q8_0", what="GGUF quantisation")
-            if st.name not in convert_choices():
-                raise CheckpointError(f"cannot write GGUF projections as {st.name}; choose one of "
-                                      f"{', '.join(convert_choices())}")
+            st = gguf_storage(quant or "Q8_0", "projections")
             compact = {k for k, e in source.entries.items() if len(e.shape) == 2}
             folder = src_path if src_path.is_dir() else src_path.parent
             meta = {GGUF_CONFIG: json.dumps(config)}
