@@ -456,7 +456,6 @@ def load_dit(
     check_materialized(model, where)
     model.eval()
     model.compute_device = device
-    model.set_compute_dtype(model.compute_dtype)  # the block linears follow the model's setting
 
     source = file_storage(src)
     kept = storage_counts(counts)
