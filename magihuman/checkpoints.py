@@ -155,12 +155,6 @@ def layout_summary(src: WeightSource) -> str:
     return f"{src.layout or 'unknown'}, {held}"
 
 
-def block_linear_dtype(src: WeightSource) -> torch.dtype:
-    """The stored dtype holding most bytes of the block linears (what the release was saved in)."""
-    keys = [k for k in src.entries if is_block_linear(k)]
-    return src.dominant_dtype(keys or None)
-
-
 def file_storage(src: WeightSource) -> Storage:
     """The storage holding most bytes of the file's block linears (a GGUF type, fp8, or a plain dtype)."""
     return main_storage(src, [k for k in src.entries if is_block_linear(k)])
@@ -300,7 +294,7 @@ def infer_variant(src: WeightSource, override: Optional[str] = None) -> tuple[st
                     "put base / distill / 540p_sr / 1080p_sr in the file name)", src.describe(), META_VARIANT)
         return "distill", ("a GGUF file without variant metadata and a name that says nothing; distill assumed "
                            "(pass variant= or name the file magihuman_base*.gguf etc.)")
-    dt = block_linear_dtype(src)
+    dt = file_storage(src).dtype  # what the release was saved in: a plain dtype or fp8 (GGUF files returned above)
     if dt.is_floating_point and dt.itemsize == 2:  # 16-bit weights
         return "base", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; the base "
                         "release is the bf16 one (pass variant= to override)")

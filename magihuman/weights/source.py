@@ -147,14 +147,6 @@ class WeightSource:
     def total_bytes(self) -> int:
         return sum(e.nbytes for e in self.entries.values())
 
-    def dominant_dtype(self, keys: Optional[Iterable[str]] = None) -> torch.dtype:
-        """The stored dtype holding most bytes among ``keys`` (default all): what the release was saved in."""
-        by: dict[torch.dtype, int] = {}
-        for k in (self.entries if keys is None else keys):
-            e = self.entries[k]
-            by[e.dtype] = by.get(e.dtype, 0) + e.nbytes
-        return max(by, key=by.get) if by else torch.float32
-
     # ---------------------------------------------------------------- reading
     def reader(self, file: Path, chunk_bytes: Optional[int] = None) -> Reader:
         """A reader of ``file`` (and of the parts of derived entries listed under it)."""
