@@ -20,7 +20,6 @@ per-row scales), detected from the keys and mapped onto the official ones by :mo
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -44,7 +43,8 @@ from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materi
 from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
 from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
-from .weights.layouts import detect_layout, map_layout, merge_quanto, refuse_unscaled_int8
+from .weights.layouts import (EXPERT_LINEARS, LAYER_RE, detect_layout, map_layout, merge_quanto,
+                              refuse_unscaled_int8)
 from .weights.source import index_in
 from .weights.safetensors_io import TensorSpec, write_file
 
@@ -80,17 +80,13 @@ def official_key_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     return {k: spec.shape for k, spec in weight_table(config).items()}
 
 
-@functools.lru_cache(maxsize=1)
-def _block_linear_names() -> frozenset[str]:
-    """Names of the block linears inside a layer (``attention.linear_qkv.weight``, ...), read off the model."""
-    table = weight_table(DiTConfig.preset("tiny"))
-    return frozenset(k.split(".", 3)[3] for k, spec in table.items() if spec.stored is not None)
+_BLOCK_LINEAR_WEIGHTS = frozenset(f"{lin}.weight" for lin in EXPERT_LINEARS)  # inside a layer
 
 
 def is_block_linear(key: str) -> bool:
     """Whether a state-dict key is a block linear's weight (stored in the requested storage; the rest stays fp32)."""
     parts = key.split(".", 3)
-    return len(parts) == 4 and parts[:2] == ["block", "layers"] and parts[3] in _block_linear_names()
+    return len(parts) == 4 and parts[:2] == ["block", "layers"] and parts[3] in _BLOCK_LINEAR_WEIGHTS
 
 
 # ------------------------------------------------------------------ finding the files
@@ -163,9 +159,6 @@ def file_storage(src: WeightSource) -> Storage:
 # ------------------------------------------------------------------ key checks and inference
 
 
-_LAYER_RE = re.compile(r"^block\.layers\.(\d+)\.")
-
-
 def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") -> DiTConfig:
     """Architecture from the tensor shapes of an official fused-layout state dict.
 
@@ -186,7 +179,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") 
         _, tin = shapes["adapter.text_embedder.weight"]
     except (KeyError, ValueError):
         raise wrong_model("the adapter embedders are missing") from None
-    layer_ids = sorted({int(m.group(1)) for k in shapes if (m := _LAYER_RE.match(k))})
+    layer_ids = sorted({int(m.group(1)) for k in shapes if (m := LAYER_RE.match(k))})
     if not layer_ids:
         raise wrong_model("no 'block.layers.{i}' keys")
     n = layer_ids[-1] + 1

@@ -49,6 +49,18 @@ def _shuffled(d: dict, seed: int = 0) -> dict:
     return dict(items)
 
 
+def test_declared_block_linears_are_the_models():
+    """The one declared list of a layer's block linears (layouts, read by the loaders, converters and LoRA key map)
+    names exactly the model's stored-weight layers, in each layer."""
+    from magihuman.models.dit import weight_table
+    from magihuman.weights.layouts import EXPERT_LINEARS
+
+    table = weight_table(CFG)
+    stored = {k for k, spec in table.items() if spec.stored is not None}
+    assert stored == {f"block.layers.{i}.{lin}.weight" for i in range(CFG.num_layers) for lin in EXPERT_LINEARS}
+    assert {k for k in table if ck.is_block_linear(k)} == stored
+
+
 # ------------------------------------------------------------------ each layout loads equal to the official one
 
 

@@ -35,15 +35,16 @@ from .report import listing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODALITIES", "EXPERT_LINEARS", "Piece", "Split", "Layout", "OFFICIAL", "COMFY_NATIVE", "WAN2GP",
-           "LAYOUTS", "QUANTO", "detect_layout", "map_layout", "merge_quanto", "piece_rows",
+__all__ = ["MODALITIES", "EXPERT_LINEARS", "QKV_PARTS", "LAYER_RE", "Piece", "Split", "Layout", "OFFICIAL",
+           "COMFY_NATIVE", "WAN2GP", "LAYOUTS", "QUANTO", "detect_layout", "map_layout", "merge_quanto", "piece_rows",
            "refuse_unscaled_int8"]
 
 MODALITIES = ("video", "audio", "text")  # expert order in fused tensors
+# The block linears of a layer, as magihuman.models.dit names them (the one list: loaders and LoRA read it).
 EXPERT_LINEARS = ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj")
-QKV_PARTS = ("q", "k", "v", "g")
+QKV_PARTS = ("q", "k", "v", "g")  # the rows of one expert's linear_qkv, in order
 QUANTO = "optimum-quanto int8"
-_LAYER = re.compile(r"^block\.layers\.(\d+)\.")
+LAYER_RE = re.compile(r"^block\.layers\.(\d+)\.")  # a layer's key; group 1: its index
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def map_layout(src, layout: Layout) -> None:
     entries = src.entries
     merged: dict[str, Entry] = {}   # first piece's key -> the fused entry
     consumed: set[str] = set()
-    layers = sorted({int(m.group(1)) for k in entries if (m := _LAYER.match(k))})
+    layers = sorted({int(m.group(1)) for k in entries if (m := LAYER_RE.match(k))})
     where = src.describe()
     for i in layers:
         pre = f"block.layers.{i}."
