@@ -209,8 +209,8 @@ def _strip_wrapper(keys: list[str]) -> dict[str, str]:
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a LoRA file (safetensors, or a weights-only torch pickle) and its metadata."""
-    src = open_source(path, what="a LoRA", many_files=True)
     try:
+        src = open_source(path, what="a LoRA", many_files=True)
         return src.read(), dict(src.metadata)
     except CheckpointError as e:
         raise LoraError(str(e)) from None
