@@ -43,7 +43,7 @@ from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materi
 from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
 from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
-from .weights.layouts import (EXPERT_LINEARS, LAYER_RE, detect_layout, map_layout, merge_quanto,
+from .weights.layouts import (EXPERT_LINEARS, LAYER_RE, QUANTO, detect_layout, map_layout, merge_quanto,
                               refuse_unscaled_int8)
 from .weights.source import index_in
 from .weights.safetensors_io import TensorSpec, write_file
@@ -145,9 +145,10 @@ def open_checkpoint(path: str | Path) -> WeightSource:
 def layout_summary(src: WeightSource) -> str:
     """'ComfyUI-native, bf16' / 'Wan2GP, optimum-quanto int8 -> bf16': the layout and what the block linears hold."""
     held = file_storage(src).name
-    if src.quantization:
-        held = f"{src.quantization.split(' (')[0]} -> {held}" if "quanto" in src.quantization else \
-            f"{held}, {src.quantization}"
+    if src.quantization and src.quantization.startswith(QUANTO):  # dequantised while loading
+        held = f"{QUANTO} -> {held}"
+    elif src.quantization:
+        held = f"{held}, {src.quantization}"
     return f"{src.layout or 'unknown'}, {held}"
 
 
@@ -350,7 +351,6 @@ def _open_checked(path: str | Path, variant: Optional[str], config: Optional[DiT
         if src.layout is not None or src.format != "torch":
             raise
         raise CheckpointError(f"{e}\n  The file is {describe_contents(src)}. {FOREIGN_INT8}") from None
-    log.info("%s: layout: %s", src.describe(), layout_summary(src))
     check_keys(src.describe(), src.shapes, official_key_shapes(cfg),
                f"{WHAT} of the config in use ({cfg.num_layers} layers, hidden {cfg.hidden_size})",
                allow_missing=[ROPE_KEY])
@@ -463,8 +463,8 @@ def load_dit(
         "bytes_read": done,
         "notes": notes,
     }
-    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); layout: %s -> block linears %s; %d layers, hidden %d; "
-             "%s%s", where, variant, variant_reason, layout_summary(src), kept, cfg.num_layers, cfg.hidden_size,
+    log.info("Loaded MagiHuman DiT from %s: layout: %s -> block linears %s; variant %s (%s); %d layers, hidden %d; "
+             "%s%s", where, layout_summary(src), kept, variant, variant_reason, cfg.num_layers, cfg.hidden_size,
              config_reason, ("; " + "; ".join(notes)) if notes else "")
     return model
 

@@ -74,6 +74,7 @@ def test_comfy_native_loads_bit_equal_in_fp32(official, tmp_path, prefix, caplog
     assert not _equal(m.state_dict(), want)
     assert m.load_info["layout"] == "ComfyUI-native"
     assert f"{f}: layout: ComfyUI-native, fp32" in caplog.text
+    assert caplog.text.count("layout: ") == 1  # said once, on the load line
     assert inspect_dit(f)["config"] == inspect_dit(path)["config"]
 
 
