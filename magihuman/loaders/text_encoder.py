@@ -86,13 +86,19 @@ def _folder_gguf(path: Path) -> Optional[Path]:
     return found[0] if found else None
 
 
+def _weights_and_config(path: Path, config: str | os.PathLike | None) -> tuple[Path, str | os.PathLike | None]:
+    """(weights to open, ``config=`` to use): a folder with config.json and one .gguf (no safetensors) is that .gguf,
+    configured by the folder unless ``config`` names another; anything else as given."""
+    if path.is_dir() and (path / "config.json").is_file() and (gguf := _folder_gguf(path)) is not None:
+        return gguf, config or path
+    return path, config
+
+
 def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None = None) -> tuple[WeightSource, dict]:
     """(source of the encoder tensors, HF config dict) of a T5Gemma folder or encoder file; ``config``: a config.json
     (or its folder) for a file that carries none."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file() and _folder_gguf(path) is not None:
-        config = config or path
-        path = _folder_gguf(path)
+    path, config = _weights_and_config(Path(path), config)
+    hf_config = None
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
@@ -100,7 +106,7 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
         if not (path / INDEX_NAME).is_file() and not any(path.glob("*.safetensors*")):
             raise CheckpointError(f"{path} has neither model.safetensors.index.json nor *.safetensors (or one .gguf) "
                                   "files")
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        hf_config = json.loads(cfg_file.read_text(encoding="utf-8"))
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP, many_files=True)
     elif path.is_file():
         if not path.name.endswith((".safetensors", ".safetensors.zst", GGUF_SUFFIX)):
@@ -112,14 +118,13 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
                              f"tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder or an "
                              "encoder file written by `python -m magihuman convert`")
         key = next((k for k in (CONFIG_METADATA_KEY, GGUF_CONFIG) if k in src.metadata), None)
-        given, config = config, None
-        if given is not None:
-            config = json.loads(_config_file(given).read_text(encoding="utf-8"))
+        if config is not None:
+            hf_config = json.loads(_config_file(config).read_text(encoding="utf-8"))
         elif key is not None:
-            config = json.loads(src.metadata[key])
+            hf_config = json.loads(src.metadata[key])
         elif (path.parent / "config.json").is_file():
-            config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
-        if src.entries and config is None:
+            hf_config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
+        if src.entries and hf_config is None:
             raise CheckpointError(f"{path} carries no T5Gemma config (metadata key 'config' or {GGUF_CONFIG}) and "
                                   "there is no config.json beside it: put the config.json and tokenizer.json of "
                                   "google/t5gemma-9b-9b-ul2 next to it (in ComfyUI: the file and those two in one "
@@ -137,15 +142,15 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
     if not src.entries:
         raise no_model_keys(src, "T5Gemma encoder", "'encoder.*' / 'model.encoder.*'", "Pick the "
                             "google/t5gemma-9b-9b-ul2 folder or an encoder-only T5Gemma .safetensors")
-    return src, config
+    return src, hf_config
 
 
 def _tokenizer_for(path: Path, src: WeightSource, tokenizer, config=None) -> GemmaTokenizer:
     """``tokenizer=`` if given, else the one embedded in a GGUF written by this project, else the files beside,
     else those of the ``config=`` folder."""
     if tokenizer is None and GGUF_TOKENIZER in src.metadata:
-        config = json.loads(src.metadata.get(GGUF_TOKENIZER_CONFIG) or "{}")
-        return GemmaTokenizer.from_json(src.metadata[GGUF_TOKENIZER], config, source=f"{path} (embedded)")
+        tokenizer_config = json.loads(src.metadata.get(GGUF_TOKENIZER_CONFIG) or "{}")
+        return GemmaTokenizer.from_json(src.metadata[GGUF_TOKENIZER], tokenizer_config, source=f"{path} (embedded)")
     if tokenizer is None and not path.is_dir() and config is not None:
         folder = _config_file(config).parent
         if not any((path.parent / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) and \
@@ -166,24 +171,22 @@ def load_text_encoder(cls, path: str | os.PathLike, *, storage: StorageLike = No
     """Build the encoder class ``cls`` (``T5GemmaEncoder``) on ``meta``, check keys and shapes from the
     headers, stream the tensors in on ``device`` and attach the tokenizer (``tokenizer=``, the one a GGUF file
     carries, or the files beside the weights, or those of ``config=``). ``config``: a config.json (or its folder) for
-    a file that carries none. ``storage`` (see :func:`magihuman.storage.requested_storage`): the projections and the token embedding
-    in it, the norms in its plain dtype (bf16 under compact storage)."""
+    a file that carries none. ``storage`` (see :func:`magihuman.storage.requested_storage`): the projections and the
+    token embedding in it, the norms in its plain dtype (bf16 under compact storage)."""
     want = requested_storage(storage, dtype=dtype, gguf=gguf)
-    path = Path(path)
-    given = config
-    src, config = open_text_encoder(path, given)
-    if path.is_dir() and src.files[0].name.endswith(GGUF_SUFFIX):  # a .gguf in a folder with its config and tokenizer
-        given, path = given or path, src.files[0]
-    model = cls.from_config(config, operations=operations, storage=want.built, device="meta", attn_softcap=attn_softcap)
+    path, config = _weights_and_config(Path(path), config)  # a .gguf in a folder with its config and tokenizer
+    src, hf_config = open_text_encoder(path, config)
+    model = cls.from_config(hf_config, operations=operations, storage=want.built, device="meta",
+                            attn_softcap=attn_softcap)
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the T5Gemma encoder its config.json describes")
     device = torch.device(device)
     counts: Counter = Counter()
     load_into(model, src, device=device, handler=compact_handler(src, want, device, counts))
     check_materialized(model, src.describe())
-    model.tokenizer = _tokenizer_for(path, src, tokenizer, given)
+    model.tokenizer = _tokenizer_for(path, src, tokenizer, config)
     model.compute_device = device
     log.info("Loaded T5Gemma encoder from %s: %s%s", src.describe(), storage_counts(counts),
-             f" (config from {_config_file(given)})" if given is not None else "")
+             f" (config from {_config_file(config)})" if config is not None else "")
     return model.eval()
 
 
