@@ -170,7 +170,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") 
     """
     def wrong_model(detail: str) -> CheckpointError:
         msg = mismatch_report(where, shapes, official_key_shapes(DiTConfig()),
-                                   "a daVinci-MagiHuman DiT (official fused layout)", allow_missing=[ROPE_KEY])
+                              "a daVinci-MagiHuman DiT (official fused layout)", allow_missing=[ROPE_KEY])
         return CheckpointError(f"{msg or where}\n  ({detail}; expected keys like 'adapter.video_embedder.weight', "
                                "'block.layers.0.attention.linear_qkv.weight'. Is this another model's file?)")
 
@@ -404,10 +404,10 @@ def load_dit(
     per tensor (fp8 files as they are, others quantised amax / 448); a GGUF type (``"Q8_0"``, ``"Q4_K"``, ...)
     quantises every block linear to it while loading (a GGUF file of that type is kept as it is). Norms, adapter,
     final heads and RoPE bands stay fp32 as the model defines them. ``dtype=`` / ``gguf=`` are the older spelling
-    (see :func:`magihuman.storage.requested_storage`). The variant and config are inferred (override with ``variant=`` / ``config=``);
-    the returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why, and
-    ``model.compute_device`` = ``device``. ``progress(done_bytes, total_bytes)`` is called as data arrives. A file
-    without ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
+    (see :func:`magihuman.storage.requested_storage`). The variant and config are inferred (override with
+    ``variant=`` / ``config=``); the returned model carries ``model.variant`` and ``model.load_info`` saying what was
+    inferred and why, and ``model.compute_device`` = ``device``. ``progress(done_bytes, total_bytes)`` is called as
+    data arrives. A file without ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
     """
     want = requested_storage(storage, dtype=dtype, gguf=gguf)
     src, variant, variant_reason, cfg, config_reason = _open_checked(path, variant, config)

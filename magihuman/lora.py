@@ -222,7 +222,8 @@ def _check_finite(name: str, t: torch.Tensor, where: str) -> None:
                         "re-train it)")
 
 
-def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT, where: str = "LoRA") -> tuple[list[LoraPatch], int]:
+def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT,
+               where: str = "LoRA") -> tuple[list[LoraPatch], int]:
     """Map a LoRA state dict onto ``model``: (patches, number of LoRA modules matched). Refuses, naming keys,
     anything that does not fit: unknown module names, rank or shape mismatches, NaN/Inf."""
     targets = lora_targets(model)
@@ -405,7 +406,8 @@ def apply_lora(model: MagiHumanDiT, path: str | Path, strength: float = 1.0) -> 
             merged = _row_patch(patches, handle.strength)(t.detach().float()).to(t.dtype)
             t.copy_(merged)
     model.loras = list(getattr(model, "loras", [])) + [handle]
-    model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
+    model.lora_variant = variant_with_loras(getattr(model, "variant", None),
+                                            [(h.file, h.strength) for h in model.loras])
     log.info("LoRA %s applied at strength %g: %d module(s), %d delta(s)", lora.path, handle.strength, lora.matched,
              len(lora.patches))
     return handle
@@ -428,4 +430,5 @@ def remove_lora(model: MagiHumanDiT, handle: Optional[LoraHandle] = None) -> Non
                 mod, attr = _owner(model, param)
                 getattr(mod, attr).copy_(original)
     model.loras = [h for h in getattr(model, "loras", []) if h not in handles]
-    model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
+    model.lora_variant = variant_with_loras(getattr(model, "variant", None),
+                                            [(h.file, h.strength) for h in model.loras])

@@ -27,7 +27,8 @@ from ..errors import CheckpointError
 from ..quant.gguf import GGMLType
 from ..storage import Storage, StorageLike, requested_storage
 from ..tokenizer import GemmaTokenizer, read_tokenizer_config
-from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
+from ..weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into,
+                       open_source)
 from ..weights.compact import compact_handler, main_storage, storage_counts
 from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
 from ..weights.layouts import merge_quanto, refuse_unscaled_int8
@@ -45,7 +46,7 @@ CONFIG_METADATA_KEY = "config"
 GGUF_ARCH = "t5gemma_encoder"
 # GGUF key/values: the HF config (JSON), and the tokenizer, so that one .gguf file is the whole encoder.
 GGUF_CONFIG, GGUF_TOKENIZER, GGUF_TOKENIZER_CONFIG = ("magihuman.hf_config", "magihuman.tokenizer_json",
-                                                     "magihuman.tokenizer_config")
+                                                      "magihuman.tokenizer_config")
 
 
 def encoder_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,7 +63,7 @@ def _tokenizer_beside(file: Path) -> Path:
     if stem_json.is_file():
         return stem_json
     raise CheckpointError(f"no tokenizer.json or tokenizer.model beside {file}; pass tokenizer=<path to the "
-                            f"T5Gemma tokenizer.json or its folder>")
+                          "T5Gemma tokenizer.json or its folder>")
 
 
 def _config_file(config: str | os.PathLike) -> Path:
@@ -110,13 +111,14 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP, many_files=True)
     elif path.is_file():
         if not path.name.endswith((".safetensors", ".safetensors.zst", GGUF_SUFFIX)):
-            raise CheckpointError(f"{path}: expected a .safetensors or .gguf file (or the google/t5gemma-9b-9b-ul2 folder)")
+            raise CheckpointError(f"{path}: expected a .safetensors or .gguf file (or the google/t5gemma-9b-9b-ul2 "
+                                  "folder)")
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP)
         arch = src.metadata.get(ARCH_KEY) if src.format == "gguf" else None
         if arch is not None and arch != GGUF_ARCH and not src.entries:
-            raise CheckpointError(f"{path} is a GGUF of architecture {arch!r}, not a T5Gemma encoder ({GGUF_ARCH!r}); its "
-                             f"tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder or an "
-                             "encoder file written by `python -m magihuman convert`")
+            raise CheckpointError(f"{path} is a GGUF of architecture {arch!r}, not a T5Gemma encoder ({GGUF_ARCH!r}); "
+                                  f"its tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder "
+                                  "or an encoder file written by `python -m magihuman convert`")
         key = next((k for k in (CONFIG_METADATA_KEY, GGUF_CONFIG) if k in src.metadata), None)
         if config is not None:
             hf_config = json.loads(_config_file(config).read_text(encoding="utf-8"))
@@ -132,7 +134,7 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
                                   "carries them with `python -m magihuman convert`")
     else:
         raise CheckpointError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 folder or an "
-                                "encoder .safetensors file)")
+                              "encoder .safetensors file)")
     merge_quanto(src)  # Wan2GP's quanto int8 encoder: each int8 projection with its per-row scale, read as one
     try:
         refuse_unscaled_int8(src)

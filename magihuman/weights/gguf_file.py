@@ -118,8 +118,8 @@ def open_gguf(path: Path) -> tuple[dict[str, Entry], dict[str, str], dict[Path, 
         qtype = q.GGMLType(int(t.tensor_type))
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
-            raise CheckpointError(f"{path}: tensor {t.name!r} ends at byte {t.data_offset + t.n_bytes} but the file has "
-                                  f"{size} bytes; the file is truncated: download it again")
+            raise CheckpointError(f"{path}: tensor {t.name!r} ends at byte {t.data_offset + t.n_bytes} but the file "
+                                  f"has {size} bytes; the file is truncated: download it again")
         logical, stored = shape, None
         if t.name in padded:
             logical, stored = padded[t.name], shape

@@ -358,9 +358,9 @@ def _torch_state(path: Path, what: str, hint: str, containers: tuple[str, ...]) 
                 break
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = list(obj)[:5] if isinstance(obj, Mapping) else "-"
-        raise CheckpointError(f"{path}: expected a state dict of tensors"
-                    + (f" (or a checkpoint holding one under {', '.join(map(repr, containers))})" if containers else "")
-                    + f"; found {type(obj).__name__} with keys {keys}")
+        held = f" (or a checkpoint holding one under {', '.join(map(repr, containers))})" if containers else ""
+        raise CheckpointError(f"{path}: expected a state dict of tensors{held}; found {type(obj).__name__} with keys "
+                              f"{keys}")
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
@@ -399,8 +399,8 @@ def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_
     mapped = keymap.apply(raw)
     if mapped.duplicates:
         key, a, b = mapped.duplicates[0]
-        raise CheckpointError(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file mixes two "
-                    "layouts")
+        raise CheckpointError(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file "
+                              "mixes two layouts")
     entries = {}
     for key, name in mapped.names.items():
         e = raw[name]
@@ -415,5 +415,5 @@ def no_model_keys(src: WeightSource, what: str, expected_like: str, hint: str = 
     """The error for a file in which the key map found nothing of the model."""
     names = [n for n in src.ignored][:5]
     return CheckpointError(f"{src.describe()} holds no {what} tensors (expected keys like {expected_like}; its "
-                 f"{len(src.ignored)} tensors start with: {listing(names)}): it is another model's file"
-                 + (f". {hint}" if hint else ""))
+                           f"{len(src.ignored)} tensors start with: {listing(names)}): it is another model's file"
+                           + (f". {hint}" if hint else ""))
