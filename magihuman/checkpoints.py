@@ -20,7 +20,6 @@ per-row scales), detected from the keys and mapped onto the official ones by :mo
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -38,14 +37,14 @@ from .models.dit import MagiHumanDiT, weight_table
 from .models.dit_config import DiTConfig, sr_1080p_local_attn_layers, swiglu_intermediate_size
 from .quant import gguf as gguf_types
 from .rope import default_rope_bands
-from .storage import Storage, StorageLike, convert_choices, parse_storage, requested_storage
+from .storage import Storage, StorageLike, requested_storage
 from .weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, load_into, mismatch_report,
                       open_source)
 from .weights.compact import compact_handler, main_storage, storage_counts
 from .weights.fp8 import COMFY_FP8_MARKER
-from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
-from .weights.layouts import detect_layout, int8_without_scales, map_layout, merge_quanto
-from .weights.report import listing
+from .weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
+from .weights.layouts import (EXPERT_LINEARS, LAYER_RE, QUANTO, detect_layout, map_layout, merge_quanto,
+                              refuse_unscaled_int8)
 from .weights.source import index_in
 from .weights.safetensors_io import TensorSpec, write_file
 
@@ -67,7 +66,6 @@ FOREIGN_INT8 = ("This looks like an INT8 repack whose layout is not published (e
                 "the official release, a Wan2GP (bf16 or quanto int8) or ComfyUI file, or a GGUF from "
                 "`python -m magihuman convert`")
 DIFFUSERS_DITS = ("transformer", "sr_transformer")  # the DiT folders of a diffusers pipeline folder
-_UNSET = object()  # load_dit(dtype=...) not given
 # Architecture fields that shapes determine (local_attn_layers does not show in the weights).
 ARCH_FIELDS = ("num_layers", "hidden_size", "head_dim", "num_query_groups", "video_in_channels",
                "audio_in_channels", "text_in_channels", "mm_layers", "gelu7_layers", "post_norm_layers",
@@ -82,17 +80,13 @@ def official_key_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
     return {k: spec.shape for k, spec in weight_table(config).items()}
 
 
-@functools.lru_cache(maxsize=1)
-def _block_linear_names() -> frozenset[str]:
-    """Names of the block linears inside a layer (``attention.linear_qkv.weight``, ...), read off the model."""
-    table = weight_table(DiTConfig.preset("tiny"))
-    return frozenset(k.split(".", 3)[3] for k, spec in table.items() if spec.stored is not None)
+_BLOCK_LINEAR_WEIGHTS = frozenset(f"{lin}.weight" for lin in EXPERT_LINEARS)  # inside a layer
 
 
 def is_block_linear(key: str) -> bool:
     """Whether a state-dict key is a block linear's weight (stored in the requested storage; the rest stays fp32)."""
     parts = key.split(".", 3)
-    return len(parts) == 4 and parts[:2] == ["block", "layers"] and parts[3] in _block_linear_names()
+    return len(parts) == 4 and parts[:2] == ["block", "layers"] and parts[3] in _BLOCK_LINEAR_WEIGHTS
 
 
 # ------------------------------------------------------------------ finding the files
@@ -138,30 +132,24 @@ def open_checkpoint(path: str | Path) -> WeightSource:
             if key in src.metadata:
                 src.metadata.setdefault(ours, src.metadata[key])
     merge_quanto(src)
+    try:
+        refuse_unscaled_int8(src)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} The file is {describe_contents(src)}. {FOREIGN_INT8}") from None
     layout = detect_layout(src)
     if layout is not None:
         map_layout(src, layout)
-    raw_int8 = int8_without_scales(src)
-    if raw_int8:
-        raise CheckpointError(f"{src.describe()}: {len(raw_int8)} tensor(s) are int8 with no scale layout this loader "
-                              f"knows (first: {listing(raw_int8, None, 3)}); int8 values without their scales are not "
-                              f"weights. The file is {describe_contents(src)}. {FOREIGN_INT8}")
     return src
 
 
 def layout_summary(src: WeightSource) -> str:
     """'ComfyUI-native, bf16' / 'Wan2GP, optimum-quanto int8 -> bf16': the layout and what the block linears hold."""
     held = file_storage(src).name
-    if src.quantization:
-        held = f"{src.quantization.split(' (')[0]} -> {held}" if "quanto" in src.quantization else \
-            f"{held}, {src.quantization}"
+    if src.quantization and src.quantization.startswith(QUANTO):  # dequantised while loading
+        held = f"{QUANTO} -> {held}"
+    elif src.quantization:
+        held = f"{held}, {src.quantization}"
     return f"{src.layout or 'unknown'}, {held}"
-
-
-def block_linear_dtype(src: WeightSource) -> torch.dtype:
-    """The stored dtype holding most bytes of the block linears (what the release was saved in)."""
-    keys = [k for k in src.entries if is_block_linear(k)]
-    return src.dominant_dtype(keys or None)
 
 
 def file_storage(src: WeightSource) -> Storage:
@@ -170,9 +158,6 @@ def file_storage(src: WeightSource) -> Storage:
 
 
 # ------------------------------------------------------------------ key checks and inference
-
-
-_LAYER_RE = re.compile(r"^block\.layers\.(\d+)\.")
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") -> DiTConfig:
@@ -185,7 +170,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") 
     """
     def wrong_model(detail: str) -> CheckpointError:
         msg = mismatch_report(where, shapes, official_key_shapes(DiTConfig()),
-                                   "a daVinci-MagiHuman DiT (official fused layout)", allow_missing=[ROPE_KEY])
+                              "a daVinci-MagiHuman DiT (official fused layout)", allow_missing=[ROPE_KEY])
         return CheckpointError(f"{msg or where}\n  ({detail}; expected keys like 'adapter.video_embedder.weight', "
                                "'block.layers.0.attention.linear_qkv.weight'. Is this another model's file?)")
 
@@ -195,7 +180,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], where: str = "checkpoint") 
         _, tin = shapes["adapter.text_embedder.weight"]
     except (KeyError, ValueError):
         raise wrong_model("the adapter embedders are missing") from None
-    layer_ids = sorted({int(m.group(1)) for k in shapes if (m := _LAYER_RE.match(k))})
+    layer_ids = sorted({int(m.group(1)) for k in shapes if (m := LAYER_RE.match(k))})
     if not layer_ids:
         raise wrong_model("no 'block.layers.{i}' keys")
     n = layer_ids[-1] + 1
@@ -303,7 +288,7 @@ def infer_variant(src: WeightSource, override: Optional[str] = None) -> tuple[st
                     "put base / distill / 540p_sr / 1080p_sr in the file name)", src.describe(), META_VARIANT)
         return "distill", ("a GGUF file without variant metadata and a name that says nothing; distill assumed "
                            "(pass variant= or name the file magihuman_base*.gguf etc.)")
-    dt = block_linear_dtype(src)
+    dt = file_storage(src).dtype  # what the release was saved in: a plain dtype or fp8 (GGUF files returned above)
     if dt.is_floating_point and dt.itemsize == 2:  # 16-bit weights
         return "base", (f"weights are {_dtype_name(dt)} on disk and the name says nothing; the base "
                         "release is the bf16 one (pass variant= to override)")
@@ -366,7 +351,6 @@ def _open_checked(path: str | Path, variant: Optional[str], config: Optional[DiT
         if src.layout is not None or src.format != "torch":
             raise
         raise CheckpointError(f"{e}\n  The file is {describe_contents(src)}. {FOREIGN_INT8}") from None
-    log.info("%s: layout: %s", src.describe(), layout_summary(src))
     check_keys(src.describe(), src.shapes, official_key_shapes(cfg),
                f"{WHAT} of the config in use ({cfg.num_layers} layers, hidden {cfg.hidden_size})",
                allow_missing=[ROPE_KEY])
@@ -398,17 +382,11 @@ def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
-def dit_storage(storage: StorageLike = None, *, dtype=_UNSET, gguf: Optional[str] = None) -> Storage:
-    """The storage :func:`load_dit` keeps the block linears in, from ``storage`` or the older keyword arguments
-    (:func:`magihuman.storage.requested_storage`)."""
-    return requested_storage(storage, dtype=None if dtype is _UNSET else dtype, gguf=gguf)
-
-
 def load_dit(
     path: str | Path,
     *,
     storage: StorageLike = None,
-    dtype=_UNSET,
+    dtype=None,
     device: str | torch.device = "cpu",
     operations=torch.nn,
     variant: Optional[str] = None,
@@ -426,12 +404,12 @@ def load_dit(
     per tensor (fp8 files as they are, others quantised amax / 448); a GGUF type (``"Q8_0"``, ``"Q4_K"``, ...)
     quantises every block linear to it while loading (a GGUF file of that type is kept as it is). Norms, adapter,
     final heads and RoPE bands stay fp32 as the model defines them. ``dtype=`` / ``gguf=`` are the older spelling
-    (see :func:`dit_storage`). The variant and config are inferred (override with ``variant=`` / ``config=``);
-    the returned model carries ``model.variant`` and ``model.load_info`` saying what was inferred and why, and
-    ``model.compute_device`` = ``device``. ``progress(done_bytes, total_bytes)`` is called as data arrives. A file
-    without ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
+    (see :func:`magihuman.storage.requested_storage`). The variant and config are inferred (override with
+    ``variant=`` / ``config=``); the returned model carries ``model.variant`` and ``model.load_info`` saying what was
+    inferred and why, and ``model.compute_device`` = ``device``. ``progress(done_bytes, total_bytes)`` is called as
+    data arrives. A file without ``adapter.rope.bands`` gets the formula value ``1 / 10000**(i / (head_dim//8))``.
     """
-    want = dit_storage(storage, dtype=dtype, gguf=gguf)
+    want = requested_storage(storage, dtype=dtype, gguf=gguf)
     src, variant, variant_reason, cfg, config_reason = _open_checked(path, variant, config)
     where = src.describe()
     counts: Counter = Counter()
@@ -465,7 +443,6 @@ def load_dit(
     check_materialized(model, where)
     model.eval()
     model.compute_device = device
-    model.set_compute_dtype(model.compute_dtype)  # the block linears follow the model's setting
 
     source = file_storage(src)
     kept = storage_counts(counts)
@@ -486,8 +463,8 @@ def load_dit(
         "bytes_read": done,
         "notes": notes,
     }
-    log.info("Loaded MagiHuman DiT from %s: variant %s (%s); layout: %s -> block linears %s; %d layers, hidden %d; "
-             "%s%s", where, variant, variant_reason, layout_summary(src), kept, cfg.num_layers, cfg.hidden_size,
+    log.info("Loaded MagiHuman DiT from %s: layout: %s -> block linears %s; variant %s (%s); %d layers, hidden %d; "
+             "%s%s", where, layout_summary(src), kept, variant, variant_reason, cfg.num_layers, cfg.hidden_size,
              config_reason, ("; " + "; ".join(notes)) if notes else "")
     return model
 
@@ -569,15 +546,6 @@ def write_tiny_dit(
     return path
 
 
-def gguf_storage(quant: StorageLike) -> Storage:
-    """The storage a GGUF writer writes block linears in (``"Q8_0"``, ``"q4_k"``, ``"bf16"``, ...), or a clear error."""
-    st = parse_storage(quant, what="GGUF quantisation")
-    if st.name not in convert_choices():
-        raise CheckpointError(f"cannot write GGUF block linears as {st.name}; choose one of "
-                              f"{', '.join(convert_choices())}")
-    return st
-
-
 def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.bfloat16,
                 variant: Optional[str] = None, show_progress: bool = True, quant: StorageLike = None) -> Path:
     """Re-save a DiT checkpoint as ONE file, streamed (one tensor in memory at a time), with the variant and
@@ -596,7 +564,7 @@ def convert_dit(src_path: str | Path, dst: str | Path, *, dtype: torch.dtype = t
         raise CheckpointError(f"convert_dit writes a .safetensors or .gguf file; got {dst}")
     if quant is not None and not to_gguf:
         raise CheckpointError(f"quant={quant!r} needs a .gguf output, got {dst}")
-    st = gguf_storage(quant or "Q8_0") if to_gguf else None
+    st = gguf_storage(quant or "Q8_0", "block linears") if to_gguf else None
     order = sorted(src.entries, key=lambda k: (src.files.index(src.entries[k].file), src.entries[k].offset))
     f32 = int(gguf_types.GGMLType.F32)
     rope = lambda: default_rope_bands(cfg.head_dim)  # noqa: E731
@@ -632,9 +600,7 @@ __all__ = [
     "CheckpointError",
     "VARIANTS",
     "convert_dit",
-    "dit_storage",
     "file_storage",
-    "gguf_storage",
     "infer_config",
     "infer_variant",
     "inspect_dit",

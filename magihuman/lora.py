@@ -42,7 +42,7 @@ from .errors import CheckpointError
 from .models.dit import MagiHumanDiT
 from .storage import BlockLinear, weight_table
 from .weights import open_source
-from .weights.layouts import LAYOUTS, piece_rows
+from .weights.layouts import EXPERT_LINEARS, LAYOUTS, MODALITIES, QKV_PARTS, piece_rows
 from .weights.report import listing
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LoraError", "LoraPatch", "LoraFile", "lora_targets", "read_lora", "parse_lora", "apply_lora",
            "remove_lora", "META_BASE", "META_TARGET", "MODALITIES"]
 
-MODALITIES = ("video", "audio", "text")  # expert order inside fused multi-modal tensors
+QKV_LORA_NAMES = ("linear_q", "linear_k", "linear_v", "linear_gate")  # LoRA module names of QKV_PARTS' rows
 META_BASE, META_TARGET = "magihuman_lora_base", "magihuman_lora_target"  # variants (written by extract-lora)
 WRAPPERS = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "model.")
 PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))  # (down, up)
@@ -149,32 +149,31 @@ def lora_targets(model: MagiHumanDiT) -> dict[str, Target]:
         elif attr == "bias":
             out[mod_name + "\0bias"] = Target(name, (), spec.shape)
     hq, hkv, d = cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim
-    parts = {"linear_q": (0, hq * d), "linear_k": (hq * d, hkv * d), "linear_v": ((hq + hkv) * d, hkv * d),
-             "linear_gate": ((hq + 2 * hkv) * d, hq if cfg.enable_attn_gating else 0)}
-    for i, layer in enumerate(model.block.layers):
+    # part -> (offset, length) of its rows inside one expert's linear_qkv rows [q | k | v | gate]
+    qkv_parts = {"q": (0, hq * d), "k": (hq * d, hkv * d), "v": ((hq + hkv) * d, hkv * d),
+                 "g": ((hq + 2 * hkv) * d, hq if cfg.enable_attn_gating else 0)}
+    for i in range(cfg.num_layers):
         num = 3 if i in cfg.mm_layers else 1
-        for mod_name, mod in (("attention.linear_qkv", layer.attention.linear_qkv),
-                              ("attention.linear_proj", layer.attention.linear_proj),
-                              ("mlp.up_gate_proj", layer.mlp.up_gate_proj), ("mlp.down_proj", layer.mlp.down_proj)):
-            full = f"block.layers.{i}.{mod_name}"
+        for lin in EXPERT_LINEARS:
+            full = f"block.layers.{i}.{lin}"
             rows, cols = out[full].shape
             per = rows // num
             if num > 1:
                 out[full + "\0each"] = Target(full + ".weight", tuple((e * per, per) for e in range(num)), (per, cols))
                 for e, modality in enumerate(MODALITIES):
                     out[f"{full}.{modality}"] = Target(full + ".weight", ((e * per, per),), (per, cols))
-            if mod_name == "attention.linear_qkv":
-                base = f"block.layers.{i}.attention"
-                for part, (offset, length) in parts.items():
-                    if not length:
-                        continue
-                    out[f"{base}.{part}"] = Target(full + ".weight", tuple((e * per + offset, length)
-                                                                           for e in range(num)), (length, cols))
-                    if num > 1:
-                        for e, modality in enumerate(MODALITIES):
-                            out[f"{base}.{part}.{modality}"] = Target(full + ".weight", ((e * per + offset, length),),
-                                                                      (length, cols))
-        qkv_parts = {"q": parts["linear_q"], "k": parts["linear_k"], "v": parts["linear_v"], "g": parts["linear_gate"]}
+        qkv = f"block.layers.{i}.attention.linear_qkv"
+        rows, cols = out[qkv].shape
+        per = rows // num
+        for part, lora_name in zip(QKV_PARTS, QKV_LORA_NAMES):
+            offset, length = qkv_parts[part]
+            if not length:
+                continue
+            name = f"block.layers.{i}.attention.{lora_name}"
+            out[name] = Target(qkv + ".weight", tuple((e * per + offset, length) for e in range(num)), (length, cols))
+            if num > 1:
+                for e, modality in enumerate(MODALITIES):
+                    out[f"{name}.{modality}"] = Target(qkv + ".weight", ((e * per + offset, length),), (length, cols))
         for layout in LAYOUTS:  # the module names of the DiT layouts of other tools
             for split in layout.splits:
                 full = f"block.layers.{i}.{split.target}"
@@ -210,8 +209,8 @@ def _strip_wrapper(keys: list[str]) -> dict[str, str]:
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a LoRA file (safetensors, or a weights-only torch pickle) and its metadata."""
-    src = open_source(path, what="a LoRA", many_files=True)
     try:
+        src = open_source(path, what="a LoRA", many_files=True)
         return src.read(), dict(src.metadata)
     except CheckpointError as e:
         raise LoraError(str(e)) from None
@@ -223,7 +222,8 @@ def _check_finite(name: str, t: torch.Tensor, where: str) -> None:
                         "re-train it)")
 
 
-def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT, where: str = "LoRA") -> tuple[list[LoraPatch], int]:
+def parse_lora(tensors: dict[str, torch.Tensor], model: MagiHumanDiT,
+               where: str = "LoRA") -> tuple[list[LoraPatch], int]:
     """Map a LoRA state dict onto ``model``: (patches, number of LoRA modules matched). Refuses, naming keys,
     anything that does not fit: unknown module names, rank or shape mismatches, NaN/Inf."""
     targets = lora_targets(model)
@@ -406,7 +406,8 @@ def apply_lora(model: MagiHumanDiT, path: str | Path, strength: float = 1.0) -> 
             merged = _row_patch(patches, handle.strength)(t.detach().float()).to(t.dtype)
             t.copy_(merged)
     model.loras = list(getattr(model, "loras", [])) + [handle]
-    model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
+    model.lora_variant = variant_with_loras(getattr(model, "variant", None),
+                                            [(h.file, h.strength) for h in model.loras])
     log.info("LoRA %s applied at strength %g: %d module(s), %d delta(s)", lora.path, handle.strength, lora.matched,
              len(lora.patches))
     return handle
@@ -429,4 +430,5 @@ def remove_lora(model: MagiHumanDiT, handle: Optional[LoraHandle] = None) -> Non
                 mod, attr = _owner(model, param)
                 getattr(mod, attr).copy_(original)
     model.loras = [h for h in getattr(model, "loras", []) if h not in handles]
-    model.lora_variant = variant_with_loras(getattr(model, "variant", None), [(h.file, h.strength) for h in model.loras])
+    model.lora_variant = variant_with_loras(getattr(model, "variant", None),
+                                            [(h.file, h.strength) for h in model.loras])

@@ -110,6 +110,28 @@ def test_fp8_from_gguf_and_bf16_gguf(dit_folder, tmp_path):
     assert bf.load_info["source_dtype"] == "bf16"
 
 
+def test_quantised_blocks_decoded_to_a_plain_dtype_round_once(dit_folder, tmp_path):
+    """A GGUF loaded as bf16 / fp16: the blocks decoded in float32 and rounded once, equal to the float32 load cast."""
+    path = convert_dit(dit_folder, tmp_path / "q4.gguf", quant="Q4_K", show_progress=False)
+    f32 = load_dit(path, storage="fp32", show_progress=False)
+    for plain, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        m = load_dit(path, storage=plain, show_progress=False)
+        for (name, a), b in zip(m.named_modules(), f32.modules()):
+            if hasattr(a, "decoded_weight"):
+                assert a.weight.dtype == dt and torch.equal(a.weight, b.weight.to(dt)), (plain, name)
+
+
+def test_gguf_writers_name_what_they_can_write(dit_folder, tmp_path):
+    """Both converters refuse a storage GGUF cannot hold, with the one message and the choices; nothing is written."""
+    choices = "bf16, fp16, fp32, Q8_0, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0"
+    with pytest.raises(CheckpointError, match=rf"^cannot write GGUF block linears as fp8; choose one of {choices}$"):
+        convert_dit(dit_folder, tmp_path / "d.gguf", quant="fp8", show_progress=False)
+    te = write_tiny_t5gemma(tmp_path / "te", seed=2)
+    with pytest.raises(CheckpointError, match=rf"^cannot write GGUF projections as fp8; choose one of {choices}$"):
+        save_encoder_file(te, tmp_path / "te.gguf", quant="fp8")
+    assert not list(tmp_path.glob("*.gguf*"))
+
+
 def _bare_gguf(path: Path, tensors: dict[str, torch.Tensor], *, arch="magihuman", metadata=None) -> Path:
     specs = [GGUFSpec(k, tuple(v.shape), int(q.GGMLType.F32), (lambda v=v: v)) for k, v in tensors.items()]
     return write_gguf(path, specs, arch=arch, metadata=metadata or {}) and path

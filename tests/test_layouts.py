@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,18 @@ def _shuffled(d: dict, seed: int = 0) -> dict:
     return dict(items)
 
 
+def test_declared_block_linears_are_the_models():
+    """The one declared list of a layer's block linears (layouts, read by the loaders, converters and LoRA key map)
+    names exactly the model's stored-weight layers, in each layer."""
+    from magihuman.models.dit import weight_table
+    from magihuman.weights.layouts import EXPERT_LINEARS
+
+    table = weight_table(CFG)
+    stored = {k for k, spec in table.items() if spec.stored is not None}
+    assert stored == {f"block.layers.{i}.{lin}.weight" for i in range(CFG.num_layers) for lin in EXPERT_LINEARS}
+    assert {k for k in table if ck.is_block_linear(k)} == stored
+
+
 # ------------------------------------------------------------------ each layout loads equal to the official one
 
 
@@ -61,6 +74,7 @@ def test_comfy_native_loads_bit_equal_in_fp32(official, tmp_path, prefix, caplog
     assert not _equal(m.state_dict(), want)
     assert m.load_info["layout"] == "ComfyUI-native"
     assert f"{f}: layout: ComfyUI-native, fp32" in caplog.text
+    assert caplog.text.count("layout: ") == 1  # said once, on the load line
     assert inspect_dit(f)["config"] == inspect_dit(path)["config"]
 
 
@@ -182,9 +196,19 @@ def test_comfy_native_scaled_fp8_each_expert_with_its_scale(official, tmp_path):
             want[k] = torch.cat(pieces)
     assert not _equal(m.state_dict(), want)
     assert m.load_info["layout"] == "ComfyUI-native" and "scaled_fp8" in m.load_info["quantization"]
-    # three experts, three scales: "file" decodes them to its plain dtype; fp8 re-quantises the fused tensor
-    assert load(tmp_path / "comfy_fp8.safetensors").load_info["kept"] == "16 bf16"
-    assert load(tmp_path / "comfy_fp8.safetensors", storage="fp8").load_info["kept"] == "16 fp8"
+    # multi-modal layers (0, 3): three experts, three scales: "file" decodes them to its plain dtype, fp8
+    # re-quantises the fused tensor; single-expert layers (1, 2): one tensor with its scale, kept fp8 as stored
+    kept = load(tmp_path / "comfy_fp8.safetensors")
+    assert kept.load_info["kept"] == "8 bf16, 8 fp8 (as stored)"
+    assert load(tmp_path / "comfy_fp8.safetensors", storage="fp8").load_info["kept"] == "8 fp8, 8 fp8 (as stored)"
+    for i in (1, 2):
+        for lin in ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj"):
+            layer, key = kept.get_submodule(f"block.layers.{i}.{lin}"), f"block.layers.{i}.{lin}.linear"
+            assert layer.storage.name == "fp8" and layer.weight_scale.item() == out[key + ".scale_weight"].item()
+            assert torch.equal(layer.decoded_weight(torch.float32), deq[key + ".weight"]), key
+    assert kept.block.layers[0].attention.linear_qkv.storage.name == "bf16"
+    bf16 = load(tmp_path / "comfy_fp8.safetensors", storage="bf16").state_dict()  # scaled in fp32, rounded once
+    assert not _equal(bf16, {k: v.to(bf16[k].dtype) for k, v in m.state_dict().items()})
 
 
 def test_fastvideo_diffusers_folders(official, tmp_path):
@@ -356,6 +380,39 @@ def test_undocumented_int8_pt_files_say_what_they_are(official, tmp_path):
         load(f)
 
 
+def _int8(v: torch.Tensor) -> torch.Tensor:
+    """A weight's values rounded to int8 with its scale dropped (what an undocumented int8 repack keeps)."""
+    return (v / (v.abs().amax(dim=1, keepdim=True) / 127)).round().to(torch.int8)
+
+
+@pytest.mark.parametrize("names", ["official", "comfy"])
+def test_int8_without_scales_is_refused_in_every_layout(official, tmp_path, names):
+    """Raw int8 block linears are refused whatever the names: split per expert (ComfyUI-native) they are no derived
+    tensor that slips past the check, and one int8 expert among bf16 ones is not concatenated to float32."""
+    _, sd, _ = official
+    int8 = {k: _int8(v) if ck.is_block_linear(k) else v for k, v in sd.items()}
+    if names == "comfy":
+        int8 = to_comfy_native(int8, CFG, "")
+    f = tmp_path / f"{names}_int8.safetensors"
+    write_file(f, int8)
+    n = 16 if names == "official" else 2 * 4 * 3 + 2 * 4  # mm layers 0 and 3: three experts; 1 and 2: one piece
+    first = "block.layers.0.attention.linear_qkv" + (".experts.0" if names == "comfy" else "") + ".weight"
+    with pytest.raises(CheckpointError) as e:
+        load(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: {n} tensor(s) are int8 with no scale layout this loader knows (first: {first}, ")
+    assert f"a safetensors file holding {len(int8)} tensors (" in msg and "RunningHub" in msg
+    with pytest.raises(CheckpointError, match=r"are int8 with no scale layout this loader knows"):
+        ck.open_checkpoint(f)  # inspect, convert and the estimators refuse it too
+    mixed = to_comfy_native(sd, CFG, "")
+    bad = "block.layers.3.mlp.down_proj.experts.1.weight"
+    mixed[bad] = _int8(mixed[bad])
+    write_file(f, mixed)
+    with pytest.raises(CheckpointError, match=rf"^{f}: 1 tensor\(s\) are int8 with no scale layout this loader "
+                                              rf"knows \(first: {re.escape(bad)}\)"):
+        load(f)
+
+
 # ------------------------------------------------------------------ quanto rows in chunks
 
 
@@ -499,3 +556,21 @@ def test_cli_convert_takes_other_layouts_and_dit_pickles(official, tmp_path, cap
     torch.save(int8, tmp_path / "base_int8.pt")
     assert cli.main(["convert", str(tmp_path / "base_int8.pt"), str(tmp_path / "x.safetensors")]) != 0
     assert "int8 with no scale layout this loader knows" in capsys.readouterr().err
+
+
+def test_t5gemma_int8_without_scales_is_refused(tmp_path):
+    """int8 projections without a scale scheme the loader knows are no weights: refused like the DiT's, naming the
+    file and the keys (their values read as floats would be an encoder that encodes noise)."""
+    from magihuman.models.text_encoder import T5GemmaEncoder, tiny_hf_config, tiny_state_dict
+    from magihuman.tokenizer import write_tiny_tokenizer
+
+    sd = {k: _int8(v) if k.startswith("encoder.layers.") and v.dim() == 2 else v.to(torch.bfloat16)
+          for k, v in tiny_state_dict(seed=3).items()}
+    f = tmp_path / "t5gemma_int8.safetensors"
+    write_file(f, sd)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_hf_config()))
+    write_tiny_tokenizer(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        T5GemmaEncoder.from_pretrained(f)
+    assert str(e.value).startswith(f"{f}: 28 tensor(s) are int8 with no scale layout this loader knows (first: "
+                                   "encoder.layers.0.")

@@ -225,6 +225,28 @@ def test_foreign_and_broken_loras_are_clear_errors(base, tmp_path, caplog):
     assert "extracted against the sr_540p DiT" in caplog.text and "applied to a base DiT" in caplog.text
 
 
+class _Pickled:  # a custom class in a pickle: torch.load(weights_only=True) refuses it before anything runs
+    pass
+
+
+def test_unreadable_lora_files_are_lora_errors(base, tmp_path):
+    """A LoRA file that cannot be opened (missing, not a weights file, a corrupt header, a pickle weights_only
+    refuses, a truncated file) is a LoraError naming the file, as every other bad LoRA is."""
+    good, _ = hand_made_lora()
+    write_file(tmp_path / "good.safetensors", good)
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "header.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.txt").write_text("not weights")
+    torch.save({"lora": _Pickled()}, tmp_path / "code.pt")
+    for name, says in (("missing.safetensors", "does not exist"), ("notes.txt", "is not a weights file"),
+                       ("header.safetensors", "header"), ("cut.safetensors", "truncated"),
+                       ("code.pt", "refused to load this pickle for safety")):
+        with pytest.raises(LoraError, match=rf"^{tmp_path / name}\b.*{says}"):
+            apply_lora(base, tmp_path / name)
+    assert all(not getattr(m, "weight_patches", None) for m in base.modules())
+
+
 def test_lora_loader_nodes_chain_and_leave_the_input_alone(node_pack, tiny_dir, tmp_path):
     loras = tmp_path / "models"
     import shutil

@@ -25,17 +25,18 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..quant.gguf import GGMLType
-from ..storage import Storage, StorageLike, convert_choices, parse_storage, requested_storage
+from ..storage import Storage, StorageLike, requested_storage
 from ..tokenizer import GemmaTokenizer, read_tokenizer_config
-from ..weights import INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into, open_source
+from ..weights import (INDEX_NAME, KeyMap, WeightSource, check_keys, check_materialized, expected_shapes, load_into,
+                       open_source)
 from ..weights.compact import compact_handler, main_storage, storage_counts
-from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, write_gguf
-from ..weights.layouts import merge_quanto
+from ..weights.gguf_file import ARCH_KEY, GGUF_SUFFIX, GGUFSpec, gguf_storage, write_gguf
+from ..weights.layouts import merge_quanto, refuse_unscaled_int8
 from ..weights.safetensors_io import TensorSpec, write_file
 from ..weights.source import no_model_keys
 
 __all__ = ["TEXT_ENCODER_KEYMAP", "encoder_state_dict", "load_text_encoder", "open_text_encoder",
-           "save_encoder_file", "text_encoder_file_storage", "text_encoder_storage"]
+           "save_encoder_file", "text_encoder_file_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ CONFIG_METADATA_KEY = "config"
 GGUF_ARCH = "t5gemma_encoder"
 # GGUF key/values: the HF config (JSON), and the tokenizer, so that one .gguf file is the whole encoder.
 GGUF_CONFIG, GGUF_TOKENIZER, GGUF_TOKENIZER_CONFIG = ("magihuman.hf_config", "magihuman.tokenizer_json",
-                                                     "magihuman.tokenizer_config")
+                                                      "magihuman.tokenizer_config")
 
 
 def encoder_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,7 +63,7 @@ def _tokenizer_beside(file: Path) -> Path:
     if stem_json.is_file():
         return stem_json
     raise CheckpointError(f"no tokenizer.json or tokenizer.model beside {file}; pass tokenizer=<path to the "
-                            f"T5Gemma tokenizer.json or its folder>")
+                          "T5Gemma tokenizer.json or its folder>")
 
 
 def _config_file(config: str | os.PathLike) -> Path:
@@ -86,13 +87,19 @@ def _folder_gguf(path: Path) -> Optional[Path]:
     return found[0] if found else None
 
 
+def _weights_and_config(path: Path, config: str | os.PathLike | None) -> tuple[Path, str | os.PathLike | None]:
+    """(weights to open, ``config=`` to use): a folder with config.json and one .gguf (no safetensors) is that .gguf,
+    configured by the folder unless ``config`` names another; anything else as given."""
+    if path.is_dir() and (path / "config.json").is_file() and (gguf := _folder_gguf(path)) is not None:
+        return gguf, config or path
+    return path, config
+
+
 def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None = None) -> tuple[WeightSource, dict]:
     """(source of the encoder tensors, HF config dict) of a T5Gemma folder or encoder file; ``config``: a config.json
     (or its folder) for a file that carries none."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file() and _folder_gguf(path) is not None:
-        config = config or path
-        path = _folder_gguf(path)
+    path, config = _weights_and_config(Path(path), config)
+    hf_config = None
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
@@ -100,26 +107,26 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
         if not (path / INDEX_NAME).is_file() and not any(path.glob("*.safetensors*")):
             raise CheckpointError(f"{path} has neither model.safetensors.index.json nor *.safetensors (or one .gguf) "
                                   "files")
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        hf_config = json.loads(cfg_file.read_text(encoding="utf-8"))
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP, many_files=True)
     elif path.is_file():
         if not path.name.endswith((".safetensors", ".safetensors.zst", GGUF_SUFFIX)):
-            raise CheckpointError(f"{path}: expected a .safetensors or .gguf file (or the google/t5gemma-9b-9b-ul2 folder)")
+            raise CheckpointError(f"{path}: expected a .safetensors or .gguf file (or the google/t5gemma-9b-9b-ul2 "
+                                  "folder)")
         src = open_source(path, what=WHAT, keymap=TEXT_ENCODER_KEYMAP)
         arch = src.metadata.get(ARCH_KEY) if src.format == "gguf" else None
         if arch is not None and arch != GGUF_ARCH and not src.entries:
-            raise CheckpointError(f"{path} is a GGUF of architecture {arch!r}, not a T5Gemma encoder ({GGUF_ARCH!r}); its "
-                             f"tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder or an "
-                             "encoder file written by `python -m magihuman convert`")
+            raise CheckpointError(f"{path} is a GGUF of architecture {arch!r}, not a T5Gemma encoder ({GGUF_ARCH!r}); "
+                                  f"its tensors start with {src.ignored[:3]}. Pick the google/t5gemma-9b-9b-ul2 folder "
+                                  "or an encoder file written by `python -m magihuman convert`")
         key = next((k for k in (CONFIG_METADATA_KEY, GGUF_CONFIG) if k in src.metadata), None)
-        given, config = config, None
-        if given is not None:
-            config = json.loads(_config_file(given).read_text(encoding="utf-8"))
+        if config is not None:
+            hf_config = json.loads(_config_file(config).read_text(encoding="utf-8"))
         elif key is not None:
-            config = json.loads(src.metadata[key])
+            hf_config = json.loads(src.metadata[key])
         elif (path.parent / "config.json").is_file():
-            config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
-        if src.entries and config is None:
+            hf_config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
+        if src.entries and hf_config is None:
             raise CheckpointError(f"{path} carries no T5Gemma config (metadata key 'config' or {GGUF_CONFIG}) and "
                                   "there is no config.json beside it: put the config.json and tokenizer.json of "
                                   "google/t5gemma-9b-9b-ul2 next to it (in ComfyUI: the file and those two in one "
@@ -127,32 +134,31 @@ def open_text_encoder(path: str | os.PathLike, config: str | os.PathLike | None 
                                   "carries them with `python -m magihuman convert`")
     else:
         raise CheckpointError(f"T5Gemma path {path} does not exist (give the google/t5gemma-9b-9b-ul2 folder or an "
-                                "encoder .safetensors file)")
+                              "encoder .safetensors file)")
     merge_quanto(src)  # Wan2GP's quanto int8 encoder: each int8 projection with its per-row scale, read as one
+    try:
+        refuse_unscaled_int8(src)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} Use the google/t5gemma-9b-9b-ul2 folder, an encoder file written by `python -m "
+                              "magihuman convert`, the published GGUF or Wan2GP's quanto int8 encoder") from None
     if not src.entries:
         raise no_model_keys(src, "T5Gemma encoder", "'encoder.*' / 'model.encoder.*'", "Pick the "
                             "google/t5gemma-9b-9b-ul2 folder or an encoder-only T5Gemma .safetensors")
-    return src, config
+    return src, hf_config
 
 
 def _tokenizer_for(path: Path, src: WeightSource, tokenizer, config=None) -> GemmaTokenizer:
     """``tokenizer=`` if given, else the one embedded in a GGUF written by this project, else the files beside,
     else those of the ``config=`` folder."""
     if tokenizer is None and GGUF_TOKENIZER in src.metadata:
-        config = json.loads(src.metadata.get(GGUF_TOKENIZER_CONFIG) or "{}")
-        return GemmaTokenizer.from_json(src.metadata[GGUF_TOKENIZER], config, source=f"{path} (embedded)")
+        tokenizer_config = json.loads(src.metadata.get(GGUF_TOKENIZER_CONFIG) or "{}")
+        return GemmaTokenizer.from_json(src.metadata[GGUF_TOKENIZER], tokenizer_config, source=f"{path} (embedded)")
     if tokenizer is None and not path.is_dir() and config is not None:
         folder = _config_file(config).parent
         if not any((path.parent / n).is_file() for n in ("tokenizer.json", "tokenizer.model")) and \
                 any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
             tokenizer = folder
     return GemmaTokenizer.from_path(tokenizer or (path if path.is_dir() else _tokenizer_beside(path)))
-
-
-def text_encoder_storage(storage: StorageLike = None, *, dtype=None, gguf: Optional[str] = None) -> Storage:
-    """The storage the encoder's projections and embedding are kept in, from ``storage`` or the older keyword
-    arguments (:func:`magihuman.storage.requested_storage`)."""
-    return requested_storage(storage, dtype=dtype, gguf=gguf)
 
 
 def text_encoder_file_storage(path: str | os.PathLike, config: str | os.PathLike | None = None) -> Storage:
@@ -167,24 +173,22 @@ def load_text_encoder(cls, path: str | os.PathLike, *, storage: StorageLike = No
     """Build the encoder class ``cls`` (``T5GemmaEncoder``) on ``meta``, check keys and shapes from the
     headers, stream the tensors in on ``device`` and attach the tokenizer (``tokenizer=``, the one a GGUF file
     carries, or the files beside the weights, or those of ``config=``). ``config``: a config.json (or its folder) for
-    a file that carries none. ``storage`` (see :func:`text_encoder_storage`): the projections and the token embedding
-    in it, the norms in its plain dtype (bf16 under compact storage)."""
-    want = text_encoder_storage(storage, dtype=dtype, gguf=gguf)
-    path = Path(path)
-    given = config
-    src, config = open_text_encoder(path, given)
-    if path.is_dir() and src.files[0].name.endswith(GGUF_SUFFIX):  # a .gguf in a folder with its config and tokenizer
-        given, path = given or path, src.files[0]
-    model = cls.from_config(config, operations=operations, storage=want.built, device="meta", attn_softcap=attn_softcap)
+    a file that carries none. ``storage`` (see :func:`magihuman.storage.requested_storage`): the projections and the
+    token embedding in it, the norms in its plain dtype (bf16 under compact storage)."""
+    want = requested_storage(storage, dtype=dtype, gguf=gguf)
+    path, config = _weights_and_config(Path(path), config)  # a .gguf in a folder with its config and tokenizer
+    src, hf_config = open_text_encoder(path, config)
+    model = cls.from_config(hf_config, operations=operations, storage=want.built, device="meta",
+                            attn_softcap=attn_softcap)
     check_keys(src.describe(), src.shapes, expected_shapes(model), "the T5Gemma encoder its config.json describes")
     device = torch.device(device)
     counts: Counter = Counter()
     load_into(model, src, device=device, handler=compact_handler(src, want, device, counts))
     check_materialized(model, src.describe())
-    model.tokenizer = _tokenizer_for(path, src, tokenizer, given)
+    model.tokenizer = _tokenizer_for(path, src, tokenizer, config)
     model.compute_device = device
     log.info("Loaded T5Gemma encoder from %s: %s%s", src.describe(), storage_counts(counts),
-             f" (config from {_config_file(given)})" if given is not None else "")
+             f" (config from {_config_file(config)})" if config is not None else "")
     return model.eval()
 
 
@@ -204,10 +208,7 @@ def save_encoder_file(src: str | os.PathLike, dst: str | os.PathLike, *, dtype=t
             return lambda: read_one(key, dt)
 
         if dst.name.endswith(GGUF_SUFFIX):
-            st = parse_storage(quant or "Q8_0", what="GGUF quantisation")
-            if st.name not in convert_choices():
-                raise CheckpointError(f"cannot write GGUF projections as {st.name}; choose one of "
-                                      f"{', '.join(convert_choices())}")
+            st = gguf_storage(quant or "Q8_0", "projections")
             compact = {k for k, e in source.entries.items() if len(e.shape) == 2}
             folder = src_path if src_path.is_dir() else src_path.parent
             meta = {GGUF_CONFIG: json.dumps(config)}

@@ -240,17 +240,6 @@ class _EncoderStack(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, operations=operations, dtype=dtype, device=device)
 
 
-def _compute_dtype(dtype) -> torch.dtype:
-    """Activations run in the weight dtype (as transformers); storage-only dtypes (fp8) compute in bf16."""
-    if dtype is None:
-        return torch.float32
-    if dtype == torch.float16:
-        log.warning("T5Gemma in float16: Gemma-2 activations can overflow fp16; the official run used bfloat16")
-    if dtype.is_floating_point and dtype.itemsize >= 2:
-        return dtype
-    return torch.bfloat16
-
-
 def sliding_window_mask(length: int, window: int, device=None) -> torch.Tensor:
     """Bool [L, L]: query i sees key j iff |i - j| < window (transformers 4.56's bidirectional window)."""
     idx = torch.arange(length, device=device)
@@ -270,7 +259,9 @@ class T5GemmaEncoder(nn.Module):
         # norms and activations are in the plain dtype (bf16 under compact storage), fp32 by default
         st = parse_storage(storage if storage is not None else dtype, default=STORAGES["fp32"]).built
         plain = st.dtype if st.kind == PLAIN else torch.bfloat16
-        self.compute_dtype = _compute_dtype(plain)
+        if plain == torch.float16:
+            log.warning("T5Gemma in float16: Gemma-2 activations can overflow fp16; the official run used bfloat16")
+        self.compute_dtype = plain  # activations in the plain dtype, as transformers runs them
         self.encoder = _EncoderStack(config, operations=operations, storage=st, dtype=plain, device=device)
         for m in self.linear_layers():
             m.compute_dtype = self.compute_dtype

@@ -7,7 +7,9 @@
   the official fused keys by entries derived from several file tensors (:mod:`.entry`);
 - :mod:`.report`: the one key-mismatch report (file, missing, unexpected, wrong shapes);
 - :mod:`.stream`: fill a meta-built model tensor by tensor in its final dtype and device;
-- :mod:`.fp8`, :mod:`.torch_files`, :mod:`.safetensors_io`: format details.
+- :mod:`.compact`: fill the layers that own a stored weight in a requested storage (kept as the file holds it, or
+  encoded tensor by tensor);
+- :mod:`.fp8`, :mod:`.torch_files`, :mod:`.safetensors_io`, :mod:`.gguf_file`: format details.
 
 It imports no model: ``magihuman.models`` define networks, the loaders (``magihuman.checkpoints`` for the
 DiT, ``magihuman.loaders`` for the rest) join the two.

@@ -62,7 +62,8 @@ def fill_stored(layer: _StoredWeight, e: Entry, reader: Reader, src: WeightSourc
         data = keep._pad(w8.view(torch.uint8), layer.rows, layer.cols, layer.experts).view(FP8_DTYPE)
         layer.set_stored(data.to(device), torch.tensor(1.0 if scale is None else scale), keep)
         return keep, True
-    read_dtype = keep.dtype if keep.kind == PLAIN and scale is None and not e.quantized else torch.float32
+    # readers decode GGUF blocks and apply fp8 scales in float32 chunk by chunk, rounding once to the destination
+    read_dtype = keep.dtype if keep.kind == PLAIN else torch.float32
     w = reader.read_into(e, torch.empty(e.shape, dtype=read_dtype, device=device if keep.kind == PLAIN else "cpu"),
                          on_bytes, scale=scale)
     try:

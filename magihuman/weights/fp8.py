@@ -21,23 +21,25 @@ __all__ = ["FP8_SCALE_SUFFIX", "COMFY_FP8_MARKER", "is_fp8", "split_fp8_scales"]
 
 FP8_SCALE_SUFFIX = ".__fp8_scale"
 COMFY_FP8_MARKER = "scaled_fp8"
+
+
 def is_fp8(dtype: torch.dtype) -> bool:
     """Whether a stored dtype is one of the 8-bit floats (e4m3fn, e5m2)."""
     return dtype.is_floating_point and dtype.itemsize == 1
 
 
 def split_fp8_scales(src) -> None:
-    """Move scale tensors out of ``src.entries`` (a :class:`~.source.WeightSource`) into ``src.scale_of`` (model key of the weight -> scale
-    entry); ComfyUI's marker and activation scales go to ``src.ignored``. Refuses a file in which some fp8
-    weights have scales and others do not (dequantising it would give wrong weights)."""
+    """Move scale tensors out of ``src.entries`` (a :class:`~.source.WeightSource`) into ``src.scale_of`` (model key
+    of the weight -> scale entry); ComfyUI's marker and activation scales go to ``src.ignored``. Refuses a file in
+    which some fp8 weights have scales and others do not (dequantising it would give wrong weights)."""
     keys = set(src.entries)
     comfy = COMFY_FP8_MARKER in keys
     drop = []
 
     def take(scale_key: str, weight_key: str) -> None:
         if weight_key not in keys:
-            raise CheckpointError(f"{src.describe()}: scale {src.entries[scale_key].name!r} has no weight {weight_key!r} to "
-                        "apply to")
+            raise CheckpointError(f"{src.describe()}: scale {src.entries[scale_key].name!r} has no weight "
+                                  f"{weight_key!r} to apply to")
         src.scale_of[weight_key] = src.entries[scale_key]
 
     for k in sorted(keys):

@@ -26,10 +26,11 @@ import torch
 
 from ..errors import CheckpointError
 from ..quant import gguf as q
-from ..storage import PLAIN, STORAGES
+from ..storage import PLAIN, STORAGES, Storage, StorageLike, convert_choices, parse_storage
 from .entry import Entry, OnBytes, Reader
 
-__all__ = ["GGUF_SUFFIX", "ARCH_KEY", "PLAIN_TYPES", "open_gguf", "GGUFSpec", "write_gguf", "gguf_package"]
+__all__ = ["GGUF_SUFFIX", "ARCH_KEY", "PLAIN_TYPES", "open_gguf", "GGUFSpec", "gguf_storage", "write_gguf",
+           "gguf_package"]
 
 GGUF_SUFFIX = ".gguf"
 ARCH_KEY = "general.architecture"
@@ -117,8 +118,8 @@ def open_gguf(path: Path) -> tuple[dict[str, Entry], dict[str, str], dict[Path, 
         qtype = q.GGMLType(int(t.tensor_type))
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
-            raise CheckpointError(f"{path}: tensor {t.name!r} ends at byte {t.data_offset + t.n_bytes} but the file has "
-                                  f"{size} bytes; the file is truncated: download it again")
+            raise CheckpointError(f"{path}: tensor {t.name!r} ends at byte {t.data_offset + t.n_bytes} but the file "
+                                  f"has {size} bytes; the file is truncated: download it again")
         logical, stored = shape, None
         if t.name in padded:
             logical, stored = padded[t.name], shape
@@ -166,6 +167,15 @@ class GGUFSpec:
         block, size = q.BLOCK_SIZES[q.GGMLType(self.qtype)]
         n = int(np.prod(self.stored_shape)) if self.shape else 1
         return n // block * size
+
+
+def gguf_storage(quant: StorageLike, what: str) -> Storage:
+    """The storage :func:`write_gguf` writes ``what`` (e.g. "block linears") in, from ``"Q8_0"``, ``"q4_k"``,
+    ``"bf16"``, ...; a storage it cannot write is a clear error."""
+    st = parse_storage(quant, what="GGUF quantisation")
+    if st.name not in convert_choices():
+        raise CheckpointError(f"cannot write GGUF {what} as {st.name}; choose one of {', '.join(convert_choices())}")
+    return st
 
 
 def write_gguf(path: str | Path, specs: Iterable[GGUFSpec], *, arch: str, metadata: dict[str, str],

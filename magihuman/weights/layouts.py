@@ -15,8 +15,9 @@ keep those pieces apart:
 
 A :class:`Layout` lists, per official linear, the modules whose rows make it (:class:`Split`, :class:`Piece`).
 :func:`map_layout` detects the layout from the keys (never the file name), refuses files that mix two or lack a
-piece, and replaces the pieces by one derived entry per official tensor (:func:`~.entry.concat_rows`), so loaders,
-converters and estimators see official keys and shapes. The LoRA key map reads the same declarations.
+piece, and replaces the pieces by one derived entry per official tensor (:func:`~.entry.concat_rows`; a lone piece
+is renamed, so an fp8 one keeps its dtype and scale), so loaders, converters and estimators see official keys and
+shapes. The LoRA key map reads the same declarations.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ from .report import listing
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODALITIES", "EXPERT_LINEARS", "Piece", "Split", "Layout", "OFFICIAL", "COMFY_NATIVE", "WAN2GP",
-           "LAYOUTS", "QUANTO", "detect_layout", "map_layout", "merge_quanto", "piece_rows"]
+__all__ = ["MODALITIES", "EXPERT_LINEARS", "QKV_PARTS", "LAYER_RE", "Piece", "Split", "Layout", "OFFICIAL",
+           "COMFY_NATIVE", "WAN2GP", "LAYOUTS", "QUANTO", "detect_layout", "map_layout", "merge_quanto", "piece_rows",
+           "refuse_unscaled_int8"]
 
 MODALITIES = ("video", "audio", "text")  # expert order in fused tensors
+# The block linears of a layer, as magihuman.models.dit names them (the one list: loaders and LoRA read it).
 EXPERT_LINEARS = ("attention.linear_qkv", "attention.linear_proj", "mlp.up_gate_proj", "mlp.down_proj")
-QKV_PARTS = ("q", "k", "v", "g")
+QKV_PARTS = ("q", "k", "v", "g")  # the rows of one expert's linear_qkv, in order
 QUANTO = "optimum-quanto int8"
-_LAYER = re.compile(r"^block\.layers\.(\d+)\.")
+LAYER_RE = re.compile(r"^block\.layers\.(\d+)\.")  # a layer's key; group 1: its index
 
 
 @dataclass(frozen=True)
@@ -172,11 +175,12 @@ def detect_layout(src, layouts: tuple[Layout, ...] = LAYOUTS) -> Optional[Layout
 
 def map_layout(src, layout: Layout) -> None:
     """Rewrite ``src.entries`` (model keys of ``layout``) to official keys: the pieces of each fused linear become one
-    entry reading their rows in order. Refuses a fused linear with some pieces missing, or kept both fused and split."""
+    entry reading their rows in order (one piece: that entry renamed, with its fp8 scale). Refuses a fused linear with
+    some pieces missing, or kept both fused and split."""
     entries = src.entries
     merged: dict[str, Entry] = {}   # first piece's key -> the fused entry
     consumed: set[str] = set()
-    layers = sorted({int(m.group(1)) for k in entries if (m := _LAYER.match(k))})
+    layers = sorted({int(m.group(1)) for k in entries if (m := LAYER_RE.match(k))})
     where = src.describe()
     for i in layers:
         pre = f"block.layers.{i}."
@@ -208,13 +212,18 @@ def map_layout(src, layout: Layout) -> None:
                 raise CheckpointError(f"{where}: layer {i} holds {target!r} and its pieces "
                                       f"({pre}{wanted[0].module}.weight, ...); the file mixes two layouts")
             names = [f"{pre}{p.module}.weight" for p in wanted]
+            consumed.update(names)
+            if len(names) == 1:  # one piece: the official tensor itself, renamed (fp8 keeps its dtype and scale)
+                merged[names[0]] = entries[names[0]].renamed(target)
+                if names[0] in src.scale_of:
+                    src.scale_of[target] = src.scale_of.pop(names[0])
+                continue
             parts = tuple(entries[n] for n in names)
             scaled = any(leaf.key in src.scale_of for p in parts for leaf in p.leaves)
             try:
                 merged[names[0]] = concat_rows(target, parts, scaled=scaled)
             except ValueError as err:
                 raise CheckpointError(f"{where}: {err}") from None
-            consumed.update(names)
     out: dict[str, Entry] = {}
     for k, e in entries.items():  # each fused tensor where its first piece was
         if k in merged:
@@ -225,8 +234,12 @@ def map_layout(src, layout: Layout) -> None:
     src.layout = layout.name
 
 
-def int8_without_scales(src) -> list[str]:
-    """Keys of plain int8 / uint8 tensors (not GGUF blocks, not a known quantisation): weights a loader cannot
-    dequantise because the file's scale layout is not one it knows."""
-    return [k for k, e in src.entries.items() if e.dtype in (torch.int8, torch.uint8) and not e.quantized
-            and not e.derived]
+def refuse_unscaled_int8(src) -> None:
+    """Refuse plain int8 / uint8 tensors (not GGUF blocks, not quanto data merged with its scale): values a loader
+    cannot dequantise, as the file's scale layout is not one it knows. Run after :func:`merge_quanto` and before
+    :func:`map_layout`, so every piece of a fused weight is checked as the file holds it."""
+    raw = [k for k, e in src.entries.items() if e.dtype in (torch.int8, torch.uint8) and not e.quantized]
+    if raw:
+        raise CheckpointError(f"{src.describe()}: {len(raw)} tensor(s) are int8 with no scale layout this loader "
+                              f"knows (first: {listing(raw, None, 3)}); int8 values without their scales are not "
+                              "weights.")

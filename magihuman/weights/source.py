@@ -147,14 +147,6 @@ class WeightSource:
     def total_bytes(self) -> int:
         return sum(e.nbytes for e in self.entries.values())
 
-    def dominant_dtype(self, keys: Optional[Iterable[str]] = None) -> torch.dtype:
-        """The stored dtype holding most bytes among ``keys`` (default all): what the release was saved in."""
-        by: dict[torch.dtype, int] = {}
-        for k in (self.entries if keys is None else keys):
-            e = self.entries[k]
-            by[e.dtype] = by.get(e.dtype, 0) + e.nbytes
-        return max(by, key=by.get) if by else torch.float32
-
     # ---------------------------------------------------------------- reading
     def reader(self, file: Path, chunk_bytes: Optional[int] = None) -> Reader:
         """A reader of ``file`` (and of the parts of derived entries listed under it)."""
@@ -366,9 +358,9 @@ def _torch_state(path: Path, what: str, hint: str, containers: tuple[str, ...]) 
                 break
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = list(obj)[:5] if isinstance(obj, Mapping) else "-"
-        raise CheckpointError(f"{path}: expected a state dict of tensors"
-                    + (f" (or a checkpoint holding one under {', '.join(map(repr, containers))})" if containers else "")
-                    + f"; found {type(obj).__name__} with keys {keys}")
+        held = f" (or a checkpoint holding one under {', '.join(map(repr, containers))})" if containers else ""
+        raise CheckpointError(f"{path}: expected a state dict of tensors{held}; found {type(obj).__name__} with keys "
+                              f"{keys}")
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
@@ -407,8 +399,8 @@ def open_source(path: str | Path, *, what: str, keymap: KeyMap = KeyMap(), many_
     mapped = keymap.apply(raw)
     if mapped.duplicates:
         key, a, b = mapped.duplicates[0]
-        raise CheckpointError(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file mixes two "
-                    "layouts")
+        raise CheckpointError(f"{where}: tensor {key!r} appears twice in the file (as {a!r} and {b!r}); the file "
+                              "mixes two layouts")
     entries = {}
     for key, name in mapped.names.items():
         e = raw[name]
@@ -423,5 +415,5 @@ def no_model_keys(src: WeightSource, what: str, expected_like: str, hint: str = 
     """The error for a file in which the key map found nothing of the model."""
     names = [n for n in src.ignored][:5]
     return CheckpointError(f"{src.describe()} holds no {what} tensors (expected keys like {expected_like}; its "
-                 f"{len(src.ignored)} tensors start with: {listing(names)}): it is another model's file"
-                 + (f". {hint}" if hint else ""))
+                           f"{len(src.ignored)} tensors start with: {listing(names)}): it is another model's file"
+                           + (f". {hint}" if hint else ""))

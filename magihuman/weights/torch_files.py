@@ -41,20 +41,21 @@ def _unpickler_reason(err: Exception) -> str:
 def load_torch_weights(path: str | Path, *, what: str, hint: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU (memory-mapped when possible); never anything weaker.
 
-    A pickle the weights-only unpickler rejects raises :class:`CheckpointError` saying it was refused (and why); any other
-    parse failure raises it saying the file cannot be read as ``what``. ``hint``: what to use instead.
+    A pickle the weights-only unpickler rejects raises :class:`CheckpointError` saying it was refused (and why); any
+    other parse failure raises it saying the file cannot be read as ``what``. ``hint``: what to use instead.
     """
     path = Path(path)
     for mmap in (True, False):
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
-            raise CheckpointError(f"{path}: refused to load this pickle for safety: torch.load(weights_only=True) rejected it "
-                        f"({_unpickler_reason(err)}). Only plain tensors and containers are read; pickled code is "
-                        f"never executed (the file may also be damaged). {hint}".rstrip()) from None
+            raise CheckpointError(f"{path}: refused to load this pickle for safety: torch.load(weights_only=True) "
+                                  f"rejected it ({_unpickler_reason(err)}). Only plain tensors and containers are "
+                                  f"read; pickled code is never executed (the file may also be damaged). "
+                                  f"{hint}".rstrip()) from None
         except Exception as err:  # noqa: BLE001 - any parse failure of a foreign file
             if mmap and isinstance(err, RuntimeError) and "mmap" in str(err):
                 continue  # legacy (non-zip) torch files cannot be memory-mapped
             raise CheckpointError(f"{path}: cannot read this file as a torch checkpoint ({type(err).__name__}: "
-                        f"{_unpickler_reason(err)}); is it complete and really {what}?") from None
+                                  f"{_unpickler_reason(err)}); is it complete and really {what}?") from None
     raise AssertionError("unreachable")
