@@ -393,7 +393,7 @@ def test_encode_prompt_validation_and_pairs():
         def __init__(self):
             self.seen = []
 
-        def encode(self, prompts, max_length=640):
+        def encode(self, prompts, max_length=640, warn_trim=True):
             self.seen.append(list(prompts))
             e = torch.zeros(len(prompts), max_length, 64)
             return e, [len(p) for p in prompts]
@@ -416,7 +416,7 @@ class _CountingEncoder:
     def __init__(self):
         self.texts = []
 
-    def encode(self, texts, max_length):
+    def encode(self, texts, max_length, warn_trim=True):
         self.texts += texts
         return torch.full((1, max_length, 4), float(len(texts[0]))), torch.tensor([len(texts[0])])
 

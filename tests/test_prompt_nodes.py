@@ -150,7 +150,7 @@ class _FakeEncoder:
     def linear_layers(self):
         return []
 
-    def encode(self, texts, max_length):
+    def encode(self, texts, max_length, warn_trim=True):
         self.texts += texts
         return torch.zeros(1, max_length, 4), torch.tensor([3])
 

@@ -352,12 +352,13 @@ class T5GemmaEncoder(nn.Module):
         return self.tokenizer(list(prompts))
 
     @torch.inference_mode()
-    def encode(self, prompts: list[str], *, max_length: int = TEXT_TARGET_LENGTH):
+    def encode(self, prompts: list[str], *, max_length: int = TEXT_TARGET_LENGTH, warn_trim: bool = True):
         """prompts -> (embeds [B, max_length, H] fp32, lens list[int]).
 
         As the official pipeline: each prompt is encoded alone at its full length, the hidden states are
         cast to fp16 and back to fp32, then zero-padded or trimmed to ``max_length``; ``lens`` holds the
-        real length (≤ max_length). Trimming keeps the first ``max_length`` token states of the full run.
+        real length (≤ max_length). Trimming keeps the first ``max_length`` token states of the full run, with a
+        warning to shorten the prompt (``warn_trim=False``: a debug line, for texts trimmed on purpose).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -371,10 +372,13 @@ class T5GemmaEncoder(nn.Module):
         for i, ids in enumerate(ids_list):
             ids_t = torch.tensor([ids], dtype=torch.long, device=device)
             hidden = self(ids_t, torch.ones_like(ids_t))[0].half().float().cpu()  # [L, H]
-            if hidden.shape[0] > max_length:
+            if hidden.shape[0] > max_length and warn_trim:
                 log.warning("T5Gemma prompt %d has %d tokens; the DiT takes %d: trimming the last %d token "
                             "embeddings (shorten the prompt to keep all of it)", i, hidden.shape[0], max_length,
                             hidden.shape[0] - max_length)
+            elif hidden.shape[0] > max_length:
+                log.debug("T5Gemma prompt %d has %d tokens; the DiT takes %d: trimmed to them, as intended", i,
+                          hidden.shape[0], max_length)
             n = min(hidden.shape[0], max_length)
             out[i, :n] = hidden[:n]
             lens.append(n)

@@ -21,31 +21,6 @@ log = logging.getLogger("magihuman.pipeline")
 __all__ = ["encode_prompt", "encode_prompts", "encode_image", "encode_reference_audio", "image_hw3", "encode_image_at", "vae_device"]
 
 
-class _BuiltinNegativeTrim(logging.Filter):
-    """The official negative prompt is longer than the DiT's 640 text tokens on purpose and the official code trims
-    it the same way: its trim is a debug line, never advice to shorten a prompt the user did not write."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and "tokens; the DiT takes" in record.getMessage():
-            log.debug("MagiHuman: the built-in negative prompt is trimmed to %d tokens, as in the official code",
-                      MAX_TEXT_TOKENS)
-            return False
-        return True
-
-
-def _encode(text_encoder, text: str, max_length: int, builtin: bool):
-    """``text_encoder.encode([text])``; for the built-in negative prompt its trim warning becomes a debug line (the
-    T5Gemma encoder's logger, for this call only)."""
-    if not builtin:
-        return text_encoder.encode([text], max_length=max_length)
-    logger, quiet = logging.getLogger("magihuman.models.text_encoder"), _BuiltinNegativeTrim()
-    logger.addFilter(quiet)
-    try:
-        return text_encoder.encode([text], max_length=max_length)
-    finally:
-        logger.removeFilter(quiet)
-
-
 def encode_prompt(text_encoder, prompt: str, negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
                   *, max_length: int = MAX_TEXT_TOKENS, cjk_spacing: bool = True) -> TextConditioning:
     """Prompt (+ negative prompt for CFG; ``None`` skips it, as the distilled model needs none) ->
@@ -77,7 +52,9 @@ def encode_prompts(text_encoder, prompts: Sequence[str], negative_prompt: Option
     if negative_prompt is not None:
         negative_prompt = spaced(negative_prompt)
         builtin = negative_prompt.strip() in (DEFAULT_NEGATIVE_PROMPT, space_cjk(DEFAULT_NEGATIVE_PROMPT))
-        neg, neg_lens = _encode(text_encoder, negative_prompt, max_length, builtin)
+        # the official negative prompt is longer than the DiT's 640 tokens on purpose, trimmed as the official code
+        # trims it: no advice to shorten a text the user did not write
+        neg, neg_lens = text_encoder.encode([negative_prompt], max_length=max_length, warn_trim=not builtin)
         negative = dict(negative_embeds=neg.float(), negative_lens=[int(neg_lens[0])], negative_prompt=negative_prompt)
     return [replace(encoded[p], **negative) for p in map(spaced, prompts)]
 
