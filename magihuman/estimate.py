@@ -142,6 +142,9 @@ class WeightStorage:
     padding_params: int         # zeros added so rows are whole GGUF blocks / fp8 matmul tiles
     layers: tuple[int, ...]     # bytes of each transformer layer (all its tensors)
     largest_compact: int        # elements (as stored, padded) of the largest weight decoded whole per use
+    # elements alive while a weight decoded whole is decoded, the most of any: as stored, twice where the experts'
+    # rows were padded (Storage.decode slices the logical weight out of the padded one: a copy)
+    decoded_elements: int = 0
 
     @property
     def total(self) -> int:
@@ -151,7 +154,7 @@ class WeightStorage:
 def _storage(st: Storage, table: dict[str, WeightSpec], other_bytes: int, decoded_whole) -> WeightStorage:
     """Sum the bytes of ``table`` with every stored-weight layer in ``st`` and the rest at ``other_bytes`` per
     element; ``decoded_whole(key)``: the weight is decoded whole at use (an embedding decodes rows only)."""
-    compact = other = scales = padding = largest = 0
+    compact = other = scales = padding = largest = decoded = 0
     layers: dict[int, int] = {}
     for key, spec in table.items():
         if spec.stored is None:
@@ -170,11 +173,14 @@ def _storage(st: Storage, table: dict[str, WeightSpec], other_bytes: int, decode
                 compact += nbytes
             if decoded_whole(key):
                 largest = max(largest, stored_elems)
+                sliced = pr != rows and (experts > 1 or pc != cols)  # not a view of the padded weight
+                decoded = max(decoded, stored_elems * (2 if sliced else 1))
         layer = _layer_index(key)
         if layer is not None:
             layers[layer] = layers.get(layer, 0) + nbytes
     return WeightStorage(format=st.name, compact=compact, other=other, scales=scales, padding_params=padding,
-                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest)
+                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest,
+                         decoded_elements=decoded)
 
 
 _LAYER_KEY = re.compile(r"^(?:block|encoder)\.layers\.(\d+)\.")
@@ -198,19 +204,20 @@ def dit_weight_storage(cfg: DiTConfig, weight_dtype="bf16") -> WeightStorage:
     return _dit_storage(json.dumps(cfg.to_dict(), sort_keys=True), weight_format(weight_dtype))
 
 
-def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16) -> int:
-    """Peak bytes of decoding one stored weight for a matmul in ``compute_dtype`` (weights are decoded one at a
-    time, whole: the DiT's fused experts too). Plain storage in the compute dtype needs none; another plain dtype a
-    cast copy; fp8 the cast (scaled in place; a copy more where experts' rows are padded); GGUF the decoded weight
-    plus the float32 temporaries of one chunk of blocks (:data:`magihuman.quant.gguf.DEQUANT_CHUNK_ELEMENTS`)."""
+def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16, device="cuda") -> int:
+    """Peak bytes of decoding one stored weight for a matmul in ``compute_dtype`` on ``device`` (weights are decoded
+    one at a time, whole: the DiT's fused experts too). Plain storage in the compute dtype needs none; another plain
+    dtype a cast copy. fp8 and GGUF: the weight decoded as stored (fp8: cast, scaled in place), a second copy
+    where the experts' rows were padded (:attr:`WeightStorage.decoded_elements`); GGUF also the float32 temporaries
+    of one chunk of blocks, whose size depends on the device (:func:`magihuman.quant.gguf.chunk_elements`: 4 Mi
+    elements on a CPU, 64 Mi on a GPU). Default device: a GPU's, as the device peak is a GPU figure."""
     cb = _dtype_bytes(compute_dtype)
     st = parse_storage(storage.format)
     n = storage.largest_compact
     if st.kind == PLAIN:
         return 0 if st.dtype == compute_dtype else n * cb
-    if st.kind == FP8:
-        return 2 * n * cb
-    return n * cb + min(n, ggml.DEQUANT_CHUNK_ELEMENTS) * _DECODE_TEMP_BYTES if n else 0
+    temps = min(n, ggml.chunk_elements(device)) * _DECODE_TEMP_BYTES if st.kind == GGUF else 0
+    return storage.decoded_elements * cb + temps
 
 
 def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=torch.float32) -> int:
@@ -743,7 +750,8 @@ def _resolve(preset) -> dict:
 
 def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_cfg: bool, cfg_batched: bool,
            prompt_tokens: int, negative_tokens: int, frf: int, weight_dtype, local_attention: str,
-           block_frames: int, compute_dtype=torch.bfloat16, blocks_on_device: Optional[int] = None) -> StageEstimate:
+           block_frames: int, compute_dtype=torch.bfloat16, blocks_on_device: Optional[int] = None,
+           device_type: str = "cuda") -> StageEstimate:
     grid, na = geo["grid"], geo["audio_tokens"]
     executed_mode = "mask" if local_attention == "mask" else "window"
 
@@ -771,7 +779,7 @@ def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_
                                     block_frames=block_frames, frame_receptive_field=frf, padded=padded)
     act = forward_activation_bytes(cfg, length, batch, local_bytes=local_b, padding_mask=padded)
     storage = dit_weight_storage(cfg, weight_dtype)
-    dequant = dequant_working_bytes(storage, compute_dtype)
+    dequant = dequant_working_bytes(storage, compute_dtype, device_type)
     decoding = decode_phase_bytes(cfg, length, batch, dequant=dequant, local_bytes=local_b, padding_mask=padded)
     if blocks_on_device is not None and not 0 <= int(blocks_on_device):
         raise ValueError(f"blocks_on_device must be >= 0, got {blocks_on_device!r}")
@@ -806,7 +814,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
              frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, local_attention: str = "window",
              local_block_frames: int = 1, decode_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
              blocks_on_device: Optional[int] = None, sr_weight_dtype=None, sr_blocks_on_device: Optional[int] = None,
-             text_encoder_format="bf16") -> Plan:
+             text_encoder_format="bf16", device_type: str = "cuda") -> Plan:
     """Tokens, FLOPs and memory of a run. ``preset``: a preset name (``distill_256p``, ``base_256p``,
     ``sr_540p``, ``sr_1080p``, ``tiny``, ...), a ``Preset`` or a :class:`DiTConfig` (one stage). Unset sizes,
     seconds, steps and CFG come from the preset; an SR size without an SR preset adds an SR stage with
@@ -816,9 +824,15 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
     ``weight_dtype``: storage of the DiT block linears, a torch dtype or a name (bf16/fp16/fp32/fp8 or a GGUF type,
     :func:`weight_format`); ``sr_weight_dtype`` the SR DiT's (default: the same). ``compute_dtype``: the matmul
     dtype (decoding compact weights to it costs working memory). ``blocks_on_device`` / ``sr_blocks_on_device``:
-    block offload, N layers kept on the device (None: all). ``text_encoder_format``: the T5Gemma storage."""
+    block offload, N layers kept on the device (None: all). ``text_encoder_format``: the T5Gemma storage.
+    ``device_type``: where the models run ("cuda", "mps", "cpu"), which sets the working memory of decoding GGUF
+    weights (:func:`dequant_working_bytes`)."""
     if local_attention not in ("window", "mask"):
         raise ValueError(f"local_attention must be 'window' or 'mask', got {local_attention!r}")
+    try:
+        device_type = torch.device(device_type).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device_type must be a torch device type (cuda, mps, cpu), got {device_type!r}") from None
     r = _resolve(preset)
     width = r["width"] if width is None else width
     height = r["height"] if height is None else height
@@ -840,7 +854,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                      use_cfg=use_cfg, cfg_batched=cfg_batched, prompt_tokens=prompt_tokens,
                      negative_tokens=negative_tokens, frf=frame_receptive_field, weight_dtype=weight_dtype,
                      local_attention=local_attention, block_frames=local_block_frames, compute_dtype=compute_dtype,
-                     blocks_on_device=blocks_on_device)]
+                     blocks_on_device=blocks_on_device, device_type=device_type)]
     if sr_width is None and sr_height is None and r["sr"] is not None:
         sr_width, sr_height = r["sr_width"], r["sr_height"]
     if (sr_width is None) != (sr_height is None):
@@ -856,7 +870,8 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens,
                              frf=frame_receptive_field, weight_dtype=sr_weight_dtype,
                              local_attention=local_attention, block_frames=local_block_frames,
-                             compute_dtype=compute_dtype, blocks_on_device=sr_blocks_on_device))
+                             compute_dtype=compute_dtype, blocks_on_device=sr_blocks_on_device,
+                             device_type=device_type))
     out = sr_geo or geo
     turbo_cfg = TINY_TURBO_CONFIG if r["tiny"] else RELEASE_TURBO_CONFIG
     dec = turbo_decode_bytes(out["latent_frames"], out["latent_h"], out["latent_w"],
@@ -869,7 +884,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
         text_bytes = te.total
         te_tokens = max(prompt_tokens, negative_tokens) if (use_cfg or any(s.cfg for s in stages)) else prompt_tokens
         text_act = text_encode_activation_bytes(te_tokens, compute_dtype=torch.bfloat16) + \
-            dequant_working_bytes(te, torch.bfloat16)  # the encoder computes in bf16 (fp8/GGUF storage too)
+            dequant_working_bytes(te, torch.bfloat16, device_type)  # the encoder computes in bf16 (fp8/GGUF too)
     return Plan(preset=r["name"], width=geo["width"], height=geo["height"], seconds=float(seconds),
                 num_frames=geo["num_frames"], latent_frames=geo["latent_frames"],
                 sr_width=sr_geo["width"] if sr_geo else None, sr_height=sr_geo["height"] if sr_geo else None,
@@ -885,7 +900,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              local_block_frames=local_block_frames, decode_dtype=decode_dtype,
                              compute_dtype=compute_dtype, blocks_on_device=blocks_on_device,
                              sr_weight_dtype=sr_weight_dtype, sr_blocks_on_device=sr_blocks_on_device,
-                             text_encoder_format=text_encoder_format))
+                             text_encoder_format=text_encoder_format, device_type=device_type))
 
 
 @functools.lru_cache(maxsize=None)

@@ -244,16 +244,17 @@ def _dit_choice(candidates: dict[str, est.StageEstimate], config: DiTConfig, sou
 def _text_encoder_choice(tokens: int, budget: int, ram_budget: Optional[int]):
     """(format, "GPU" | "CPU", bytes while encoding) of the first text-encoder setting that fits, else None. On the
     GPU too the encoder must fit the RAM budget (it is loaded into RAM first)."""
-    def need(fmt: str) -> int:
+    def need(fmt: str, device: str) -> int:
         storage = est.text_encoder_storage(fmt)
-        return storage.total + est.text_encode_activation_bytes(tokens) + est.dequant_working_bytes(storage)
+        return storage.total + est.text_encode_activation_bytes(tokens) + est.dequant_working_bytes(
+            storage, device=device)
 
     for fmt in text_encoder_formats():
-        if need(fmt) <= budget and (ram_budget is None or est.text_encoder_storage(fmt).total <= ram_budget):
-            return fmt, "GPU", need(fmt)
+        if need(fmt, "cuda") <= budget and (ram_budget is None or est.text_encoder_storage(fmt).total <= ram_budget):
+            return fmt, "GPU", need(fmt, "cuda")
     for fmt in text_encoder_formats():
-        if ram_budget is None or need(fmt) <= ram_budget:
-            return fmt, "CPU", need(fmt)
+        if ram_budget is None or need(fmt, "cpu") <= ram_budget:
+            return fmt, "CPU", need(fmt, "cpu")
     return None
 
 

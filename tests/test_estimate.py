@@ -455,8 +455,38 @@ def test_dequant_working_bytes():
     assert dit_weight_storage(cfg, "fp8").largest_compact == fp8_largest
     assert dequant_working_bytes(dit_weight_storage(cfg, "fp8"), torch.bfloat16) == 2 * 2 * fp8_largest
     q8 = dit_weight_storage(cfg, "Q8_0")
-    assert dequant_working_bytes(q8, torch.bfloat16) == 2 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
-    assert dequant_working_bytes(q8, torch.float32) == 4 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+    assert dequant_working_bytes(q8, torch.bfloat16, "cpu") == 2 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+    assert dequant_working_bytes(q8, torch.float32, "cpu") == 4 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+
+
+def test_dequant_working_bytes_follow_the_device_and_the_padding():
+    """GGUF chunks are 64 Mi elements on a GPU (4 Mi on a CPU): the release up_gate_proj's float32 temporaries
+    take 512 MiB on CUDA, which a GPU plan prices (the default) and a CPU plan does not. fp8 holds a second copy
+    only where the experts' rows were padded: not for the T5Gemma encoder, whose widths are multiples of 16."""
+    from magihuman.estimate import dequant_working_bytes, dit_weight_storage, text_encoder_storage
+    from magihuman.quant.gguf import DEVICE_CHUNK_ELEMENTS, chunk_elements
+
+    cfg = DiTConfig.preset("distill")
+    largest = 3 * 2 * 13652 * 5120  # the fused up_gate_proj, whole blocks (5120 columns)
+    q8 = dit_weight_storage(cfg, "Q8_0")
+    assert dequant_working_bytes(q8, torch.bfloat16, "cuda") == 2 * largest + 8 * DEVICE_CHUNK_ELEMENTS
+    assert 8 * chunk_elements("cuda") == 512 << 20
+    assert dequant_working_bytes(q8) == dequant_working_bytes(q8, torch.bfloat16, "cuda")
+    assert dequant_working_bytes(q8, device="cuda") - dequant_working_bytes(q8, device="cpu") == 480 << 20
+    for fmt in ("Q8_0", "Q4_K"):
+        gpu = estimate("distill_256p", weight_dtype=fmt).stages[0]
+        cpu = estimate("distill_256p", weight_dtype=fmt, device_type="cpu").stages[0]
+        storage = dit_weight_storage(cfg, fmt)
+        assert gpu.dequant_bytes == dequant_working_bytes(storage, torch.bfloat16, "cuda")
+        assert cpu.dequant_bytes == dequant_working_bytes(storage, torch.bfloat16, "cpu") < gpu.dequant_bytes
+    with pytest.raises(ValueError, match="device_type"):
+        estimate("distill_256p", device_type="gpu")
+    # fp8: the release DiT's largest weight has padded expert rows (27304 -> 27312): decoded, then sliced
+    fp8 = dit_weight_storage(cfg, "fp8")
+    assert fp8.decoded_elements == 2 * fp8.largest_compact
+    te = text_encoder_storage("fp8")  # largest decoded whole: gate/up_proj [14336, 3584], no padding
+    assert te.largest_compact == te.decoded_elements == 14336 * 3584
+    assert dequant_working_bytes(te, torch.bfloat16) == 2 * 14336 * 3584
 
 
 def test_estimate_with_formats_and_block_offload():
