@@ -29,6 +29,7 @@ from .models.dit import weight_table as dit_weight_table
 from .models.dit_config import DiTConfig
 from .models.text_encoder import T5GemmaEncoder, T5GemmaEncoderConfig
 from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
+from .offload import HOST_ALIGNMENT
 from .presets import PRESETS
 from .quant import gguf as ggml
 from .storage import FP8, GGUF, KEEP_FILE, PLAIN, Storage, WeightSpec, parse_storage
@@ -238,8 +239,9 @@ def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=tor
 
 
 # Alignment padding of one streamed layer in the pinned host arena (magihuman.offload.HostArena): under
-# HOST_ALIGNMENT bytes per tensor, at most 16 tensors per DiT layer (8 weights and norms, fp8 scales).
-HOST_ARENA_SLACK_PER_LAYER = 16 * 256
+# HOST_ALIGNMENT bytes per tensor, at most 12 tensors per DiT layer (4 block linears and 4 norms; fp8: a scale
+# per block linear).
+HOST_ARENA_SLACK_PER_LAYER = 12 * HOST_ALIGNMENT
 
 
 def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]) -> dict:

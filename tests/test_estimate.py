@@ -532,6 +532,24 @@ def test_estimate_with_formats_and_block_offload():
     assert [s.weight_format for s in sr.stages] == ["bf16", "fp8"] and "(sr fp8)" in sr.format()
 
 
+def test_host_arena_slack_covers_every_tensor_of_a_streamed_layer():
+    """The pinned arena pads each tensor of a streamed layer to HOST_ALIGNMENT: the per-layer slack is one
+    alignment per tensor of the layer with the most (fp8: 4 block linears, their 4 scales, 4 norms)."""
+    from magihuman.models.dit import MagiHumanDiT
+    from magihuman.offload import HOST_ALIGNMENT, _layer_tensors, arena_bytes
+
+    cfg = DiTConfig.preset("tiny")
+    counts = []
+    for fmt in ("bf16", "fp8", "Q8_0"):
+        model = MagiHumanDiT(cfg, storage=fmt, device="cpu").init_random_().store_block_linears_()
+        for layer in model.block.layers:
+            tensors = [getattr(m, n) for m, n in _layer_tensors(layer)]
+            sizes = [t.numel() * t.element_size() for t in tensors]
+            assert arena_bytes(sizes) - sum(sizes) < HOST_ARENA_SLACK_PER_LAYER
+            counts.append(len(tensors))
+    assert max(counts) == 12 and HOST_ARENA_SLACK_PER_LAYER == max(counts) * HOST_ALIGNMENT
+
+
 def test_load_working_bytes():
     from magihuman.estimate import dit_load_working_bytes, dit_weight_storage
 
