@@ -221,21 +221,27 @@ def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16, 
     return storage.decoded_elements * cb + temps
 
 
+# Host bytes, per element of a block linear as stored, of encoding it to fp8 or GGUF while loading
+# (magihuman.weights.compact.fill_stored): read whole as fp32 (4), zero-padded into a second fp32 copy where its rows
+# or columns are padded (4, Storage._pad), then encoded: fp8 into its fp32 quotient (4) before e4m3, GGUF a chunk of
+# rows at a time (less). The encoded result is the weight itself, counted with the weights.
+_ENCODE_SCRATCH_BYTES = 12
+
+
 def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=torch.float32) -> int:
     """Host scratch memory, above the weights, of :func:`magihuman.checkpoints.load_dit` building the DiT in
-    ``weight_dtype`` from a .safetensors whose block linears are ``source_dtype`` (streamed tensor by tensor, so one
-    tensor's worth at most). Compact storage from another format: the largest block linear is read whole as fp32,
-    then encoded (fp8: the quotient before e4m3; GGUF: a chunk of rows at a time): ``source bytes + 8`` per element;
-    kept as stored (fp8 bytes, a GGUF of the same type): no scratch. Plain dtypes: read straight into the model when
-    the dtype matches, else through one chunk buffer (``CHUNK_BYTES``, 64 MiB)."""
+    ``weight_dtype`` from a file whose block linears are ``source_dtype`` (streamed tensor by tensor, so one
+    tensor's worth at most). A tensor read as another dtype than the file's passes through the reader's chunk buffer
+    (``CHUNK_BYTES``, 64 MiB). Plain storage: read as its dtype, straight into the model when the file's matches.
+    Compact storage kept as the file holds it (fp8 bytes; a .gguf of the same type, ``source_dtype`` uint8): no
+    scratch; else the largest block linear is read as fp32 and encoded, :data:`_ENCODE_SCRATCH_BYTES` per element."""
     st = parse_storage(weight_format(weight_dtype))
     storage = dit_weight_storage(cfg, st)
-    src = _dtype_bytes(source_dtype)
-    if st.kind == GGUF:
-        return storage.largest_compact * 12 if source_dtype != torch.uint8 else 0
-    if st.kind == FP8:
-        return 0 if source_dtype == torch.float8_e4m3fn else storage.largest_compact * (src + 8)
-    return 0 if st.dtype == source_dtype else min(CHUNK_BYTES, storage.largest_compact * src)
+    if st.kind != PLAIN and source_dtype == (torch.uint8 if st.kind == GGUF else st.dtype):
+        return 0
+    read_as = st.dtype if st.kind == PLAIN else torch.float32
+    chunk = 0 if source_dtype == read_as else min(CHUNK_BYTES, storage.largest_compact * _dtype_bytes(source_dtype))
+    return chunk + (0 if st.kind == PLAIN else storage.largest_compact * _ENCODE_SCRATCH_BYTES)
 
 
 # Alignment padding of one streamed layer in the pinned host arena (magihuman.offload.HostArena): under
