@@ -316,13 +316,9 @@ def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, com
 
 
 def t5gemma_encoder_param_count(cfg: Optional[dict] = None) -> int:
-    """Parameters of a T5Gemma (Gemma-2 style) encoder: embedding, per layer q/k/v/o, gate/up/down and
-    four RMSNorms, final norm. Default: the 9B encoder of google/t5gemma-9b-9b-ul2."""
-    c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
-    h, hd = c["hidden_size"], c["head_dim"]
-    attn = h * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
-    mlp = 3 * h * c["intermediate_size"]
-    return c["vocab_size"] * h + c["num_hidden_layers"] * (attn + mlp + 4 * h) + h
+    """Parameters of a T5Gemma encoder (every tensor of :func:`t5gemma_weight_table`). Default: the 9B encoder of
+    google/t5gemma-9b-9b-ul2."""
+    return sum(spec.numel for spec in t5gemma_weight_table(cfg).values())
 
 
 # ============================================================================ FLOPs

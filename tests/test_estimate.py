@@ -352,6 +352,16 @@ def test_t5gemma_encoder_param_count_matches_module():
     assert t5gemma_encoder_param_count(small) == sum(p.numel() for p in model.parameters())
     assert t5gemma_encoder_param_count() == 9_241_705_984  # the 9B encoder of t5gemma-9b-9b-ul2
 
+    def by_hand(c: dict) -> int:  # embedding; per layer q/k/v/o, gate/up/down, four RMSNorms; final norm
+        h, hd = c["hidden_size"], c["head_dim"]
+        attn = h * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
+        return c["vocab_size"] * h + c["num_hidden_layers"] * (attn + 3 * h * c["intermediate_size"] + 4 * h) + h
+
+    assert t5gemma_encoder_param_count(small) == by_hand(small)
+    assert t5gemma_encoder_param_count() == by_hand(dict(vocab_size=256000, hidden_size=3584, intermediate_size=14336,
+                                                         num_hidden_layers=42, num_attention_heads=16,
+                                                         num_key_value_heads=8, head_dim=256))
+
 
 def test_estimate_from_config_and_preset_object():
     from magihuman.presets import PRESETS
