@@ -23,8 +23,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, PATCH_SIZE, SIZE_MULTIPLE,
-                       SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS, decoded_frames, frame_counts, snap_size)
+from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, MAX_WINDOW_SECONDS,
+                       MIN_WINDOW_SECONDS, PATCH_SIZE, SIZE_MULTIPLE, SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS,
+                       decoded_frames, frame_counts, snap_size)
 from .models.dit import weight_table as dit_weight_table
 from .models.dit_config import DiTConfig
 from .models.text_encoder import T5GemmaEncoder, T5GemmaEncoderConfig
@@ -39,7 +40,7 @@ from .weights.safetensors_io import CHUNK_BYTES
 
 __all__ = [
     "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "available_ram",
-    "suggest_smaller",
+    "suggest_smaller", "smaller_requests", "SmallerRequest", "shorter_seconds", "window_seconds_for",
     "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
     "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
     "wan_decode_bytes", "wan_encode_bytes", "audio_vae_bytes",
@@ -951,12 +952,17 @@ def device_memory(device: Union[str, torch.device, None] = None, *, free: bool =
     return available_ram()
 
 
+def shorter_seconds(seconds: float) -> list[float]:
+    """Shorter clip lengths to try, longest first: the whole seconds below ``seconds``, then 0.5 s."""
+    s = float(seconds)
+    return [x for x in range(math.ceil(s) - 1, 0, -1) if x < s] + ([0.5] if s > 0.5 else [])
+
+
 def _smaller_requests(plan: Plan, device_memory_bytes: int):
     """Candidate smaller requests in two families, each largest first: (kind, label, request). Sizes keep
     the aspect; only the SR size shrinks unless the base stage itself does not fit."""
     req = dict(plan.request)
-    secs = float(plan.seconds)
-    for x in [x for x in range(math.ceil(secs) - 1, 0, -1) if x < secs] + ([0.5] if secs > 0.5 else []):
+    for x in shorter_seconds(plan.seconds):
         yield "seconds", f"seconds={x:g}", dict(req, seconds=x)
     sr = plan.sr_width is not None
     shrink_base = plan.stages[0].peak_bytes > device_memory_bytes
@@ -977,32 +983,55 @@ def _smaller_requests(plan: Plan, device_memory_bytes: int):
         yield "size", label, dict(req, width=w, height=h, sr_width=sw, sr_height=sh)
 
 
-def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
-    """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest
-    size (same aspect). Lower-precision weights (``weight_dtype`` fp8) are the caller's choice, not offered here."""
-    def search(base_req: dict, prefix: str) -> list[str]:
-        base = plan if base_req is plan.request else estimate(**base_req)
-        if base.peak_device_bytes <= device_memory_bytes:
-            return [f"{prefix}same request (~{_gib(base.peak_device_bytes)})"]
-        found: dict[str, str] = {}
-        for kind, label, req in _smaller_requests(base, device_memory_bytes):
-            if kind in found:
-                continue
-            try:
-                smaller = estimate(**req)
-            except ValueError:
-                continue
-            if smaller.peak_device_bytes <= device_memory_bytes:
-                found[kind] = f"{prefix}{label} (~{_gib(smaller.peak_device_bytes)})"
-        return list(found.values())
+@dataclass(frozen=True)
+class SmallerRequest:
+    """A request that fits (:func:`smaller_requests`): what it changes, the request and its device peak."""
 
+    kind: str       # "cfg" (separate CFG passes) | "seconds" (the longest clip) | "size" (the largest size)
+    label: str      # the change in words ("seconds=3", "SR size 768x432", ...)
+    request: dict   # keyword arguments of estimate()
+    peak_bytes: int
+
+    def __str__(self) -> str:
+        return f"{self.label} (~{_gib(self.peak_bytes)})"
+
+
+def smaller_requests(plan: Plan, device_memory_bytes: int) -> list[SmallerRequest]:
+    """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest size (same
+    aspect), each at most once. Lower-precision weights (``weight_dtype`` fp8) are the caller's choice, not offered
+    here."""
     out = []
     if plan.request.get("cfg_batched") and any(st.cfg for st in plan.stages):
-        unbatched = estimate(**dict(plan.request, cfg_batched=False))
+        req = dict(plan.request, cfg_batched=False)
+        unbatched = estimate(**req)
         if unbatched.peak_device_bytes <= device_memory_bytes:
-            out.append(f"separate CFG passes, cfg_batched=False (~{_gib(unbatched.peak_device_bytes)})")
-    out += search(plan.request, "") if plan.peak_device_bytes > device_memory_bytes else []
+            out.append(SmallerRequest("cfg", "separate CFG passes, cfg_batched=False", req,
+                                      unbatched.peak_device_bytes))
+    if plan.peak_device_bytes <= device_memory_bytes:
+        return out
+    found = set()
+    for kind, label, req in _smaller_requests(plan, device_memory_bytes):
+        if kind in found:
+            continue
+        try:
+            smaller = estimate(**req)
+        except ValueError:
+            continue
+        if smaller.peak_device_bytes <= device_memory_bytes:
+            found.add(kind)
+            out.append(SmallerRequest(kind, label, req, smaller.peak_device_bytes))
     return out
+
+
+def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
+    """:func:`smaller_requests` in words: ``"seconds=3 (~14.2G)"``."""
+    return [str(o) for o in smaller_requests(plan, device_memory_bytes)]
+
+
+def window_seconds_for(seconds: float) -> Optional[float]:
+    """The window length to make a long clip in when a clip of ``seconds`` is the longest that fits: ``seconds``
+    within the window limits (at most :data:`MAX_WINDOW_SECONDS`); None when it is shorter than a window may be."""
+    return None if seconds < MIN_WINDOW_SECONDS else min(float(seconds), MAX_WINDOW_SECONDS)
 
 
 def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optional[int] = None,
@@ -1027,13 +1056,14 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
            f"phase: {worst.name} DiT weights {_gib(worst.weights_on_device)} + activations "
            f"{_gib(worst.activation_bytes)}; decode {_gib(plan.decode_peak_bytes)}), but only "
            f"{_gib(device_memory_bytes)} is available.")
-    options = suggest_smaller(plan, device_memory_bytes)
+    options = smaller_requests(plan, device_memory_bytes)
     if options:
-        msg += " Requests that fit: " + "; ".join(options) + "."
-    shorter = [o.split()[0].split("=")[1] for o in options if o.startswith("seconds=")]
-    if shorter and float(shorter[0]) >= 1:  # long videos are made in windows of a length that fits (issue 22)
-        msg += (f" The whole {plan.seconds:g} s fits as windows of {shorter[0]} s (generate --window-seconds "
-                f"{shorter[0]}; the MagiHuman Long Video node).")
+        msg += " Requests that fit: " + "; ".join(map(str, options)) + "."
+    shorter = next((o.request["seconds"] for o in options if o.kind == "seconds"), None)
+    window = None if shorter is None else window_seconds_for(shorter)
+    if window is not None:  # long videos are made in windows of a length that fits
+        msg += (f" The whole {plan.seconds:g} s fits as windows of {window:g} s (generate --window-seconds "
+                f"{window:g}; the MagiHuman Long Video node).")
     if max(s.weights_on_device for s in plan.stages) >= device_memory_bytes:
         msg += f" The DiT weights alone do not fit {'in RAM' if cpu else 'on the device'}."
     if cpu:

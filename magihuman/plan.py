@@ -374,10 +374,10 @@ def _problem(plan: FitPlan, budget: int, ram_budget: Optional[int]) -> str:
 
 def _shorter_clip(preset: str, vram_gib, ram_gib, seconds: float, **kw) -> str:
     """`` A x s clip fits.`` for the longest shorter clip that fits (whole seconds, then 0.5 s), else advice."""
-    candidates = [x for x in range(math.ceil(seconds) - 1, 0, -1) if x < seconds] + ([0.5] if seconds > 0.5 else [])
-    for x in candidates:
+    for x in est.shorter_seconds(seconds):
         if plan_fit(preset, vram_gib, ram_gib, seconds=x, suggest=False, **kw).fits:
-            windows = f", or the whole {seconds:g} s in windows of {x:g} s (--window-seconds {x:g})" if x >= 1 else ""
+            w = est.window_seconds_for(x)
+            windows = "" if w is None else f", or the whole {seconds:g} s in windows of {w:g} s (--window-seconds {w:g})"
             return f" A {x:g} s clip fits (--seconds {x:g}){windows}."
     return " No shorter clip fits either: use a larger GPU (or more RAM), or a smaller size (--width/--height)."
 

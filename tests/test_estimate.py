@@ -324,6 +324,34 @@ def test_check_fits_shrinks_base_when_base_stage_does_not_fit():
         assert ("cfg_batched=False" in str(err.value)) == fits
 
 
+def test_smaller_requests_are_data_and_windows_stay_within_the_limits():
+    """The search hands back the requests themselves (check_fits reads the seconds from them, not from its own
+    text), and the window it suggests for a long clip is one generate accepts: at most MAX_WINDOW_SECONDS."""
+    from magihuman.estimate import smaller_requests, suggest_smaller
+    from magihuman.pipeline import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS
+
+    plan = estimate("distill_256p", seconds=60)
+    budget = estimate("distill_256p", seconds=15).peak_device_bytes + GIB // 8
+    options = smaller_requests(plan, budget)
+    assert [o.kind for o in options] == ["seconds", "size"]
+    for o in options:
+        assert estimate(**o.request).peak_device_bytes == o.peak_bytes <= budget
+    longest = options[0].request["seconds"]
+    assert longest > MAX_WINDOW_SECONDS and options[0].label == f"seconds={longest:g}"
+    assert suggest_smaller(plan, budget) == [str(o) for o in options]
+    with pytest.raises(MemoryEstimateError) as err:
+        check_fits(plan, budget)
+    assert f"Requests that fit: seconds={longest:g} (~" in str(err.value)
+    assert (f"The whole 60 s fits as windows of {MAX_WINDOW_SECONDS:g} s (generate --window-seconds "
+            f"{MAX_WINDOW_SECONDS:g};") in str(err.value)
+    # a clip shorter than a window may be: no windows suggested
+    tight = estimate("distill_256p", seconds=0.5).peak_device_bytes + 1
+    assert estimate("distill_256p", seconds=MIN_WINDOW_SECONDS).peak_device_bytes > tight
+    with pytest.raises(MemoryEstimateError) as err:
+        check_fits(plan, tight)
+    assert "seconds=0.5 (~" in str(err.value) and "fits as windows" not in str(err.value)
+
+
 def test_check_fits_weights_too_large_points_to_offload():
     plan = estimate("distill_256p", seconds=4)
     with pytest.raises(MemoryEstimateError, match="weights alone do not fit") as err:

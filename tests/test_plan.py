@@ -179,3 +179,15 @@ def test_text_encoder_is_priced_on_the_device_it_runs_on():
     cpu = est.estimate("distill_256p", text_encoder_format=fmt, device_type="cpu")
     assert plan.stages[0].vram_bytes == gpu.text_encode_peak_bytes > cpu.text_encode_peak_bytes
     assert gpu.text_encode_peak_bytes == est.estimate("distill_256p", text_encoder_format=fmt).text_encode_peak_bytes
+
+
+def test_suggested_windows_are_ones_generate_accepts():
+    """When a clip longer than a window is the longest that fits, the windows suggested are MAX_WINDOW_SECONDS
+    long (generate refuses longer ones)."""
+    from magihuman.pipeline import MAX_WINDOW_SECONDS
+
+    problem = plan_fit("distill_256p", 8, seconds=20).problem
+    fits = float(problem.split("--seconds ")[1].split(")")[0])
+    assert fits > MAX_WINDOW_SECONDS, problem
+    assert problem.endswith(f"or the whole 20 s in windows of {MAX_WINDOW_SECONDS:g} s (--window-seconds "
+                            f"{MAX_WINDOW_SECONDS:g}).")
