@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import estimate as est
+from .geometry import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS
 from .models.dit_config import DiTConfig
 from .presets import MODEL_FILES, PRESETS, get_preset
 from .storage import GGUF, STORAGES
@@ -429,10 +430,12 @@ def main(args) -> int:
         if v is not None and v < 1:
             raise ValueError(f"--{name} must be positive, got {v}")
     seconds = args.seconds
-    window = getattr(args, "window_seconds", None)
+    window = args.window_seconds
     if window is not None:  # a long video holds one window at a time: price one
-        if not window > 0:
-            raise ValueError(f"--window-seconds must be > 0, got {window}")
+        if not MIN_WINDOW_SECONDS <= window <= MAX_WINDOW_SECONDS:  # generate's limits
+            raise ValueError(f"--window-seconds {window:g}: windows last {MIN_WINDOW_SECONDS:g} to "
+                             f"{MAX_WINDOW_SECONDS:g} s (the model was trained on clips of a few seconds; 4-5 s as "
+                             "the official examples)")
         seconds = min(window, seconds if seconds is not None else get_preset(args.preset).seconds)
         print(f"one window of {seconds:g} s (a longer clip is made window by window)", file=sys.stdout)
     plan = plan_fit(args.preset, args.vram, args.ram, seconds=seconds, width=args.width, height=args.height)

@@ -191,3 +191,13 @@ def test_suggested_windows_are_ones_generate_accepts():
     assert fits > MAX_WINDOW_SECONDS, problem
     assert problem.endswith(f"or the whole 20 s in windows of {MAX_WINDOW_SECONDS:g} s (--window-seconds "
                             f"{MAX_WINDOW_SECONDS:g}).")
+
+
+def test_plan_window_seconds_takes_generates_limits(capsys):
+    """plan --window-seconds refuses what generate refuses (1-10 s), with the same reason."""
+    for bad in ("0.5", "12", "nan"):
+        assert cli.main(["plan", "--preset", "distill_256p", "--vram", "24", "--window-seconds", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--window-seconds {float(bad):g}: windows last 1 to 10 s (the model was trained on clips" in err
+    assert cli.main(["plan", "--preset", "distill_256p", "--vram", "24", "--window-seconds", "10"]) == 0
+    assert capsys.readouterr().out.startswith("one window of 4 s")  # the preset's clip is shorter than the window
