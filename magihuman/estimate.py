@@ -91,8 +91,13 @@ def dit_param_count(cfg: DiTConfig) -> dict[str, int]:
     """Exact parameter counts (from the model's own weight table): ``block_linear`` (the block matrices), ``fp32``
     (norms, adapter with bias, output heads), ``total``, ``buffers`` (``adapter.rope.bands``) and
     ``per_token_block_linear`` (weights one token multiplies: a single expert in the mm layers)."""
+    return dict(_dit_param_count(json.dumps(cfg.to_dict(), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=64)
+def _dit_param_count(config_json: str) -> dict[str, int]:
     linear = other = per_token = buffers = 0
-    for key, spec in dit_weight_table(cfg).items():
+    for key, spec in dit_weight_table(DiTConfig.from_dict(json.loads(config_json))).items():
         if spec.stored is not None:
             linear += spec.numel
             per_token += spec.numel // spec.stored[2]
@@ -293,9 +298,15 @@ def text_encoder_storage(weight_dtype="bf16", cfg: Optional[dict] = None) -> Wei
     """Exact bytes of the T5Gemma encoder as its loader keeps it: the projections and the token embedding in
     ``weight_dtype`` (padded as stored), the norms in the plain dtype (bf16 under compact storage). The embedding is
     decoded by rows (only the looked-up tokens), so it never counts as a weight decoded whole."""
-    st = parse_storage(weight_format(weight_dtype))
+    return _text_encoder_storage(weight_format(weight_dtype), json.dumps(cfg or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _text_encoder_storage(fmt: str, cfg_json: str) -> WeightStorage:
+    st = parse_storage(fmt)
     other = _dtype_bytes(st.dtype) if st.kind == PLAIN else 2
-    return _storage(st, t5gemma_weight_table(cfg), other, lambda key: not key.endswith("embed_tokens.weight"))
+    return _storage(st, t5gemma_weight_table(json.loads(cfg_json) or None), other,
+                    lambda key: not key.endswith("embed_tokens.weight"))
 
 
 def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, compute_dtype=torch.bfloat16,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -69,13 +70,20 @@ def ranked_formats(size_of) -> tuple[str, ...]:
 
 
 def dit_formats(config: Optional[DiTConfig] = None) -> tuple[str, ...]:
-    """The DiT storages the planner tries, best first (sizes of the release config by default)."""
-    config = config or DiTConfig.preset("distill")
+    """The DiT storages the planner tries, best first (sizes of the release config by default, computed once)."""
+    if config is None:
+        return _release_dit_formats()
     return ranked_formats(lambda name: est.dit_weight_storage(config, name).total)
 
 
+@functools.lru_cache(maxsize=None)
+def _release_dit_formats() -> tuple[str, ...]:
+    return dit_formats(DiTConfig.preset("distill"))
+
+
+@functools.lru_cache(maxsize=None)
 def text_encoder_formats() -> tuple[str, ...]:
-    """The T5Gemma storages the planner tries, best first."""
+    """The T5Gemma storages the planner tries, best first (the registry's and the 9B encoder's: computed once)."""
     return ranked_formats(lambda name: est.text_encoder_storage(name).total)
 
 
@@ -245,17 +253,20 @@ def _dit_choice(candidates: dict[str, est.StageEstimate], config: DiTConfig, sou
 def _text_encoder_choice(tokens: int, budget: int, ram_budget: Optional[int]):
     """(format, "GPU" | "CPU", bytes while encoding) of the first text-encoder setting that fits, else None. On the
     GPU too the encoder must fit the RAM budget (it is loaded into RAM first)."""
-    def need(fmt: str, device: str) -> int:
-        storage = est.text_encoder_storage(fmt)
-        return storage.total + est.text_encode_activation_bytes(tokens) + est.dequant_working_bytes(
-            storage, device=device)
+    activations = est.text_encode_activation_bytes(tokens)
+    storages = {fmt: est.text_encoder_storage(fmt) for fmt in text_encoder_formats()}
 
-    for fmt in text_encoder_formats():
-        if need(fmt, "cuda") <= budget and (ram_budget is None or est.text_encoder_storage(fmt).total <= ram_budget):
-            return fmt, "GPU", need(fmt, "cuda")
-    for fmt in text_encoder_formats():
-        if ram_budget is None or need(fmt, "cpu") <= ram_budget:
-            return fmt, "CPU", need(fmt, "cpu")
+    def need(fmt: str, device: str) -> int:
+        return storages[fmt].total + activations + est.dequant_working_bytes(storages[fmt], device=device)
+
+    for fmt in storages:
+        gpu = need(fmt, "cuda")
+        if gpu <= budget and (ram_budget is None or storages[fmt].total <= ram_budget):
+            return fmt, "GPU", gpu
+    for fmt in storages:
+        cpu = need(fmt, "cpu")
+        if ram_budget is None or cpu <= ram_budget:
+            return fmt, "CPU", cpu
     return None
 
 
