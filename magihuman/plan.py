@@ -3,28 +3,28 @@
     python -m magihuman plan --preset distill_256p --vram 16 [--ram 32] [--seconds 4] [--width 448 --height 256]
 
 :func:`plan_fit` prices every candidate with :func:`magihuman.estimate.estimate` and takes, stage by stage, the
-first one that fits, in this order (best quality first, then speed):
+first one that fits, best quality first, then speed. The storages offered (:func:`ranked_formats`): those of the
+registry (:data:`magihuman.storage.STORAGES`) with a measured ``rel_error`` (output error against bf16 weights,
+``benchmarks/bench_quant_quality.py``) that a loader can encode, ranked by that error, each kept only when it is at
+least :data:`MIN_SAVING` (5 %) smaller than every more accurate one kept, for the model's own sizes; every block
+linear is stored in it, rows zero-padded to whole GGUF blocks or fp8 matmul tiles.
 
-- **DiT weights** (base and SR stage each on its own): bf16, Q8_0, fp8, Q4_K with every layer on the GPU; then the
-  same formats with block offload (the most layers on the GPU that fit, the rest in host RAM, streamed every
-  forward). The quality ranking is measured by ``benchmarks/bench_quant_quality.py`` (output error vs bf16
-  weights: Q8_0 < fp8 < Q5_1 < Q4_K < Q4_0). Not offered: Q5_1, as large as fp8 for the release DiT (its swiglu
-  ``down_proj`` rows are not whole blocks and stay BF16 in a GGUF) and less accurate; Q4_0, the size of Q4_K with
-  a larger error.
-- **Text encoder** (T5Gemma 9B): on the GPU in bf16, Q8_0, Q5_1, Q4_0; else on the CPU in the same order. fp8 is
-  not offered: for this encoder Q8_0 is smaller (its embedding is quantised too) and more accurate. After
+- **DiT weights** (base and SR stage each on its own): the storages of :func:`dit_formats` with every layer on the
+  GPU; then the same storages with block offload (the most layers on the GPU that fit, the rest in host RAM,
+  streamed every forward).
+- **Text encoder** (T5Gemma 9B): the storages of :func:`text_encoder_formats` on the GPU, else on the CPU. After
   encoding it is offloaded to RAM (kept for the next prompt) when RAM allows, else freed.
 - **Decode** (Turbo VAE, sliding window of 7 latent frames): the decoded frames on the GPU, else sent to RAM as
   they are made (``offload_frames``).
 
-VRAM is the device peak of each stage (weights on the GPU + activations, weight decoding included + latents; one
-model on the GPU at a time, as ComfyUI and the CLI run them); ``reserve_gib`` (1 GiB: CUDA context, cuBLAS
-workspace, allocator slack) is kept free. RAM is what the run holds in host memory besides the process itself: each
-model is loaded into RAM first (ComfyUI builds it on its offload device; the CLI too when it streams layers), with
-the scratch of quantising to fp8 while loading (from the release's fp32 distill/SR and bf16 base files); streamed
-layers stay there; the text encoder when it is kept after encoding or runs on the CPU; the decoded clip.
-``ram_reserve_gib`` (3 GiB: the OS, Python, torch and CUDA's host side) is kept free. Without ``ram_gib`` host RAM
-is only reported, not limited.
+VRAM is the device peak of each stage (weights on the GPU + activations, weight decoding included, in GPU-sized
+GGUF chunks + latents; one model on the GPU at a time, as ComfyUI and the CLI run them); ``reserve_gib`` (1 GiB:
+CUDA context, cuBLAS workspace, allocator slack) is kept free. RAM is what the run holds in host memory besides the
+process itself: each model is loaded into RAM first (ComfyUI builds it on its offload device; the CLI too when it
+streams layers), with the scratch of encoding to fp8 or GGUF while loading from the release's fp32 (distill, SR)
+and bf16 (base) files (:func:`magihuman.estimate.dit_load_working_bytes`); streamed layers stay there; the text
+encoder when it is kept after encoding or runs on the CPU; the decoded clip. ``ram_reserve_gib`` (3 GiB: the OS,
+Python, torch and CUDA's host side) is kept free. Without ``ram_gib`` host RAM is only reported, not limited.
 """
 
 from __future__ import annotations
