@@ -230,7 +230,8 @@ def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16, 
 # Host bytes, per element of a block linear as stored, of encoding it to fp8 or GGUF while loading
 # (magihuman.weights.compact.fill_stored): read whole as fp32 (4), zero-padded into a second fp32 copy where its rows
 # or columns are padded (4, Storage._pad), then encoded: fp8 into its fp32 quotient (4) before e4m3, GGUF a chunk of
-# rows at a time (less). The encoded result is the weight itself, counted with the weights.
+# rows at a time (less). The encoded result is the weight itself, counted with the weights. Charged in full for the
+# largest weight: exact for a padded fp8 weight, a bound otherwise.
 _ENCODE_SCRATCH_BYTES = 12
 
 
