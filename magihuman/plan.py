@@ -389,7 +389,7 @@ def _shorter_clip(preset: str, vram_gib, ram_gib, seconds: float, **kw) -> str:
     for x in est.shorter_seconds(seconds):
         if plan_fit(preset, vram_gib, ram_gib, seconds=x, suggest=False, **kw).fits:
             w = est.window_seconds_for(x)
-            windows = "" if w is None else f", or the whole {seconds:g} s in windows of {w:g} s (--window-seconds {w:g})"
+            windows = f", or the whole {seconds:g} s in windows of {w:g} s (--window-seconds {w:g})" if w else ""
             return f" A {x:g} s clip fits (--seconds {x:g}){windows}."
     return " No shorter clip fits either: use a larger GPU (or more RAM), or a smaller size (--width/--height)."
 
