@@ -150,7 +150,7 @@ def predicted(cfg: DiTConfig, fmt: str, length: int) -> dict:
 
     storage = est.dit_weight_storage(cfg, fmt)
     act = est.forward_activation_bytes(cfg, length)["peak_efficient"]
-    decoding = est.decode_phase_bytes(cfg, length, dequant=est.dequant_working_bytes(storage, torch.bfloat16))
+    decoding = est.decode_phase_bytes(cfg, length, dequant=est.dequant_working_bytes(storage, torch.bfloat16, "cpu"))
     load = storage.total + est.dit_load_working_bytes(cfg, fmt, torch.bfloat16)  # from the bf16 file
     return dict(weights=storage.total, activations=max(act, decoding), load=load)
 

@@ -42,10 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_timing.p
 from _timing import now  # noqa: E402
 from magihuman.device import COMPUTE_DTYPE_NAMES, resolve_compute_dtype  # noqa: E402
 from magihuman.models.dit_config import DiTConfig  # noqa: E402
+from magihuman.storage import FP8, GGUF, STORAGES, load_choices  # noqa: E402
 
-from magihuman.storage import PLAIN, STORAGES  # noqa: E402
-
-FORMATS = tuple(s.name for s in STORAGES.values() if s.kind != PLAIN and s.encodable and s.decodes_on_device)
+# The compact storages a loader keeps ("file" is a policy, plain dtypes are the reference), in the registry's order:
+LOADED = tuple(n for n in load_choices() if n in STORAGES and STORAGES[n].kind == FP8)       # quantised while loading
+CONVERTED = tuple(n for n in load_choices() if n in STORAGES and STORAGES[n].kind == GGUF)  # written by convert_dit
+FORMATS = LOADED + CONVERTED
 
 
 def mid_config() -> DiTConfig:
@@ -106,11 +108,12 @@ def main() -> None:
     try:
         src = write_tiny_dit(tmp / "mid_bf16.safetensors", config=cfg, layout="file", dtype=torch.bfloat16, seed=7)
         files = {"bf16": src}
-        for fmt in FORMATS[1:]:
+        for fmt in CONVERTED:
             files[fmt] = convert_dit(src, tmp / f"mid_{fmt}.gguf", quant=fmt, show_progress=False)
-        models = {"bf16": load_dit(src, storage="bf16", show_progress=False),
-                  "fp8": load_dit(src, storage="fp8", show_progress=False)}
-        for fmt in FORMATS[1:]:
+        models = {"bf16": load_dit(src, storage="bf16", show_progress=False)}
+        for fmt in LOADED:
+            models[fmt] = load_dit(src, storage=fmt, show_progress=False)
+        for fmt in CONVERTED:
             models[fmt] = load_dit(files[fmt], show_progress=False)
             kinds = {m.storage.name for m in models[fmt].block_linears()}
             assert kinds == {fmt}, f"{fmt}: block linears kept as {kinds}"  # every one, down_proj included
@@ -153,7 +156,7 @@ def main() -> None:
         print(f"{'weights':<9}{'forward ms':>11}{'vs bf16':>9}{'decode ms':>10}{'file MiB':>10}{'vs bf16':>9}"
               f"{'estimator MiB':>15}{'in memory MiB':>15}")
         for fmt in order:
-            size = files[fmt].stat().st_size if fmt in files and fmt != "fp8" else None
+            size = files[fmt].stat().st_size if fmt in files else None  # formats loaded from bf16 have no file
             mem = stored_bytes(models[fmt])
             size_txt = f"{size / 2**20:>10.1f}{size / base_size:>9.2f}" if size else f"{'(none)':>10}{'':>9}"
             print(f"{fmt:<9}{best[fmt] * 1e3:>11.0f}{best[fmt] / best['bf16']:>9.2f}{decode[fmt] * 1e3:>10.0f}"

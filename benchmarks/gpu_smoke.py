@@ -1,6 +1,6 @@
 """GPU smoke test: what the CPU tests prove by building the condition, asserted on a real GPU in one command.
 
-    python benchmarks/gpu_smoke.py [--device cuda:0] [--comfyui DIR] [--skip-comfyui]
+    python benchmarks/gpu_smoke.py [--device cuda:0] [--comfyui DIR --harness RUN_WORKFLOW_PY] [--skip-comfyui]
 
 Each check asserts (a failure prints what was measured and the run exits 1); without CUDA the script runs what it
 can on the CPU and prints every skipped check with the reason (exit 0). About 2-4 minutes on one H100. Checks:
@@ -16,7 +16,8 @@ can on the CPU and prints every skipped check with the reason (exit 0). About 2-
 6. block offload: bitwise equal to the resident model; pinned bytes against the streamed tensors' bytes.
 7. regional compile: recompiles over three prompt lengths (at most one graph per layer kind and length).
 8. the tiny workflows in a real ComfyUI (``--comfyui DIR``: a ComfyUI checkout whose python runs this pack) without
-   ``--cpu``, with a partial load forced (``--reserve-vram``), asserting the denoise runs on CUDA.
+   ``--cpu``, with a partial load forced (``--reserve-vram``), asserting the denoise runs on CUDA; run by the
+   ComfyUI harness's workflow runner (``--harness FILE`` or ``$MAGIHUMAN_HARNESS``: its ``run_workflow.py``).
 
 Send back the whole output (it starts with the versions) when a check fails.
 """
@@ -84,6 +85,7 @@ def versions(dev: torch.device) -> str:
     import importlib.util
 
     from magihuman.attention import available_attention_backends
+    from magihuman.device import cuda_bf16_native
 
     info = {"torch": torch.__version__, "cuda build": torch.version.cuda, "device": str(dev),
             "attention backends usable": available_attention_backends(),
@@ -93,7 +95,7 @@ def versions(dev: torch.device) -> str:
     if dev.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(dev), capability=torch.cuda.get_device_capability(dev),
                     flash_sdp_enabled=torch.backends.cuda.flash_sdp_enabled(),
-                    bf16_native=torch.cuda.get_device_capability(dev) >= (8, 0))
+                    bf16_native=cuda_bf16_native(dev))
     return json.dumps(info, default=str)
 
 
@@ -260,24 +262,35 @@ def recompiles(dev: torch.device) -> str:
     return f"graphs after each of 3 prompt lengths: {frames} (at most {limit})"
 
 
+def harness_runner(harness: str | None) -> Path:
+    """The ComfyUI harness's workflow runner: ``harness`` (--harness), else ``$MAGIHUMAN_HARNESS``; Skip when
+    neither names an existing file."""
+    given = harness or os.environ.get("MAGIHUMAN_HARNESS")
+    if not given:
+        raise Skip("give --harness <the ComfyUI harness's run_workflow.py> (or set MAGIHUMAN_HARNESS) to run the "
+                   "tiny workflows")
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise Skip(f"the workflow runner {path} (--harness / MAGIHUMAN_HARNESS) is not a file")
+    return path
+
+
 @check
-def comfyui_partial_load(dev: torch.device, comfyui: str | None = None) -> str:
+def comfyui_partial_load(dev: torch.device, comfyui: str | None = None, harness: str | None = None) -> str:
     if dev.type != "cuda":
         raise Skip("needs CUDA")
     if not comfyui:
         raise Skip("give --comfyui <ComfyUI folder> (with this pack in its custom_nodes) to run the tiny workflows")
+    runner = harness_runner(harness)
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         subprocess.run([sys.executable, "-m", "magihuman", "tiny-models", str(models)], check=True, cwd=ROOT,
                        capture_output=True)
         total_gib = torch.cuda.get_device_properties(dev).total_memory / 2**30
         reserve = max(total_gib - 0.05, 0)  # leave ComfyUI ~50 MB: the tiny DiT loads partially
-        harness = ROOT.parent / "shared" / "tools" / "comfyui-harness" / "run_workflow.py"
-        if not harness.is_file():
-            raise Skip(f"the workflow runner {harness} is not beside this checkout")
         wf = ROOT / "workflows" / "api" / "magihuman_tiny_t2v_api.json"
         env = dict(os.environ, COMFYUI_DIR=str(Path(comfyui).resolve().parent))
-        r = subprocess.run([sys.executable, str(harness), str(ROOT), "-w", str(wf), "--models", str(models),
+        r = subprocess.run([sys.executable, str(runner), str(ROOT), "-w", str(wf), "--models", str(models),
                             "--server-arg=--reserve-vram", f"--server-arg={reserve:.2f}", "--show-log"],
                            capture_output=True, text=True, env=env, timeout=600)
         log = r.stdout + r.stderr
@@ -293,6 +306,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--comfyui", default=None, help="a ComfyUI folder whose venv runs this pack (check 8)")
+    ap.add_argument("--harness", default=None, metavar="FILE",
+                    help="the ComfyUI harness's run_workflow.py (check 8; default: $MAGIHUMAN_HARNESS)")
     ap.add_argument("--skip-comfyui", action="store_true")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
@@ -307,7 +322,7 @@ def main(argv=None) -> int:
             print(f"SKIP {name}: --skip-comfyui")
             continue
         try:
-            kw = {"comfyui": args.comfyui} if name == "comfyui_partial_load" else {}
+            kw = {"comfyui": args.comfyui, "harness": args.harness} if name == "comfyui_partial_load" else {}
             print(f"OK   {name}: {fn(dev, **kw)}", flush=True)
         except Skip as s:
             skipped.append(name)

@@ -23,12 +23,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, PATCH_SIZE, SIZE_MULTIPLE,
-                       SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS, decoded_frames, frame_counts, snap_size)
+from .geometry import (AUDIO_LATENT_CHANNELS, DEFAULT_FRAME_RECEPTIVE_FIELD, MAX_TEXT_TOKENS, MAX_WINDOW_SECONDS,
+                       MIN_WINDOW_SECONDS, PATCH_SIZE, SIZE_MULTIPLE, SPATIAL_STRIDE, VIDEO_LATENT_CHANNELS,
+                       decoded_frames, frame_counts, snap_size)
 from .models.dit import weight_table as dit_weight_table
 from .models.dit_config import DiTConfig
 from .models.text_encoder import T5GemmaEncoder, T5GemmaEncoderConfig
 from .models.turbo_vae import RELEASE_TURBO_CONFIG, TINY_TURBO_CONFIG, TurboVAEDecoder
+from .offload import HOST_ALIGNMENT
 from .presets import PRESETS
 from .quant import gguf as ggml
 from .storage import FP8, GGUF, KEEP_FILE, PLAIN, Storage, WeightSpec, parse_storage
@@ -38,7 +40,7 @@ from .weights.safetensors_io import CHUNK_BYTES
 
 __all__ = [
     "MemoryEstimateError", "StageEstimate", "Plan", "estimate", "check_fits", "device_memory", "available_ram",
-    "suggest_smaller",
+    "suggest_smaller", "smaller_requests", "SmallerRequest", "shorter_seconds", "window_seconds_for",
     "token_counts", "dit_param_count", "dit_weight_bytes", "dit_forward_flops", "attention_pairs",
     "forward_activation_bytes", "turbo_decode_bytes", "t5gemma_encoder_param_count", "approx_gemma_tokens",
     "wan_decode_bytes", "wan_encode_bytes", "audio_vae_bytes",
@@ -89,8 +91,13 @@ def dit_param_count(cfg: DiTConfig) -> dict[str, int]:
     """Exact parameter counts (from the model's own weight table): ``block_linear`` (the block matrices), ``fp32``
     (norms, adapter with bias, output heads), ``total``, ``buffers`` (``adapter.rope.bands``) and
     ``per_token_block_linear`` (weights one token multiplies: a single expert in the mm layers)."""
+    return dict(_dit_param_count(json.dumps(cfg.to_dict(), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=64)
+def _dit_param_count(config_json: str) -> dict[str, int]:
     linear = other = per_token = buffers = 0
-    for key, spec in dit_weight_table(cfg).items():
+    for key, spec in dit_weight_table(DiTConfig.from_dict(json.loads(config_json))).items():
         if spec.stored is not None:
             linear += spec.numel
             per_token += spec.numel // spec.stored[2]
@@ -142,6 +149,9 @@ class WeightStorage:
     padding_params: int         # zeros added so rows are whole GGUF blocks / fp8 matmul tiles
     layers: tuple[int, ...]     # bytes of each transformer layer (all its tensors)
     largest_compact: int        # elements (as stored, padded) of the largest weight decoded whole per use
+    # elements alive while a weight decoded whole is decoded, the most of any: as stored, twice where the experts'
+    # rows were padded (Storage.decode slices the logical weight out of the padded one: a copy)
+    decoded_elements: int = 0
 
     @property
     def total(self) -> int:
@@ -151,7 +161,7 @@ class WeightStorage:
 def _storage(st: Storage, table: dict[str, WeightSpec], other_bytes: int, decoded_whole) -> WeightStorage:
     """Sum the bytes of ``table`` with every stored-weight layer in ``st`` and the rest at ``other_bytes`` per
     element; ``decoded_whole(key)``: the weight is decoded whole at use (an embedding decodes rows only)."""
-    compact = other = scales = padding = largest = 0
+    compact = other = scales = padding = largest = decoded = 0
     layers: dict[int, int] = {}
     for key, spec in table.items():
         if spec.stored is None:
@@ -170,11 +180,14 @@ def _storage(st: Storage, table: dict[str, WeightSpec], other_bytes: int, decode
                 compact += nbytes
             if decoded_whole(key):
                 largest = max(largest, stored_elems)
+                sliced = pr != rows and (experts > 1 or pc != cols)  # not a view of the padded weight
+                decoded = max(decoded, stored_elems * (2 if sliced else 1))
         layer = _layer_index(key)
         if layer is not None:
             layers[layer] = layers.get(layer, 0) + nbytes
     return WeightStorage(format=st.name, compact=compact, other=other, scales=scales, padding_params=padding,
-                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest)
+                         layers=tuple(layers[i] for i in sorted(layers)), largest_compact=largest,
+                         decoded_elements=decoded)
 
 
 _LAYER_KEY = re.compile(r"^(?:block|encoder)\.layers\.(\d+)\.")
@@ -198,41 +211,50 @@ def dit_weight_storage(cfg: DiTConfig, weight_dtype="bf16") -> WeightStorage:
     return _dit_storage(json.dumps(cfg.to_dict(), sort_keys=True), weight_format(weight_dtype))
 
 
-def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16) -> int:
-    """Peak bytes of decoding one stored weight for a matmul in ``compute_dtype`` (weights are decoded one at a
-    time, whole: the DiT's fused experts too). Plain storage in the compute dtype needs none; another plain dtype a
-    cast copy; fp8 the cast (scaled in place; a copy more where experts' rows are padded); GGUF the decoded weight
-    plus the float32 temporaries of one chunk of blocks (:data:`magihuman.quant.gguf.DEQUANT_CHUNK_ELEMENTS`)."""
+def dequant_working_bytes(storage: WeightStorage, compute_dtype=torch.bfloat16, device="cuda") -> int:
+    """Peak bytes of decoding one stored weight for a matmul in ``compute_dtype`` on ``device`` (weights are decoded
+    one at a time, whole: the DiT's fused experts too). Plain storage in the compute dtype needs none; another plain
+    dtype a cast copy. fp8 and GGUF: the weight decoded as stored (fp8: cast, scaled in place), a second copy
+    where the experts' rows were padded (:attr:`WeightStorage.decoded_elements`); GGUF also the float32 temporaries
+    of one chunk of blocks, whose size depends on the device (:func:`magihuman.quant.gguf.chunk_elements`: 4 Mi
+    elements on a CPU, 64 Mi on a GPU). Default device: a GPU's, as the device peak is a GPU figure."""
     cb = _dtype_bytes(compute_dtype)
     st = parse_storage(storage.format)
     n = storage.largest_compact
     if st.kind == PLAIN:
         return 0 if st.dtype == compute_dtype else n * cb
-    if st.kind == FP8:
-        return 2 * n * cb
-    return n * cb + min(n, ggml.DEQUANT_CHUNK_ELEMENTS) * _DECODE_TEMP_BYTES if n else 0
+    temps = min(n, ggml.chunk_elements(device)) * _DECODE_TEMP_BYTES if st.kind == GGUF else 0
+    return storage.decoded_elements * cb + temps
+
+
+# Host bytes, per element of a block linear as stored, of encoding it to fp8 or GGUF while loading
+# (magihuman.weights.compact.fill_stored): read whole as fp32 (4), zero-padded into a second fp32 copy where its rows
+# or columns are padded (4, Storage._pad), then encoded: fp8 into its fp32 quotient (4) before e4m3, GGUF a chunk of
+# rows at a time (less). The encoded result is the weight itself, counted with the weights. Charged in full for the
+# largest weight: exact for a padded fp8 weight, a bound otherwise.
+_ENCODE_SCRATCH_BYTES = 12
 
 
 def dit_load_working_bytes(cfg: DiTConfig, weight_dtype="bf16", source_dtype=torch.float32) -> int:
     """Host scratch memory, above the weights, of :func:`magihuman.checkpoints.load_dit` building the DiT in
-    ``weight_dtype`` from a .safetensors whose block linears are ``source_dtype`` (streamed tensor by tensor, so one
-    tensor's worth at most). Compact storage from another format: the largest block linear is read whole as fp32,
-    then encoded (fp8: the quotient before e4m3; GGUF: a chunk of rows at a time): ``source bytes + 8`` per element;
-    kept as stored (fp8 bytes, a GGUF of the same type): no scratch. Plain dtypes: read straight into the model when
-    the dtype matches, else through one chunk buffer (``CHUNK_BYTES``, 64 MiB)."""
+    ``weight_dtype`` from a file whose block linears are ``source_dtype`` (streamed tensor by tensor, so one
+    tensor's worth at most). A tensor read as another dtype than the file's passes through the reader's chunk buffer
+    (``CHUNK_BYTES``, 64 MiB). Plain storage: read as its dtype, straight into the model when the file's matches.
+    Compact storage kept as the file holds it (fp8 bytes; a .gguf of the same type, ``source_dtype`` uint8): no
+    scratch; else the largest block linear is read as fp32 and encoded, :data:`_ENCODE_SCRATCH_BYTES` per element."""
     st = parse_storage(weight_format(weight_dtype))
     storage = dit_weight_storage(cfg, st)
-    src = _dtype_bytes(source_dtype)
-    if st.kind == GGUF:
-        return storage.largest_compact * 12 if source_dtype != torch.uint8 else 0
-    if st.kind == FP8:
-        return 0 if source_dtype == torch.float8_e4m3fn else storage.largest_compact * (src + 8)
-    return 0 if st.dtype == source_dtype else min(CHUNK_BYTES, storage.largest_compact * src)
+    if st.kind != PLAIN and source_dtype == (torch.uint8 if st.kind == GGUF else st.dtype):
+        return 0
+    read_as = st.dtype if st.kind == PLAIN else torch.float32
+    chunk = 0 if source_dtype == read_as else min(CHUNK_BYTES, storage.largest_compact * _dtype_bytes(source_dtype))
+    return chunk + (0 if st.kind == PLAIN else storage.largest_compact * _ENCODE_SCRATCH_BYTES)
 
 
 # Alignment padding of one streamed layer in the pinned host arena (magihuman.offload.HostArena): under
-# HOST_ALIGNMENT bytes per tensor, at most 16 tensors per DiT layer (8 weights and norms, fp8 scales).
-HOST_ARENA_SLACK_PER_LAYER = 16 * 256
+# HOST_ALIGNMENT bytes per tensor, at most 12 tensors per DiT layer (4 block linears and 4 norms; fp8: a scale
+# per block linear).
+HOST_ARENA_SLACK_PER_LAYER = 12 * HOST_ALIGNMENT
 
 
 def offload_weight_bytes(storage: WeightStorage, blocks_on_device: Optional[int]) -> dict:
@@ -277,9 +299,15 @@ def text_encoder_storage(weight_dtype="bf16", cfg: Optional[dict] = None) -> Wei
     """Exact bytes of the T5Gemma encoder as its loader keeps it: the projections and the token embedding in
     ``weight_dtype`` (padded as stored), the norms in the plain dtype (bf16 under compact storage). The embedding is
     decoded by rows (only the looked-up tokens), so it never counts as a weight decoded whole."""
-    st = parse_storage(weight_format(weight_dtype))
+    return _text_encoder_storage(weight_format(weight_dtype), json.dumps(cfg or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _text_encoder_storage(fmt: str, cfg_json: str) -> WeightStorage:
+    st = parse_storage(fmt)
     other = _dtype_bytes(st.dtype) if st.kind == PLAIN else 2
-    return _storage(st, t5gemma_weight_table(cfg), other, lambda key: not key.endswith("embed_tokens.weight"))
+    return _storage(st, t5gemma_weight_table(json.loads(cfg_json) or None), other,
+                    lambda key: not key.endswith("embed_tokens.weight"))
 
 
 def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, compute_dtype=torch.bfloat16,
@@ -301,13 +329,9 @@ def text_encode_activation_bytes(tokens: int, cfg: Optional[dict] = None, *, com
 
 
 def t5gemma_encoder_param_count(cfg: Optional[dict] = None) -> int:
-    """Parameters of a T5Gemma (Gemma-2 style) encoder: embedding, per layer q/k/v/o, gate/up/down and
-    four RMSNorms, final norm. Default: the 9B encoder of google/t5gemma-9b-9b-ul2."""
-    c = dict(T5GEMMA_9B_ENCODER, **(cfg or {}))
-    h, hd = c["hidden_size"], c["head_dim"]
-    attn = h * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
-    mlp = 3 * h * c["intermediate_size"]
-    return c["vocab_size"] * h + c["num_hidden_layers"] * (attn + mlp + 4 * h) + h
+    """Parameters of a T5Gemma encoder (every tensor of :func:`t5gemma_weight_table`). Default: the 9B encoder of
+    google/t5gemma-9b-9b-ul2."""
+    return sum(spec.numel for spec in t5gemma_weight_table(cfg).values())
 
 
 # ============================================================================ FLOPs
@@ -743,7 +767,8 @@ def _resolve(preset) -> dict:
 
 def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_cfg: bool, cfg_batched: bool,
            prompt_tokens: int, negative_tokens: int, frf: int, weight_dtype, local_attention: str,
-           block_frames: int, compute_dtype=torch.bfloat16, blocks_on_device: Optional[int] = None) -> StageEstimate:
+           block_frames: int, compute_dtype=torch.bfloat16, blocks_on_device: Optional[int] = None,
+           device_type: str = "cuda") -> StageEstimate:
     grid, na = geo["grid"], geo["audio_tokens"]
     executed_mode = "mask" if local_attention == "mask" else "window"
 
@@ -771,7 +796,7 @@ def _stage(name: str, model: str, cfg: DiTConfig, geo: dict, *, steps: int, use_
                                     block_frames=block_frames, frame_receptive_field=frf, padded=padded)
     act = forward_activation_bytes(cfg, length, batch, local_bytes=local_b, padding_mask=padded)
     storage = dit_weight_storage(cfg, weight_dtype)
-    dequant = dequant_working_bytes(storage, compute_dtype)
+    dequant = dequant_working_bytes(storage, compute_dtype, device_type)
     decoding = decode_phase_bytes(cfg, length, batch, dequant=dequant, local_bytes=local_b, padding_mask=padded)
     if blocks_on_device is not None and not 0 <= int(blocks_on_device):
         raise ValueError(f"blocks_on_device must be >= 0, got {blocks_on_device!r}")
@@ -806,7 +831,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
              frame_receptive_field: int = DEFAULT_FRAME_RECEPTIVE_FIELD, local_attention: str = "window",
              local_block_frames: int = 1, decode_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
              blocks_on_device: Optional[int] = None, sr_weight_dtype=None, sr_blocks_on_device: Optional[int] = None,
-             text_encoder_format="bf16") -> Plan:
+             text_encoder_format="bf16", device_type: str = "cuda") -> Plan:
     """Tokens, FLOPs and memory of a run. ``preset``: a preset name (``distill_256p``, ``base_256p``,
     ``sr_540p``, ``sr_1080p``, ``tiny``, ...), a ``Preset`` or a :class:`DiTConfig` (one stage). Unset sizes,
     seconds, steps and CFG come from the preset; an SR size without an SR preset adds an SR stage with
@@ -816,9 +841,15 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
     ``weight_dtype``: storage of the DiT block linears, a torch dtype or a name (bf16/fp16/fp32/fp8 or a GGUF type,
     :func:`weight_format`); ``sr_weight_dtype`` the SR DiT's (default: the same). ``compute_dtype``: the matmul
     dtype (decoding compact weights to it costs working memory). ``blocks_on_device`` / ``sr_blocks_on_device``:
-    block offload, N layers kept on the device (None: all). ``text_encoder_format``: the T5Gemma storage."""
+    block offload, N layers kept on the device (None: all). ``text_encoder_format``: the T5Gemma storage.
+    ``device_type``: where the models run ("cuda", "mps", "cpu"), which sets the working memory of decoding GGUF
+    weights (:func:`dequant_working_bytes`)."""
     if local_attention not in ("window", "mask"):
         raise ValueError(f"local_attention must be 'window' or 'mask', got {local_attention!r}")
+    try:
+        device_type = torch.device(device_type).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device_type must be a torch device type (cuda, mps, cpu), got {device_type!r}") from None
     r = _resolve(preset)
     width = r["width"] if width is None else width
     height = r["height"] if height is None else height
@@ -840,7 +871,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                      use_cfg=use_cfg, cfg_batched=cfg_batched, prompt_tokens=prompt_tokens,
                      negative_tokens=negative_tokens, frf=frame_receptive_field, weight_dtype=weight_dtype,
                      local_attention=local_attention, block_frames=local_block_frames, compute_dtype=compute_dtype,
-                     blocks_on_device=blocks_on_device)]
+                     blocks_on_device=blocks_on_device, device_type=device_type)]
     if sr_width is None and sr_height is None and r["sr"] is not None:
         sr_width, sr_height = r["sr_width"], r["sr_height"]
     if (sr_width is None) != (sr_height is None):
@@ -856,7 +887,8 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              prompt_tokens=prompt_tokens, negative_tokens=negative_tokens,
                              frf=frame_receptive_field, weight_dtype=sr_weight_dtype,
                              local_attention=local_attention, block_frames=local_block_frames,
-                             compute_dtype=compute_dtype, blocks_on_device=sr_blocks_on_device))
+                             compute_dtype=compute_dtype, blocks_on_device=sr_blocks_on_device,
+                             device_type=device_type))
     out = sr_geo or geo
     turbo_cfg = TINY_TURBO_CONFIG if r["tiny"] else RELEASE_TURBO_CONFIG
     dec = turbo_decode_bytes(out["latent_frames"], out["latent_h"], out["latent_w"],
@@ -869,7 +901,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
         text_bytes = te.total
         te_tokens = max(prompt_tokens, negative_tokens) if (use_cfg or any(s.cfg for s in stages)) else prompt_tokens
         text_act = text_encode_activation_bytes(te_tokens, compute_dtype=torch.bfloat16) + \
-            dequant_working_bytes(te, torch.bfloat16)  # the encoder computes in bf16 (fp8/GGUF storage too)
+            dequant_working_bytes(te, torch.bfloat16, device_type)  # the encoder computes in bf16 (fp8/GGUF too)
     return Plan(preset=r["name"], width=geo["width"], height=geo["height"], seconds=float(seconds),
                 num_frames=geo["num_frames"], latent_frames=geo["latent_frames"],
                 sr_width=sr_geo["width"] if sr_geo else None, sr_height=sr_geo["height"] if sr_geo else None,
@@ -885,7 +917,7 @@ def estimate(preset: Union[str, DiTConfig, object] = "distill_256p", width: Opti
                              local_block_frames=local_block_frames, decode_dtype=decode_dtype,
                              compute_dtype=compute_dtype, blocks_on_device=blocks_on_device,
                              sr_weight_dtype=sr_weight_dtype, sr_blocks_on_device=sr_blocks_on_device,
-                             text_encoder_format=text_encoder_format))
+                             text_encoder_format=text_encoder_format, device_type=device_type))
 
 
 @functools.lru_cache(maxsize=None)
@@ -932,12 +964,17 @@ def device_memory(device: Union[str, torch.device, None] = None, *, free: bool =
     return available_ram()
 
 
+def shorter_seconds(seconds: float) -> list[float]:
+    """Shorter clip lengths to try, longest first: the whole seconds below ``seconds``, then 0.5 s."""
+    s = float(seconds)
+    return [x for x in range(math.ceil(s) - 1, 0, -1) if x < s] + ([0.5] if s > 0.5 else [])
+
+
 def _smaller_requests(plan: Plan, device_memory_bytes: int):
     """Candidate smaller requests in two families, each largest first: (kind, label, request). Sizes keep
     the aspect; only the SR size shrinks unless the base stage itself does not fit."""
     req = dict(plan.request)
-    secs = float(plan.seconds)
-    for x in [x for x in range(math.ceil(secs) - 1, 0, -1) if x < secs] + ([0.5] if secs > 0.5 else []):
+    for x in shorter_seconds(plan.seconds):
         yield "seconds", f"seconds={x:g}", dict(req, seconds=x)
     sr = plan.sr_width is not None
     shrink_base = plan.stages[0].peak_bytes > device_memory_bytes
@@ -958,32 +995,55 @@ def _smaller_requests(plan: Plan, device_memory_bytes: int):
         yield "size", label, dict(req, width=w, height=h, sr_width=sw, sr_height=sh)
 
 
-def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
-    """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest
-    size (same aspect). Lower-precision weights (``weight_dtype`` fp8) are the caller's choice, not offered here."""
-    def search(base_req: dict, prefix: str) -> list[str]:
-        base = plan if base_req is plan.request else estimate(**base_req)
-        if base.peak_device_bytes <= device_memory_bytes:
-            return [f"{prefix}same request (~{_gib(base.peak_device_bytes)})"]
-        found: dict[str, str] = {}
-        for kind, label, req in _smaller_requests(base, device_memory_bytes):
-            if kind in found:
-                continue
-            try:
-                smaller = estimate(**req)
-            except ValueError:
-                continue
-            if smaller.peak_device_bytes <= device_memory_bytes:
-                found[kind] = f"{prefix}{label} (~{_gib(smaller.peak_device_bytes)})"
-        return list(found.values())
+@dataclass(frozen=True)
+class SmallerRequest:
+    """A request that fits (:func:`smaller_requests`): what it changes, the request and its device peak."""
 
+    kind: str       # "cfg" (separate CFG passes) | "seconds" (the longest clip) | "size" (the largest size)
+    label: str      # the change in words ("seconds=3", "SR size 768x432", ...)
+    request: dict   # keyword arguments of estimate()
+    peak_bytes: int
+
+    def __str__(self) -> str:
+        return f"{self.label} (~{_gib(self.peak_bytes)})"
+
+
+def smaller_requests(plan: Plan, device_memory_bytes: int) -> list[SmallerRequest]:
+    """Requests that fit ``device_memory_bytes``: separate CFG passes, the longest clip and the largest size (same
+    aspect), each at most once. Lower-precision weights (``weight_dtype`` fp8) are the caller's choice, not offered
+    here."""
     out = []
     if plan.request.get("cfg_batched") and any(st.cfg for st in plan.stages):
-        unbatched = estimate(**dict(plan.request, cfg_batched=False))
+        req = dict(plan.request, cfg_batched=False)
+        unbatched = estimate(**req)
         if unbatched.peak_device_bytes <= device_memory_bytes:
-            out.append(f"separate CFG passes, cfg_batched=False (~{_gib(unbatched.peak_device_bytes)})")
-    out += search(plan.request, "") if plan.peak_device_bytes > device_memory_bytes else []
+            out.append(SmallerRequest("cfg", "separate CFG passes, cfg_batched=False", req,
+                                      unbatched.peak_device_bytes))
+    if plan.peak_device_bytes <= device_memory_bytes:
+        return out
+    found = set()
+    for kind, label, req in _smaller_requests(plan, device_memory_bytes):
+        if kind in found:
+            continue
+        try:
+            smaller = estimate(**req)
+        except ValueError:
+            continue
+        if smaller.peak_device_bytes <= device_memory_bytes:
+            found.add(kind)
+            out.append(SmallerRequest(kind, label, req, smaller.peak_device_bytes))
     return out
+
+
+def suggest_smaller(plan: Plan, device_memory_bytes: int) -> list[str]:
+    """:func:`smaller_requests` in words: ``"seconds=3 (~14.2G)"``."""
+    return [str(o) for o in smaller_requests(plan, device_memory_bytes)]
+
+
+def window_seconds_for(seconds: float) -> Optional[float]:
+    """The window length to make a long clip in when a clip of ``seconds`` is the longest that fits: ``seconds``
+    within the window limits (at most :data:`MAX_WINDOW_SECONDS`); None when it is shorter than a window may be."""
+    return None if seconds < MIN_WINDOW_SECONDS else min(float(seconds), MAX_WINDOW_SECONDS)
 
 
 def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optional[int] = None,
@@ -1008,13 +1068,14 @@ def check_fits(plan: Plan, device_memory_bytes: int, *, host_memory_bytes: Optio
            f"phase: {worst.name} DiT weights {_gib(worst.weights_on_device)} + activations "
            f"{_gib(worst.activation_bytes)}; decode {_gib(plan.decode_peak_bytes)}), but only "
            f"{_gib(device_memory_bytes)} is available.")
-    options = suggest_smaller(plan, device_memory_bytes)
+    options = smaller_requests(plan, device_memory_bytes)
     if options:
-        msg += " Requests that fit: " + "; ".join(options) + "."
-    shorter = [o.split()[0].split("=")[1] for o in options if o.startswith("seconds=")]
-    if shorter and float(shorter[0]) >= 1:  # long videos are made in windows of a length that fits (issue 22)
-        msg += (f" The whole {plan.seconds:g} s fits as windows of {shorter[0]} s (generate --window-seconds "
-                f"{shorter[0]}; the MagiHuman Long Video node).")
+        msg += " Requests that fit: " + "; ".join(map(str, options)) + "."
+    shorter = next((o.request["seconds"] for o in options if o.kind == "seconds"), None)
+    window = None if shorter is None else window_seconds_for(shorter)
+    if window is not None:  # long videos are made in windows of a length that fits
+        msg += (f" The whole {plan.seconds:g} s fits as windows of {window:g} s (generate --window-seconds "
+                f"{window:g}; the MagiHuman Long Video node).")
     if max(s.weights_on_device for s in plan.stages) >= device_memory_bytes:
         msg += f" The DiT weights alone do not fit {'in RAM' if cpu else 'on the device'}."
     if cpu:

@@ -12,7 +12,8 @@ from .errors import PipelineError
 __all__ = [
     "FPS", "VIDEO_LATENT_CHANNELS", "AUDIO_LATENT_CHANNELS", "SPATIAL_STRIDE", "TEMPORAL_STRIDE", "PATCH_SIZE",
     "SIZE_MULTIPLE", "DEFAULT_FRAME_RECEPTIVE_FIELD", "MAX_TEXT_TOKENS", "AUDIO_SAMPLE_RATE", "AUDIO_HOP",
-    "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS", "snap_size", "frame_counts", "decoded_frames", "latent_frames_for",
+    "DISTILLED_STEPS", "BASE_STEPS", "SR_STEPS", "MIN_WINDOW_SECONDS", "MAX_WINDOW_SECONDS", "snap_size",
+    "frame_counts", "decoded_frames", "latent_frames_for",
 ]
 
 FPS = 25                    # video frames per second; also audio latent steps per second
@@ -29,6 +30,10 @@ AUDIO_HOP = 2048            # waveform samples per audio latent step (51200 / 20
 DISTILLED_STEPS = 8
 BASE_STEPS = 32
 SR_STEPS = 5
+MIN_WINDOW_SECONDS = 1.0    # the shortest generation a long video is made of (each window is a whole one)
+# Longest window: twice the official examples' 4-5 s. The model was trained on clips of a few seconds; longer
+# single passes leave those lengths and cost attention memory with the square of the length.
+MAX_WINDOW_SECONDS = 10.0
 
 
 def snap_size(width: int, height: int, *, what: str = "") -> tuple[int, int]:

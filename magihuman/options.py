@@ -91,5 +91,12 @@ class RunOptions:
         return cls(**{**d, "loras": tuple(tuple(x) for x in d.get("loras", ()))})
 
 
+_COMPUTE_DTYPE_NAME = {dt: n for n, dt in COMPUTE_DTYPE_NAMES.items()}  # torch.bfloat16 -> "bf16", ...
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
-    return next(n for n, dt in COMPUTE_DTYPE_NAMES.items() if dt == dtype)
+    """The name of a compute dtype (a model's ``compute_dtype``)."""
+    try:
+        return _COMPUTE_DTYPE_NAME[dtype]
+    except KeyError:
+        raise ValueError(f"compute dtype {dtype} is not one of {', '.join(COMPUTE_DTYPE_NAMES)}") from None

@@ -3,34 +3,35 @@
     python -m magihuman plan --preset distill_256p --vram 16 [--ram 32] [--seconds 4] [--width 448 --height 256]
 
 :func:`plan_fit` prices every candidate with :func:`magihuman.estimate.estimate` and takes, stage by stage, the
-first one that fits, in this order (best quality first, then speed):
+first one that fits, best quality first, then speed. The storages offered (:func:`ranked_formats`): those of the
+registry (:data:`magihuman.storage.STORAGES`) with a measured ``rel_error`` (output error against bf16 weights,
+``benchmarks/bench_quant_quality.py``) that a loader can encode, ranked by that error, each kept only when it is at
+least :data:`MIN_SAVING` (5 %) smaller than every more accurate one kept, for the model's own sizes; every block
+linear is stored in it, rows zero-padded to whole GGUF blocks or fp8 matmul tiles.
 
-- **DiT weights** (base and SR stage each on its own): bf16, Q8_0, fp8, Q4_K with every layer on the GPU; then the
-  same formats with block offload (the most layers on the GPU that fit, the rest in host RAM, streamed every
-  forward). The quality ranking is measured by ``benchmarks/bench_quant_quality.py`` (output error vs bf16
-  weights: Q8_0 < fp8 < Q5_1 < Q4_K < Q4_0). Not offered: Q5_1, as large as fp8 for the release DiT (its swiglu
-  ``down_proj`` rows are not whole blocks and stay BF16 in a GGUF) and less accurate; Q4_0, the size of Q4_K with
-  a larger error.
-- **Text encoder** (T5Gemma 9B): on the GPU in bf16, Q8_0, Q5_1, Q4_0; else on the CPU in the same order. fp8 is
-  not offered: for this encoder Q8_0 is smaller (its embedding is quantised too) and more accurate. After
+- **DiT weights** (base and SR stage each on its own): the storages of :func:`dit_formats` with every layer on the
+  GPU; then the same storages with block offload (the most layers on the GPU that fit, the rest in host RAM,
+  streamed every forward).
+- **Text encoder** (T5Gemma 9B): the storages of :func:`text_encoder_formats` on the GPU, else on the CPU. After
   encoding it is offloaded to RAM (kept for the next prompt) when RAM allows, else freed.
 - **Decode** (Turbo VAE, sliding window of 7 latent frames): the decoded frames on the GPU, else sent to RAM as
   they are made (``offload_frames``).
 
-VRAM is the device peak of each stage (weights on the GPU + activations, weight decoding included + latents; one
-model on the GPU at a time, as ComfyUI and the CLI run them); ``reserve_gib`` (1 GiB: CUDA context, cuBLAS
-workspace, allocator slack) is kept free. RAM is what the run holds in host memory besides the process itself: each
-model is loaded into RAM first (ComfyUI builds it on its offload device; the CLI too when it streams layers), with
-the scratch of quantising to fp8 while loading (from the release's fp32 distill/SR and bf16 base files); streamed
-layers stay there; the text encoder when it is kept after encoding or runs on the CPU; the decoded clip.
-``ram_reserve_gib`` (3 GiB: the OS, Python, torch and CUDA's host side) is kept free. Without ``ram_gib`` host RAM
-is only reported, not limited.
+VRAM is the device peak of each stage (weights on the GPU + activations, weight decoding included, in GPU-sized
+GGUF chunks + latents; one model on the GPU at a time, as ComfyUI and the CLI run them); ``reserve_gib`` (1 GiB:
+CUDA context, cuBLAS workspace, allocator slack) is kept free. RAM is what the run holds in host memory besides the
+process itself: each model is loaded into RAM first (ComfyUI builds it on its offload device; the CLI too when it
+streams layers), with the scratch of encoding to fp8 or GGUF while loading from the release's fp32 (distill, SR)
+and bf16 (base) files (:func:`magihuman.estimate.dit_load_working_bytes`); streamed layers stay there; the text
+encoder when it is kept after encoding or runs on the CPU; the decoded clip. ``ram_reserve_gib`` (3 GiB: the OS,
+Python, torch and CUDA's host side) is kept free. Without ``ram_gib`` host RAM is only reported, not limited.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import estimate as est
+from .geometry import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS
 from .models.dit_config import DiTConfig
 from .presets import MODEL_FILES, PRESETS, get_preset
 from .storage import GGUF, STORAGES
@@ -68,13 +70,20 @@ def ranked_formats(size_of) -> tuple[str, ...]:
 
 
 def dit_formats(config: Optional[DiTConfig] = None) -> tuple[str, ...]:
-    """The DiT storages the planner tries, best first (sizes of the release config by default)."""
-    config = config or DiTConfig.preset("distill")
+    """The DiT storages the planner tries, best first (sizes of the release config by default, computed once)."""
+    if config is None:
+        return _release_dit_formats()
     return ranked_formats(lambda name: est.dit_weight_storage(config, name).total)
 
 
+@functools.lru_cache(maxsize=None)
+def _release_dit_formats() -> tuple[str, ...]:
+    return dit_formats(DiTConfig.preset("distill"))
+
+
+@functools.lru_cache(maxsize=None)
 def text_encoder_formats() -> tuple[str, ...]:
-    """The T5Gemma storages the planner tries, best first."""
+    """The T5Gemma storages the planner tries, best first (the registry's and the 9B encoder's: computed once)."""
     return ranked_formats(lambda name: est.text_encoder_storage(name).total)
 
 
@@ -244,16 +253,20 @@ def _dit_choice(candidates: dict[str, est.StageEstimate], config: DiTConfig, sou
 def _text_encoder_choice(tokens: int, budget: int, ram_budget: Optional[int]):
     """(format, "GPU" | "CPU", bytes while encoding) of the first text-encoder setting that fits, else None. On the
     GPU too the encoder must fit the RAM budget (it is loaded into RAM first)."""
-    def need(fmt: str) -> int:
-        storage = est.text_encoder_storage(fmt)
-        return storage.total + est.text_encode_activation_bytes(tokens) + est.dequant_working_bytes(storage)
+    activations = est.text_encode_activation_bytes(tokens)
+    storages = {fmt: est.text_encoder_storage(fmt) for fmt in text_encoder_formats()}
 
-    for fmt in text_encoder_formats():
-        if need(fmt) <= budget and (ram_budget is None or est.text_encoder_storage(fmt).total <= ram_budget):
-            return fmt, "GPU", need(fmt)
-    for fmt in text_encoder_formats():
-        if ram_budget is None or need(fmt) <= ram_budget:
-            return fmt, "CPU", need(fmt)
+    def need(fmt: str, device: str) -> int:
+        return storages[fmt].total + activations + est.dequant_working_bytes(storages[fmt], device=device)
+
+    for fmt in storages:
+        gpu = need(fmt, "cuda")
+        if gpu <= budget and (ram_budget is None or storages[fmt].total <= ram_budget):
+            return fmt, "GPU", gpu
+    for fmt in storages:
+        cpu = need(fmt, "cpu")
+        if ram_budget is None or cpu <= ram_budget:
+            return fmt, "CPU", cpu
     return None
 
 
@@ -373,10 +386,10 @@ def _problem(plan: FitPlan, budget: int, ram_budget: Optional[int]) -> str:
 
 def _shorter_clip(preset: str, vram_gib, ram_gib, seconds: float, **kw) -> str:
     """`` A x s clip fits.`` for the longest shorter clip that fits (whole seconds, then 0.5 s), else advice."""
-    candidates = [x for x in range(math.ceil(seconds) - 1, 0, -1) if x < seconds] + ([0.5] if seconds > 0.5 else [])
-    for x in candidates:
+    for x in est.shorter_seconds(seconds):
         if plan_fit(preset, vram_gib, ram_gib, seconds=x, suggest=False, **kw).fits:
-            windows = f", or the whole {seconds:g} s in windows of {x:g} s (--window-seconds {x:g})" if x >= 1 else ""
+            w = est.window_seconds_for(x)
+            windows = f", or the whole {seconds:g} s in windows of {w:g} s (--window-seconds {w:g})" if w else ""
             return f" A {x:g} s clip fits (--seconds {x:g}){windows}."
     return " No shorter clip fits either: use a larger GPU (or more RAM), or a smaller size (--width/--height)."
 
@@ -428,10 +441,12 @@ def main(args) -> int:
         if v is not None and v < 1:
             raise ValueError(f"--{name} must be positive, got {v}")
     seconds = args.seconds
-    window = getattr(args, "window_seconds", None)
+    window = args.window_seconds
     if window is not None:  # a long video holds one window at a time: price one
-        if not window > 0:
-            raise ValueError(f"--window-seconds must be > 0, got {window}")
+        if not MIN_WINDOW_SECONDS <= window <= MAX_WINDOW_SECONDS:  # generate's limits
+            raise ValueError(f"--window-seconds {window:g}: windows last {MIN_WINDOW_SECONDS:g} to "
+                             f"{MAX_WINDOW_SECONDS:g} s (the model was trained on clips of a few seconds; 4-5 s as "
+                             "the official examples)")
         seconds = min(window, seconds if seconds is not None else get_preset(args.preset).seconds)
         print(f"one window of {seconds:g} s (a longer clip is made window by window)", file=sys.stdout)
     plan = plan_fit(args.preset, args.vram, args.ram, seconds=seconds, width=args.width, height=args.height)

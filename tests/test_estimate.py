@@ -324,6 +324,34 @@ def test_check_fits_shrinks_base_when_base_stage_does_not_fit():
         assert ("cfg_batched=False" in str(err.value)) == fits
 
 
+def test_smaller_requests_are_data_and_windows_stay_within_the_limits():
+    """The search hands back the requests themselves (check_fits reads the seconds from them, not from its own
+    text), and the window it suggests for a long clip is one generate accepts: at most MAX_WINDOW_SECONDS."""
+    from magihuman.estimate import smaller_requests, suggest_smaller
+    from magihuman.pipeline import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS
+
+    plan = estimate("distill_256p", seconds=60)
+    budget = estimate("distill_256p", seconds=15).peak_device_bytes + GIB // 8
+    options = smaller_requests(plan, budget)
+    assert [o.kind for o in options] == ["seconds", "size"]
+    for o in options:
+        assert estimate(**o.request).peak_device_bytes == o.peak_bytes <= budget
+    longest = options[0].request["seconds"]
+    assert longest > MAX_WINDOW_SECONDS and options[0].label == f"seconds={longest:g}"
+    assert suggest_smaller(plan, budget) == [str(o) for o in options]
+    with pytest.raises(MemoryEstimateError) as err:
+        check_fits(plan, budget)
+    assert f"Requests that fit: seconds={longest:g} (~" in str(err.value)
+    assert (f"The whole 60 s fits as windows of {MAX_WINDOW_SECONDS:g} s (generate --window-seconds "
+            f"{MAX_WINDOW_SECONDS:g};") in str(err.value)
+    # a clip shorter than a window may be: no windows suggested
+    tight = estimate("distill_256p", seconds=0.5).peak_device_bytes + 1
+    assert estimate("distill_256p", seconds=MIN_WINDOW_SECONDS).peak_device_bytes > tight
+    with pytest.raises(MemoryEstimateError) as err:
+        check_fits(plan, tight)
+    assert "seconds=0.5 (~" in str(err.value) and "fits as windows" not in str(err.value)
+
+
 def test_check_fits_weights_too_large_points_to_offload():
     plan = estimate("distill_256p", seconds=4)
     with pytest.raises(MemoryEstimateError, match="weights alone do not fit") as err:
@@ -351,6 +379,16 @@ def test_t5gemma_encoder_param_count_matches_module():
     model = T5GemmaEncoder(T5GemmaEncoderConfig(**small), device="meta")
     assert t5gemma_encoder_param_count(small) == sum(p.numel() for p in model.parameters())
     assert t5gemma_encoder_param_count() == 9_241_705_984  # the 9B encoder of t5gemma-9b-9b-ul2
+
+    def by_hand(c: dict) -> int:  # embedding; per layer q/k/v/o, gate/up/down, four RMSNorms; final norm
+        h, hd = c["hidden_size"], c["head_dim"]
+        attn = h * hd * (2 * c["num_attention_heads"] + 2 * c["num_key_value_heads"])
+        return c["vocab_size"] * h + c["num_hidden_layers"] * (attn + 3 * h * c["intermediate_size"] + 4 * h) + h
+
+    assert t5gemma_encoder_param_count(small) == by_hand(small)
+    assert t5gemma_encoder_param_count() == by_hand(dict(vocab_size=256000, hidden_size=3584, intermediate_size=14336,
+                                                         num_hidden_layers=42, num_attention_heads=16,
+                                                         num_key_value_heads=8, head_dim=256))
 
 
 def test_estimate_from_config_and_preset_object():
@@ -455,8 +493,38 @@ def test_dequant_working_bytes():
     assert dit_weight_storage(cfg, "fp8").largest_compact == fp8_largest
     assert dequant_working_bytes(dit_weight_storage(cfg, "fp8"), torch.bfloat16) == 2 * 2 * fp8_largest
     q8 = dit_weight_storage(cfg, "Q8_0")
-    assert dequant_working_bytes(q8, torch.bfloat16) == 2 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
-    assert dequant_working_bytes(q8, torch.float32) == 4 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+    assert dequant_working_bytes(q8, torch.bfloat16, "cpu") == 2 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+    assert dequant_working_bytes(q8, torch.float32, "cpu") == 4 * largest + 8 * DEQUANT_CHUNK_ELEMENTS
+
+
+def test_dequant_working_bytes_follow_the_device_and_the_padding():
+    """GGUF chunks are 64 Mi elements on a GPU (4 Mi on a CPU): the release up_gate_proj's float32 temporaries
+    take 512 MiB on CUDA, which a GPU plan prices (the default) and a CPU plan does not. fp8 holds a second copy
+    only where the experts' rows were padded: not for the T5Gemma encoder, whose widths are multiples of 16."""
+    from magihuman.estimate import dequant_working_bytes, dit_weight_storage, text_encoder_storage
+    from magihuman.quant.gguf import DEVICE_CHUNK_ELEMENTS, chunk_elements
+
+    cfg = DiTConfig.preset("distill")
+    largest = 3 * 2 * 13652 * 5120  # the fused up_gate_proj, whole blocks (5120 columns)
+    q8 = dit_weight_storage(cfg, "Q8_0")
+    assert dequant_working_bytes(q8, torch.bfloat16, "cuda") == 2 * largest + 8 * DEVICE_CHUNK_ELEMENTS
+    assert 8 * chunk_elements("cuda") == 512 << 20
+    assert dequant_working_bytes(q8) == dequant_working_bytes(q8, torch.bfloat16, "cuda")
+    assert dequant_working_bytes(q8, device="cuda") - dequant_working_bytes(q8, device="cpu") == 480 << 20
+    for fmt in ("Q8_0", "Q4_K"):
+        gpu = estimate("distill_256p", weight_dtype=fmt).stages[0]
+        cpu = estimate("distill_256p", weight_dtype=fmt, device_type="cpu").stages[0]
+        storage = dit_weight_storage(cfg, fmt)
+        assert gpu.dequant_bytes == dequant_working_bytes(storage, torch.bfloat16, "cuda")
+        assert cpu.dequant_bytes == dequant_working_bytes(storage, torch.bfloat16, "cpu") < gpu.dequant_bytes
+    with pytest.raises(ValueError, match="device_type"):
+        estimate("distill_256p", device_type="gpu")
+    # fp8: the release DiT's largest weight has padded expert rows (27304 -> 27312): decoded, then sliced
+    fp8 = dit_weight_storage(cfg, "fp8")
+    assert fp8.decoded_elements == 2 * fp8.largest_compact
+    te = text_encoder_storage("fp8")  # largest decoded whole: gate/up_proj [14336, 3584], no padding
+    assert te.largest_compact == te.decoded_elements == 14336 * 3584
+    assert dequant_working_bytes(te, torch.bfloat16) == 2 * 14336 * 3584
 
 
 def test_estimate_with_formats_and_block_offload():
@@ -502,19 +570,41 @@ def test_estimate_with_formats_and_block_offload():
     assert [s.weight_format for s in sr.stages] == ["bf16", "fp8"] and "(sr fp8)" in sr.format()
 
 
+def test_host_arena_slack_covers_every_tensor_of_a_streamed_layer():
+    """The pinned arena pads each tensor of a streamed layer to HOST_ALIGNMENT: the per-layer slack is one
+    alignment per tensor of the layer with the most (fp8: 4 block linears, their 4 scales, 4 norms)."""
+    from magihuman.models.dit import MagiHumanDiT
+    from magihuman.offload import HOST_ALIGNMENT, _layer_tensors, arena_bytes
+
+    cfg = DiTConfig.preset("tiny")
+    counts = []
+    for fmt in ("bf16", "fp8", "Q8_0"):
+        model = MagiHumanDiT(cfg, storage=fmt, device="cpu").init_random_().store_block_linears_()
+        for layer in model.block.layers:
+            tensors = [getattr(m, n) for m, n in _layer_tensors(layer)]
+            sizes = [t.numel() * t.element_size() for t in tensors]
+            assert arena_bytes(sizes) - sum(sizes) < HOST_ARENA_SLACK_PER_LAYER
+            counts.append(len(tensors))
+    assert max(counts) == 12 and HOST_ARENA_SLACK_PER_LAYER == max(counts) * HOST_ALIGNMENT
+
+
 def test_load_working_bytes():
     from magihuman.estimate import dit_load_working_bytes, dit_weight_storage
 
     cfg = DiTConfig.preset("distill")
     largest = dit_weight_storage(cfg, "fp8").largest_compact
     assert dit_load_working_bytes(cfg, "fp8", torch.float32) == largest * 12  # fp32 read + fp32 copy + quotient
-    assert dit_load_working_bytes(cfg, "fp8", torch.bfloat16) == largest * 10
+    # compact targets are read as fp32 whatever the file holds (weights/compact.py fill_stored): a bf16 file adds
+    # the reader's conversion buffer, not a smaller read
+    assert dit_load_working_bytes(cfg, "fp8", torch.bfloat16) == largest * 12 + (64 << 20)
     assert dit_load_working_bytes(cfg, "fp8", torch.float8_e4m3fn) == 0
     assert dit_load_working_bytes(cfg, "bf16", torch.bfloat16) == 0  # read straight into the model
     assert dit_load_working_bytes(cfg, "bf16", torch.float32) == 64 << 20  # one chunk buffer
     assert dit_load_working_bytes(cfg, "Q4_K", torch.uint8) == 0  # blocks copied out of a .gguf of that type
     q4k = dit_weight_storage(cfg, "Q4_K").largest_compact
     assert dit_load_working_bytes(cfg, "Q4_K", torch.float32) == q4k * 12  # quantised while loading
+    assert dit_load_working_bytes(cfg, "Q4_K", torch.bfloat16) == q4k * 12 + (64 << 20)  # the same rule as fp8
+    assert dit_load_working_bytes(cfg, "Q4_K", torch.float8_e4m3fn) == q4k * 12 + (64 << 20)
 
 
 def test_text_encoder_shapes_and_storage_match_the_loaded_module(tmp_path):

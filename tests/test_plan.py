@@ -95,14 +95,17 @@ def test_ram_limit_picks_a_smaller_dit_and_frees_the_text_encoder():
 
 
 def test_too_small_is_a_clear_refusal():
-    plan = plan_fit("distill_256p", 3.6)  # 3.6 GB -> refused, with the longest clip that fits
+    # 4.1 GB -> refused, with the longest clip that fits (GGUF decoding on a GPU takes 512 MiB of chunk
+    # temporaries whatever the clip's length: at 3.6 GB no clip fits)
+    plan = plan_fit("distill_256p", 4.1)
     assert not plan.fits
     assert plan.problem.startswith("base DiT needs ")
-    assert "of VRAM even Q4_K weights with 1 layer on the GPU, the rest streamed from RAM (2.6G usable)" in plan.problem
+    assert "of VRAM even Q4_K weights with 1 layer on the GPU, the rest streamed from RAM (3.1G usable)" in plan.problem
     assert "NOTHING FITS" in plan.format() and "does not fit" in plan.format() and "how:" not in plan.format()
     secs = float(plan.problem.split("--seconds ")[1].split(")")[0])
-    assert plan_fit("distill_256p", 3.6, seconds=secs).fits
-    assert not plan_fit("distill_256p", 3.6, seconds=secs + 1).fits
+    assert plan_fit("distill_256p", 4.1, seconds=secs).fits
+    assert not plan_fit("distill_256p", 4.1, seconds=secs + 1).fits
+    assert "No shorter clip fits either" in plan_fit("distill_256p", 3.6).problem
     none = plan_fit("distill_256p", 3)
     assert not none.fits and "No shorter clip fits either" in none.problem
     sr = plan_fit("sr_1080p", 24)  # the 1080p SR activations alone exceed 24 GB at 4 s
@@ -164,3 +167,37 @@ def test_formats_are_ranked_from_the_registry():
     cfg = DiTConfig.preset("distill")
     totals = [est.dit_weight_storage(cfg, f).total for f in DIT_FORMATS]
     assert all(b <= 0.95 * a for a, b in zip(totals, totals[1:]))
+
+
+def test_text_encoder_is_priced_on_the_device_it_runs_on():
+    """On the GPU a GGUF text encoder decodes in GPU-sized chunks (64 Mi elements: float32 temporaries of a
+    whole projection); the plan's text-encode VRAM is the GPU estimate, more than the same encoder on a CPU."""
+    plan = plan_fit("distill_256p", 8)
+    fmt = plan.text_encoder_format
+    assert plan.text_encoder_device == "GPU" and fmt in ("Q5_1", "Q5_0", "Q4_1", "Q4_K")
+    gpu = est.estimate("distill_256p", text_encoder_format=fmt, device_type="cuda")
+    cpu = est.estimate("distill_256p", text_encoder_format=fmt, device_type="cpu")
+    assert plan.stages[0].vram_bytes == gpu.text_encode_peak_bytes > cpu.text_encode_peak_bytes
+    assert gpu.text_encode_peak_bytes == est.estimate("distill_256p", text_encoder_format=fmt).text_encode_peak_bytes
+
+
+def test_suggested_windows_are_ones_generate_accepts():
+    """When a clip longer than a window is the longest that fits, the windows suggested are MAX_WINDOW_SECONDS
+    long (generate refuses longer ones)."""
+    from magihuman.pipeline import MAX_WINDOW_SECONDS
+
+    problem = plan_fit("distill_256p", 8, seconds=20).problem
+    fits = float(problem.split("--seconds ")[1].split(")")[0])
+    assert fits > MAX_WINDOW_SECONDS, problem
+    assert problem.endswith(f"or the whole 20 s in windows of {MAX_WINDOW_SECONDS:g} s (--window-seconds "
+                            f"{MAX_WINDOW_SECONDS:g}).")
+
+
+def test_plan_window_seconds_takes_generates_limits(capsys):
+    """plan --window-seconds refuses what generate refuses (1-10 s), with the same reason."""
+    for bad in ("0.5", "12", "nan"):
+        assert cli.main(["plan", "--preset", "distill_256p", "--vram", "24", "--window-seconds", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--window-seconds {float(bad):g}: windows last 1 to 10 s (the model was trained on clips" in err
+    assert cli.main(["plan", "--preset", "distill_256p", "--vram", "24", "--window-seconds", "10"]) == 0
+    assert capsys.readouterr().out.startswith("one window of 4 s")  # the preset's clip is shorter than the window

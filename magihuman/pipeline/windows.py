@@ -25,15 +25,12 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PipelineError
-from ..geometry import FPS, TEMPORAL_STRIDE, decoded_frames, frame_counts, latent_frames_for
+from ..geometry import (FPS, MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, TEMPORAL_STRIDE, decoded_frames, frame_counts,
+                        latent_frames_for)
 
 __all__ = ["MIN_WINDOW_SECONDS", "MAX_WINDOW_SECONDS", "SEED_MODULUS", "Window", "WindowPlan", "clip_frames",
            "window_frames_for", "aligned_up", "plan_windows", "plan_long_video"]
 
-MIN_WINDOW_SECONDS = 1.0
-# Longest window: twice the official examples' 4-5 s. The model was trained on clips of a few seconds; longer
-# single passes leave those lengths and cost attention memory with the square of the length.
-MAX_WINDOW_SECONDS = 10.0
 MIN_CLIP_FRAMES = 5      # the shortest clip with a latent frame after the first (0.2 s)
 SEED_MODULUS = 2 ** 64  # window k's seed is (seed + k) mod 2^64, inside what torch.Generator takes
 
