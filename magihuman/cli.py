@@ -415,7 +415,7 @@ def _plan_and_check(args, preset, device, storage, width, height, seconds, ranks
                         weight_dtype=_file_format(files.get(preset.dit), storage),
                         sr_weight_dtype=_file_format(files.get(preset.sr), sr_storage) if preset.sr else None,
                         steps=args.steps or None, sr_steps=args.sr_steps or None, blocks_on_device=blocks,
-                        sr_blocks_on_device=sr_blocks, text_encoder_format=te_format)
+                        sr_blocks_on_device=sr_blocks, text_encoder_format=te_format, device_type=device.type)
     plan = per_rank_plan(plan, ranks)
     if not args.quiet:
         print(plan.format(), file=sys.stderr)

@@ -608,6 +608,12 @@ def test_a_request_that_does_not_fit_suggests_windows(monkeypatch, capsys):
     with pytest.raises(PipelineError, match=r"at most ~4 s fits, or the whole clip in windows of 4 s \(MagiHuman "
                                             r"Long Video, generate --window-seconds\)"):
         P.check_fits(model, lat, "test", cfg=False)
+    # a 60 s clip where 20 s fit: windows within what generate accepts (10 s), not of 20 s
+    lat = P.empty_latents(448, 256, 60)
+    monkeypatch.setattr(est, "device_memory", lambda *a, **k: P.dit_activation_bytes(model.config, lat, cfg=False,
+                                                                                     seconds=20))
+    with pytest.raises(PipelineError, match=r"at most ~20 s fits, or the whole clip in windows of 10 s "):
+        P.check_fits(model, lat, "test", cfg=False)
 
 
 def test_plan_command_prices_one_window(capsys):

@@ -134,8 +134,9 @@ def check_fits(model, latent, where: str, *, cfg: bool, batch_cfg: bool = True, 
             else f"even 0.2 s does not fit at {width}x{height}: lower the size")
     has = (f"only {have / 2**30:.1f} GiB of RAM is available" if device.type == "cpu"
            else f"the {device.type} has {have / 2**30:.1f} GiB")
-    if fits and fits[0] >= 1:  # a long clip fits as windows of that length (generate_long_video)
-        hint += f", or the whole clip in windows of {fits[0]:g} s (MagiHuman Long Video, generate --window-seconds)"
+    window = estimate.window_seconds_for(fits[0]) if fits else None
+    if window is not None:  # a long clip fits as windows of that length (generate_long_video)
+        hint += f", or the whole clip in windows of {window:g} s (MagiHuman Long Video, generate --window-seconds)"
     raise PipelineError(f"{where}: {width}x{height}, {seconds:g} s (batch {latent.batch}) needs ~{n / 2**30:.1f} GiB "
                         f"for the DiT activations alone (estimate), but {has}; {hint} (generate small, then "
                         "super-resolve)")
