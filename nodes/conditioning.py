@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from collections.abc import Mapping
 
@@ -12,7 +11,6 @@ import torch
 from PIL import Image
 
 from ..magihuman import pipeline
-from ..magihuman.geometry import AUDIO_SAMPLE_RATE
 from ..magihuman.sampling import DEFAULT_NEGATIVE_PROMPT
 from . import compat
 from .v3 import MagiNode, io, ui
@@ -235,8 +233,7 @@ class MagiHumanReferenceAudio(MagiNode):
                 log.warning("%s: %d audio clips given; using the first", where, wave.shape[0])
             wave = wave[0]
         seconds = None if trim_to_latent or rate <= 0 else wave.shape[-1] / float(rate)
-        samples = math.ceil(wave.shape[-1] * AUDIO_SAMPLE_RATE / rate) if rate > 0 else wave.shape[-1]
-        need = pipeline.memory.reference_audio_encode_bytes(audio_vae.model, samples)  # at 51.2 kHz, untrimmed
+        need = pipeline.memory.reference_audio_encode_bytes(audio_vae.model, wave.shape[-1], rate)  # untrimmed
         out = pipeline.encode_reference_audio(audio_vae.use(memory_required=need), wave.float(), rate, av,
                                               seconds=seconds)
         out.audio = out.audio.to(compat.intermediate_device())

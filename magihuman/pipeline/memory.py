@@ -51,9 +51,12 @@ def audio_decode_bytes(audio_vae, latent_steps: int) -> int:
     return est.audio_vae_bytes(latent_steps, **_oobleck(audio_vae, "decoder")) + 2 * wave
 
 
-def reference_audio_encode_bytes(audio_vae, samples: int) -> int:
-    """A reference waveform of ``samples`` samples at 51.2 kHz through the Oobleck encoder: one pass of at most a
-    29 s window (:func:`magihuman.media.encode_reference_audio`), the stereo input included."""
+def reference_audio_encode_bytes(audio_vae, samples: int, sample_rate: int = REFERENCE_SAMPLE_RATE) -> int:
+    """A reference waveform of ``samples`` samples at ``sample_rate`` (resampled to 51.2 kHz first) through the
+    Oobleck encoder: one pass of at most a 29 s window (:func:`magihuman.media.encode_reference_audio`), the stereo
+    input included."""
+    if sample_rate > 0:
+        samples = math.ceil(int(samples) * REFERENCE_SAMPLE_RATE / sample_rate)
     window = min(int(samples), int(AUDIO_WINDOW_SECONDS * REFERENCE_SAMPLE_RATE))
     steps = max(1, math.ceil(window / audio_vae.hop_length))
     return est.audio_vae_bytes(steps, **_oobleck(audio_vae, "encoder")) + 2 * audio_vae.io_channels * window * 4
